@@ -1,0 +1,155 @@
+//! The vocabulary shared by the core, its driver and the wire: ids, entries, messages, snapshots.
+
+use bytes::Bytes;
+
+/// A node's identity within one cluster. Never 0 (0 means "none" on the wire).
+pub type NodeId = u64;
+/// A Raft term (§5.1). Starts at 0 on a fresh node.
+pub type Term = u64;
+/// A log index. The first real entry of a fresh log has index 1; index 0 is the empty prefix.
+pub type Index = u64;
+
+/// What must survive a crash besides the log (§5.2, Figure 2 "Persistent state").
+///
+/// `commit` is persisted too (as etcd does) so a restarted node can re-apply what it knows is committed
+/// without waiting for the leader; losing it would be safe, merely slower.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct HardState {
+    pub term: Term,
+    pub vote: Option<NodeId>,
+    pub commit: Index,
+}
+
+/// What an entry carries.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum EntryKind {
+    /// Opaque application data, handed to the state machine when committed.
+    Normal,
+    /// The empty entry a new leader appends at the start of its term (§5.4.2, §8): committing it commits
+    /// everything before it. The state machine skips it but the driver still reports it applied.
+    Noop,
+}
+
+/// One log entry.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Entry {
+    pub index: Index,
+    pub term: Term,
+    pub kind: EntryKind,
+    pub data: Bytes,
+}
+
+impl Entry {
+    /// Bytes this entry counts for in flow control and batching limits.
+    pub fn size(&self) -> usize {
+        self.data.len() + 24
+    }
+}
+
+/// The set of voters. Kept in one type so that joint consensus (old + new voter sets) can extend it later
+/// without touching the code that counts votes and replicas.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Membership {
+    /// Sorted, without duplicates.
+    pub voters: Vec<NodeId>,
+}
+
+impl Membership {
+    pub fn new(mut voters: Vec<NodeId>) -> Self {
+        voters.sort_unstable();
+        voters.dedup();
+        Membership { voters }
+    }
+
+    pub fn contains(&self, id: NodeId) -> bool {
+        self.voters.binary_search(&id).is_ok()
+    }
+
+    /// How many voters make a majority.
+    pub fn quorum(&self) -> usize {
+        self.voters.len() / 2 + 1
+    }
+}
+
+/// Describes the state a snapshot captures: everything up to and including `index`.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct SnapshotMeta {
+    pub index: Index,
+    pub term: Term,
+    pub membership: Membership,
+}
+
+/// A state-machine snapshot: metadata plus the application's opaque serialised state.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Snapshot {
+    pub meta: SnapshotMeta,
+    pub data: Bytes,
+}
+
+/// A message between two nodes. `term` is the sender's current term, except for pre-votes, where it is
+/// the term the sender would campaign in (dissertation §9.6).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Message {
+    pub from: NodeId,
+    pub to: NodeId,
+    pub term: Term,
+    pub body: MessageBody,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum MessageBody {
+    /// "Would you vote for me if I campaigned?" Changes no state on the receiver.
+    PreVote { last_index: Index, last_term: Term },
+    PreVoteResponse { granted: bool },
+    /// RequestVote (§5.2). `transfer` is set when the campaign was started by TimeoutNow, so receivers
+    /// must not refuse it on the ground that they heard from a leader recently.
+    Vote { last_index: Index, last_term: Term, transfer: bool },
+    VoteResponse { granted: bool },
+    /// AppendEntries (§5.3). `commit` is the leader's commit index.
+    Append { prev_index: Index, prev_term: Term, entries: Vec<Entry>, commit: Index },
+    AppendResponse(AppendResult),
+    /// Keeps followers from campaigning and carries the commit index (capped at what the follower is
+    /// known to hold). `read_round` is non-zero when the heartbeat also confirms leadership for
+    /// ReadIndex; the follower echoes it.
+    Heartbeat { commit: Index, read_round: u64 },
+    HeartbeatResponse { read_round: u64 },
+    /// InstallSnapshot (§7): the whole snapshot in one message in this version of the core.
+    InstallSnapshot { snapshot: Snapshot },
+    /// Leadership transfer (dissertation §3.10): "campaign now, ignoring your election timer".
+    TimeoutNow,
+}
+
+/// A follower's answer to `Append` or `InstallSnapshot`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum AppendResult {
+    /// The follower's log now matches the leader's up to `last_index`.
+    Accepted { last_index: Index },
+    /// The consistency check failed at `prev_index`. `hint_index`/`hint_term` let the leader skip a whole
+    /// conflicting term at once: the follower's entry at `hint_index` has `hint_term`, and
+    /// `hint_index` is the follower's first index of that term (or its last index if its log is shorter).
+    Rejected { prev_index: Index, hint_index: Index, hint_term: Term },
+}
+
+/// A linearizable read that became safe: once the state machine has applied `index`, the read whose
+/// context is `ctx` may be served.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ReadState {
+    pub ctx: u64,
+    pub index: Index,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Role {
+    Follower,
+    PreCandidate,
+    Candidate,
+    Leader,
+}
+
+/// Volatile facts about a node that its driver may want to watch.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SoftState {
+    pub role: Role,
+    pub leader: Option<NodeId>,
+    pub term: Term,
+}
