@@ -1,1 +1,38 @@
-fn main() {}
+//! `raftkv`: one binary for the server, the local cluster spawner, the client CLI and the load generator.
+
+mod bench;
+mod client_cmd;
+mod cluster;
+mod server_cmd;
+
+use clap::{Parser, Subcommand};
+use std::process::ExitCode;
+
+#[derive(Parser)]
+#[command(name = "raftkv", version, about = "A Raft-replicated, linearizable key-value store")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run one node of a cluster.
+    Server(server_cmd::Args),
+    /// Start a local cluster of N nodes and keep it in the foreground.
+    Cluster(cluster::Args),
+    /// Talk to a cluster: set, get, getm, cas, delete, or an interactive prompt.
+    Client(client_cmd::Args),
+    /// Load generator: throughput and latency of a running cluster.
+    Bench(bench::Args),
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Server(args) => server_cmd::run(args),
+        Command::Cluster(args) => cluster::run(args),
+        Command::Client(args) => client_cmd::run(args),
+        Command::Bench(args) => bench::run(args),
+    }
+}
