@@ -1,1 +1,7 @@
-//! placeholder
+//! # raftkv-server: the node runtime
+//!
+//! (placeholder top doc; being written)
+
+pub mod config;
+pub mod transport;
+pub mod wire;
