@@ -1,0 +1,281 @@
+//! Incremental request parser. It is fed whatever bytes have arrived so far and consumes at most
+//! one request (or one malformed one) per call, so replies can be produced strictly in order.
+
+use bytes::{Buf, Bytes, BytesMut};
+
+use super::fields::{parse_decimal, tokens, Number};
+use super::request::Request;
+use crate::limits::{is_valid_exptime, is_valid_key, MAX_LINE_LEN};
+
+/// Why a request was rejected. Either way the client gets `ERR_CMD_ERR`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ParseError {
+    /// The malformed line (and its value block, if its numbytes was readable) has been skipped;
+    /// the next request can be parsed.
+    Recoverable,
+    /// The stream can no longer be framed (over-long line, oversized value, value block not
+    /// followed by CR LF). The connection must be closed; further calls keep returning `Fatal`.
+    Fatal,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ParseOutcome {
+    Request(Request),
+    /// Not enough bytes for the next step. Bytes already consumed are remembered by the parser;
+    /// call again, with the same buffer, when more arrive.
+    NeedMore,
+    Error(ParseError),
+}
+
+/// A write whose header has been consumed and whose value block has not fully arrived yet.
+#[derive(Debug, Clone)]
+enum PendingWrite {
+    Set {
+        key: Bytes,
+        exptime: u32,
+        noreply: bool,
+    },
+    Cas {
+        key: Bytes,
+        exptime: u32,
+        version: u64,
+        noreply: bool,
+    },
+}
+
+impl PendingWrite {
+    fn with_value(self, value: Bytes) -> Request {
+        match self {
+            PendingWrite::Set {
+                key,
+                exptime,
+                noreply,
+            } => Request::Set {
+                key,
+                exptime,
+                value,
+                noreply,
+            },
+            PendingWrite::Cas {
+                key,
+                exptime,
+                version,
+                noreply,
+            } => Request::Cas {
+                key,
+                exptime,
+                version,
+                value,
+                noreply,
+            },
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+enum State {
+    /// Expecting a request line.
+    Line,
+    /// Header accepted; waiting for `len` value bytes and CR LF.
+    Value { write: PendingWrite, len: usize },
+    /// Header rejected but its numbytes was readable: discarding `remaining` value bytes, then CR LF,
+    /// so the value is not misread as commands. Remembered across calls so that nothing beyond a
+    /// CR LF ever has to be buffered for a block that will be thrown away.
+    Skip { remaining: usize },
+    /// A fatal error happened; the stream cannot be trusted any more.
+    Failed,
+}
+
+/// What one request line turned out to be.
+enum LineOutcome {
+    Request(Request),
+    AwaitValue { write: PendingWrite, len: usize },
+    SkipValue { len: usize },
+    Error(ParseError),
+}
+
+#[derive(Debug, Clone)]
+pub struct Parser {
+    max_value_size: usize,
+    state: State,
+}
+
+impl Default for Parser {
+    fn default() -> Self {
+        Parser::new(crate::DEFAULT_MAX_VALUE_SIZE)
+    }
+}
+
+impl Parser {
+    /// `max_value_size` is capped at `u32::MAX` because log entries and snapshots store value
+    /// lengths in 32 bits.
+    pub fn new(max_value_size: usize) -> Parser {
+        let cap = usize::try_from(u32::MAX).unwrap_or(usize::MAX);
+        Parser {
+            max_value_size: max_value_size.min(cap),
+            state: State::Line,
+        }
+    }
+
+    pub fn max_value_size(&self) -> usize {
+        self.max_value_size
+    }
+
+    /// After `NeedMore`, the buffer always holds fewer bytes than this: the parser never needs an
+    /// unbounded amount of input to make progress, so a server can cap its read buffer here.
+    pub fn max_pending_bytes(&self) -> usize {
+        (MAX_LINE_LEN + 2).max(self.max_value_size + 2)
+    }
+
+    /// Consumes at most one request (or one malformed request) from the front of `buf`.
+    pub fn parse(&mut self, buf: &mut BytesMut) -> ParseOutcome {
+        match std::mem::replace(&mut self.state, State::Line) {
+            State::Line => self.parse_line(buf),
+            State::Value { write, len } => self.parse_value(buf, write, len),
+            State::Skip { remaining } => self.skip_value(buf, remaining),
+            State::Failed => self.fail(),
+        }
+    }
+
+    fn fail(&mut self) -> ParseOutcome {
+        self.state = State::Failed;
+        ParseOutcome::Error(ParseError::Fatal)
+    }
+
+    fn parse_line(&mut self, buf: &mut BytesMut) -> ParseOutcome {
+        // Only the first MAX_LINE_LEN + 2 bytes can hold a legal line's CR LF. Looking no further
+        // keeps the verdict independent of how the input was split across reads.
+        let window = &buf[..buf.len().min(MAX_LINE_LEN + 2)];
+        let Some(line_len) = window.windows(2).position(|pair| pair == b"\r\n") else {
+            if buf.len() >= MAX_LINE_LEN + 2 {
+                return self.fail();
+            }
+            return ParseOutcome::NeedMore;
+        };
+        let mut line = buf.split_to(line_len + 2).freeze();
+        line.truncate(line_len);
+        match self.interpret_line(&line) {
+            LineOutcome::Request(request) => ParseOutcome::Request(request),
+            LineOutcome::AwaitValue { write, len } => self.parse_value(buf, write, len),
+            LineOutcome::SkipValue { len } => self.skip_value(buf, len),
+            LineOutcome::Error(ParseError::Fatal) => self.fail(),
+            LineOutcome::Error(ParseError::Recoverable) => {
+                ParseOutcome::Error(ParseError::Recoverable)
+            }
+        }
+    }
+
+    fn parse_value(&mut self, buf: &mut BytesMut, write: PendingWrite, len: usize) -> ParseOutcome {
+        // len <= max_value_size <= u32::MAX, so this cannot overflow.
+        let block_len = len + 2;
+        if buf.len() < block_len {
+            self.state = State::Value { write, len };
+            return ParseOutcome::NeedMore;
+        }
+        if &buf[len..block_len] != b"\r\n" {
+            return self.fail();
+        }
+        let value = buf.split_to(len).freeze();
+        buf.advance(2);
+        ParseOutcome::Request(write.with_value(value))
+    }
+
+    fn skip_value(&mut self, buf: &mut BytesMut, remaining: usize) -> ParseOutcome {
+        let skipped = remaining.min(buf.len());
+        buf.advance(skipped);
+        let remaining = remaining - skipped;
+        if remaining > 0 || buf.len() < 2 {
+            self.state = State::Skip { remaining };
+            return ParseOutcome::NeedMore;
+        }
+        if &buf[..2] != b"\r\n" {
+            return self.fail();
+        }
+        buf.advance(2);
+        ParseOutcome::Error(ParseError::Recoverable)
+    }
+
+    fn interpret_line(&self, line: &Bytes) -> LineOutcome {
+        // Seven slots: the longest valid line has six tokens, the seventh only proves "too many".
+        let mut spans = [(0usize, 0usize); 7];
+        let mut count = 0;
+        for span in tokens(line) {
+            if count < spans.len() {
+                spans[count] = span;
+            }
+            count += 1;
+        }
+        let token = |index: usize| -> &[u8] {
+            if index < count.min(spans.len()) {
+                let (start, end) = spans[index];
+                &line[start..end]
+            } else {
+                &[]
+            }
+        };
+        let key = || {
+            let (start, end) = spans[1];
+            line.slice(start..end)
+        };
+        let recoverable = LineOutcome::Error(ParseError::Recoverable);
+        match token(0) {
+            name @ (b"get" | b"getm" | b"delete") => {
+                if count != 2 || !is_valid_key(token(1)) {
+                    return recoverable;
+                }
+                let key = key();
+                LineOutcome::Request(match name {
+                    b"get" => Request::Get { key },
+                    b"getm" => Request::Getm { key },
+                    _ => Request::Delete { key },
+                })
+            }
+            name @ (b"set" | b"cas") => {
+                let is_cas = name == b"cas";
+                let numbytes_index = if is_cas { 4 } else { 3 };
+                let len = match parse_decimal(token(numbytes_index)) {
+                    Number::Invalid => return recoverable,
+                    Number::TooLarge => return LineOutcome::Error(ParseError::Fatal),
+                    Number::Valid(n) => match usize::try_from(n) {
+                        Ok(n) if n <= self.max_value_size => n,
+                        _ => return LineOutcome::Error(ParseError::Fatal),
+                    },
+                };
+                let noreply = match count - numbytes_index {
+                    1 => false,
+                    2 if token(numbytes_index + 1) == b"noreply" => true,
+                    _ => return LineOutcome::SkipValue { len },
+                };
+                let exptime = match parse_decimal(token(2)) {
+                    Number::Valid(e) => match u32::try_from(e) {
+                        Ok(e) if is_valid_exptime(e) => e,
+                        _ => return LineOutcome::SkipValue { len },
+                    },
+                    _ => return LineOutcome::SkipValue { len },
+                };
+                if !is_valid_key(token(1)) {
+                    return LineOutcome::SkipValue { len };
+                }
+                let write = if is_cas {
+                    let Number::Valid(version) = parse_decimal(token(3)) else {
+                        return LineOutcome::SkipValue { len };
+                    };
+                    PendingWrite::Cas {
+                        key: key(),
+                        exptime,
+                        version,
+                        noreply,
+                    }
+                } else {
+                    PendingWrite::Set {
+                        key: key(),
+                        exptime,
+                        noreply,
+                    }
+                };
+                LineOutcome::AwaitValue { write, len }
+            }
+            _ => recoverable,
+        }
+    }
+}

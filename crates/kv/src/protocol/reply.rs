@@ -1,0 +1,149 @@
+use std::io::Write as _;
+
+use bytes::{BufMut, Bytes, BytesMut};
+
+/// A reply to one request, encoded by [`Reply::encode`] into the exact protocol bytes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Reply {
+    /// `OK <version>` after a set or cas.
+    Ok {
+        version: u64,
+    },
+    /// `VALUE <numbytes>` + value, for get.
+    Value {
+        value: Bytes,
+    },
+    /// `VALUE <version> <exptime> <numbytes>` + value, for getm; exptime is the remaining lifetime
+    /// in whole seconds rounded up, 0 for a key that never expires.
+    ValueMeta {
+        version: u64,
+        exptime: u64,
+        value: Bytes,
+    },
+    Deleted,
+    ErrVersion,
+    ErrNotFound,
+    ErrCmdErr,
+    /// The outcome is unknown (e.g. leadership lost before commit) or no leader is known.
+    ErrInternal,
+    ErrRedirect {
+        host: String,
+        port: u16,
+    },
+}
+
+impl Reply {
+    /// Appends the reply, CR LF terminated, to `out`.
+    pub fn encode(&self, out: &mut BytesMut) {
+        match self {
+            Reply::Ok { version } => write_line(out, format_args!("OK {version}")),
+            Reply::Value { value } => {
+                write_line(out, format_args!("VALUE {}", value.len()));
+                put_block(out, value);
+            }
+            Reply::ValueMeta {
+                version,
+                exptime,
+                value,
+            } => {
+                write_line(
+                    out,
+                    format_args!("VALUE {version} {exptime} {}", value.len()),
+                );
+                put_block(out, value);
+            }
+            Reply::Deleted => out.put_slice(b"DELETED\r\n"),
+            Reply::ErrVersion => out.put_slice(b"ERR_VERSION\r\n"),
+            Reply::ErrNotFound => out.put_slice(b"ERR_NOT_FOUND\r\n"),
+            Reply::ErrCmdErr => out.put_slice(b"ERR_CMD_ERR\r\n"),
+            Reply::ErrInternal => out.put_slice(b"ERR_INTERNAL\r\n"),
+            Reply::ErrRedirect { host, port } => {
+                write_line(out, format_args!("ERR_REDIRECT {host} {port}"))
+            }
+        }
+    }
+
+    /// Whether a `noreply` request suppresses this reply. Only the outcomes a client can predict
+    /// are suppressed; errors that mean "your command did not run or may not have run" are not.
+    pub fn suppressed_by_noreply(&self) -> bool {
+        matches!(
+            self,
+            Reply::Ok { .. } | Reply::ErrVersion | Reply::ErrNotFound
+        )
+    }
+}
+
+fn write_line(out: &mut BytesMut, line: std::fmt::Arguments<'_>) {
+    let mut writer = out.writer();
+    // Writing into a BytesMut grows it and cannot fail.
+    let _ = writer.write_fmt(line);
+    writer.get_mut().put_slice(b"\r\n");
+}
+
+fn put_block(out: &mut BytesMut, value: &[u8]) {
+    out.reserve(value.len() + 2);
+    out.put_slice(value);
+    out.put_slice(b"\r\n");
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn encoded(reply: Reply) -> Vec<u8> {
+        let mut out = BytesMut::new();
+        reply.encode(&mut out);
+        out.to_vec()
+    }
+
+    #[test]
+    fn every_reply_has_its_exact_bytes() {
+        assert_eq!(encoded(Reply::Ok { version: 42 }), b"OK 42\r\n");
+        assert_eq!(
+            encoded(Reply::Value {
+                value: Bytes::from_static(b"a\r\nb\0")
+            }),
+            b"VALUE 5\r\na\r\nb\0\r\n"
+        );
+        assert_eq!(
+            encoded(Reply::ValueMeta {
+                version: 7,
+                exptime: 3,
+                value: Bytes::from_static(b"xy")
+            }),
+            b"VALUE 7 3 2\r\nxy\r\n"
+        );
+        assert_eq!(
+            encoded(Reply::Value {
+                value: Bytes::new()
+            }),
+            b"VALUE 0\r\n\r\n"
+        );
+        assert_eq!(encoded(Reply::Deleted), b"DELETED\r\n");
+        assert_eq!(encoded(Reply::ErrVersion), b"ERR_VERSION\r\n");
+        assert_eq!(encoded(Reply::ErrNotFound), b"ERR_NOT_FOUND\r\n");
+        assert_eq!(encoded(Reply::ErrCmdErr), b"ERR_CMD_ERR\r\n");
+        assert_eq!(encoded(Reply::ErrInternal), b"ERR_INTERNAL\r\n");
+        assert_eq!(
+            encoded(Reply::ErrRedirect {
+                host: "10.0.0.2".into(),
+                port: 7001
+            }),
+            b"ERR_REDIRECT 10.0.0.2 7001\r\n"
+        );
+    }
+
+    #[test]
+    fn noreply_suppresses_only_predictable_outcomes() {
+        assert!(Reply::Ok { version: 1 }.suppressed_by_noreply());
+        assert!(Reply::ErrVersion.suppressed_by_noreply());
+        assert!(Reply::ErrNotFound.suppressed_by_noreply());
+        assert!(!Reply::ErrCmdErr.suppressed_by_noreply());
+        assert!(!Reply::ErrInternal.suppressed_by_noreply());
+        assert!(!Reply::ErrRedirect {
+            host: "h".into(),
+            port: 1
+        }
+        .suppressed_by_noreply());
+    }
+}

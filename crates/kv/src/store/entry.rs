@@ -1,0 +1,79 @@
+//! One stored key: kept in a single allocation (`key_len | key | value`) plus two integers, because
+//! per-entry overhead dominates memory when a store holds millions of small values.
+
+use std::borrow::Borrow;
+use std::hash::{Hash, Hasher};
+
+use crate::limits::MAX_KEY_LEN;
+
+/// `expires_at_ms` of a key that never expires.
+pub const NEVER: u64 = u64::MAX;
+
+#[derive(Debug, Clone)]
+pub struct Entry {
+    pub version: u64,
+    /// First instant (ms, leader's clock) at which the key is absent; [`NEVER`] if it never expires.
+    pub expires_at_ms: u64,
+    key_and_value: Box<[u8]>,
+}
+
+impl Entry {
+    /// `None` if the key is longer than [`MAX_KEY_LEN`] (its length must fit the one-byte prefix).
+    pub fn new(key: &[u8], value: &[u8], version: u64, expires_at_ms: u64) -> Option<Entry> {
+        if key.len() > MAX_KEY_LEN {
+            return None;
+        }
+        let key_len = u8::try_from(key.len()).ok()?;
+        let mut key_and_value = Vec::with_capacity(1 + key.len() + value.len());
+        key_and_value.push(key_len);
+        key_and_value.extend_from_slice(key);
+        key_and_value.extend_from_slice(value);
+        Some(Entry {
+            version,
+            expires_at_ms,
+            key_and_value: key_and_value.into_boxed_slice(),
+        })
+    }
+
+    fn key_end(&self) -> usize {
+        1 + usize::from(self.key_and_value[0])
+    }
+
+    pub fn key(&self) -> &[u8] {
+        &self.key_and_value[1..self.key_end()]
+    }
+
+    pub fn value(&self) -> &[u8] {
+        &self.key_and_value[self.key_end()..]
+    }
+
+    pub fn is_live_at(&self, now_ms: u64) -> bool {
+        now_ms < self.expires_at_ms
+    }
+
+    pub fn expires(&self) -> bool {
+        self.expires_at_ms != NEVER
+    }
+}
+
+// Entries are identified by key alone, so the table can be a set looked up by `&[u8]`.
+impl PartialEq for Entry {
+    fn eq(&self, other: &Self) -> bool {
+        self.key() == other.key()
+    }
+}
+
+impl Eq for Entry {}
+
+impl Hash for Entry {
+    fn hash<H: Hasher>(&self, state: &mut H) {
+        // Must hash exactly like the borrowed `[u8]` form for set lookups by key to work.
+        self.key().hash(state);
+    }
+}
+
+impl Borrow<[u8]> for Entry {
+    fn borrow(&self) -> &[u8] {
+        self.key()
+    }
+}

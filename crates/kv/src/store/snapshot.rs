@@ -1,0 +1,106 @@
+//! Snapshot encoding of a whole [`Store`].
+//!
+//! Layout (integers little-endian):
+//! `magic "RKVS" | format:u8=1 | applied_index:u64 | clock_ms:u64 | count:u64 | entries | crc32c:u32`
+//! with each entry `version:u64 | expires_at_ms:u64 | key_len:u8 | key | value_len:u32 | value`.
+//! The CRC-32C covers every byte before it. Entry order follows the hash table and is not
+//! meaningful; restore validates every field as strictly as the log-entry decoder.
+
+use super::entry::Entry;
+use super::Store;
+use crate::byte_reader::ByteReader;
+use crate::command::DecodeError;
+use crate::limits::is_valid_key;
+
+const MAGIC: &[u8; 4] = b"RKVS";
+const FORMAT_V1: u8 = 1;
+const HEADER_LEN: usize = 4 + 1 + 8 + 8 + 8;
+const CHECKSUM_LEN: usize = 4;
+/// Smallest possible encoded entry (one-byte key, empty value); bounds the pre-allocation a
+/// hostile `count` can cause.
+const MIN_ENTRY_LEN: usize = 8 + 8 + 1 + 1 + 4;
+
+impl Store {
+    /// Appends the snapshot encoding of the whole store to `out`.
+    pub fn snapshot(&self, out: &mut Vec<u8>) {
+        let start = out.len();
+        let payload: usize = self
+            .entries
+            .iter()
+            .map(|e| MIN_ENTRY_LEN - 1 + e.key().len() + e.value().len())
+            .sum();
+        out.reserve(HEADER_LEN + payload + CHECKSUM_LEN);
+        out.extend_from_slice(MAGIC);
+        out.push(FORMAT_V1);
+        out.extend_from_slice(&self.applied_index.to_le_bytes());
+        out.extend_from_slice(&self.clock_ms.to_le_bytes());
+        out.extend_from_slice(&(self.entries.len() as u64).to_le_bytes());
+        for entry in &self.entries {
+            out.extend_from_slice(&entry.version.to_le_bytes());
+            out.extend_from_slice(&entry.expires_at_ms.to_le_bytes());
+            // Entries only hold keys of at most 250 bytes and values below 4 GiB (checked on write).
+            out.push(u8::try_from(entry.key().len()).unwrap_or(u8::MAX));
+            out.extend_from_slice(entry.key());
+            out.extend_from_slice(
+                &u32::try_from(entry.value().len())
+                    .unwrap_or(u32::MAX)
+                    .to_le_bytes(),
+            );
+            out.extend_from_slice(entry.value());
+        }
+        let checksum = crc32c::crc32c(&out[start..]);
+        out.extend_from_slice(&checksum.to_le_bytes());
+    }
+
+    /// Rebuilds a store from [`Store::snapshot`] output. Rejects anything corrupt, truncated or
+    /// inconsistent; never panics.
+    pub fn restore(data: &[u8]) -> Result<Store, DecodeError> {
+        if data.len() < HEADER_LEN + CHECKSUM_LEN {
+            return Err(DecodeError::Truncated);
+        }
+        let (body, checksum) = data.split_at(data.len() - CHECKSUM_LEN);
+        let mut reader = ByteReader::new(body);
+        if reader.take(MAGIC.len())? != MAGIC {
+            return Err(DecodeError::BadMagic);
+        }
+        let format = reader.u8()?;
+        if format != FORMAT_V1 {
+            return Err(DecodeError::UnknownFormat(format));
+        }
+        if ByteReader::new(checksum).u32()? != crc32c::crc32c(body) {
+            return Err(DecodeError::Checksum);
+        }
+        let mut store = Store {
+            applied_index: reader.u64()?,
+            clock_ms: reader.u64()?,
+            ..Store::default()
+        };
+        let count = reader.u64()?;
+        let plausible = usize::try_from(count)
+            .unwrap_or(usize::MAX)
+            .min(reader.remaining() / MIN_ENTRY_LEN);
+        store.entries.reserve(plausible);
+        for _ in 0..count {
+            let version = reader.u64()?;
+            let expires_at_ms = reader.u64()?;
+            let key_len = usize::from(reader.u8()?);
+            let key = reader.take(key_len)?;
+            let value_len = usize::try_from(reader.u32()?).map_err(|_| DecodeError::Truncated)?;
+            let value = reader.take(value_len)?;
+            if !is_valid_key(key) {
+                return Err(DecodeError::InvalidKey);
+            }
+            if version > store.applied_index {
+                return Err(DecodeError::InvalidEntry);
+            }
+            if store.entries.contains(key) {
+                return Err(DecodeError::DuplicateKey);
+            }
+            let entry =
+                Entry::new(key, value, version, expires_at_ms).ok_or(DecodeError::InvalidKey)?;
+            store.insert(entry);
+        }
+        reader.expect_end()?;
+        Ok(store)
+    }
+}
