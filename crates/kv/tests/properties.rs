@@ -1,0 +1,293 @@
+//! Property tests: split-invariance of the parser, the store against a model, snapshot
+//! round-trips, and no panic / bounded buffering on arbitrary bytes.
+
+use std::collections::BTreeMap;
+
+use bytes::{Bytes, BytesMut};
+use proptest::prelude::*;
+use raftkv_kv::{Command, ParseError, ParseOutcome, Parser, Proposal, Reply, Request, Store};
+
+const MAX_VALUE: usize = 64;
+
+// ---------- request streams ----------
+
+fn key_strategy() -> impl Strategy<Value = String> {
+    prop_oneof![
+        8 => "[a-c]{1,3}",
+        1 => "[!-~]{1,250}",
+        1 => "[!-~]{251,260}",
+    ]
+}
+
+fn value_strategy() -> impl Strategy<Value = Vec<u8>> {
+    prop::collection::vec(
+        prop_oneof![Just(b'\r'), Just(b'\n'), Just(0u8), any::<u8>()],
+        0..MAX_VALUE,
+    )
+}
+
+fn block(header: String, value: &[u8]) -> Vec<u8> {
+    let mut out = header.into_bytes();
+    out.extend_from_slice(b"\r\n");
+    out.extend_from_slice(value);
+    out.extend_from_slice(b"\r\n");
+    out
+}
+
+/// Request text that is valid, malformed-but-recoverable, or fatal.
+fn request_text() -> impl Strategy<Value = Vec<u8>> {
+    let noreply = prop_oneof![Just(""), Just(" noreply"), Just(" noreplyy")];
+    prop_oneof![
+        4 => (key_strategy(), 0u32..400_000_000, value_strategy(), noreply.clone())
+            .prop_map(|(k, e, v, n)| block(format!("set {k} {e} {}{n}", v.len()), &v)),
+        2 => (key_strategy(), 0u32..5, any::<u64>(), value_strategy(), noreply)
+            .prop_map(|(k, e, ver, v, n)| block(format!("cas {k} {e} {ver} {}{n}", v.len()), &v)),
+        3 => (prop_oneof![Just("get"), Just("getm"), Just("delete")], key_strategy())
+            .prop_map(|(c, k)| format!("{c} {k}\r\n").into_bytes()),
+        1 => "[a-z0-9 ]{0,20}".prop_map(|line| format!("{line}\r\n").into_bytes()),
+        1 => (key_strategy(), value_strategy()).prop_map(|(k, v)| block(format!("set {k} x {}", v.len()), &v)),
+        1 => Just(b"set k 0 1\r\nab\r\n".to_vec()),
+        1 => Just(format!("set k 0 {}\r\n", MAX_VALUE + 1).into_bytes()),
+        1 => prop::collection::vec(b'a'..=b'z', 1020..1100).prop_map(|mut line| { line.extend_from_slice(b"\r\n"); line }),
+    ]
+}
+
+fn stream_strategy() -> impl Strategy<Value = Vec<u8>> {
+    prop::collection::vec(request_text(), 0..20).prop_map(|items| items.concat())
+}
+
+/// Feeds `input` in the given pieces, parsing as far as possible after each; stops at Fatal.
+fn parse_in_pieces(input: &[u8], cuts: &[usize]) -> Vec<ParseOutcome> {
+    let mut parser = Parser::new(MAX_VALUE);
+    let mut buf = BytesMut::new();
+    let mut outcomes = Vec::new();
+    let mut cuts: Vec<usize> = cuts.iter().map(|c| c % (input.len() + 1)).collect();
+    cuts.push(input.len());
+    cuts.sort_unstable();
+    let mut fed = 0;
+    for cut in cuts {
+        buf.extend_from_slice(&input[fed..cut]);
+        fed = cut;
+        loop {
+            match parser.parse(&mut buf) {
+                ParseOutcome::NeedMore => {
+                    assert!(
+                        buf.len() < parser.max_pending_bytes(),
+                        "buffered {} bytes",
+                        buf.len()
+                    );
+                    break;
+                }
+                outcome @ ParseOutcome::Error(ParseError::Fatal) => {
+                    outcomes.push(outcome);
+                    return outcomes;
+                }
+                outcome => outcomes.push(outcome),
+            }
+        }
+    }
+    outcomes
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 256, ..ProptestConfig::default() })]
+
+    #[test]
+    fn any_split_parses_like_the_whole(input in stream_strategy(), cuts in prop::collection::vec(any::<usize>(), 0..40)) {
+        let whole = parse_in_pieces(&input, &[]);
+        prop_assert_eq!(parse_in_pieces(&input, &cuts), whole.clone());
+        let byte_by_byte: Vec<usize> = (0..input.len()).collect();
+        prop_assert_eq!(parse_in_pieces(&input, &byte_by_byte), whole);
+    }
+
+    #[test]
+    fn arbitrary_bytes_never_panic_nor_overbuffer(
+        input in prop::collection::vec(prop_oneof![
+            3 => any::<u8>(),
+            2 => prop::sample::select(b"\r\n 0123456789setcasgetmdeletnoreply".to_vec()),
+        ], 0..4096),
+        cuts in prop::collection::vec(any::<usize>(), 0..64),
+    ) {
+        parse_in_pieces(&input, &cuts);
+        let _ = Proposal::decode(&Bytes::from(input.clone()));
+        let _ = Store::restore(&input);
+    }
+
+    #[test]
+    fn proposals_roundtrip(stamp_ms in any::<u64>(), command in command_strategy()) {
+        let proposal = Proposal { stamp_ms, command };
+        let mut out = BytesMut::new();
+        proposal.encode(&mut out);
+        prop_assert_eq!(Proposal::decode(&out.freeze()), Ok(proposal));
+    }
+}
+
+// ---------- the store against a model ----------
+
+fn command_strategy() -> impl Strategy<Value = Command> {
+    let key = "[a-c]{1,2}".prop_map(Bytes::from);
+    let value = prop::collection::vec(any::<u8>(), 0..8).prop_map(Bytes::from);
+    prop_oneof![
+        4 => (key.clone(), 0u32..4, value.clone()).prop_map(|(key, exptime, value)| Command::Set { key, exptime, value }),
+        3 => (key.clone(), 0u32..4, 0u64..40, value).prop_map(|(key, exptime, version, value)| Command::Cas { key, exptime, version, value }),
+        2 => key.prop_map(|key| Command::Delete { key }),
+        1 => Just(Command::Expire),
+    ]
+}
+
+#[derive(Debug, Clone)]
+enum Step {
+    /// Apply at a stamp `delta_ms` after the previous one (possibly before it: a lagging leader).
+    Apply {
+        delta_ms: i64,
+        command: Command,
+        cas_current: bool,
+    },
+    Read {
+        delta_ms: i64,
+        key: Bytes,
+        meta: bool,
+    },
+}
+
+fn step_strategy() -> impl Strategy<Value = Step> {
+    prop_oneof![
+        3 => (-500i64..1500, command_strategy(), any::<bool>())
+            .prop_map(|(delta_ms, command, cas_current)| Step::Apply { delta_ms, command, cas_current }),
+        1 => (-500i64..1500, "[a-c]{1,2}".prop_map(Bytes::from), any::<bool>())
+            .prop_map(|(delta_ms, key, meta)| Step::Read { delta_ms, key, meta }),
+    ]
+}
+
+/// The simplest possible statement of the semantics: a map plus the latest stamp.
+#[derive(Default)]
+struct Model {
+    /// key -> (version, expires_at_ms or None, value)
+    entries: BTreeMap<Bytes, (u64, Option<u64>, Bytes)>,
+    clock_ms: u64,
+}
+
+impl Model {
+    fn live(&self, key: &Bytes, now_ms: u64) -> Option<&(u64, Option<u64>, Bytes)> {
+        self.entries
+            .get(key)
+            .filter(|(_, expires, _)| expires.is_none_or(|at| now_ms < at))
+    }
+
+    fn apply(&mut self, index: u64, stamp_ms: u64, command: &Command) -> Reply {
+        self.clock_ms = self.clock_ms.max(stamp_ms);
+        let now = self.clock_ms;
+        let expiry = |exptime: u32| (exptime > 0).then(|| now + u64::from(exptime) * 1000);
+        match command {
+            Command::Set {
+                key,
+                exptime,
+                value,
+            } => {
+                self.entries
+                    .insert(key.clone(), (index, expiry(*exptime), value.clone()));
+                Reply::Ok { version: index }
+            }
+            Command::Cas {
+                key,
+                exptime,
+                version,
+                value,
+            } => match self.live(key, now) {
+                None => Reply::ErrNotFound,
+                Some((current, _, _)) if current != version => Reply::ErrVersion,
+                Some(_) => {
+                    self.entries
+                        .insert(key.clone(), (index, expiry(*exptime), value.clone()));
+                    Reply::Ok { version: index }
+                }
+            },
+            Command::Delete { key } => {
+                let was_live = self.live(key, now).is_some();
+                self.entries.remove(key);
+                if was_live {
+                    Reply::Deleted
+                } else {
+                    Reply::ErrNotFound
+                }
+            }
+            Command::Expire => {
+                self.entries
+                    .retain(|_, (_, expires, _)| expires.is_none_or(|at| at > now));
+                Reply::Ok { version: index }
+            }
+        }
+    }
+
+    fn read(&self, key: &Bytes, meta: bool, now_ms: u64) -> Reply {
+        let now = now_ms.max(self.clock_ms);
+        match self.live(key, now) {
+            None => Reply::ErrNotFound,
+            Some((version, expires, value)) if meta => Reply::ValueMeta {
+                version: *version,
+                exptime: expires.map_or(0, |at| (at - now).div_ceil(1000)),
+                value: value.clone(),
+            },
+            Some((_, _, value)) => Reply::Value {
+                value: value.clone(),
+            },
+        }
+    }
+}
+
+fn reads_agree(store: &Store, other: &Store, now_ms: u64) -> bool {
+    ["a", "b", "c", "aa", "ab", "ba", "cc"].iter().all(|k| {
+        let key = Bytes::from_static(k.as_bytes());
+        [Request::Get { key: key.clone() }, Request::Getm { key }]
+            .iter()
+            .all(|request| store.read(request, now_ms) == other.read(request, now_ms))
+    })
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 256, ..ProptestConfig::default() })]
+
+    #[test]
+    fn store_agrees_with_model_and_snapshots_restore(steps in prop::collection::vec(step_strategy(), 0..80)) {
+        let mut store = Store::new();
+        let mut model = Model::default();
+        let mut index = 0u64;
+        let mut stamp_ms = 1_000u64;
+        for step in steps {
+            match step {
+                Step::Apply { delta_ms, mut command, cas_current } => {
+                    stamp_ms = stamp_ms.saturating_add_signed(delta_ms);
+                    index += 1;
+                    if let Command::Cas { key, version, .. } = &mut command {
+                        if let (true, Some((current, _, _))) = (cas_current, model.entries.get(key)) {
+                            *version = *current;
+                        }
+                    }
+                    let expected = model.apply(index, stamp_ms, &command);
+                    prop_assert_eq!(store.apply(index, stamp_ms, &command), expected);
+                    prop_assert_eq!(store.len(), model.entries.len());
+                }
+                Step::Read { delta_ms, key, meta } => {
+                    let now_ms = stamp_ms.saturating_add_signed(delta_ms);
+                    let request = if meta { Request::Getm { key: key.clone() } } else { Request::Get { key: key.clone() } };
+                    prop_assert_eq!(store.read(&request, now_ms), model.read(&key, meta, now_ms));
+                }
+            }
+        }
+        let mut image = Vec::new();
+        store.snapshot(&mut image);
+        let restored = Store::restore(&image).expect("own snapshot restores");
+        prop_assert_eq!(restored.digest(), store.digest());
+        prop_assert_eq!(restored.len(), store.len());
+        prop_assert_eq!(restored.applied_index(), store.applied_index());
+        for now_ms in [0, stamp_ms, stamp_ms + 999, stamp_ms + 1000, stamp_ms + 5000] {
+            prop_assert!(reads_agree(&store, &restored, now_ms));
+        }
+        // Both continue identically.
+        let mut store = store;
+        let mut restored = restored;
+        let expire_at = stamp_ms + 2000;
+        prop_assert_eq!(store.apply(index + 1, expire_at, &Command::Expire), restored.apply(index + 1, expire_at, &Command::Expire));
+        prop_assert_eq!(restored.digest(), store.digest());
+    }
+}
