@@ -1,0 +1,282 @@
+//! One pipelined connection to one node.
+//!
+//! A writer task batches queued requests into as few writes as possible; a reader task matches
+//! replies to requests in FIFO order, which the protocol guarantees. The writer hands each request
+//! to the reader *before* writing its bytes, so a reply can never arrive for a request the reader
+//! does not know about, and so the reader can tell, when the connection breaks, exactly which
+//! requests may have reached the server.
+
+use std::collections::VecDeque;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::{Bytes, BytesMut};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
+use tokio::net::TcpStream;
+use tokio::sync::{mpsc, oneshot, Notify, OwnedSemaphorePermit, Semaphore};
+
+use crate::proto::{self, Parsed, Reply, ReplyKind};
+
+/// A reply with its value copied out of the connection's buffer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Response {
+    Ok(u64),
+    Value(Bytes),
+    ValueMeta {
+        version: u64,
+        exptime: u64,
+        value: Bytes,
+    },
+    Deleted,
+    ErrVersion,
+    ErrNotFound,
+    ErrCmd,
+    ErrInternal,
+    Redirect(String),
+}
+
+/// Why a call got no reply.
+#[derive(Debug, Clone)]
+pub(crate) enum CallError {
+    /// The request's bytes were never written: retrying it anywhere is safe.
+    NotSent(String),
+    /// The request may have reached the server, and its reply is lost.
+    LostAfterSend(String),
+}
+
+/// Writes are coalesced up to this size: large enough to amortise the syscall over many pipelined
+/// requests, small enough not to delay the first of them.
+const MAX_WRITE_BATCH: usize = 256 * 1024;
+
+struct Request {
+    bytes: Bytes,
+    pending: Pending,
+}
+
+struct Pending {
+    kind: ReplyKind,
+    reply: oneshot::Sender<Result<Response, CallError>>,
+    // Held until the reply is delivered: this is what bounds the requests in flight.
+    _permit: OwnedSemaphorePermit,
+}
+
+#[derive(Default)]
+struct Shared {
+    dead: AtomicBool,
+    write_failed: Notify,
+}
+
+/// Handle to a connection; the tasks end once every handle is gone and every reply delivered.
+pub(crate) struct Connection {
+    address: String,
+    requests: mpsc::UnboundedSender<Request>,
+    in_flight: Arc<Semaphore>,
+    shared: Arc<Shared>,
+}
+
+impl Connection {
+    pub(crate) async fn open(
+        address: &str,
+        max_in_flight: usize,
+        max_value_size: usize,
+    ) -> std::io::Result<Connection> {
+        let stream = TcpStream::connect(address).await?;
+        // Requests are small and latency matters more than packet count; batching is done above.
+        stream.set_nodelay(true)?;
+        let (read_half, write_half) = stream.into_split();
+        let (request_tx, request_rx) = mpsc::unbounded_channel();
+        let (pending_tx, pending_rx) = mpsc::unbounded_channel();
+        let shared = Arc::new(Shared::default());
+        tokio::spawn(run_writer(
+            write_half,
+            request_rx,
+            pending_tx,
+            shared.clone(),
+        ));
+        tokio::spawn(run_reader(
+            read_half,
+            pending_rx,
+            shared.clone(),
+            max_value_size,
+        ));
+        Ok(Connection {
+            address: address.to_string(),
+            requests: request_tx,
+            in_flight: Arc::new(Semaphore::new(max_in_flight.max(1))),
+            shared,
+        })
+    }
+
+    pub(crate) fn address(&self) -> &str {
+        &self.address
+    }
+
+    /// Whether the connection is known to be unusable (closed by the peer, or failed).
+    pub(crate) fn is_dead(&self) -> bool {
+        self.shared.dead.load(Ordering::Acquire) || self.requests.is_closed()
+    }
+
+    /// Sends one request and waits for its reply.
+    pub(crate) async fn call(&self, bytes: Bytes, kind: ReplyKind) -> Result<Response, CallError> {
+        let not_sent = || CallError::NotSent(format!("connection to {} is closed", self.address));
+        if self.is_dead() {
+            return Err(not_sent());
+        }
+        let permit = self
+            .in_flight
+            .clone()
+            .acquire_owned()
+            .await
+            .map_err(|_| not_sent())?;
+        let (reply_tx, reply_rx) = oneshot::channel();
+        let pending = Pending {
+            kind,
+            reply: reply_tx,
+            _permit: permit,
+        };
+        self.requests
+            .send(Request { bytes, pending })
+            .map_err(|_| not_sent())?;
+        // Every path that has handed a request to the reader answers it explicitly, so a dropped
+        // sender means the request was discarded before being written.
+        reply_rx.await.unwrap_or_else(|_| Err(not_sent()))
+    }
+}
+
+async fn run_writer(
+    mut socket: OwnedWriteHalf,
+    mut requests: mpsc::UnboundedReceiver<Request>,
+    to_reader: mpsc::UnboundedSender<Pending>,
+    shared: Arc<Shared>,
+) {
+    let mut batch = Vec::with_capacity(16 * 1024);
+    while let Some(first) = requests.recv().await {
+        batch.clear();
+        let mut next = Some(first);
+        while let Some(request) = next {
+            if shared.dead.load(Ordering::Acquire) {
+                let _ = request
+                    .pending
+                    .reply
+                    .send(Err(CallError::NotSent("connection is closed".into())));
+            } else if let Err(rejected) = to_reader.send(request.pending) {
+                let _ = rejected
+                    .0
+                    .reply
+                    .send(Err(CallError::NotSent("connection is closed".into())));
+            } else {
+                batch.extend_from_slice(&request.bytes);
+            }
+            next = if batch.len() < MAX_WRITE_BATCH {
+                requests.try_recv().ok()
+            } else {
+                None
+            };
+        }
+        if !batch.is_empty() && socket.write_all(&batch).await.is_err() {
+            shared.dead.store(true, Ordering::Release);
+            shared.write_failed.notify_one();
+            return;
+        }
+    }
+}
+
+async fn run_reader(
+    mut socket: OwnedReadHalf,
+    mut from_writer: mpsc::UnboundedReceiver<Pending>,
+    shared: Arc<Shared>,
+    max_value_size: usize,
+) {
+    let mut buffer = BytesMut::with_capacity(16 * 1024);
+    let mut waiting: VecDeque<Pending> = VecDeque::new();
+    let mut writer_done = false;
+    // A reply can arrive before its request is taken from the channel, so unmatched bytes are
+    // allowed, but only as many as one reply can hold.
+    let unmatched_limit = max_value_size + proto::MAX_REPLY_LINE + 2;
+    let failure = 'connection: loop {
+        while let Some(front) = waiting.front() {
+            match proto::parse_reply(&buffer, front.kind, max_value_size) {
+                Ok(Parsed::Complete { reply, consumed }) => {
+                    let frame = buffer.split_to(consumed).freeze();
+                    if let Some(pending) = waiting.pop_front() {
+                        let _ = pending.reply.send(Ok(to_response(reply, &frame)));
+                    }
+                }
+                Ok(Parsed::Incomplete) => break,
+                Err(error) => break 'connection error.to_string(),
+            }
+        }
+        if writer_done && waiting.is_empty() {
+            return;
+        }
+        if waiting.is_empty() && buffer.len() > unmatched_limit {
+            break "server sent data nobody asked for".to_string();
+        }
+        tokio::select! {
+            biased;
+            _ = shared.write_failed.notified() => break "writing to the server failed".to_string(),
+            pending = from_writer.recv(), if !writer_done => match pending {
+                Some(pending) => waiting.push_back(pending),
+                None => writer_done = true,
+            },
+            read = socket.read_buf(&mut buffer) => match read {
+                Ok(0) => break "server closed the connection".to_string(),
+                Ok(_) => {}
+                Err(error) => break error.to_string(),
+            },
+        }
+    };
+    shared.dead.store(true, Ordering::Release);
+    let lost = || CallError::LostAfterSend(failure.clone());
+    for pending in waiting.drain(..) {
+        let _ = pending.reply.send(Err(lost()));
+    }
+    // Closing first makes the writer's later hand-offs fail, so it reports those as not sent.
+    from_writer.close();
+    while let Ok(pending) = from_writer.try_recv() {
+        let _ = pending.reply.send(Err(lost()));
+    }
+}
+
+fn to_response(reply: Reply, frame: &Bytes) -> Response {
+    match reply {
+        Reply::Ok(version) => Response::Ok(version),
+        Reply::Value(range) => Response::Value(frame.slice(range)),
+        Reply::ValueMeta {
+            version,
+            exptime,
+            value,
+        } => Response::ValueMeta {
+            version,
+            exptime,
+            value: frame.slice(value),
+        },
+        Reply::Deleted => Response::Deleted,
+        Reply::ErrVersion => Response::ErrVersion,
+        Reply::ErrNotFound => Response::ErrNotFound,
+        Reply::ErrCmd => Response::ErrCmd,
+        Reply::ErrInternal => Response::ErrInternal,
+        Reply::Redirect(address) => Response::Redirect(address),
+    }
+}
+
+/// Opens a connection within `limit`.
+pub(crate) async fn open_within(
+    address: &str,
+    limit: Duration,
+    max_in_flight: usize,
+    max_value_size: usize,
+) -> Result<Connection, String> {
+    match tokio::time::timeout(
+        limit,
+        Connection::open(address, max_in_flight, max_value_size),
+    )
+    .await
+    {
+        Ok(Ok(connection)) => Ok(connection),
+        Ok(Err(error)) => Err(format!("{address}: {error}")),
+        Err(_) => Err(format!("{address}: connect timed out after {limit:?}")),
+    }
+}

@@ -1,0 +1,381 @@
+//! The client against scripted in-test servers: redirects, unknown outcomes, retries, pipelining.
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use raftkv_client::{CasOutcome, Client, Config, Error, ValueMeta};
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::net::{TcpListener, TcpStream};
+
+/// A request as the fake server saw it.
+#[derive(Debug, Clone)]
+struct Seen {
+    verb: String,
+    key: String,
+    fields: Vec<String>,
+    value: Vec<u8>,
+}
+
+enum Action {
+    Reply(Vec<u8>),
+    /// Drop the connection without answering.
+    Close,
+}
+
+type Script = dyn Fn(&Seen, usize) -> Action + Send + Sync;
+
+/// A server answering each request by `script(request, index of the request across connections)`.
+struct FakeServer {
+    address: String,
+    received: Arc<AtomicUsize>,
+}
+
+impl FakeServer {
+    async fn start(script: impl Fn(&Seen, usize) -> Action + Send + Sync + 'static) -> FakeServer {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let address = listener.local_addr().unwrap().to_string();
+        let received = Arc::new(AtomicUsize::new(0));
+        let script: Arc<Script> = Arc::new(script);
+        let counter = received.clone();
+        tokio::spawn(async move {
+            while let Ok((stream, _)) = listener.accept().await {
+                tokio::spawn(serve(stream, script.clone(), counter.clone()));
+            }
+        });
+        FakeServer { address, received }
+    }
+
+    fn addrs(&self) -> Vec<String> {
+        vec![self.address.clone()]
+    }
+
+    fn received(&self) -> usize {
+        self.received.load(Ordering::SeqCst)
+    }
+
+    fn redirect_line(&self) -> Vec<u8> {
+        let (host, port) = self.address.rsplit_once(':').unwrap();
+        format!("ERR_REDIRECT {host} {port}\r\n").into_bytes()
+    }
+}
+
+async fn serve(stream: TcpStream, script: Arc<Script>, received: Arc<AtomicUsize>) {
+    let (read_half, mut write_half) = stream.into_split();
+    let mut reader = BufReader::new(read_half);
+    loop {
+        let Some(seen) = read_request(&mut reader).await else {
+            return;
+        };
+        let index = received.fetch_add(1, Ordering::SeqCst);
+        match script(&seen, index) {
+            Action::Reply(bytes) => {
+                if write_half.write_all(&bytes).await.is_err() {
+                    return;
+                }
+            }
+            Action::Close => return,
+        }
+    }
+}
+
+async fn read_request(reader: &mut BufReader<tokio::net::tcp::OwnedReadHalf>) -> Option<Seen> {
+    let mut line = String::new();
+    if reader.read_line(&mut line).await.ok()? == 0 {
+        return None;
+    }
+    let words: Vec<String> = line.trim_end().split(' ').map(str::to_string).collect();
+    let verb = words.first()?.clone();
+    let key = words.get(1).cloned().unwrap_or_default();
+    let fields = words[2.min(words.len())..].to_vec();
+    let mut value = Vec::new();
+    if verb == "set" || verb == "cas" {
+        let numbytes: usize = fields.last()?.parse().ok()?;
+        value.resize(numbytes + 2, 0);
+        reader.read_exact(&mut value).await.ok()?;
+        value.truncate(numbytes);
+    }
+    Some(Seen {
+        verb,
+        key,
+        fields,
+        value,
+    })
+}
+
+fn quick() -> Config {
+    Config {
+        deadline: Duration::from_millis(1500),
+        ..Config::default()
+    }
+}
+
+fn reply(text: &str) -> Action {
+    Action::Reply(text.as_bytes().to_vec())
+}
+
+#[tokio::test]
+async fn follows_redirect_to_the_leader_for_reads_and_writes() {
+    let leader = FakeServer::start(|seen, _| match seen.verb.as_str() {
+        "set" => reply("OK 42\r\n"),
+        "get" => reply("VALUE 5\r\nhello\r\n"),
+        _ => reply("ERR_NOT_FOUND\r\n"),
+    })
+    .await;
+    let redirect = leader.redirect_line();
+    let follower = FakeServer::start(move |_, _| Action::Reply(redirect.clone())).await;
+
+    let client = Client::connect_with(&follower.addrs(), quick())
+        .await
+        .unwrap();
+    assert_eq!(client.connected_to(), Some(leader.address.clone()));
+    assert_eq!(client.set("k", b"hello", None).await, Ok(42));
+    assert_eq!(
+        client.get("k").await.unwrap().as_deref(),
+        Some(&b"hello"[..])
+    );
+    // Only the probe went to the follower.
+    assert_eq!(follower.received(), 1);
+}
+
+#[tokio::test]
+async fn a_redirected_write_is_executed_once_at_the_leader() {
+    let leader = FakeServer::start(|_, _| reply("OK 7\r\n")).await;
+    let redirect = leader.redirect_line();
+    let follower = FakeServer::start(move |_, _| Action::Reply(redirect.clone())).await;
+    let client = Client::new(&follower.addrs(), quick()).unwrap();
+    assert_eq!(client.set("k", b"v", Some(30)).await, Ok(7));
+    assert_eq!((follower.received(), leader.received()), (1, 1));
+}
+
+#[tokio::test]
+async fn a_write_lost_after_sending_is_reported_as_outcome_unknown_and_not_retried() {
+    let server = FakeServer::start(|seen, _| match seen.verb.as_str() {
+        "get" => reply("ERR_NOT_FOUND\r\n"),
+        _ => Action::Close,
+    })
+    .await;
+    let client = Client::connect_with(&server.addrs(), quick())
+        .await
+        .unwrap();
+    let before = server.received();
+    let outcome = client.set("k", b"v", None).await;
+    assert!(
+        matches!(outcome, Err(Error::OutcomeUnknown(_))),
+        "{outcome:?}"
+    );
+    let outcome = client.cas("k", 3, b"v", None).await;
+    assert!(
+        matches!(outcome, Err(Error::OutcomeUnknown(_))),
+        "{outcome:?}"
+    );
+    let outcome = client.delete("k").await;
+    assert!(
+        matches!(outcome, Err(Error::OutcomeUnknown(_))),
+        "{outcome:?}"
+    );
+    assert_eq!(
+        server.received() - before,
+        3,
+        "each write was sent exactly once"
+    );
+}
+
+#[tokio::test]
+async fn err_internal_after_a_write_is_outcome_unknown() {
+    let server = FakeServer::start(|_, _| reply("ERR_INTERNAL\r\n")).await;
+    let client = Client::new(&server.addrs(), quick()).unwrap();
+    let outcome = client.set("k", b"v", None).await;
+    assert!(
+        matches!(outcome, Err(Error::OutcomeUnknown(_))),
+        "{outcome:?}"
+    );
+    assert_eq!(server.received(), 1);
+}
+
+#[tokio::test]
+async fn reads_are_retried_after_connection_loss_and_err_internal() {
+    // Request 0 loses its connection, request 1 meets a node without a leader, request 2 succeeds.
+    let server = FakeServer::start(|_, index| match index {
+        0 => Action::Close,
+        1 => reply("ERR_INTERNAL\r\n"),
+        _ => reply("VALUE 3 0 2\r\nok\r\n"),
+    })
+    .await;
+    let client = Client::new(&server.addrs(), quick()).unwrap();
+    let expected = ValueMeta {
+        version: 3,
+        exptime: 0,
+        value: bytes::Bytes::from_static(b"ok"),
+    };
+    assert_eq!(client.getm("k").await, Ok(Some(expected)));
+    assert_eq!(server.received(), 3);
+}
+
+#[tokio::test]
+async fn a_node_without_leader_makes_the_client_try_the_next_one() {
+    let no_leader = FakeServer::start(|_, _| reply("ERR_INTERNAL\r\n")).await;
+    let healthy = FakeServer::start(|_, _| reply("VALUE 1\r\nx\r\n")).await;
+    let client = Client::new(
+        &[no_leader.address.clone(), healthy.address.clone()],
+        quick(),
+    )
+    .unwrap();
+    assert_eq!(client.get("k").await.unwrap().as_deref(), Some(&b"x"[..]));
+    assert_eq!(client.connected_to(), Some(healthy.address.clone()));
+}
+
+#[tokio::test]
+async fn replies_are_matched_to_pipelined_requests_in_order() {
+    const REQUESTS: usize = 200;
+    // This server reads every request before answering any, which only a client that keeps them
+    // all in flight on one connection can satisfy; it answers each get with the key as value.
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let address = listener.local_addr().unwrap().to_string();
+    let server = tokio::spawn(async move {
+        let (stream, _) = listener.accept().await.unwrap();
+        let (read_half, mut write_half) = stream.into_split();
+        let mut reader = BufReader::new(read_half);
+        let mut replies = Vec::new();
+        for _ in 0..REQUESTS {
+            let seen = read_request(&mut reader).await.unwrap();
+            replies.extend(format!("VALUE {}\r\n{}\r\n", seen.key.len(), seen.key).bytes());
+        }
+        write_half.write_all(&replies).await.unwrap();
+        // Keep the connection open until the client is done.
+        let _ = read_request(&mut reader).await;
+    });
+    let client = Client::new(&[address], quick()).unwrap();
+    let mut tasks = Vec::new();
+    for i in 0..REQUESTS {
+        let client = client.clone();
+        tasks.push(tokio::spawn(async move {
+            let key = format!("key-{i}");
+            let value = client.get(&key).await;
+            (key, value)
+        }));
+    }
+    for task in tasks {
+        let (key, value) = task.await.unwrap();
+        assert_eq!(value.unwrap().as_deref(), Some(key.as_bytes()));
+    }
+    drop(client);
+    server.await.unwrap();
+}
+
+#[tokio::test]
+async fn values_with_line_breaks_and_every_outcome_round_trip() {
+    let server = FakeServer::start(|seen, _| match (seen.verb.as_str(), seen.key.as_str()) {
+        ("set", _) => {
+            assert_eq!(seen.fields, ["60", "4"]);
+            assert_eq!(seen.value, b"a\r\nb");
+            reply("OK 10\r\n")
+        }
+        ("cas", "stale") => reply("ERR_VERSION\r\n"),
+        ("cas", "gone") | ("delete", "gone") | ("get", _) => reply("ERR_NOT_FOUND\r\n"),
+        ("cas", _) => {
+            assert_eq!(seen.fields, ["0", "10", "1"]);
+            reply("OK 11\r\n")
+        }
+        ("delete", _) => reply("DELETED\r\n"),
+        _ => reply("ERR_CMD_ERR\r\n"),
+    })
+    .await;
+    let client = Client::new(&server.addrs(), quick()).unwrap();
+    assert_eq!(client.set("k", b"a\r\nb", Some(60)).await, Ok(10));
+    assert_eq!(
+        client.cas("k", 10, b"c", None).await,
+        Ok(CasOutcome::Swapped { version: 11 })
+    );
+    assert_eq!(
+        client.cas("stale", 1, b"c", None).await,
+        Ok(CasOutcome::VersionMismatch)
+    );
+    assert_eq!(
+        client.cas("gone", 1, b"c", None).await,
+        Ok(CasOutcome::NotFound)
+    );
+    assert_eq!(client.get("k").await, Ok(None));
+    assert_eq!(client.delete("k").await, Ok(true));
+    assert_eq!(client.delete("gone").await, Ok(false));
+    assert_eq!(client.getm("x").await, Err(Error::Rejected));
+}
+
+#[tokio::test]
+async fn gives_up_when_no_node_answers_before_the_deadline() {
+    let closed = {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        listener.local_addr().unwrap().to_string()
+    };
+    let config = Config {
+        deadline: Duration::from_millis(300),
+        ..Config::default()
+    };
+    let started = std::time::Instant::now();
+    let outcome = Client::connect_with(&[closed], config).await;
+    assert!(
+        matches!(outcome, Err(Error::Unavailable(_))),
+        "{:?}",
+        outcome.err()
+    );
+    assert!(started.elapsed() < Duration::from_secs(2));
+}
+
+#[tokio::test]
+async fn nodes_redirecting_to_each_other_cannot_hold_the_client_past_its_deadline() {
+    let first = FakeServer::start(|_, _| reply("ERR_REDIRECT 127.0.0.1 1\r\n")).await;
+    let config = Config {
+        deadline: Duration::from_millis(300),
+        ..Config::default()
+    };
+    let client = Client::new(&first.addrs(), config).unwrap();
+    let outcome = client.set("k", b"v", None).await;
+    assert!(matches!(outcome, Err(Error::Unavailable(_))), "{outcome:?}");
+}
+
+#[tokio::test]
+async fn a_silent_server_yields_outcome_unknown_for_writes_and_unavailable_for_reads() {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let address = listener.local_addr().unwrap().to_string();
+    // Accepts and reads, never answers.
+    tokio::spawn(async move {
+        let mut open = Vec::new();
+        while let Ok((stream, _)) = listener.accept().await {
+            open.push(stream);
+        }
+    });
+    let config = Config {
+        deadline: Duration::from_millis(200),
+        ..Config::default()
+    };
+    let client = Client::new(&[address], config).unwrap();
+    assert!(matches!(
+        client.set("k", b"v", None).await,
+        Err(Error::OutcomeUnknown(_))
+    ));
+    assert!(matches!(client.get("k").await, Err(Error::Unavailable(_))));
+}
+
+#[tokio::test]
+async fn invalid_arguments_are_rejected_before_sending() {
+    let client = Client::new(&["127.0.0.1:1".to_string()], quick()).unwrap();
+    assert!(matches!(client.get("").await, Err(Error::InvalidKey(_))));
+    assert!(matches!(
+        client.get(&"k".repeat(251)).await,
+        Err(Error::InvalidKey(_))
+    ));
+    assert!(matches!(
+        client.delete("tab\tkey").await,
+        Err(Error::InvalidKey(_))
+    ));
+    let huge = vec![0u8; (1 << 20) + 1];
+    assert!(matches!(
+        client.set("k", &huge, None).await,
+        Err(Error::ValueTooLarge { .. })
+    ));
+    assert!(matches!(
+        client.set("k", b"v", Some(u32::MAX)).await,
+        Err(Error::InvalidTtl(_))
+    ));
+    assert_eq!(Client::new(&[], quick()).err(), Some(Error::NoAddresses));
+}
