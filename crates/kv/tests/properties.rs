@@ -284,7 +284,6 @@ proptest! {
             prop_assert!(reads_agree(&store, &restored, now_ms));
         }
         // Both continue identically.
-        let mut store = store;
         let mut restored = restored;
         let expire_at = stamp_ms + 2000;
         prop_assert_eq!(store.apply(index + 1, expire_at, &Command::Expire), restored.apply(index + 1, expire_at, &Command::Expire));
