@@ -323,7 +323,7 @@ fn mutated_and_random_input_never_panics() {
             let at = (rng.next() as usize) % bytes.len();
             bytes[at] = rng.next() as u8;
         }
-        if rng.next() % 4 == 0 {
+        if rng.next().is_multiple_of(4) {
             bytes.truncate((rng.next() as usize) % (bytes.len() + 1));
         }
         let mut buf = Bytes::from(bytes);
