@@ -1,9 +1,115 @@
 //! # raftkv-sim: a deterministic whole-cluster simulator for the Raft core
 //!
-//! One seed fixes everything: cluster size, fault probabilities, workload, timing. The cluster runs in one
-//! thread in virtual time; after every step the safety properties of Raft are checked, and at the end the
-//! clients' history is checked for linearizability. See `docs/simulation.md`.
+//! One seed fixes everything: cluster size, fault mix, workload, timing. The cluster runs in one thread
+//! in virtual time; after every step the safety properties of Raft are checked ([`checks`]), and at the
+//! end the clients' history is checked for linearizability ([`linearizability`]). See
+//! `docs/simulation.md` for the fault model and how to replay a seed.
+//!
+//! Layout, one concern per file: [`rng`] (the only randomness), [`network`] (message faults and
+//! partitions), [`disk`] (durable vs pending state, slow disks, crashes), [`kv`] (the state machine),
+//! [`node`] (drives one core per the `Ready` contract), [`client`] (workload and history),
+//! [`checks`] (safety properties), [`simulator`] (the loop, the nemesis, liveness).
 #![forbid(unsafe_code)]
 
+pub mod checks;
+pub mod client;
+pub mod disk;
+pub mod kv;
 pub mod linearizability;
+pub mod network;
+pub mod node;
 pub mod rng;
+pub mod simulator;
+
+use std::cell::RefCell;
+use std::time::{Duration, Instant};
+
+pub use simulator::{run_seed, Options, Report, DEFAULT_STEPS};
+
+/// Totals over a run of many seeds.
+#[derive(Clone, Debug, Default)]
+pub struct Summary {
+    pub seeds: u64,
+    /// Seeds with a safety/liveness violation or a panic.
+    pub violations: u64,
+    pub non_linearizable: u64,
+    /// Seeds whose history the checker could neither prove nor refute within its budget.
+    pub inconclusive: u64,
+    pub failures: Vec<Report>,
+    pub elapsed: Duration,
+}
+
+impl Summary {
+    pub fn passed(&self) -> bool {
+        self.violations == 0 && self.non_linearizable == 0
+    }
+
+    /// The summary line, e.g. `sim: seeds=300 violations=0 non_linearizable=0`.
+    pub fn line(&self) -> String {
+        format!(
+            "sim: seeds={} violations={} non_linearizable={}",
+            self.seeds, self.violations, self.non_linearizable
+        )
+    }
+}
+
+/// Runs seeds `first .. first + count`, calling `on_failure` for each failing seed as it happens.
+pub fn run_seeds(
+    first: u64,
+    count: u64,
+    options: &Options,
+    mut on_failure: impl FnMut(&Report),
+) -> Summary {
+    let started = Instant::now();
+    let mut summary = Summary::default();
+    for seed in first..first.saturating_add(count) {
+        let report = run_seed(seed, options);
+        summary.seeds += 1;
+        summary.violations += u64::from(!report.violations.is_empty());
+        summary.non_linearizable += u64::from(report.non_linearizable());
+        summary.inconclusive += u64::from(matches!(
+            report.linearizability,
+            linearizability::Outcome::Inconclusive { .. }
+        ));
+        if report.failed() {
+            on_failure(&report);
+            summary.failures.push(report);
+        }
+    }
+    summary.elapsed = started.elapsed();
+    summary
+}
+
+thread_local! {
+    static LAST_PANIC: RefCell<Option<String>> = const { RefCell::new(None) };
+}
+
+/// Replaces the panic hook with one that records the message and location instead of printing them,
+/// so a panicking seed is reported once, on its failure line.
+pub fn quiet_panics() {
+    std::panic::set_hook(Box::new(|info| {
+        let at = info
+            .location()
+            .map(|l| format!(" at {}:{}", l.file(), l.line()))
+            .unwrap_or_default();
+        let message = payload_text(info.payload());
+        LAST_PANIC.with(|p| *p.borrow_mut() = Some(format!("{message}{at}")));
+    }));
+}
+
+fn payload_text(payload: &(dyn std::any::Any + Send)) -> String {
+    if let Some(s) = payload.downcast_ref::<&str>() {
+        (*s).to_string()
+    } else if let Some(s) = payload.downcast_ref::<String>() {
+        s.clone()
+    } else {
+        "(non-string panic payload)".to_string()
+    }
+}
+
+/// The text of a caught panic (with its location if `quiet_panics` is installed).
+pub(crate) fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
+    LAST_PANIC
+        .with(|p| p.borrow_mut().take())
+        .unwrap_or_else(|| payload_text(payload))
+}
