@@ -1,0 +1,410 @@
+//! The write path: buffering records, group commit, segment rolling, snapshots and compaction.
+
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use raftkv_raft::{Entry, HardState, Index, InitialState, Snapshot, Term};
+
+use crate::fs::{Fs, LockGuard, RealFs, WalFile};
+use crate::mem_log::MemLog;
+use crate::record::{encode_entry, encode_hard_state, entry_record_len, HARD_STATE_RECORD_LEN};
+use crate::recovery::recover;
+use crate::segment::{encode_header, segment_file_name, SegmentInfo, SEGMENT_HEADER_LEN};
+use crate::snapshot_file::{parse_snapshot_file_name, write_snapshot};
+use crate::{RecoveryStats, WalError, WalOptions};
+
+const LOCK_FILE: &str = "LOCK";
+/// A segment's size before its first entry: the header and the hard state every segment starts with.
+const FRESH_SEGMENT_LEN: u64 = (SEGMENT_HEADER_LEN + HARD_STATE_RECORD_LEN) as u64;
+/// A buffer grown beyond this by one huge batch is given back rather than kept for the process's life.
+const RETAINED_BUFFER_BYTES: usize = 16 * 1024 * 1024;
+
+/// A place in the pending bytes where a new segment begins; its header is already encoded there.
+#[derive(Debug)]
+struct PendingRoll {
+    at: usize,
+    seq: u64,
+    first_index: Index,
+}
+
+/// Durable storage for one Raft node: see the crate documentation.
+pub struct Wal {
+    fs: Arc<dyn Fs>,
+    dir: PathBuf,
+    options: WalOptions,
+    _lock: LockGuard,
+    log: MemLog,
+    /// The latest hard state given, durable or not.
+    hard_state: HardState,
+    durable_hard_state: HardState,
+    snapshot_index: Index,
+    snapshot_file: Option<(PathBuf, u64)>,
+    /// Oldest first; the last one is the one being appended to.
+    segments: Vec<SegmentInfo>,
+    active: Option<Box<dyn WalFile>>,
+    next_seq: u64,
+    /// Encoded records waiting for the next `sync`: one reusable buffer, so appending allocates nothing.
+    pending: Vec<u8>,
+    pending_rolls: Vec<PendingRoll>,
+    /// Size the segment receiving the next record will have once `pending` is written.
+    tail_segment_len: u64,
+    /// Set when a write or sync failed: what the disk holds is then unknown.
+    poisoned: Option<String>,
+}
+
+impl fmt::Debug for Wal {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Wal")
+            .field("dir", &self.dir)
+            .field("first_index", &self.first_index())
+            .field("last_index", &self.last_index())
+            .field("hard_state", &self.hard_state)
+            .field("segments", &self.segments.len())
+            .field("pending_bytes", &self.pending.len())
+            .field("poisoned", &self.poisoned)
+            .finish()
+    }
+}
+
+impl Wal {
+    /// Opens (creating if absent) the data directory, takes its lock file (a second open of the same
+    /// directory, from this or another process, fails with [`WalError::Locked`]), and recovers: hard state,
+    /// newest valid snapshot, log entries after it. A torn final record is truncated; corruption elsewhere is
+    /// an error.
+    pub fn open(
+        dir: &Path,
+        options: WalOptions,
+    ) -> Result<(Wal, InitialState, RecoveryStats), WalError> {
+        Wal::open_with_fs(Arc::new(RealFs), dir, options)
+    }
+
+    /// [`Wal::open`] on another file system, such as [`crate::sim_fs::SimFs`] in tests and simulations.
+    pub fn open_with_fs(
+        fs: Arc<dyn Fs>,
+        dir: &Path,
+        options: WalOptions,
+    ) -> Result<(Wal, InitialState, RecoveryStats), WalError> {
+        fs.create_dir_all(dir)
+            .map_err(WalError::io("create directory", dir))?;
+        let lock_path = dir.join(LOCK_FILE);
+        let lock = fs
+            .try_lock(&lock_path)
+            .map_err(WalError::io("lock", &lock_path))?
+            .ok_or_else(|| WalError::Locked(lock_path.clone()))?;
+        let recovered = recover(fs.as_ref(), dir)?;
+        let initial = InitialState {
+            hard_state: recovered.hard_state,
+            snapshot: recovered.snapshot,
+            entries: recovered.log.entries().to_vec(),
+        };
+        let active = match recovered.segments.last() {
+            Some(segment) => Some(
+                fs.open_append(&segment.path)
+                    .map_err(WalError::io("open", &segment.path))?,
+            ),
+            None => None,
+        };
+        let mut wal = Wal {
+            dir: dir.to_path_buf(),
+            options,
+            _lock: lock,
+            hard_state: recovered.hard_state,
+            durable_hard_state: recovered.hard_state,
+            snapshot_index: initial.snapshot.as_ref().map_or(0, |s| s.meta.index),
+            snapshot_file: recovered.snapshot_file,
+            tail_segment_len: recovered.segments.last().map_or(0, |s| s.len),
+            segments: recovered.segments,
+            active,
+            next_seq: recovered.next_seq,
+            log: recovered.log,
+            pending: Vec::new(),
+            pending_rolls: Vec::new(),
+            poisoned: None,
+            fs,
+        };
+        if wal.active.is_none() {
+            wal.push_roll(wal.log.last_index() + 1);
+            wal.write_pending()?;
+        }
+        tracing::info!(dir = %dir.display(), stats = ?recovered.stats, "storage recovered");
+        Ok((wal, initial, recovered.stats))
+    }
+
+    /// Buffers entries for the next [`Wal::sync`]. If `entries[0].index <= last_index()`, the stored suffix
+    /// from that index is discarded first (a follower's conflicting suffix). Entries must be contiguous and
+    /// start within `first_index()..=last_index() + 1`. They are readable at once, durable after `sync`.
+    pub fn append(&mut self, entries: &[Entry]) -> Result<(), WalError> {
+        self.check_usable()?;
+        let Some(first) = entries.first() else {
+            return Ok(());
+        };
+        if first.index <= self.log.base() || first.index > self.log.last_index() + 1 {
+            return Err(WalError::InvalidRequest(format!(
+                "append at index {}: the log holds {}..={}, so it must start in {}..={}",
+                first.index,
+                self.log.first_index(),
+                self.log.last_index(),
+                self.log.first_index(),
+                self.log.last_index() + 1
+            )));
+        }
+        if let Some(pair) = entries
+            .windows(2)
+            .find(|pair| pair[1].index != pair[0].index + 1)
+        {
+            return Err(WalError::InvalidRequest(format!(
+                "append: entry {} follows entry {}; entries must be contiguous",
+                pair[1].index, pair[0].index
+            )));
+        }
+        for entry in entries {
+            let record_len = entry_record_len(entry) as u64;
+            if self.tail_segment_len + record_len > self.options.segment_bytes
+                && self.tail_segment_len > FRESH_SEGMENT_LEN
+            {
+                self.push_roll(entry.index);
+            }
+            encode_entry(&mut self.pending, entry);
+            self.tail_segment_len += record_len;
+            self.log.overwrite(entry.clone());
+        }
+        Ok(())
+    }
+
+    /// Buffers a new hard state for the next [`Wal::sync`]; it becomes durable together with the entries of
+    /// that sync, and is written after them.
+    pub fn set_hard_state(&mut self, hard_state: HardState) -> Result<(), WalError> {
+        self.check_usable()?;
+        self.hard_state = hard_state;
+        Ok(())
+    }
+
+    /// Makes everything buffered durable: one write and one `fdatasync` (plus a file creation and a directory
+    /// sync when a segment fills up). On error the `Wal` refuses further writes: reopen it.
+    pub fn sync(&mut self) -> Result<(), WalError> {
+        self.check_usable()?;
+        if self.hard_state != self.durable_hard_state {
+            encode_hard_state(&mut self.pending, &self.hard_state);
+            self.tail_segment_len += HARD_STATE_RECORD_LEN as u64;
+        }
+        if self.pending.is_empty() {
+            return Ok(());
+        }
+        let result = self.write_pending();
+        self.poison_on_error(result)
+    }
+
+    /// Durably writes a snapshot file (temporary file, fdatasync, rename, directory fsync) and then removes
+    /// older snapshots. Anything buffered is synced first. If the log holds the snapshot's last entry (same
+    /// index and term), the entries after it are kept; otherwise the log is reset to start right after the
+    /// snapshot (a follower installing a leader's snapshot). A snapshot older than the current one is ignored.
+    pub fn save_snapshot(&mut self, snapshot: &Snapshot) -> Result<(), WalError> {
+        self.check_usable()?;
+        if snapshot.meta.index < self.snapshot_index {
+            tracing::debug!(
+                index = snapshot.meta.index,
+                current = self.snapshot_index,
+                "ignoring stale snapshot"
+            );
+            return Ok(());
+        }
+        self.sync()?;
+        let result = self.save_snapshot_synced(snapshot);
+        self.poison_on_error(result)
+    }
+
+    fn save_snapshot_synced(&mut self, snapshot: &Snapshot) -> Result<(), WalError> {
+        let (index, term) = (snapshot.meta.index, snapshot.meta.term);
+        let (path, size) = write_snapshot(self.fs.as_ref(), &self.dir, snapshot)?;
+        if self.log.term(index) != Some(term) {
+            // The new segment's first index cuts the old log off on replay; only once it is durable may the
+            // older segments go.
+            self.push_roll(index + 1);
+            self.write_pending()?;
+            self.log.restart(index, term);
+            let superseded = self.segments.len() - 1;
+            for segment in self.segments.drain(..superseded) {
+                self.fs
+                    .remove_file(&segment.path)
+                    .map_err(WalError::io("remove", &segment.path))?;
+            }
+        }
+        self.snapshot_index = index;
+        self.snapshot_file = Some((path.clone(), size));
+        let names = self
+            .fs
+            .list_dir(&self.dir)
+            .map_err(WalError::io("list", &self.dir))?;
+        for name in names {
+            let old = self.dir.join(&name);
+            if parse_snapshot_file_name(&name).is_some() && old != path {
+                self.fs
+                    .remove_file(&old)
+                    .map_err(WalError::io("remove", &old))?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Drops log entries up to `index`, which must not pass the newest snapshot. Reads before `index + 1`
+    /// fail with [`WalError::Compacted`] from now on; segment files whose entries are all covered are deleted.
+    pub fn compact(&mut self, index: Index) -> Result<(), WalError> {
+        self.check_usable()?;
+        if index > self.snapshot_index {
+            return Err(WalError::InvalidRequest(format!(
+                "compact({index}): the newest snapshot only covers up to {}",
+                self.snapshot_index
+            )));
+        }
+        let index = index.min(self.log.last_index());
+        if index <= self.log.base() {
+            return Ok(());
+        }
+        self.log.drop_through(index);
+        // A segment's live entries all precede the next segment's first index, which cuts the log back.
+        let mut removable = 0;
+        while removable + 1 < self.segments.len()
+            && self.segments[removable + 1].first_index <= index + 1
+        {
+            removable += 1;
+        }
+        let result = self.remove_segments(removable);
+        self.poison_on_error(result)
+    }
+
+    fn remove_segments(&mut self, count: usize) -> Result<(), WalError> {
+        for segment in self.segments.drain(..count) {
+            self.fs
+                .remove_file(&segment.path)
+                .map_err(WalError::io("remove", &segment.path))?;
+        }
+        Ok(())
+    }
+
+    /// Entries `[lo, hi)`, from memory. Before the first index: [`WalError::Compacted`].
+    pub fn entries(&self, lo: Index, hi: Index) -> Result<Vec<Entry>, WalError> {
+        Ok(self.log.slice(lo, hi)?.to_vec())
+    }
+
+    /// The term of the entry at `index`; `first_index() - 1` answers with the snapshot's (or compaction
+    /// point's) term.
+    pub fn term(&self, index: Index) -> Result<Term, WalError> {
+        self.log.term(index).ok_or_else(|| {
+            if index < self.log.base() {
+                WalError::Compacted {
+                    index,
+                    first: self.log.first_index(),
+                }
+            } else {
+                WalError::Unavailable {
+                    index,
+                    last: self.log.last_index(),
+                }
+            }
+        })
+    }
+
+    /// The first index still in the log (the snapshot's index + 1 when the log is empty).
+    pub fn first_index(&self) -> Index {
+        self.log.first_index()
+    }
+
+    /// The last index in the log, including entries not yet synced.
+    pub fn last_index(&self) -> Index {
+        self.log.last_index()
+    }
+
+    /// The latest hard state given, synced or not.
+    pub fn hard_state(&self) -> HardState {
+        self.hard_state
+    }
+
+    /// Bytes in segment and snapshot files.
+    pub fn disk_usage(&self) -> u64 {
+        self.segments.iter().map(|s| s.len).sum::<u64>()
+            + self.snapshot_file.as_ref().map_or(0, |(_, size)| *size)
+    }
+
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    fn check_usable(&self) -> Result<(), WalError> {
+        match &self.poisoned {
+            Some(reason) => Err(WalError::Poisoned(reason.clone())),
+            None => Ok(()),
+        }
+    }
+
+    fn poison_on_error<T>(&mut self, result: Result<T, WalError>) -> Result<T, WalError> {
+        if let Err(error) = &result {
+            tracing::error!(%error, "storage write failed; refusing further writes until reopened");
+            self.poisoned = Some(error.to_string());
+        }
+        result
+    }
+
+    /// Starts a new segment at the current end of the pending bytes. Every segment begins with the durable
+    /// hard state, so deleting older segments never loses it.
+    fn push_roll(&mut self, first_index: Index) {
+        let at = self.pending.len();
+        encode_header(&mut self.pending, self.next_seq, first_index);
+        encode_hard_state(&mut self.pending, &self.durable_hard_state);
+        self.pending_rolls.push(PendingRoll {
+            at,
+            seq: self.next_seq,
+            first_index,
+        });
+        self.next_seq += 1;
+        self.tail_segment_len = FRESH_SEGMENT_LEN;
+    }
+
+    fn write_pending(&mut self) -> Result<(), WalError> {
+        let mut pending = std::mem::take(&mut self.pending);
+        let rolls = std::mem::take(&mut self.pending_rolls);
+        let first_end = rolls.first().map_or(pending.len(), |roll| roll.at);
+        if first_end > 0 {
+            let segment = self
+                .segments
+                .last_mut()
+                .expect("bytes before any roll go to an existing segment");
+            let file = self.active.as_mut().expect("the newest segment is open");
+            file.write_all(&pending[..first_end])
+                .map_err(WalError::io("write", &segment.path))?;
+            file.sync_data()
+                .map_err(WalError::io("fdatasync", &segment.path))?;
+            segment.len += first_end as u64;
+        }
+        for (position, roll) in rolls.iter().enumerate() {
+            let end = rolls
+                .get(position + 1)
+                .map_or(pending.len(), |next| next.at);
+            let path = self.dir.join(segment_file_name(roll.seq, roll.first_index));
+            let mut file = self
+                .fs
+                .create(&path)
+                .map_err(WalError::io("create", &path))?;
+            file.write_all(&pending[roll.at..end])
+                .map_err(WalError::io("write", &path))?;
+            file.sync_data().map_err(WalError::io("fdatasync", &path))?;
+            // The new name must be durable too, or a crash could lose the whole segment after this returns.
+            self.fs
+                .sync_dir(&self.dir)
+                .map_err(WalError::io("fsync directory", &self.dir))?;
+            self.segments.push(SegmentInfo {
+                first_index: roll.first_index,
+                path,
+                len: (end - roll.at) as u64,
+            });
+            self.active = Some(file);
+        }
+        pending.clear();
+        if pending.capacity() > RETAINED_BUFFER_BYTES {
+            pending = Vec::new();
+        }
+        self.pending = pending;
+        self.durable_hard_state = self.hard_state;
+        Ok(())
+    }
+}

@@ -1,0 +1,228 @@
+//! The API on a real temporary directory: durability across reopen, the lock, snapshots, compaction, damage.
+
+use std::fs::OpenOptions;
+use std::io::Write;
+use std::path::Path;
+
+use bytes::Bytes;
+use raftkv_raft::{EntryKind, Membership, SnapshotMeta};
+use raftkv_wal::{Entry, HardState, Snapshot, Wal, WalError, WalOptions};
+
+fn entry(index: u64, term: u64) -> Entry {
+    Entry {
+        index,
+        term,
+        kind: EntryKind::Normal,
+        data: Bytes::from(format!("entry {index} of term {term}")),
+    }
+}
+
+fn entries(range: std::ops::RangeInclusive<u64>, term: u64) -> Vec<Entry> {
+    range.map(|index| entry(index, term)).collect()
+}
+
+fn small_segments() -> WalOptions {
+    WalOptions { segment_bytes: 300 }
+}
+
+fn snapshot(index: u64, term: u64) -> Snapshot {
+    Snapshot {
+        meta: SnapshotMeta {
+            index,
+            term,
+            membership: Membership::new(vec![1, 2, 3]),
+        },
+        data: Bytes::from(format!("state at {index}")),
+    }
+}
+
+fn segment_files(dir: &Path) -> Vec<std::path::PathBuf> {
+    let mut files: Vec<_> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| e == "wal"))
+        .collect();
+    files.sort();
+    files
+}
+
+#[test]
+fn fresh_directory_starts_empty() {
+    let dir = tempfile::tempdir().unwrap();
+    let (wal, initial, stats) = Wal::open(&dir.path().join("data"), WalOptions::default()).unwrap();
+    assert_eq!(initial.hard_state, HardState::default());
+    assert!(initial.snapshot.is_none() && initial.entries.is_empty());
+    assert_eq!((wal.first_index(), wal.last_index()), (1, 0));
+    assert_eq!(stats.entries, 0);
+}
+
+#[test]
+fn synced_entries_and_hard_state_survive_reopen() {
+    let dir = tempfile::tempdir().unwrap();
+    let hard_state = HardState {
+        term: 3,
+        vote: Some(2),
+        commit: 40,
+    };
+    {
+        let (mut wal, _, _) = Wal::open(dir.path(), small_segments()).unwrap();
+        wal.append(&entries(1..=50, 1)).unwrap();
+        wal.set_hard_state(hard_state).unwrap();
+        wal.sync().unwrap();
+        // Not synced: may or may not survive, but must not break recovery.
+        wal.append(&entries(51..=52, 1)).unwrap();
+    }
+    assert!(
+        segment_files(dir.path()).len() > 5,
+        "small segments must roll"
+    );
+    let (wal, initial, stats) = Wal::open(dir.path(), small_segments()).unwrap();
+    assert_eq!(initial.hard_state, hard_state);
+    assert_eq!(initial.entries, entries(1..=50, 1));
+    assert_eq!(wal.entries(10, 13).unwrap(), entries(10..=12, 1));
+    assert_eq!(stats.entries, 50);
+    assert_eq!(stats.segments, segment_files(dir.path()).len());
+}
+
+#[test]
+fn a_second_open_of_the_same_directory_fails_clearly() {
+    let dir = tempfile::tempdir().unwrap();
+    let (wal, _, _) = Wal::open(dir.path(), WalOptions::default()).unwrap();
+    let error = Wal::open(dir.path(), WalOptions::default()).unwrap_err();
+    assert!(
+        matches!(error, WalError::Locked(ref path) if path == &dir.path().join("LOCK")),
+        "{error}"
+    );
+    assert!(error.to_string().contains("already in use"), "{error}");
+    drop(wal);
+    Wal::open(dir.path(), WalOptions::default()).expect("the lock is released on drop");
+}
+
+#[test]
+fn a_conflicting_suffix_is_replaced_durably() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let (mut wal, _, _) = Wal::open(dir.path(), small_segments()).unwrap();
+        wal.append(&entries(1..=30, 1)).unwrap();
+        wal.sync().unwrap();
+        wal.append(&entries(20..=25, 2)).unwrap();
+        wal.sync().unwrap();
+        assert_eq!(wal.last_index(), 25);
+    }
+    let (_, initial, _) = Wal::open(dir.path(), small_segments()).unwrap();
+    let mut expected = entries(1..=19, 1);
+    expected.extend(entries(20..=25, 2));
+    assert_eq!(initial.entries, expected);
+}
+
+#[test]
+fn bad_appends_are_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut wal, _, _) = Wal::open(dir.path(), WalOptions::default()).unwrap();
+    assert!(matches!(
+        wal.append(&[entry(2, 1)]),
+        Err(WalError::InvalidRequest(_))
+    ));
+    assert!(matches!(
+        wal.append(&[entry(1, 1), entry(3, 1)]),
+        Err(WalError::InvalidRequest(_))
+    ));
+    assert_eq!(wal.last_index(), 0);
+}
+
+#[test]
+fn snapshot_then_compaction_removes_whole_segments() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let (mut wal, _, _) = Wal::open(dir.path(), small_segments()).unwrap();
+        wal.append(&entries(1..=100, 1)).unwrap();
+        wal.sync().unwrap();
+        let before = segment_files(dir.path()).len();
+        let usage = wal.disk_usage();
+        wal.save_snapshot(&snapshot(80, 1)).unwrap();
+        assert_eq!(wal.last_index(), 100, "a matching snapshot keeps the log");
+        assert!(matches!(wal.compact(81), Err(WalError::InvalidRequest(_))));
+        wal.compact(80).unwrap();
+        assert!(segment_files(dir.path()).len() < before / 3);
+        assert!(wal.disk_usage() < usage);
+        assert!(matches!(
+            wal.entries(80, 82),
+            Err(WalError::Compacted {
+                index: 80,
+                first: 81
+            })
+        ));
+        assert_eq!(wal.entries(81, 83).unwrap(), entries(81..=82, 1));
+        assert!(matches!(
+            wal.entries(100, 102),
+            Err(WalError::Unavailable { .. })
+        ));
+    }
+    let (wal, initial, _) = Wal::open(dir.path(), small_segments()).unwrap();
+    assert_eq!(initial.snapshot, Some(snapshot(80, 1)));
+    assert_eq!(initial.entries, entries(81..=100, 1));
+    assert_eq!(wal.first_index(), 81);
+    assert_eq!(wal.term(80).unwrap(), 1);
+}
+
+#[test]
+fn an_installed_snapshot_that_does_not_match_resets_the_log() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let (mut wal, _, _) = Wal::open(dir.path(), small_segments()).unwrap();
+        wal.append(&entries(1..=40, 1)).unwrap();
+        wal.sync().unwrap();
+        wal.save_snapshot(&snapshot(30, 2)).unwrap();
+        assert_eq!((wal.first_index(), wal.last_index()), (31, 30));
+        assert_eq!(segment_files(dir.path()).len(), 1);
+        wal.append(&entries(31..=35, 2)).unwrap();
+        wal.sync().unwrap();
+    }
+    let (_, initial, _) = Wal::open(dir.path(), small_segments()).unwrap();
+    assert_eq!(initial.snapshot.unwrap().meta.index, 30);
+    assert_eq!(initial.entries, entries(31..=35, 2));
+}
+
+#[test]
+fn a_torn_final_write_is_cut_off() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let (mut wal, _, _) = Wal::open(dir.path(), WalOptions::default()).unwrap();
+        wal.append(&entries(1..=10, 1)).unwrap();
+        wal.sync().unwrap();
+    }
+    let segment = segment_files(dir.path()).pop().unwrap();
+    let len = std::fs::metadata(&segment).unwrap().len();
+    // Half of a record's header, as a crash during the next write could leave.
+    OpenOptions::new()
+        .append(true)
+        .open(&segment)
+        .unwrap()
+        .write_all(&[7, 7, 7, 7, 9])
+        .unwrap();
+    let (_, initial, stats) = Wal::open(dir.path(), WalOptions::default()).unwrap();
+    assert_eq!(initial.entries, entries(1..=10, 1));
+    assert_eq!(stats.truncated_torn_bytes, 5);
+    assert_eq!(std::fs::metadata(&segment).unwrap().len(), len);
+}
+
+#[test]
+fn a_damaged_old_record_stops_the_node_naming_file_and_offset() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let (mut wal, _, _) = Wal::open(dir.path(), WalOptions::default()).unwrap();
+        wal.append(&entries(1..=10, 1)).unwrap();
+        wal.sync().unwrap();
+    }
+    let segment = segment_files(dir.path()).pop().unwrap();
+    let mut bytes = std::fs::read(&segment).unwrap();
+    bytes[100] ^= 0x40;
+    std::fs::write(&segment, bytes).unwrap();
+    match Wal::open(dir.path(), WalOptions::default()) {
+        Err(WalError::Corrupt { file, offset, .. }) => {
+            assert_eq!(file, segment);
+            assert!(offset <= 100 && offset > 32, "offset {offset}");
+        }
+        other => panic!("expected Corrupt, got {other:?}"),
+    }
+}
