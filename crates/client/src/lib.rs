@@ -53,6 +53,9 @@ pub mod proto;
 
 mod conn;
 
+/// The `bytes` crate, re-exported because values are returned as [`bytes::Bytes`].
+pub use bytes;
+
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
