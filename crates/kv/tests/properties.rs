@@ -266,6 +266,10 @@ proptest! {
                     let expected = model.apply(index, stamp_ms, &command);
                     prop_assert_eq!(store.apply(index, stamp_ms, &command), expected);
                     prop_assert_eq!(store.len(), model.entries.len());
+                    let model_expiring = model.entries.values().filter(|(_, expires, _)| expires.is_some()).count();
+                    prop_assert_eq!(store.expiring_len(), model_expiring);
+                    prop_assert_eq!(store.has_expired(stamp_ms.max(model.clock_ms)),
+                        model.entries.values().any(|(_, expires, _)| expires.is_some_and(|at| at <= stamp_ms.max(model.clock_ms))));
                 }
                 Step::Read { delta_ms, key, meta } => {
                     let now_ms = stamp_ms.saturating_add_signed(delta_ms);

@@ -1,9 +1,6 @@
 //! One stored key: kept in a single allocation (`key_len | key | value`) plus two integers, because
 //! per-entry overhead dominates memory when a store holds millions of small values.
 
-use std::borrow::Borrow;
-use std::hash::{Hash, Hasher};
-
 use crate::limits::MAX_KEY_LEN;
 
 /// `expires_at_ms` of a key that never expires.
@@ -53,27 +50,5 @@ impl Entry {
 
     pub fn expires(&self) -> bool {
         self.expires_at_ms != NEVER
-    }
-}
-
-// Entries are identified by key alone, so the table can be a set looked up by `&[u8]`.
-impl PartialEq for Entry {
-    fn eq(&self, other: &Self) -> bool {
-        self.key() == other.key()
-    }
-}
-
-impl Eq for Entry {}
-
-impl Hash for Entry {
-    fn hash<H: Hasher>(&self, state: &mut H) {
-        // Must hash exactly like the borrowed `[u8]` form for set lookups by key to work.
-        self.key().hash(state);
-    }
-}
-
-impl Borrow<[u8]> for Entry {
-    fn borrow(&self) -> &[u8] {
-        self.key()
     }
 }

@@ -4,8 +4,7 @@ mod digest;
 mod entry;
 mod expiry;
 mod snapshot;
-
-use std::collections::HashSet;
+mod table;
 
 use bytes::Bytes;
 
@@ -15,6 +14,7 @@ use crate::protocol::{Reply, Request};
 use digest::DigestHasher;
 use entry::{Entry, NEVER};
 use expiry::ExpiryIndex;
+use table::KeyTable;
 
 /// Replies of the read path are ordinary replies (`Value`, `ValueMeta` or `ErrNotFound`).
 pub type ReadReply = Reply;
@@ -26,8 +26,10 @@ pub type ReadReply = Reply;
 /// so a new leader whose wall clock lags the old one cannot make expired keys reappear.
 #[derive(Debug, Clone, Default)]
 pub struct Store {
-    entries: HashSet<Entry>,
+    entries: KeyTable,
     expiry: ExpiryIndex,
+    /// Number of held entries that expire (the index may hold fewer elements, see `expiry`).
+    expiring_entries: usize,
     applied_index: u64,
     clock_ms: u64,
 }
@@ -108,12 +110,12 @@ impl Store {
     }
 
     pub fn is_empty(&self) -> bool {
-        self.entries.is_empty()
+        self.entries.len() == 0
     }
 
     /// Number of held keys that have an expiry time.
     pub fn expiring_len(&self) -> usize {
-        self.expiry.len()
+        self.expiring_entries
     }
 
     /// Whether an `Expire` at `now_ms` would reclaim anything, so the leader proposes one only
@@ -173,25 +175,32 @@ impl Store {
 
     fn insert(&mut self, entry: Entry) {
         // The old entry is unindexed before the new one is indexed: both may share
-        // (instant, key) when rewritten at the same clock with the same exptime.
+        // (instant, hash) when rewritten at the same clock with the same exptime.
         self.remove(entry.key());
+        let hash = self.entries.hash(entry.key());
         if entry.expires() {
-            self.expiry.insert(entry.expires_at_ms, entry.key());
+            self.expiry.insert(entry.expires_at_ms, hash);
+            self.expiring_entries += 1;
         }
-        self.entries.insert(entry);
+        self.entries.insert_new(hash, entry);
     }
 
     fn remove(&mut self, key: &[u8]) -> Option<Entry> {
         let entry = self.entries.take(key)?;
         if entry.expires() {
-            self.expiry.remove(entry.expires_at_ms, entry.key());
+            self.expiring_entries = self.expiring_entries.saturating_sub(1);
+            let hash = self.entries.hash(key);
+            if !self.entries.has_expiring(hash, entry.expires_at_ms) {
+                self.expiry.remove(entry.expires_at_ms, hash);
+            }
         }
         Some(entry)
     }
 
     fn reclaim_expired(&mut self, now_ms: u64) {
-        while let Some(key) = self.expiry.pop_due(now_ms) {
-            self.entries.remove(&*key);
+        while let Some((instant, hash)) = self.expiry.pop_due(now_ms) {
+            let removed = self.entries.remove_expiring(hash, instant);
+            self.expiring_entries = self.expiring_entries.saturating_sub(removed);
         }
     }
 }

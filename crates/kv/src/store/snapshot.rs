@@ -35,7 +35,7 @@ impl Store {
         out.extend_from_slice(&self.applied_index.to_le_bytes());
         out.extend_from_slice(&self.clock_ms.to_le_bytes());
         out.extend_from_slice(&(self.entries.len() as u64).to_le_bytes());
-        for entry in &self.entries {
+        for entry in self.entries.iter() {
             out.extend_from_slice(&entry.version.to_le_bytes());
             out.extend_from_slice(&entry.expires_at_ms.to_le_bytes());
             // Entries only hold keys of at most 250 bytes and values below 4 GiB (checked on write).
@@ -93,7 +93,7 @@ impl Store {
             if version > store.applied_index {
                 return Err(DecodeError::InvalidEntry);
             }
-            if store.entries.contains(key) {
+            if store.entries.get(key).is_some() {
                 return Err(DecodeError::DuplicateKey);
             }
             let entry =
