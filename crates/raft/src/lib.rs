@@ -4,8 +4,12 @@
 #![forbid(unsafe_code)]
 
 mod config;
+mod log;
+mod progress;
 mod raft;
+mod read_index;
 mod ready;
+mod rng;
 mod types;
 
 pub use config::Config;

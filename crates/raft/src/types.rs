@@ -99,22 +99,45 @@ pub struct Message {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum MessageBody {
     /// "Would you vote for me if I campaigned?" Changes no state on the receiver.
-    PreVote { last_index: Index, last_term: Term },
-    PreVoteResponse { granted: bool },
+    PreVote {
+        last_index: Index,
+        last_term: Term,
+    },
+    PreVoteResponse {
+        granted: bool,
+    },
     /// RequestVote (§5.2). `transfer` is set when the campaign was started by TimeoutNow, so receivers
     /// must not refuse it on the ground that they heard from a leader recently.
-    Vote { last_index: Index, last_term: Term, transfer: bool },
-    VoteResponse { granted: bool },
+    Vote {
+        last_index: Index,
+        last_term: Term,
+        transfer: bool,
+    },
+    VoteResponse {
+        granted: bool,
+    },
     /// AppendEntries (§5.3). `commit` is the leader's commit index.
-    Append { prev_index: Index, prev_term: Term, entries: Vec<Entry>, commit: Index },
+    Append {
+        prev_index: Index,
+        prev_term: Term,
+        entries: Vec<Entry>,
+        commit: Index,
+    },
     AppendResponse(AppendResult),
     /// Keeps followers from campaigning and carries the commit index (capped at what the follower is
     /// known to hold). `read_round` is non-zero when the heartbeat also confirms leadership for
     /// ReadIndex; the follower echoes it.
-    Heartbeat { commit: Index, read_round: u64 },
-    HeartbeatResponse { read_round: u64 },
+    Heartbeat {
+        commit: Index,
+        read_round: u64,
+    },
+    HeartbeatResponse {
+        read_round: u64,
+    },
     /// InstallSnapshot (§7): the whole snapshot in one message in this version of the core.
-    InstallSnapshot { snapshot: Snapshot },
+    InstallSnapshot {
+        snapshot: Snapshot,
+    },
     /// Leadership transfer (dissertation §3.10): "campaign now, ignoring your election timer".
     TimeoutNow,
 }
@@ -127,7 +150,11 @@ pub enum AppendResult {
     /// The consistency check failed at `prev_index`. `hint_index`/`hint_term` let the leader skip a whole
     /// conflicting term at once: the follower's entry at `hint_index` has `hint_term`, and
     /// `hint_index` is the follower's first index of that term (or its last index if its log is shorter).
-    Rejected { prev_index: Index, hint_index: Index, hint_term: Term },
+    Rejected {
+        prev_index: Index,
+        hint_index: Index,
+        hint_term: Term,
+    },
 }
 
 /// A linearizable read that became safe: once the state machine has applied `index`, the read whose
