@@ -1,0 +1,150 @@
+//! One client connection: parse pipelined commands, hand them to the node loop, write the replies
+//! back in request order.
+//!
+//! A reader task parses and forwards; a writer task awaits each reply in turn. The queue between them
+//! is bounded, so a client that pipelines faster than the cluster commits is slowed down by TCP
+//! back-pressure rather than by our memory.
+
+use bytes::BytesMut;
+use raftkv_kv::{Command, ParseError, ParseOutcome, Parser, Reply, Request};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
+use tokio::net::TcpStream;
+use tokio::sync::{mpsc, oneshot};
+use tracing::debug;
+
+use crate::request::{ClientRequest, Op};
+
+/// Replies a connection may owe at once; beyond this its reader stops reading.
+const MAX_PIPELINE: usize = 1024;
+/// Replies buffered before the writer flushes even if more are ready.
+const MAX_WRITE_BUFFER: usize = 256 * 1024;
+
+enum Slot {
+    /// A reply known at parse time (a protocol error); `close` ends the connection after it.
+    Immediate { reply: Reply, close: bool },
+    /// A reply the node loop will send.
+    Pending { reply: oneshot::Receiver<Reply>, noreply: bool },
+}
+
+pub async fn serve(socket: TcpStream, max_value_size: usize, node: mpsc::Sender<ClientRequest>) {
+    let _ = socket.set_nodelay(true);
+    let (reader, writer) = socket.into_split();
+    let (slots_tx, slots_rx) = mpsc::channel(MAX_PIPELINE);
+    let writer_task = tokio::spawn(write_replies(writer, slots_rx));
+    read_requests(reader, max_value_size, node, slots_tx).await;
+    let _ = writer_task.await;
+}
+
+async fn read_requests(
+    mut reader: OwnedReadHalf,
+    max_value_size: usize,
+    node: mpsc::Sender<ClientRequest>,
+    slots: mpsc::Sender<Slot>,
+) {
+    let mut parser = Parser::new(max_value_size);
+    let mut buf = BytesMut::with_capacity(16 * 1024);
+    loop {
+        loop {
+            let slot = match parser.parse(&mut buf) {
+                ParseOutcome::NeedMore => break,
+                ParseOutcome::Request(request) => match submit(request, &node).await {
+                    Some(slot) => slot,
+                    None => return,
+                },
+                ParseOutcome::Error(ParseError::Recoverable) => Slot::Immediate { reply: Reply::ErrCmdErr, close: false },
+                ParseOutcome::Error(ParseError::Fatal) => {
+                    let _ = slots.send(Slot::Immediate { reply: Reply::ErrCmdErr, close: true }).await;
+                    return;
+                }
+            };
+            if slots.send(slot).await.is_err() {
+                return;
+            }
+        }
+        if buf.capacity() - buf.len() < 4096 {
+            buf.reserve(16 * 1024);
+        }
+        match reader.read_buf(&mut buf).await {
+            Ok(0) | Err(_) => return,
+            Ok(_) => {}
+        }
+    }
+}
+
+/// Hands a parsed request to the node loop. `None` if the node is shutting down.
+async fn submit(request: Request, node: &mpsc::Sender<ClientRequest>) -> Option<Slot> {
+    let (op, noreply) = match request {
+        Request::Get { .. } | Request::Getm { .. } => (Op::Read(request), false),
+        write => match Command::from_request(write) {
+            Some((command, noreply)) => (Op::Write(command), noreply),
+            None => return Some(Slot::Immediate { reply: Reply::ErrCmdErr, close: false }),
+        },
+    };
+    let (tx, rx) = oneshot::channel();
+    node.send(ClientRequest { op, reply: tx }).await.ok()?;
+    Some(Slot::Pending { reply: rx, noreply })
+}
+
+async fn write_replies(mut writer: OwnedWriteHalf, mut slots: mpsc::Receiver<Slot>) {
+    let mut out = BytesMut::with_capacity(16 * 1024);
+    while let Some(mut slot) = slots.recv().await {
+        loop {
+            let close = match slot {
+                Slot::Immediate { reply, close } => {
+                    reply.encode(&mut out);
+                    close
+                }
+                Slot::Pending { mut reply, noreply } => {
+                    let answer = match reply.try_recv() {
+                        Ok(answer) => answer,
+                        Err(oneshot::error::TryRecvError::Empty) => {
+                            // Flush what is ready before waiting, so earlier replies are not held back.
+                            if flush(&mut writer, &mut out).await.is_err() {
+                                return;
+                            }
+                            reply.await.unwrap_or(Reply::ErrInternal)
+                        }
+                        Err(oneshot::error::TryRecvError::Closed) => Reply::ErrInternal,
+                    };
+                    if !(noreply && is_suppressed_by_noreply(&answer)) {
+                        answer.encode(&mut out);
+                    }
+                    false
+                }
+            };
+            if close {
+                let _ = flush(&mut writer, &mut out).await;
+                let _ = writer.shutdown().await;
+                debug!("closed a client connection after a fatal protocol error");
+                return;
+            }
+            if out.len() >= MAX_WRITE_BUFFER {
+                if flush(&mut writer, &mut out).await.is_err() {
+                    return;
+                }
+            }
+            match slots.try_recv() {
+                Ok(next) => slot = next,
+                Err(_) => break,
+            }
+        }
+        if flush(&mut writer, &mut out).await.is_err() {
+            return;
+        }
+    }
+    let _ = writer.shutdown().await;
+}
+
+/// noreply silences the outcomes of the command itself, never errors about the request or the cluster.
+fn is_suppressed_by_noreply(reply: &Reply) -> bool {
+    matches!(reply, Reply::Ok { .. } | Reply::ErrVersion | Reply::ErrNotFound)
+}
+
+async fn flush(writer: &mut OwnedWriteHalf, out: &mut BytesMut) -> std::io::Result<()> {
+    if !out.is_empty() {
+        writer.write_all(out).await?;
+        out.clear();
+    }
+    Ok(())
+}

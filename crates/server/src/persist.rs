@@ -1,0 +1,88 @@
+//! The disk side of the node: one thread that owns the WAL and makes Ready batches durable.
+//!
+//! The node loop hands over each batch that must be persisted and goes on (a leader's appends are
+//! already on the wire). This thread takes every batch waiting in its queue, writes them all and calls
+//! fdatasync once (group commit), then sends the messages that had to wait for durability and
+//! publishes the new durable position through a `watch`, which never blocks and coalesces, so the two
+//! sides can never wait on each other.
+
+use std::thread::JoinHandle;
+
+use raftkv_raft::{Entry, HardState, Index, Message, Snapshot, Term};
+use raftkv_wal::Wal;
+use tokio::sync::{mpsc, watch};
+use tracing::error;
+
+use crate::transport::Transport;
+
+/// Batches taken in one group commit at most (bounds the latency of the first one).
+const MAX_BATCHES_PER_SYNC: usize = 256;
+/// Batches waiting for the disk before the node loop feels back-pressure.
+pub const QUEUE_DEPTH: usize = 1024;
+
+/// One Ready's worth of work for the disk.
+pub struct PersistJob {
+    pub snapshot: Option<Snapshot>,
+    pub entries: Vec<Entry>,
+    pub hard_state: Option<HardState>,
+    pub messages_after_persist: Vec<Message>,
+}
+
+/// What the disk has made durable so far.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Durable {
+    pub index: Index,
+    pub term: Term,
+    /// Bumped on every sync, so the loop can tell a new report from an old one.
+    pub syncs: u64,
+    /// Set when the disk failed: the node must stop.
+    pub failed: bool,
+}
+
+pub fn spawn(
+    mut wal: Wal,
+    mut jobs: mpsc::Receiver<PersistJob>,
+    transport: Transport,
+    durable: watch::Sender<Durable>,
+) -> std::io::Result<JoinHandle<()>> {
+    std::thread::Builder::new().name("raftkv-wal".into()).spawn(move || {
+        let mut batch = Vec::with_capacity(MAX_BATCHES_PER_SYNC);
+        let mut position = Durable::default();
+        while jobs.blocking_recv_many(&mut batch, MAX_BATCHES_PER_SYNC) > 0 {
+            if let Err(err) = write_batches(&mut wal, &batch, &mut position) {
+                error!("storage failed, stopping the node: {err}");
+                position.failed = true;
+                let _ = durable.send(position);
+                return;
+            }
+            position.syncs += 1;
+            let _ = durable.send(position);
+            for job in batch.drain(..) {
+                for msg in job.messages_after_persist {
+                    transport.send(msg);
+                }
+            }
+        }
+    })
+}
+
+fn write_batches(wal: &mut Wal, batch: &[PersistJob], position: &mut Durable) -> Result<(), raftkv_wal::WalError> {
+    for job in batch {
+        if let Some(snapshot) = &job.snapshot {
+            wal.save_snapshot(snapshot)?;
+            position.index = snapshot.meta.index;
+            position.term = snapshot.meta.term;
+        }
+        if !job.entries.is_empty() {
+            wal.append(&job.entries)?;
+            if let Some(last) = job.entries.last() {
+                position.index = last.index;
+                position.term = last.term;
+            }
+        }
+        if let Some(hs) = job.hard_state {
+            wal.set_hard_state(hs)?;
+        }
+    }
+    wal.sync()
+}
