@@ -1,0 +1,113 @@
+//! `raftkv bench` end to end: a short run gives a well-formed table and JSON, with requests done
+//! and no errors.
+
+#[path = "client_support.rs"]
+mod support;
+
+use std::process::Command;
+
+use support::{Cluster, RAFTKV};
+
+fn bench(cluster: &Cluster, args: &[&str]) -> std::process::Output {
+    Command::new(RAFTKV)
+        .args(["bench", "--addr", &cluster.addr_arg()])
+        .args(args)
+        .output()
+        .expect("run raftkv bench")
+}
+
+#[test]
+#[ignore = "needs server"]
+fn a_short_run_reports_a_table_and_json_without_errors() {
+    let cluster = Cluster::start(3);
+
+    let table = bench(
+        &cluster,
+        &["--op", "set", "--clients", "16", "--duration", "2"],
+    );
+    assert!(table.status.success(), "{table:?}");
+    let text = String::from_utf8_lossy(&table.stdout);
+    for row in [
+        "workload",
+        "throughput",
+        "latency (µs)",
+        "p50",
+        "p99.9",
+        "max",
+        "errors",
+    ] {
+        assert!(text.contains(row), "missing {row:?} in\n{text}");
+    }
+    assert!(text.contains("errors          none"), "{text}");
+    let ok: u64 = text
+        .lines()
+        .find_map(|line| line.strip_prefix("requests"))
+        .and_then(|rest| rest.split_whitespace().next())
+        .and_then(|n| n.parse().ok())
+        .expect("requests row");
+    assert!(ok > 0, "{text}");
+
+    let json = bench(
+        &cluster,
+        &[
+            "--op",
+            "mix:9:1",
+            "--keys",
+            "1000",
+            "--clients",
+            "8",
+            "--pipeline",
+            "4",
+            "--duration",
+            "2",
+            "--json",
+        ],
+    );
+    let json = bench_json(&json);
+    assert_eq!(json["errors"], 0, "{json}");
+    assert!(
+        json["throughput_per_s"].as_f64().unwrap_or(0.0) > 0.0,
+        "{json}"
+    );
+    for percentile in ["p50", "p90", "p99", "p99.9", "max"] {
+        assert!(
+            json["latency_us"][percentile].as_u64().unwrap_or(0) > 0,
+            "{json}"
+        );
+    }
+}
+
+#[test]
+#[ignore = "needs server"]
+fn read_and_cas_workloads_preload_their_keys() {
+    let cluster = Cluster::start(3);
+    for op in ["get", "getm", "cas"] {
+        let output = bench(
+            &cluster,
+            &[
+                "--op",
+                op,
+                "--keys",
+                "500",
+                "--clients",
+                "4",
+                "--requests",
+                "2000",
+                "--json",
+            ],
+        );
+        let json = bench_json(&output);
+        assert_eq!(json["errors"], 0, "{op}: {json}");
+        assert_eq!(json["requests_ok"], 2000, "{op}: {json}");
+    }
+}
+
+fn bench_json(output: &std::process::Output) -> serde_json::Value {
+    assert!(output.status.success(), "{output:?}");
+    serde_json::from_slice(&output.stdout).unwrap_or_else(|error| {
+        panic!(
+            "bad JSON ({error}): {}",
+            String::from_utf8_lossy(&output.stdout)
+        )
+    })
+}
