@@ -248,7 +248,6 @@ fn pids_in(log_dir: &Path) -> Vec<u32> {
 }
 
 #[test]
-
 fn cluster_starts_elects_a_leader_and_stops_on_sigterm() {
     let dir = tempfile::tempdir().expect("tempdir");
     let cluster_dir = dir.path().join("cluster");
