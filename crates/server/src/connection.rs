@@ -24,7 +24,10 @@ enum Slot {
     /// A reply known at parse time (a protocol error); `close` ends the connection after it.
     Immediate { reply: Reply, close: bool },
     /// A reply the node loop will send.
-    Pending { reply: oneshot::Receiver<Reply>, noreply: bool },
+    Pending {
+        reply: oneshot::Receiver<Reply>,
+        noreply: bool,
+    },
 }
 
 pub async fn serve(socket: TcpStream, max_value_size: usize, node: mpsc::Sender<ClientRequest>) {
@@ -52,9 +55,17 @@ async fn read_requests(
                     Some(slot) => slot,
                     None => return,
                 },
-                ParseOutcome::Error(ParseError::Recoverable) => Slot::Immediate { reply: Reply::ErrCmdErr, close: false },
+                ParseOutcome::Error(ParseError::Recoverable) => Slot::Immediate {
+                    reply: Reply::ErrCmdErr,
+                    close: false,
+                },
                 ParseOutcome::Error(ParseError::Fatal) => {
-                    let _ = slots.send(Slot::Immediate { reply: Reply::ErrCmdErr, close: true }).await;
+                    let _ = slots
+                        .send(Slot::Immediate {
+                            reply: Reply::ErrCmdErr,
+                            close: true,
+                        })
+                        .await;
                     return;
                 }
             };
@@ -78,7 +89,12 @@ async fn submit(request: Request, node: &mpsc::Sender<ClientRequest>) -> Option<
         Request::Get { .. } | Request::Getm { .. } => (Op::Read(request), false),
         write => match Command::from_request(write) {
             Some((command, noreply)) => (Op::Write(command), noreply),
-            None => return Some(Slot::Immediate { reply: Reply::ErrCmdErr, close: false }),
+            None => {
+                return Some(Slot::Immediate {
+                    reply: Reply::ErrCmdErr,
+                    close: false,
+                })
+            }
         },
     };
     let (tx, rx) = oneshot::channel();
@@ -119,10 +135,8 @@ async fn write_replies(mut writer: OwnedWriteHalf, mut slots: mpsc::Receiver<Slo
                 debug!("closed a client connection after a fatal protocol error");
                 return;
             }
-            if out.len() >= MAX_WRITE_BUFFER {
-                if flush(&mut writer, &mut out).await.is_err() {
-                    return;
-                }
+            if out.len() >= MAX_WRITE_BUFFER && flush(&mut writer, &mut out).await.is_err() {
+                return;
             }
             match slots.try_recv() {
                 Ok(next) => slot = next,
@@ -138,7 +152,10 @@ async fn write_replies(mut writer: OwnedWriteHalf, mut slots: mpsc::Receiver<Slo
 
 /// noreply silences the outcomes of the command itself, never errors about the request or the cluster.
 fn is_suppressed_by_noreply(reply: &Reply) -> bool {
-    matches!(reply, Reply::Ok { .. } | Reply::ErrVersion | Reply::ErrNotFound)
+    matches!(
+        reply,
+        Reply::Ok { .. } | Reply::ErrVersion | Reply::ErrNotFound
+    )
 }
 
 async fn flush(writer: &mut OwnedWriteHalf, out: &mut BytesMut) -> std::io::Result<()> {

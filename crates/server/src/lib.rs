@@ -44,7 +44,10 @@ const INBOUND_QUEUE_DEPTH: usize = 1024;
 
 /// Runs node `id` of `config` until SIGTERM or SIGINT (after a graceful handover) or a fatal error.
 pub async fn run_node(config: ClusterConfig, id: u64) -> anyhow::Result<()> {
-    let me = config.node(id).with_context(|| format!("node {id} is not in the config"))?.clone();
+    let me = config
+        .node(id)
+        .with_context(|| format!("node {id} is not in the config"))?
+        .clone();
     let started = Instant::now();
     let data_dir = me.data_dir.clone();
     let (wal, initial, stats) =
@@ -53,7 +56,9 @@ pub async fn run_node(config: ClusterConfig, id: u64) -> anyhow::Result<()> {
             .context("storage recovery panicked")?
             .with_context(|| format!("cannot open data directory {}", me.data_dir.display()))?;
     let store = match &initial.snapshot {
-        Some(snapshot) => Store::restore(&snapshot.data).context("the newest snapshot does not decode")?,
+        Some(snapshot) => {
+            Store::restore(&snapshot.data).context("the newest snapshot does not decode")?
+        }
         None => Store::new(),
     };
     info!(
@@ -118,6 +123,8 @@ fn raft_config(config: &ClusterConfig, id: u64) -> raftkv_raft::Config {
     raft.election_ticks = (t.election_timeout_ms / t.tick_ms).max(2) as u32;
     raft.heartbeat_ticks = (t.heartbeat_ms / t.tick_ms).max(1) as u32;
     // The core's only randomness is election jitter; any seed that differs between nodes and runs will do.
-    raft.seed = node::wall_clock_ms() ^ (u64::from(std::process::id()) << 32) ^ id.wrapping_mul(0x9E37_79B9_7F4A_7C15);
+    raft.seed = node::wall_clock_ms()
+        ^ (u64::from(std::process::id()) << 32)
+        ^ id.wrapping_mul(0x9E37_79B9_7F4A_7C15);
     raft
 }

@@ -48,7 +48,10 @@ pub async fn accept_clients(
 /// SIGTERM or SIGINT starts a graceful shutdown.
 pub async fn forward_signals(shutdown: watch::Sender<bool>) {
     use tokio::signal::unix::{signal, SignalKind};
-    let (Ok(mut term), Ok(mut int)) = (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) else {
+    let (Ok(mut term), Ok(mut int)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) else {
         warn!("cannot install signal handlers; stop the node with SIGKILL");
         return;
     };

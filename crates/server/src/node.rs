@@ -11,7 +11,9 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use bytes::{Bytes, BytesMut};
 use raftkv_kv::{Command, Proposal, Reply, Request, Store};
-use raftkv_raft::{EntryKind, Index, Message, NodeId, ProposeError, Raft, Ready, Role, SoftState, Term};
+use raftkv_raft::{
+    EntryKind, Index, Message, NodeId, ProposeError, Raft, Ready, Role, SoftState, Term,
+};
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio::time::MissedTickBehavior;
 use tracing::{error, info, warn};
@@ -25,6 +27,8 @@ use crate::transport::Transport;
 const MAX_WAITING_FOR_LEADER: usize = 65_536;
 /// Requests taken from the client queue per loop turn, so ticks and peers are never starved.
 const MAX_REQUESTS_PER_TURN: usize = 4096;
+/// Requests held back to keep one connection's pipeline in order (see `NodeState::held`).
+const MAX_HELD: usize = 65_536;
 /// How often the leader considers proposing an `Expire` to reclaim expired keys.
 const EXPIRE_EVERY: Duration = Duration::from_secs(1);
 
@@ -36,6 +40,10 @@ struct PendingWrite {
 struct PendingRead {
     request: Request,
     reply: oneshot::Sender<Reply>,
+    /// The log's last index when the read arrived. Serving only after it is applied makes a pipelined
+    /// `set` followed by `get` on one connection read its own write, as a client would expect, even
+    /// though linearizability alone would allow ordering the concurrent read first.
+    floor: Index,
 }
 
 pub struct NodeLoop {
@@ -59,6 +67,11 @@ pub struct NodeState {
     reads_awaiting_index: HashMap<u64, PendingRead>,
     reads_awaiting_apply: BTreeMap<Index, Vec<PendingRead>>,
     waiting_for_leader: VecDeque<(Instant, ClientRequest)>,
+    /// Requests that must wait for reads in progress. A read is answered from the state at the moment
+    /// its index is applied, so while any read is pending no new write may enter the log, or the read
+    /// could observe a write that arrived after it (a pipelined `get` then `set` on one connection
+    /// would see the `set`). Everything behind a held request is held too, to keep arrival order.
+    held: VecDeque<ClientRequest>,
     next_read_ctx: u64,
     last_stamp_ms: u64,
     leader: Option<NodeId>,
@@ -109,7 +122,7 @@ impl NodeLoop {
                         self.begin_shutdown();
                     }
                 }
-                Some(request) = self.requests.recv() => {
+                Some(request) = self.requests.recv(), if self.state.held.len() < MAX_HELD => {
                     self.handle_request(request);
                     for _ in 0..MAX_REQUESTS_PER_TURN {
                         match self.requests.try_recv() {
@@ -134,6 +147,11 @@ impl NodeLoop {
     fn handle_request(&mut self, request: ClientRequest) {
         let status = self.raft.status();
         if status.role == Role::Leader {
+            let is_write = matches!(request.op, Op::Write(_));
+            if !self.state.held.is_empty() || (is_write && self.reads_pending()) {
+                self.state.held.push_back(request);
+                return;
+            }
             match request.op {
                 Op::Write(command) => self.propose_write(command, request.reply),
                 Op::Read(read) => self.start_read(read, request.reply),
@@ -148,19 +166,59 @@ impl NodeLoop {
         }
     }
 
+    fn reads_pending(&self) -> bool {
+        !self.state.reads_awaiting_index.is_empty() || !self.state.reads_awaiting_apply.is_empty()
+    }
+
+    /// Lets held requests go, in order, as far as the reads in progress allow.
+    fn release_held(&mut self) {
+        while let Some(request) = self.state.held.front() {
+            let is_write = matches!(request.op, Op::Write(_));
+            if is_write && self.reads_pending() && self.raft.status().role == Role::Leader {
+                return;
+            }
+            if let Some(request) = self.state.held.pop_front() {
+                self.dispatch(request);
+            }
+        }
+    }
+
+    /// Routes a request without the ordering check of `handle_request`.
+    fn dispatch(&mut self, request: ClientRequest) {
+        if self.raft.status().role == Role::Leader {
+            match request.op {
+                Op::Write(command) => self.propose_write(command, request.reply),
+                Op::Read(read) => self.start_read(read, request.reply),
+            }
+        } else {
+            self.handle_request(request);
+        }
+    }
+
     fn park(&mut self, request: ClientRequest) {
         if self.state.waiting_for_leader.len() >= MAX_WAITING_FOR_LEADER {
             let _ = request.reply.send(Reply::ErrInternal);
             return;
         }
         let wait = Duration::from_millis(self.config.tunables.election_timeout_ms * 2);
-        self.state.waiting_for_leader.push_back((Instant::now() + wait, request));
+        self.state
+            .waiting_for_leader
+            .push_back((Instant::now() + wait, request));
     }
 
     fn redirect_to(&self, leader: NodeId) -> Reply {
-        let Some(node) = self.config.node(leader) else { return Reply::ErrInternal };
-        match node.client_addr.rsplit_once(':').and_then(|(host, port)| Some((host, port.parse().ok()?))) {
-            Some((host, port)) => Reply::ErrRedirect { host: host.trim_matches(['[', ']']).to_string(), port },
+        let Some(node) = self.config.node(leader) else {
+            return Reply::ErrInternal;
+        };
+        match node
+            .client_addr
+            .rsplit_once(':')
+            .and_then(|(host, port)| Some((host, port.parse().ok()?)))
+        {
+            Some((host, port)) => Reply::ErrRedirect {
+                host: host.trim_matches(['[', ']']).to_string(),
+                port,
+            },
             None => Reply::ErrInternal,
         }
     }
@@ -173,11 +231,16 @@ impl NodeLoop {
         let data: Bytes = self.state.encode_buf.split().freeze();
         match self.raft.propose(data) {
             Ok((index, term)) => {
-                self.state.writes.insert(index, PendingWrite { term, reply });
+                self.state
+                    .writes
+                    .insert(index, PendingWrite { term, reply });
             }
             Err(ProposeError::Transferring) => {
                 // Leadership is moving away; the new leader will take it.
-                let request = ClientRequest { op: Op::Write(proposal.command), reply };
+                let request = ClientRequest {
+                    op: Op::Write(proposal.command),
+                    reply,
+                };
                 self.park(request);
             }
             Err(ProposeError::NotLeader { .. }) => {
@@ -188,7 +251,9 @@ impl NodeLoop {
 
     /// The leader's wall clock, never behind a stamp already used, so expiry never runs backwards.
     fn next_stamp(&mut self) -> u64 {
-        let now = wall_clock_ms().max(self.store.clock_ms()).max(self.state.last_stamp_ms);
+        let now = wall_clock_ms()
+            .max(self.store.clock_ms())
+            .max(self.state.last_stamp_ms);
         self.state.last_stamp_ms = now;
         now
     }
@@ -196,20 +261,35 @@ impl NodeLoop {
     fn start_read(&mut self, request: Request, reply: oneshot::Sender<Reply>) {
         self.state.next_read_ctx += 1;
         let ctx = self.state.next_read_ctx;
+        let floor = self.raft.status().last_index;
         match self.raft.read_index(ctx) {
             Ok(()) => {
-                self.state.reads_awaiting_index.insert(ctx, PendingRead { request, reply });
+                self.state.reads_awaiting_index.insert(
+                    ctx,
+                    PendingRead {
+                        request,
+                        reply,
+                        floor,
+                    },
+                );
             }
-            Err(_) => self.park(ClientRequest { op: Op::Read(request), reply }),
+            Err(_) => self.park(ClientRequest {
+                op: Op::Read(request),
+                reply,
+            }),
         }
     }
 
     fn maybe_propose_expire(&mut self) {
-        if self.raft.status().role != Role::Leader || !self.store.has_expired(wall_clock_ms()) {
+        let leader = self.raft.status().role == Role::Leader;
+        if !leader || self.reads_pending() || !self.store.has_expired(wall_clock_ms()) {
             return;
         }
         let stamp_ms = self.next_stamp();
-        let proposal = Proposal { stamp_ms, command: Command::Expire };
+        let proposal = Proposal {
+            stamp_ms,
+            command: Command::Expire,
+        };
         proposal.encode(&mut self.state.encode_buf);
         let data = self.state.encode_buf.split().freeze();
         let _ = self.raft.propose(data);
@@ -230,7 +310,8 @@ impl NodeLoop {
 
     fn route_waiting(&mut self) {
         let status = self.raft.status();
-        let ready = status.leader.is_some() && (status.leader != Some(self.id) || status.role == Role::Leader);
+        let ready = status.leader.is_some()
+            && (status.leader != Some(self.id) || status.role == Role::Leader);
         if !ready {
             return;
         }
@@ -265,13 +346,29 @@ impl NodeLoop {
             self.transport.send(msg);
         }
         if let Some(snapshot) = &snapshot {
-            self.store = Store::restore(&snapshot.data)
-                .map_err(|err| anyhow::anyhow!("snapshot from the leader does not decode: {err}"))?;
-            info!(index = snapshot.meta.index, "installed a snapshot from the leader");
+            self.store = Store::restore(&snapshot.data).map_err(|err| {
+                anyhow::anyhow!("snapshot from the leader does not decode: {err}")
+            })?;
+            info!(
+                index = snapshot.meta.index,
+                "installed a snapshot from the leader"
+            );
         }
-        if snapshot.is_some() || !entries.is_empty() || hard_state.is_some() || !messages_after_persist.is_empty() {
-            let job = PersistJob { snapshot, entries, hard_state, messages_after_persist };
-            self.persist.send(job).await.map_err(|_| anyhow::anyhow!("the storage thread stopped"))?;
+        if snapshot.is_some()
+            || !entries.is_empty()
+            || hard_state.is_some()
+            || !messages_after_persist.is_empty()
+        {
+            let job = PersistJob {
+                snapshot,
+                entries,
+                hard_state,
+                messages_after_persist,
+            };
+            self.persist
+                .send(job)
+                .await
+                .map_err(|_| anyhow::anyhow!("the storage thread stopped"))?;
         }
         if let Some(last) = committed.last().map(|e| e.index) {
             for entry in committed {
@@ -282,13 +379,19 @@ impl NodeLoop {
         }
         for read in read_states {
             if let Some(pending) = self.state.reads_awaiting_index.remove(&read.ctx) {
-                self.state.reads_awaiting_apply.entry(read.index).or_default().push(pending);
+                let index = read.index.max(pending.floor);
+                self.state
+                    .reads_awaiting_apply
+                    .entry(index)
+                    .or_default()
+                    .push(pending);
             }
         }
         self.serve_applied_reads();
         if let Some(soft) = soft_state {
             self.on_soft_state(soft);
         }
+        self.release_held();
         Ok(())
     }
 
@@ -299,7 +402,10 @@ impl NodeLoop {
                 None
             }
             EntryKind::Normal => match Proposal::decode(data) {
-                Ok(proposal) => Some(self.store.apply(index, proposal.stamp_ms, &proposal.command)),
+                Ok(proposal) => Some(
+                    self.store
+                        .apply(index, proposal.stamp_ms, &proposal.command),
+                ),
                 Err(err) => {
                     // Only this node's own leader encodes entries, so this is a bug, not input.
                     error!(index, "committed entry does not decode: {err}");
@@ -343,10 +449,8 @@ impl NodeLoop {
                 None => info!(term = soft.term, "no leader known"),
             }
         }
-        if soft.role != self.state.role.unwrap_or(Role::Follower) || self.state.role.is_none() {
-            if soft.role == Role::Leader {
-                info!(term = soft.term, "became leader");
-            }
+        if soft.role == Role::Leader && !was_leader {
+            info!(term = soft.term, "became leader");
         }
         if was_leader && soft.role != Role::Leader {
             // Whether these writes commit is now up to the next leader: the outcome is unknown.
@@ -385,7 +489,9 @@ impl NodeLoop {
     }
 
     fn shutdown_complete(&self) -> bool {
-        let Some(until) = self.state.shutting_down_until else { return false };
+        let Some(until) = self.state.shutting_down_until else {
+            return false;
+        };
         let status = self.raft.status();
         let handed_over = status.role != Role::Leader && self.state.writes.is_empty();
         if handed_over || Instant::now() >= until {
@@ -399,5 +505,7 @@ impl NodeLoop {
 }
 
 pub fn wall_clock_ms() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
 }

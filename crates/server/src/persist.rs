@@ -45,28 +45,34 @@ pub fn spawn(
     transport: Transport,
     durable: watch::Sender<Durable>,
 ) -> std::io::Result<JoinHandle<()>> {
-    std::thread::Builder::new().name("raftkv-wal".into()).spawn(move || {
-        let mut batch = Vec::with_capacity(MAX_BATCHES_PER_SYNC);
-        let mut position = Durable::default();
-        while jobs.blocking_recv_many(&mut batch, MAX_BATCHES_PER_SYNC) > 0 {
-            if let Err(err) = write_batches(&mut wal, &batch, &mut position) {
-                error!("storage failed, stopping the node: {err}");
-                position.failed = true;
+    std::thread::Builder::new()
+        .name("raftkv-wal".into())
+        .spawn(move || {
+            let mut batch = Vec::with_capacity(MAX_BATCHES_PER_SYNC);
+            let mut position = Durable::default();
+            while jobs.blocking_recv_many(&mut batch, MAX_BATCHES_PER_SYNC) > 0 {
+                if let Err(err) = write_batches(&mut wal, &batch, &mut position) {
+                    error!("storage failed, stopping the node: {err}");
+                    position.failed = true;
+                    let _ = durable.send(position);
+                    return;
+                }
+                position.syncs += 1;
                 let _ = durable.send(position);
-                return;
-            }
-            position.syncs += 1;
-            let _ = durable.send(position);
-            for job in batch.drain(..) {
-                for msg in job.messages_after_persist {
-                    transport.send(msg);
+                for job in batch.drain(..) {
+                    for msg in job.messages_after_persist {
+                        transport.send(msg);
+                    }
                 }
             }
-        }
-    })
+        })
 }
 
-fn write_batches(wal: &mut Wal, batch: &[PersistJob], position: &mut Durable) -> Result<(), raftkv_wal::WalError> {
+fn write_batches(
+    wal: &mut Wal,
+    batch: &[PersistJob],
+    position: &mut Durable,
+) -> Result<(), raftkv_wal::WalError> {
     for job in batch {
         if let Some(snapshot) = &job.snapshot {
             wal.save_snapshot(snapshot)?;
