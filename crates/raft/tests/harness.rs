@@ -15,6 +15,8 @@ pub struct Node {
     pub log: Vec<Entry>,
     pub applied: Vec<Entry>,
     pub reads: Vec<ReadState>,
+    /// The newest snapshot the node made durable.
+    pub snapshot: Option<Snapshot>,
 }
 
 pub struct Cluster {
@@ -50,6 +52,7 @@ impl Cluster {
                         log: Vec::new(),
                         applied: Vec::new(),
                         reads: Vec::new(),
+                        snapshot: None,
                     },
                 )
             })
@@ -73,7 +76,7 @@ impl Cluster {
                 if let Some(snapshot) = &ready.snapshot {
                     node.log.clear();
                     node.applied.clear();
-                    let _ = snapshot;
+                    node.snapshot = Some(snapshot.clone());
                 }
                 if let Some(first) = ready.entries.first() {
                     node.log.retain(|e| e.index < first.index);
@@ -85,6 +88,9 @@ impl Cluster {
                 self.in_flight.extend(ready.messages);
                 if let Some(last) = ready.entries.last() {
                     node.raft.persisted(last.index, last.term);
+                } else if let Some(snapshot) = &ready.snapshot {
+                    node.raft.persisted(snapshot.meta.index, snapshot.meta.term);
+                    node.raft.applied(snapshot.meta.index);
                 }
                 self.in_flight.extend(ready.messages_after_persist);
                 if let Some(last) = ready.committed.last() {
@@ -187,5 +193,189 @@ pub fn entry(index: Index, term: Term) -> Entry {
         term,
         kind: EntryKind::Normal,
         data: Bytes::from(format!("{index}/{term}")),
+    }
+}
+
+// ----- Driving one node by hand ------------------------------------------------------------------
+
+/// The configuration of plain Raft as in the paper: no pre-vote, no check-quorum.
+pub fn plain_config(id: NodeId, n: u64) -> Config {
+    let mut c = config(id, n);
+    c.pre_vote = false;
+    c.check_quorum = false;
+    c
+}
+
+/// A fresh node of an `n`-node cluster running plain Raft.
+pub fn plain(id: NodeId, n: u64) -> Raft {
+    Raft::new(plain_config(id, n), InitialState::default())
+}
+
+/// A fresh node with a tuned configuration.
+pub fn node_with(id: NodeId, n: u64, tune: impl FnOnce(Config) -> Config) -> Raft {
+    Raft::new(tune(config(id, n)), InitialState::default())
+}
+
+/// Takes a `Ready`, reports its entries (or snapshot) durable and its committed entries applied.
+pub fn flush(r: &mut Raft) -> Ready {
+    let rd = r.ready();
+    if let Some(last) = rd.entries.last() {
+        r.persisted(last.index, last.term);
+    } else if let Some(s) = &rd.snapshot {
+        r.persisted(s.meta.index, s.meta.term);
+        r.applied(s.meta.index);
+    }
+    if let Some(last) = rd.committed.last() {
+        r.applied(last.index);
+    }
+    rd
+}
+
+/// Every message of a `Ready`, both lists.
+pub fn all_messages(rd: &Ready) -> Vec<Message> {
+    rd.messages
+        .iter()
+        .chain(rd.messages_after_persist.iter())
+        .cloned()
+        .collect()
+}
+
+/// Ticks until the node leaves the follower role (at most 100 ticks); returns the ticks taken.
+pub fn tick_until_campaign(r: &mut Raft) -> u32 {
+    for t in 1..=100 {
+        r.tick();
+        if r.status().role != Role::Follower {
+            return t;
+        }
+    }
+    panic!("node {} never campaigned", r.status().id);
+}
+
+/// Makes `r` leader by timing it out and granting every (pre-)vote it asks for. Returns the `Ready`
+/// produced right after it won (holding the no-op and its first Appends), already flushed.
+pub fn make_leader(r: &mut Raft) -> Ready {
+    if r.status().role == Role::Follower {
+        tick_until_campaign(r);
+    }
+    for _ in 0..4 {
+        let rd = flush(r);
+        if r.status().role == Role::Leader {
+            return rd;
+        }
+        for m in all_messages(&rd) {
+            let body = match m.body {
+                MessageBody::PreVote { .. } => MessageBody::PreVoteResponse { granted: true },
+                MessageBody::Vote { .. } => MessageBody::VoteResponse { granted: true },
+                _ => continue,
+            };
+            r.step(msg(m.to, m.from, m.term, body));
+        }
+    }
+    assert_eq!(r.status().role, Role::Leader);
+    flush(r)
+}
+
+/// The Append messages of `msgs` addressed to `to`.
+pub fn appends_to(msgs: &[Message], to: NodeId) -> Vec<(Index, Term, Vec<Entry>, Index)> {
+    msgs.iter()
+        .filter(|m| m.to == to)
+        .filter_map(|m| match &m.body {
+            MessageBody::Append {
+                prev_index,
+                prev_term,
+                entries,
+                commit,
+            } => Some((*prev_index, *prev_term, entries.clone(), *commit)),
+            _ => None,
+        })
+        .collect()
+}
+
+/// Acknowledges, as each follower, every Append in `msgs` (the follower now holds up to its end).
+pub fn ack_appends(r: &mut Raft, msgs: &[Message]) {
+    for m in msgs {
+        if let MessageBody::Append {
+            prev_index,
+            entries,
+            ..
+        } = &m.body
+        {
+            let last_index = entries.last().map_or(*prev_index, |e| e.index);
+            r.step(msg(
+                m.to,
+                m.from,
+                m.term,
+                MessageBody::AppendResponse(AppendResult::Accepted { last_index }),
+            ));
+        }
+    }
+}
+
+/// Answers, as each follower, every Heartbeat in `msgs`.
+pub fn ack_heartbeats(r: &mut Raft, msgs: &[Message], from: &[NodeId]) {
+    for m in msgs {
+        if let MessageBody::Heartbeat { read_round, .. } = m.body {
+            if from.contains(&m.to) {
+                r.step(msg(
+                    m.to,
+                    m.from,
+                    m.term,
+                    MessageBody::HeartbeatResponse { read_round },
+                ));
+            }
+        }
+    }
+}
+
+/// A node restarted from the given durable state.
+pub fn restart(
+    config: Config,
+    hard_state: HardState,
+    snapshot: Option<Snapshot>,
+    entries: Vec<Entry>,
+) -> Raft {
+    Raft::new(
+        config,
+        InitialState {
+            hard_state,
+            snapshot,
+            entries,
+        },
+    )
+}
+
+/// Entries with the given terms, starting at index `first`.
+pub fn entries_with_terms(first: Index, terms: &[Term]) -> Vec<Entry> {
+    terms
+        .iter()
+        .enumerate()
+        .map(|(i, t)| entry(first + i as u64, *t))
+        .collect()
+}
+
+/// A snapshot covering everything up to `index` (at `term`) of an `n`-node cluster.
+pub fn snapshot(index: Index, term: Term, n: u64) -> Snapshot {
+    Snapshot {
+        meta: SnapshotMeta {
+            index,
+            term,
+            membership: Membership::new((1..=n).collect()),
+        },
+        data: Bytes::from(format!("snap@{index}")),
+    }
+}
+
+impl Cluster {
+    /// Restarts node `id` from exactly what it made durable.
+    pub fn restart(&mut self, id: NodeId, tune: impl FnOnce(Config) -> Config) {
+        let n = self.nodes.len() as u64;
+        let node = self.nodes.get_mut(&id).expect("node");
+        node.raft = restart(
+            tune(config(id, n)),
+            node.hard_state,
+            node.snapshot.clone(),
+            node.log.clone(),
+        );
+        node.applied.clear();
     }
 }
