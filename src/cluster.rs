@@ -376,7 +376,10 @@ async fn find_leader(config: &ClusterConfig) -> (u64, String) {
         let mut probes = tokio::task::JoinSet::new();
         for node in &config.nodes {
             let (id, addr) = (node.id, node.client_addr.clone());
-            probes.spawn(async move { (id, addr.clone(), probe(&addr).await) });
+            probes.spawn(async move {
+                let answer = probe(&addr).await;
+                (id, addr, answer)
+            });
         }
         while let Some(joined) = probes.join_next().await {
             if let Ok((id, addr, Ok(ProbeAnswer::Leader))) = joined {

@@ -153,10 +153,6 @@ impl ClusterConfig {
         self.nodes.iter().find(|node| node.id == id)
     }
 
-    pub fn node_mut(&mut self, id: u64) -> Option<&mut NodeConfig> {
-        self.nodes.iter_mut().find(|node| node.id == id)
-    }
-
     /// The ids of every node, in file order.
     pub fn node_ids(&self) -> Vec<u64> {
         self.nodes.iter().map(|node| node.id).collect()

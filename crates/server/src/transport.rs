@@ -236,9 +236,8 @@ struct PeerWriter {
     shutdown: CancellationToken,
 }
 
-enum Stop {
-    Shutdown,
-}
+/// The transport is stopping (shutdown, or every handle dropped).
+struct Stopped;
 
 impl PeerWriter {
     async fn run(mut self) {
@@ -256,7 +255,7 @@ impl PeerWriter {
                     backoff = MIN_BACKOFF;
                     reported_unreachable = false;
                     match self.pump(&mut stream, &mut buffer).await {
-                        Ok(Stop::Shutdown) => return,
+                        Ok(Stopped) => return,
                         Err(err) => {
                             info!(
                                 node = self.hello.node_id,
@@ -281,7 +280,7 @@ impl PeerWriter {
                     }
                 }
             }
-            if let Err(Stop::Shutdown) = self.discard_for(jittered(backoff)).await {
+            if let Err(Stopped) = self.discard_for(jittered(backoff)).await {
                 return;
             }
             backoff = (backoff * 2).min(MAX_BACKOFF);
@@ -331,16 +330,16 @@ impl PeerWriter {
         &mut self,
         stream: &mut TcpStream,
         buffer: &mut BytesMut,
-    ) -> anyhow::Result<Stop> {
+    ) -> anyhow::Result<Stopped> {
         let (mut reader, mut writer) = stream.split();
         let mut batch = Vec::with_capacity(MAX_BATCH_MESSAGES);
         let mut probe = [0u8; 64];
         loop {
             tokio::select! {
-                _ = self.shutdown.cancelled() => return Ok(Stop::Shutdown),
+                _ = self.shutdown.cancelled() => return Ok(Stopped),
                 received = self.queue.recv_many(&mut batch, MAX_BATCH_MESSAGES) => {
                     if received == 0 {
-                        return Ok(Stop::Shutdown);
+                        return Ok(Stopped);
                     }
                     buffer.clear();
                     let oversized = encode_batch(&batch, buffer);
@@ -373,17 +372,17 @@ impl PeerWriter {
 
     /// Waits `delay`, throwing away whatever is queued meanwhile: with the peer unreachable those messages
     /// would be stale by the time they arrive, and Raft resends what still matters.
-    async fn discard_for(&mut self, delay: Duration) -> Result<(), Stop> {
+    async fn discard_for(&mut self, delay: Duration) -> Result<(), Stopped> {
         let sleep = tokio::time::sleep(delay);
         tokio::pin!(sleep);
         let mut discarded = Vec::new();
         loop {
             tokio::select! {
                 _ = &mut sleep => return Ok(()),
-                _ = self.shutdown.cancelled() => return Err(Stop::Shutdown),
+                _ = self.shutdown.cancelled() => return Err(Stopped),
                 received = self.queue.recv_many(&mut discarded, MAX_BATCH_MESSAGES) => {
                     if received == 0 {
-                        return Err(Stop::Shutdown);
+                        return Err(Stopped);
                     }
                     self.dropped.fetch_add(received as u64, Ordering::Relaxed);
                     discarded.clear();
