@@ -22,8 +22,6 @@ use crate::rng::Rng;
 
 /// Virtual ms between two ticks of a node's core.
 const TICK_MS: u64 = 10;
-/// A client gives up on an operation after this long.
-const OP_TIMEOUT_MS: u64 = 2_000;
 /// After the faults stop, the cluster must settle within this bound.
 const LIVENESS_MS: u64 = 10_000;
 /// Operations each client must complete after the faults stop.
@@ -31,7 +29,7 @@ const LIVENESS_OPS: u64 = 3;
 /// Search steps the linearizability checker may spend on one key.
 const CHECK_BUDGET: u64 = 5_000_000;
 
-pub const DEFAULT_STEPS: u64 = 3_000;
+pub const DEFAULT_STEPS: u64 = 10_000;
 
 #[derive(Clone, Debug)]
 pub struct Options {
@@ -58,6 +56,8 @@ pub struct Params {
     pub keys: u64,
     pub read_ppm: u32,
     pub think_ms: u64,
+    /// A client gives up on an operation after this long (a write then has an unknown outcome).
+    pub op_timeout_ms: u64,
     pub net: NetworkFaults,
     pub nemesis_ppm: u32,
     pub disk_latency: (u64, u64),
@@ -81,6 +81,7 @@ impl Params {
             keys: rng.range(1, 4),
             read_ppm: rng.range(200_000, 700_000) as u32,
             think_ms: rng.range(0, 30),
+            op_timeout_ms: rng.range(300, 2_000),
             net: NetworkFaults {
                 drop_ppm: [0, 10_000, 50_000, 150_000][rng.index(4)],
                 duplicate_ppm: [0, 10_000, 50_000][rng.index(3)],
@@ -434,7 +435,7 @@ impl Simulator {
             }
             10 => {
                 if let Some(id) = self.leader() {
-                    let to = self.rng.range(1, n);
+                    let to = (id + self.rng.range(1, n - 1) - 1) % n + 1; // Anyone but the leader.
                     let result = self.nodes[(id - 1) as usize].raft().transfer_leadership(to);
                     self.trace(|| format!("nemesis: transfer leadership {id} -> {to}: {result:?}"));
                 }
@@ -470,6 +471,9 @@ impl Simulator {
             }
         }
         self.healed = Some((self.now, self.clients.iter().map(|c| c.completed).collect()));
+        for node in &self.nodes {
+            self.trace(|| format!("  {:?}", node.raft.as_ref().map(|r| r.status())));
+        }
     }
 
     fn client_quota_met(&self, client: usize) -> bool {
@@ -565,7 +569,7 @@ impl Simulator {
             op_id,
             slot,
             stage: Stage::Routing { retry_at: self.now },
-            deadline: self.now + OP_TIMEOUT_MS,
+            deadline: self.now + self.params.op_timeout_ms,
         });
         self.owner.insert(op_id, c);
     }
@@ -594,6 +598,12 @@ impl Simulator {
                     .map(|()| node.read_requested(current.op_id, op.key)),
             },
         };
+        self.trace(|| {
+            format!(
+                "client {} op {} -> node {target}: {result:?}",
+                self.clients[c].id, current.op_id
+            )
+        });
         let client = &mut self.clients[c];
         let stage = match result {
             Ok(()) => Stage::Accepted { node: target },
