@@ -178,6 +178,11 @@ impl Store {
         // (instant, hash) when rewritten at the same clock with the same exptime.
         self.remove(entry.key());
         let hash = self.entries.hash(entry.key());
+        self.insert_absent(hash, entry);
+    }
+
+    /// Inserts an entry whose key (with hash `hash`) is known not to be held.
+    fn insert_absent(&mut self, hash: u64, entry: Entry) {
         if entry.expires() {
             self.expiry.insert(entry.expires_at_ms, hash);
             self.expiring_entries += 1;

@@ -93,12 +93,13 @@ impl Store {
             if version > store.applied_index {
                 return Err(DecodeError::InvalidEntry);
             }
-            if store.entries.get(key).is_some() {
+            let hash = store.entries.hash(key);
+            if store.entries.get_hashed(hash, key).is_some() {
                 return Err(DecodeError::DuplicateKey);
             }
             let entry =
                 Entry::new(key, value, version, expires_at_ms).ok_or(DecodeError::InvalidKey)?;
-            store.insert(entry);
+            store.insert_absent(hash, entry);
         }
         reader.expect_end()?;
         Ok(store)

@@ -36,7 +36,12 @@ impl KeyTable {
     }
 
     pub fn get(&self, key: &[u8]) -> Option<&Entry> {
-        self.table.find(self.hash(key), |entry| entry.key() == key)
+        self.get_hashed(self.hash(key), key)
+    }
+
+    /// [`KeyTable::get`] for a caller that already has the key's hash.
+    pub fn get_hashed(&self, hash: u64, key: &[u8]) -> Option<&Entry> {
+        self.table.find(hash, |entry| entry.key() == key)
     }
 
     pub fn take(&mut self, key: &[u8]) -> Option<Entry> {
