@@ -27,6 +27,12 @@ pub(crate) struct Recovered {
     pub(crate) snapshot_file: Option<(PathBuf, u64)>,
     pub(crate) segments: Vec<SegmentInfo>,
     pub(crate) next_seq: u64,
+    /// The segments on disk do not lead into the snapshot (a snapshot install was interrupted): the writer
+    /// must start a segment at `snapshot index + 1`, or the next recovery would replay the stale log again.
+    pub(crate) needs_fresh_segment: bool,
+    /// The newest segment lost its leading hard-state record to a torn write; compaction relies on the
+    /// newest segment holding the hard state, so the writer must start a segment that does.
+    pub(crate) newest_lacks_hard_state: bool,
     pub(crate) stats: RecoveryStats,
 }
 
@@ -79,6 +85,7 @@ pub(crate) fn recover(fs: &dyn Fs, dir: &Path) -> Result<Recovered, WalError> {
     let mut segments = Vec::new();
     let mut stats = RecoveryStats::default();
     let mut next_seq = 1;
+    let mut newest_lacks_hard_state = false;
     for (position, ((seq, first_index), name)) in segment_names.iter().enumerate() {
         let (seq, first_index) = (*seq, *first_index);
         let is_newest = position + 1 == segment_names.len();
@@ -96,6 +103,7 @@ pub(crate) fn recover(fs: &dyn Fs, dir: &Path) -> Result<Recovered, WalError> {
             continue;
         }
         cut_back_to(&mut log, first_index - 1);
+        let mut has_hard_state = false;
         let end = scan_records(&path, &bytes, is_newest, |offset, record| {
             match record {
                 Record::Entry(entry) => {
@@ -113,7 +121,10 @@ pub(crate) fn recover(fs: &dyn Fs, dir: &Path) -> Result<Recovered, WalError> {
                     cut_back_to(&mut log, entry.index - 1);
                     log.overwrite(entry);
                 }
-                Record::HardState(recorded) => hard_state = recorded,
+                Record::HardState(recorded) => {
+                    hard_state = recorded;
+                    has_hard_state = true;
+                }
             }
             Ok(())
         })?;
@@ -130,9 +141,10 @@ pub(crate) fn recover(fs: &dyn Fs, dir: &Path) -> Result<Recovered, WalError> {
             path,
             len,
         });
+        newest_lacks_hard_state = !has_hard_state;
     }
 
-    connect_to_snapshot(
+    let needs_fresh_segment = connect_to_snapshot(
         &mut log,
         snapshot_index,
         snapshot_term,
@@ -148,6 +160,8 @@ pub(crate) fn recover(fs: &dyn Fs, dir: &Path) -> Result<Recovered, WalError> {
         snapshot_file,
         segments,
         next_seq,
+        needs_fresh_segment,
+        newest_lacks_hard_state,
         stats,
     })
 }
@@ -164,14 +178,15 @@ fn cut_back_to(log: &mut MemLog, index: Index) {
 }
 
 /// After replay, the visible log is what follows the snapshot. Entries the snapshot covers are dropped; a log
-/// that disagrees with the snapshot at its index was being replaced by it when the machine died.
+/// that disagrees with the snapshot at its index (or stops short of it) was being replaced by it when the
+/// machine died; then the answer is true: the replaced log is still on disk.
 fn connect_to_snapshot(
     log: &mut MemLog,
     snapshot_index: Index,
     snapshot_term: u64,
     segments: &[SegmentInfo],
     snapshot_error: Option<WalError>,
-) -> Result<(), WalError> {
+) -> Result<bool, WalError> {
     if log.base() > snapshot_index {
         if let Some(error) = snapshot_error {
             return Err(error);
@@ -188,8 +203,10 @@ fn connect_to_snapshot(
     }
     if log.base() == snapshot_index {
         log.set_base_term(snapshot_term);
+        Ok(false)
     } else if log.term(snapshot_index) == Some(snapshot_term) {
         log.drop_through(snapshot_index);
+        Ok(false)
     } else {
         if log.last_index() > snapshot_index {
             tracing::warn!(
@@ -198,6 +215,6 @@ fn connect_to_snapshot(
             );
         }
         log.restart(snapshot_index, snapshot_term);
+        Ok(true)
     }
-    Ok(())
 }

@@ -123,7 +123,10 @@ impl Wal {
             poisoned: None,
             fs,
         };
-        if wal.active.is_none() {
+        if recovered.needs_fresh_segment {
+            let (index, term) = (wal.log.base(), wal.term(wal.log.base())?);
+            wal.restart_log_after_snapshot(index, term)?;
+        } else if wal.active.is_none() || recovered.newest_lacks_hard_state {
             wal.push_roll(wal.log.last_index() + 1);
             wal.write_pending()?;
         }
@@ -133,20 +136,23 @@ impl Wal {
 
     /// Buffers entries for the next [`Wal::sync`]. If `entries[0].index <= last_index()`, the stored suffix
     /// from that index is discarded first (a follower's conflicting suffix). Entries must be contiguous and
-    /// start within `first_index()..=last_index() + 1`. They are readable at once, durable after `sync`.
+    /// start after the newest snapshot, at most at `last_index() + 1`. They are readable at once and
+    /// durable after `sync`.
     pub fn append(&mut self, entries: &[Entry]) -> Result<(), WalError> {
         self.check_usable()?;
         let Some(first) = entries.first() else {
             return Ok(());
         };
-        if first.index <= self.log.base() || first.index > self.log.last_index() + 1 {
+        // Entries a snapshot covers are committed: replacing one would contradict the snapshot.
+        let lowest = self.log.base().max(self.snapshot_index) + 1;
+        if first.index < lowest || first.index > self.log.last_index() + 1 {
             return Err(WalError::InvalidRequest(format!(
-                "append at index {}: the log holds {}..={}, so it must start in {}..={}",
+                "append at index {}: must start in {lowest}..={} (the log holds {}..={}, the snapshot ends at {})",
                 first.index,
+                self.log.last_index() + 1,
                 self.log.first_index(),
                 self.log.last_index(),
-                self.log.first_index(),
-                self.log.last_index() + 1
+                self.snapshot_index,
             )));
         }
         if let Some(pair) = entries
@@ -218,17 +224,7 @@ impl Wal {
         let (index, term) = (snapshot.meta.index, snapshot.meta.term);
         let (path, size) = write_snapshot(self.fs.as_ref(), &self.dir, snapshot)?;
         if self.log.term(index) != Some(term) {
-            // The new segment's first index cuts the old log off on replay; only once it is durable may the
-            // older segments go.
-            self.push_roll(index + 1);
-            self.write_pending()?;
-            self.log.restart(index, term);
-            let superseded = self.segments.len() - 1;
-            for segment in self.segments.drain(..superseded) {
-                self.fs
-                    .remove_file(&segment.path)
-                    .map_err(WalError::io("remove", &segment.path))?;
-            }
+            self.restart_log_after_snapshot(index, term)?;
         }
         self.snapshot_index = index;
         self.snapshot_file = Some((path.clone(), size));
@@ -271,6 +267,19 @@ impl Wal {
         }
         let result = self.remove_segments(removable);
         self.poison_on_error(result)
+    }
+
+    /// Replaces the whole log by an empty one following the snapshot at `index`. A segment starting at
+    /// `index + 1` only cuts the replayed log back to `index`, which would leave a conflicting entry at or
+    /// before `index` in place; so every older segment is removed, durably, before anything is appended.
+    fn restart_log_after_snapshot(&mut self, index: Index, term: Term) -> Result<(), WalError> {
+        self.push_roll(index + 1);
+        self.write_pending()?;
+        self.log.restart(index, term);
+        self.remove_segments(self.segments.len() - 1)?;
+        self.fs
+            .sync_dir(&self.dir)
+            .map_err(WalError::io("fsync directory", &self.dir))
     }
 
     fn remove_segments(&mut self, count: usize) -> Result<(), WalError> {
