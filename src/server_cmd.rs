@@ -53,10 +53,7 @@ pub fn run(args: Args) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
+    let runtime = match runtime_builder().enable_all().build()
     {
         Ok(runtime) => runtime,
         Err(err) => {
@@ -189,4 +186,19 @@ pub fn load_config(args: &Args) -> anyhow::Result<ClusterConfig> {
         return Err(err).with_context(|| format!("config {}", args.config.display()));
     }
     Ok(config)
+}
+
+/// One thread runs the whole node (peers, clients, the Raft loop); the disk has its own. With several
+/// nodes and the clients sharing a few cores, hopping between worker threads costs more than it gains.
+/// `RAFTKV_WORKER_THREADS=N` (N > 0) picks a multi-threaded runtime instead, for machines with cores
+/// to spare.
+fn runtime_builder() -> tokio::runtime::Builder {
+    match std::env::var("RAFTKV_WORKER_THREADS").ok().and_then(|n| n.parse::<usize>().ok()) {
+        Some(threads) if threads > 0 => {
+            let mut builder = tokio::runtime::Builder::new_multi_thread();
+            builder.worker_threads(threads);
+            builder
+        }
+        _ => tokio::runtime::Builder::new_current_thread(),
+    }
 }
