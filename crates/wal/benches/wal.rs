@@ -33,7 +33,10 @@ fn time_ops(iterations: usize, mut op: impl FnMut()) -> Figures {
         op();
         per_op.push(t.elapsed());
     }
-    Figures { per_op, total: started.elapsed() }
+    Figures {
+        per_op,
+        total: started.elapsed(),
+    }
 }
 
 fn ms(d: Duration) -> f64 {
@@ -45,7 +48,11 @@ fn main() {
     let scratch = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).expect("scratch directory");
 
     let raw_path = scratch.path().join("raw");
-    let mut raw = OpenOptions::new().create(true).append(true).open(&raw_path).unwrap();
+    let mut raw = OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&raw_path)
+        .unwrap();
     let block = vec![0xA5u8; 4096];
     let mut raw_figures = time_ops(3000, || {
         raw.write_all(&block).unwrap();
