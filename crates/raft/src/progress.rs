@@ -118,6 +118,16 @@ impl Progress {
         advanced
     }
 
+    /// Forgets the oldest in-flight Append if the window is full (heartbeat answered: the follower is
+    /// alive, so a stuck window means answers were lost).
+    pub(crate) fn free_one_if_window_full(&mut self, max_msgs: usize, max_bytes: usize) {
+        if self.state == ReplicationState::Replicate && self.is_paused(max_msgs, max_bytes) {
+            if let Some((_, bytes)) = self.inflight.pop_front() {
+                self.inflight_bytes -= bytes;
+            }
+        }
+    }
+
     fn clear_inflight(&mut self) {
         self.inflight.clear();
         self.inflight_bytes = 0;

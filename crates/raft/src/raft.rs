@@ -15,6 +15,11 @@ use crate::types::*;
 /// Heartbeats to wait for a follower to acknowledge an InstallSnapshot before sending it again.
 const SNAPSHOT_RETRY_HEARTBEATS: u32 = 100;
 
+/// Bytes of un-acknowledged Appends one follower may have in flight.
+fn max_inflight_bytes(config: &Config) -> usize {
+    config.max_bytes_per_msg.saturating_mul(4)
+}
+
 /// What a node recovered from its storage at start-up (all empty for a fresh node).
 #[derive(Clone, Debug, Default)]
 pub struct InitialState {
@@ -367,7 +372,9 @@ impl Raft {
         }
         if self.heartbeat_elapsed >= self.config.heartbeat_ticks {
             self.heartbeat_elapsed = 0;
-            self.broadcast_heartbeat(0);
+            // Re-ask for the newest read round, in case its own heartbeats or their answers were lost.
+            let round = self.reads.newest_pending_round();
+            self.broadcast_heartbeat(round);
         }
     }
 
@@ -638,11 +645,13 @@ impl Raft {
     /// Sends one Append (or a snapshot) to `to` if its progress allows. Returns whether another might
     /// follow right away (pipelined replication of a long backlog).
     fn send_append(&mut self, to: NodeId, allow_empty: bool) -> bool {
-        let max_inflight_bytes = self.config.max_bytes_per_msg.saturating_mul(4);
         let Some(progress) = self.progress.get(&to) else {
             return false;
         };
-        if progress.is_paused(self.config.max_inflight_msgs, max_inflight_bytes) {
+        if progress.is_paused(
+            self.config.max_inflight_msgs,
+            max_inflight_bytes(&self.config),
+        ) {
             return false;
         }
         let prev_index = progress.next_index - 1;
@@ -786,6 +795,12 @@ impl Raft {
         progress.recent_active = true;
         progress.probe_sent = false;
         progress.read_round_acked = progress.read_round_acked.max(read_round);
+        // If every answer to a full window of Appends was lost, the window would never drain: free a
+        // slot so the next Append (or an empty one) goes out and its answer resynchronises us.
+        progress.free_one_if_window_full(
+            self.config.max_inflight_msgs,
+            max_inflight_bytes(&self.config),
+        );
         if progress.match_index < last_index {
             // An empty Append detects a lost one: the follower rejects it if it misses entries.
             self.send_append(from, true);

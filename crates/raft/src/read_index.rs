@@ -64,6 +64,11 @@ impl ReadIndexQueue {
         self.rounds.iter().map(|(round, _, _)| *round)
     }
 
+    /// The newest round still waiting for acknowledgements, or 0 if none.
+    pub(crate) fn newest_pending_round(&self) -> u64 {
+        self.rounds.back().map_or(0, |(round, _, _)| *round)
+    }
+
     pub(crate) fn has_unsent(&self) -> bool {
         !self.unsent.is_empty()
     }
