@@ -6,7 +6,6 @@ use raftkv_sim::{quiet_panics, run_seed, run_seeds, Options};
 const CI_SEEDS: u64 = 300;
 
 #[test]
-#[ignore = "needs the Raft core of crates/raft (todo!() at this commit); run with --ignored once it lands"]
 fn ci_seeds_have_no_violations_and_linearizable_histories() {
     quiet_panics();
     let options = Options::default();
@@ -22,7 +21,6 @@ fn ci_seeds_have_no_violations_and_linearizable_histories() {
 }
 
 #[test]
-#[ignore = "needs the Raft core of crates/raft (todo!() at this commit); run with --ignored once it lands"]
 fn a_seed_replays_bit_for_bit() {
     quiet_panics();
     let options = Options::default();
