@@ -34,7 +34,7 @@ use tokio::sync::{mpsc, watch};
 use tracing::info;
 
 use crate::config::ClusterConfig;
-use crate::node::{NodeLoop, NodeState};
+use crate::node::{NodeLoop, NodeState, SnapshotPolicy};
 use crate::persist::Durable;
 
 /// Client requests queued for the node loop before connections feel back-pressure.
@@ -51,7 +51,7 @@ pub async fn run_node(config: ClusterConfig, id: u64) -> anyhow::Result<()> {
     let started = Instant::now();
     let data_dir = me.data_dir.clone();
     let (wal, initial, stats) =
-        tokio::task::spawn_blocking(move || Wal::open(&data_dir, WalOptions::default()))
+        tokio::task::spawn_blocking(move || Wal::open(&data_dir, wal_options()))
             .await
             .context("storage recovery panicked")?
             .with_context(|| format!("cannot open data directory {}", me.data_dir.display()))?;
@@ -70,6 +70,11 @@ pub async fn run_node(config: ClusterConfig, id: u64) -> anyhow::Result<()> {
         commit = initial.hard_state.commit,
         elapsed_ms = started.elapsed().as_millis() as u64,
         "recovered from disk"
+    );
+    let snapshot_policy = SnapshotPolicy::new(
+        config.tunables.snapshot_entries,
+        config.tunables.snapshot_bytes,
+        initial.snapshot.as_ref().map_or(0, |s| s.meta.index),
     );
     let raft = Raft::new(raft_config(&config, id), initial);
 
@@ -106,7 +111,8 @@ pub async fn run_node(config: ClusterConfig, id: u64) -> anyhow::Result<()> {
         inbound: inbound_rx,
         requests: requests_rx,
         shutdown: shutdown_rx,
-        state: NodeState::default(),
+        snapshots: mpsc::channel(1),
+        state: NodeState::new(snapshot_policy),
     };
     let result = node.run().await;
     accept.abort();
@@ -115,6 +121,14 @@ pub async fn run_node(config: ClusterConfig, id: u64) -> anyhow::Result<()> {
     let _ = tokio::task::spawn_blocking(move || disk_thread.join()).await;
     info!(node = id, "stopped");
     result
+}
+
+/// Segments small enough that compaction after a snapshot frees disk space in useful steps.
+fn wal_options() -> WalOptions {
+    WalOptions {
+        segment_bytes: 8 << 20,
+        ..WalOptions::default()
+    }
 }
 
 fn raft_config(config: &ClusterConfig, id: u64) -> raftkv_raft::Config {

@@ -12,7 +12,8 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use bytes::{Bytes, BytesMut};
 use raftkv_kv::{Command, Proposal, Reply, Request, Store};
 use raftkv_raft::{
-    EntryKind, Index, Message, NodeId, ProposeError, Raft, Ready, Role, SoftState, Term,
+    EntryKind, Index, Message, NodeId, ProposeError, Raft, Ready, Role, Snapshot, SnapshotMeta,
+    SoftState, Term,
 };
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio::time::MissedTickBehavior;
@@ -57,12 +58,15 @@ pub struct NodeLoop {
     pub inbound: mpsc::Receiver<Vec<Message>>,
     pub requests: mpsc::Receiver<ClientRequest>,
     pub shutdown: watch::Receiver<bool>,
+    /// Snapshots built in the background come back here.
+    pub snapshots: (mpsc::Sender<Snapshot>, mpsc::Receiver<Snapshot>),
     pub state: NodeState,
 }
 
 /// The loop's bookkeeping of client work in progress.
 #[derive(Default)]
 pub struct NodeState {
+    snapshot_policy: SnapshotPolicy,
     writes: BTreeMap<Index, PendingWrite>,
     reads_awaiting_index: HashMap<u64, PendingRead>,
     reads_awaiting_apply: BTreeMap<Index, Vec<PendingRead>>,
@@ -78,6 +82,46 @@ pub struct NodeState {
     role: Option<Role>,
     encode_buf: BytesMut,
     shutting_down_until: Option<Instant>,
+}
+
+/// When to take a snapshot: once the log since the last one holds `entries` entries or as many bytes as
+/// the larger of `bytes` and the last snapshot's size. The second rule keeps the cost of snapshotting a
+/// large store proportional to the log it replaces.
+#[derive(Default)]
+pub struct SnapshotPolicy {
+    pub entries: u64,
+    pub bytes: u64,
+    last_index: Index,
+    last_size: u64,
+    bytes_since: u64,
+    applied_term: Term,
+    in_progress: bool,
+}
+
+impl SnapshotPolicy {
+    pub fn new(entries: u64, bytes: u64, base: Index) -> SnapshotPolicy {
+        SnapshotPolicy {
+            entries,
+            bytes,
+            last_index: base,
+            ..SnapshotPolicy::default()
+        }
+    }
+
+    fn due(&self, applied: Index) -> bool {
+        !self.in_progress
+            && (applied.saturating_sub(self.last_index) >= self.entries.max(1)
+                || self.bytes_since >= self.bytes.max(self.last_size))
+    }
+}
+
+impl NodeState {
+    pub fn new(snapshot_policy: SnapshotPolicy) -> NodeState {
+        NodeState {
+            snapshot_policy,
+            ..NodeState::default()
+        }
+    }
 }
 
 impl NodeLoop {
@@ -99,6 +143,7 @@ impl NodeLoop {
                     }
                     self.raft.persisted(durable.index, durable.term);
                 }
+                Some(snapshot) = self.snapshots.1.recv() => self.snapshot_built(snapshot).await?,
                 Some(batch) = self.inbound.recv() => {
                     self.step_all(batch);
                     while let Ok(batch) = self.inbound.try_recv() {
@@ -364,6 +409,7 @@ impl NodeLoop {
                 entries,
                 hard_state,
                 messages_after_persist,
+                compact_to: None,
             };
             self.persist
                 .send(job)
@@ -372,10 +418,15 @@ impl NodeLoop {
         }
         if let Some(last) = committed.last().map(|e| e.index) {
             for entry in committed {
+                self.state.snapshot_policy.bytes_since += entry.data.len() as u64;
+                self.state.snapshot_policy.applied_term = entry.term;
                 self.apply(entry.index, entry.term, entry.kind, &entry.data);
             }
             self.raft.applied(last);
             self.serve_applied_reads();
+            if self.state.snapshot_policy.due(last) {
+                self.start_snapshot();
+            }
         }
         for read in read_states {
             if let Some(pending) = self.state.reads_awaiting_index.remove(&read.ctx) {
@@ -469,6 +520,63 @@ impl NodeLoop {
         self.state.leader = soft.leader;
         self.state.role = Some(soft.role);
         self.route_waiting();
+    }
+
+    // ----- Snapshots -----------------------------------------------------------------------------
+
+    /// Copies the store and serialises the copy on a blocking thread, so the node keeps serving.
+    fn start_snapshot(&mut self) {
+        let policy = &mut self.state.snapshot_policy;
+        policy.in_progress = true;
+        let meta = SnapshotMeta {
+            index: self.store.applied_index(),
+            term: policy.applied_term,
+            membership: self.raft.membership().clone(),
+        };
+        let copied = Instant::now();
+        let store = self.store.clone();
+        let pause = copied.elapsed();
+        let done = self.snapshots.0.clone();
+        tokio::task::spawn_blocking(move || {
+            let started = Instant::now();
+            let mut data = Vec::new();
+            store.snapshot(&mut data);
+            info!(
+                index = meta.index,
+                keys = store.len(),
+                bytes = data.len(),
+                copy_ms = pause.as_millis() as u64,
+                serialise_ms = started.elapsed().as_millis() as u64,
+                digest = store.digest(),
+                "snapshot taken"
+            );
+            let _ = done.blocking_send(Snapshot {
+                meta,
+                data: Bytes::from(data),
+            });
+        });
+    }
+
+    /// A background snapshot is ready: the disk thread saves it after everything queued before it and
+    /// compacts the log; the core drops the entries it covers and will send it to lagging followers.
+    async fn snapshot_built(&mut self, snapshot: Snapshot) -> anyhow::Result<()> {
+        let policy = &mut self.state.snapshot_policy;
+        policy.in_progress = false;
+        policy.last_index = snapshot.meta.index;
+        policy.last_size = snapshot.data.len() as u64;
+        policy.bytes_since = 0;
+        self.raft.compact(snapshot.clone());
+        let job = PersistJob {
+            snapshot: None,
+            entries: Vec::new(),
+            hard_state: None,
+            messages_after_persist: Vec::new(),
+            compact_to: Some(snapshot),
+        };
+        self.persist
+            .send(job)
+            .await
+            .map_err(|_| anyhow::anyhow!("the storage thread stopped"))
     }
 
     // ----- Shutdown ------------------------------------------------------------------------------

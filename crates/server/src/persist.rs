@@ -26,6 +26,9 @@ pub struct PersistJob {
     pub entries: Vec<Entry>,
     pub hard_state: Option<HardState>,
     pub messages_after_persist: Vec<Message>,
+    /// A snapshot this node took of its own state: saved after the batch, then the log prefix it
+    /// covers is compacted away.
+    pub compact_to: Option<Snapshot>,
 }
 
 /// What the disk has made durable so far.
@@ -88,6 +91,18 @@ fn write_batches(
         }
         if let Some(hs) = job.hard_state {
             wal.set_hard_state(hs)?;
+        }
+        if let Some(snapshot) = &job.compact_to {
+            let started = std::time::Instant::now();
+            wal.save_snapshot(snapshot)?;
+            wal.compact(snapshot.meta.index)?;
+            tracing::info!(
+                index = snapshot.meta.index,
+                bytes = snapshot.data.len(),
+                elapsed_ms = started.elapsed().as_millis() as u64,
+                disk_bytes = wal.disk_usage(),
+                "snapshot saved and log compacted"
+            );
         }
     }
     wal.sync()
