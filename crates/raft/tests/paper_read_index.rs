@@ -225,3 +225,22 @@ fn cluster_serves_reads_after_writes() {
     assert_eq!(reads[0].index, c.nodes[&leader].raft.status().commit);
     assert!(c.nodes[&leader].raft.status().applied >= reads[0].index);
 }
+
+/// The heartbeats of a read round may be lost; the leader's periodic heartbeats carry the newest
+/// pending round, so the read still completes rather than hanging forever.
+#[test]
+fn read_round_survives_lost_heartbeats() {
+    let mut r = steady_leader();
+    r.read_index(3).unwrap();
+    let rd = flush(&mut r);
+    assert_eq!(read_rounds(&rd.messages).len(), 2); // both lost
+    r.tick();
+    let rd = flush(&mut r);
+    let rounds = read_rounds(&rd.messages);
+    assert_eq!(rounds.len(), 2, "the periodic heartbeat re-asks");
+    hb_ack(&mut r, 2, rounds[0].1);
+    assert_eq!(
+        flush(&mut r).read_states,
+        vec![ReadState { ctx: 3, index: 1 }]
+    );
+}

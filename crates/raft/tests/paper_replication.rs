@@ -454,3 +454,38 @@ fn lost_append_is_recovered_after_heartbeat() {
     assert_eq!(f.status().last_index, 2);
     assert_eq!(f.entries()[1].data, Bytes::from_static(b"lost"));
 }
+
+/// §5.3: "If followers crash or run slowly, or if network packets are lost, the leader retries
+/// AppendEntries RPCs indefinitely ... until all followers eventually store all log entries." Even when
+/// every Append of a full pipelining window was lost (a partition during a burst of proposals), the
+/// follower's heartbeat answer must get replication going again.
+#[test]
+fn follower_catches_up_after_a_whole_inflight_window_was_lost() {
+    let mut r = steady_leader(|mut c| {
+        c.max_inflight_msgs = 3;
+        c
+    });
+    for i in 0..5 {
+        r.propose(Bytes::from(format!("p{i}"))).unwrap();
+        let rd = flush(&mut r);
+        // Node 3 keeps up; everything to node 2 is lost.
+        let to3: Vec<Message> = rd.messages.iter().filter(|m| m.to == 3).cloned().collect();
+        ack_appends(&mut r, &to3);
+    }
+    assert_eq!(r.status().commit, 6);
+    let mut f = follower_with_log(1, &[1], 1);
+    flush(&mut f);
+    // The partition heals: heartbeats flow again.
+    for _ in 0..6 {
+        r.tick();
+        let rd = flush(&mut r);
+        for m in rd.messages.into_iter().filter(|m| m.to == 2) {
+            f.step(m);
+        }
+        for m in all_messages(&flush(&mut f)) {
+            r.step(m);
+        }
+    }
+    assert_eq!(f.status().last_index, 6, "follower 2 never caught up");
+    assert_eq!(f.status().commit, 6);
+}
