@@ -57,6 +57,7 @@ struct World {
     nodes: BTreeMap<NodeId, Node>,
     net: Vec<Message>,
     partitioned: Option<NodeId>,
+    split: Option<NodeId>,
     leaders: BTreeMap<Term, NodeId>,
     committed: BTreeMap<Index, (Term, Bytes)>,
     next_value: u64,
@@ -95,6 +96,7 @@ impl World {
             nodes,
             net: Vec::new(),
             partitioned: None,
+            split: None,
             leaders: BTreeMap::new(),
             committed: BTreeMap::new(),
             next_value: 0,
@@ -252,6 +254,7 @@ impl World {
 
     fn linked(&self, a: NodeId, b: NodeId) -> bool {
         self.partitioned.is_none_or(|p| p != a && p != b)
+            && self.split.is_none_or(|s| (a < s) == (b < s))
     }
 
     fn step(&mut self) {
@@ -295,6 +298,10 @@ impl World {
             91 => {
                 self.partitioned = if self.rng.chance(50) { Some(id) } else { None };
             }
+            96 => {
+                // Minority/majority split: cut nodes below `id` from the rest.
+                self.split = if self.rng.chance(50) { Some(id) } else { None };
+            }
             92 => {
                 let to = 1 + self.rng.below(self.n);
                 let _ = self
@@ -319,6 +326,7 @@ impl World {
     /// No more faults: every disk syncs, every message arrives, time passes.
     fn calm(&mut self, rounds: usize) {
         self.partitioned = None;
+        self.split = None;
         for round in 0..rounds {
             let ids: Vec<NodeId> = self.nodes.keys().copied().collect();
             for &id in &ids {
@@ -385,9 +393,18 @@ fn run(seed: u64, n: u64, steps: usize) -> (usize, usize) {
 fn random_faults_keep_raft_safe() {
     let mut committed = 0;
     let mut reads = 0;
-    for seed in 0..150 {
+    // `RAFT_FAULT_SEEDS=5000 RAFT_FAULT_STEPS=20000 cargo test --release -p raftkv-raft --test random_faults` runs longer.
+    let seeds: u64 = std::env::var("RAFT_FAULT_SEEDS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(150);
+    let steps: usize = std::env::var("RAFT_FAULT_STEPS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(3000);
+    for seed in 0..seeds {
         for n in [3, 5] {
-            let (c, r) = run(seed, n, 3000);
+            let (c, r) = run(seed, n, steps);
             committed += c;
             reads += r;
         }
