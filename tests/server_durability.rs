@@ -13,8 +13,18 @@ fn getm(client: &mut Client, key: &str) -> Vec<u8> {
 
 #[test]
 fn whole_cluster_killed_and_restarted() {
+    whole_cluster_restart(FAST_TUNABLES);
+}
+
+/// The same with a snapshot every 150 entries: recovery is snapshot + log suffix.
+#[test]
+fn whole_cluster_killed_and_restarted_with_snapshots() {
+    whole_cluster_restart(&format!("{FAST_TUNABLES}snapshot_entries = 150\n"));
+}
+
+fn whole_cluster_restart(tunables: &str) {
     let started = Instant::now();
-    let mut cluster = Cluster::start(3, FAST_TUNABLES);
+    let mut cluster = Cluster::start(3, tunables);
     let mut client = cluster.client();
 
     // Some history besides plain sets: an overwrite, a cas, a delete, a delete + re-create.
@@ -97,7 +107,7 @@ fn whole_cluster_killed_and_restarted() {
     check_history(&mut client);
     check_acked(&mut client, &acked);
     eprintln!(
-        "{} writes checked after two restarts, took {:?}",
+        "{tunables:?}: {} writes checked after two restarts, took {:?}",
         acked.len(),
         started.elapsed()
     );

@@ -158,9 +158,9 @@ fn minority_down_serves_majority_down_does_not() {
 /// then the leader is killed and the other follower restarted, and the restarted follower must win
 /// the election (the election restriction lets only a node holding every committed entry win) and
 /// serve every acknowledged write.
-fn follower_catches_up(graceful: bool) {
+fn follower_catches_up(graceful: bool, tunables: &str, expect_snapshot: bool) {
     let started = Instant::now();
-    let mut cluster = Cluster::start(3, FAST_TUNABLES);
+    let mut cluster = Cluster::start(3, tunables);
     let leader = cluster.wait_leader();
     let followers: Vec<usize> = (0..3).filter(|&i| i != leader).collect();
     let (a, b) = (followers[0], followers[1]);
@@ -228,8 +228,17 @@ fn follower_catches_up(graceful: bool) {
     );
     let mut client = cluster.client();
     check_acked(&mut client, &acked);
+    if expect_snapshot {
+        let log = std::fs::read_to_string(&cluster.nodes[a].log).unwrap_or_default();
+        assert!(
+            log.contains("installed a snapshot"),
+            "node {} caught up without an InstallSnapshot, so this test did not cover that path \
+             (or the server's log message changed)",
+            a + 1
+        );
+    }
     eprintln!(
-        "follower catch-up ({}): {} writes checked, took {:?}",
+        "follower catch-up ({}, {tunables:?}): {} writes checked, took {:?}",
         if graceful { "SIGTERM" } else { "SIGKILL" },
         acked.len(),
         started.elapsed()
@@ -238,10 +247,21 @@ fn follower_catches_up(graceful: bool) {
 
 #[test]
 fn follower_stopped_with_sigterm_catches_up() {
-    follower_catches_up(true);
+    follower_catches_up(true, FAST_TUNABLES, false);
 }
 
 #[test]
 fn follower_killed_catches_up() {
-    follower_catches_up(false);
+    follower_catches_up(false, FAST_TUNABLES, false);
+}
+
+/// The same with snapshots every 200 entries: the leader compacts its log past what the stopped
+/// follower holds, so catching up needs an InstallSnapshot and then appends.
+#[test]
+fn follower_catches_up_from_a_snapshot() {
+    follower_catches_up(
+        false,
+        &format!("{FAST_TUNABLES}snapshot_entries = 200\n"),
+        true,
+    );
 }
