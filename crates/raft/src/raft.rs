@@ -331,6 +331,14 @@ impl Raft {
         &self.membership
     }
 
+    /// On a leader, how far `id`'s log is known to match ours (e.g. to pick a transfer target).
+    pub fn match_index(&self, id: NodeId) -> Option<Index> {
+        if self.role != Role::Leader {
+            return None;
+        }
+        self.progress.get(&id).map(|p| p.match_index)
+    }
+
     pub fn hard_state(&self) -> HardState {
         HardState {
             term: self.term,

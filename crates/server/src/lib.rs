@@ -127,7 +127,6 @@ pub async fn run_node(config: ClusterConfig, id: u64) -> anyhow::Result<()> {
 fn wal_options() -> WalOptions {
     WalOptions {
         segment_bytes: 8 << 20,
-        ..WalOptions::default()
     }
 }
 

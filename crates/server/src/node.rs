@@ -159,6 +159,13 @@ impl NodeLoop {
                     }
                     if self.shutdown_complete() {
                         self.process_ready().await?;
+                        // Replicas that applied the same log report the same digest: tests compare them.
+                        info!(
+                            applied = self.store.applied_index(),
+                            keys = self.store.len(),
+                            digest = self.store.digest(),
+                            "final state"
+                        );
                         return Ok(());
                     }
                 }
@@ -587,7 +594,14 @@ impl NodeLoop {
         let wait = Duration::from_millis(self.config.tunables.election_timeout_ms * 2);
         self.state.shutting_down_until = Some(Instant::now() + wait);
         if self.raft.status().role == Role::Leader {
-            if let Some(target) = self.config.node_ids().into_iter().find(|id| *id != self.id) {
+            // The most caught-up follower can take over soonest.
+            let target = self
+                .config
+                .node_ids()
+                .into_iter()
+                .filter(|id| *id != self.id)
+                .max_by_key(|id| self.raft.match_index(*id).unwrap_or(0));
+            if let Some(target) = target {
                 info!(target, "shutting down: transferring leadership");
                 let _ = self.raft.transfer_leadership(target);
             }
