@@ -170,6 +170,9 @@ fn recoverable_errors(conn: &mut Conn) {
         b"cas k x 1 3\r\nget\r\n".to_vec(),
         format!("cas {key251} 0 1 3\r\nget\r\n").into_bytes(),
         b"set k 0 3 noreply extra\r\nabc\r\n".to_vec(),
+        // A lone LF does not end a line: this is one line with three tokens.
+        b"get k\nget k\r\n".to_vec(),
+        b"get k\r\r\n".to_vec(),
     ];
     for request in &bad {
         exchange(conn, request, b"ERR_CMD_ERR\r\n");
