@@ -17,6 +17,11 @@ fn leader_killed_under_write_load() {
     let started = Instant::now();
     let mut cluster = Cluster::start(3, FAST_TUNABLES);
     let old = cluster.wait_leader();
+    // A key with a 4 s lifetime, stamped by the old leader: it must expire on time under the new one.
+    let mut client = cluster.client();
+    let exp_set_at = Instant::now();
+    let reply = client.call(&set_cmd("expiring", 4, b"soon gone")).unwrap();
+    let exp_version = ok_version(&reply).unwrap_or_else(|| panic!("set: {}", show(&reply)));
     let load = WriteLoad::start(cluster.addrs(), "crash", 4);
     std::thread::sleep(Duration::from_millis(1000));
 
@@ -37,7 +42,17 @@ fn leader_killed_under_write_load() {
     assert!(before > 0, "no write acknowledged before the kill");
     assert!(resumed > 0, "writes did not resume under the new leader");
 
-    let mut client = cluster.client();
+    let before_getm = exp_set_at.elapsed();
+    let reply = client.call_retry(b"getm expiring\r\n", Duration::from_secs(5));
+    if exp_set_at.elapsed() < Duration::from_millis(3800) {
+        let (version, exptime, _) =
+            getm_fields(&reply).unwrap_or_else(|| panic!("getm expiring: {}", show(&reply)));
+        assert_eq!(version, exp_version);
+        assert!(
+            (1..4).contains(&exptime),
+            "exptime {exptime} {before_getm:?} into a 4 s lifetime"
+        );
+    }
     check_acked(&mut client, &acked);
 
     // The old leader comes back as a follower, catches up, and redirects to the new leader.
@@ -57,6 +72,13 @@ fn leader_killed_under_write_load() {
     }
     let v = client.set_retry("after-restart", b"x", Duration::from_secs(10));
     assert!(acked.iter().all(|a| a.version < v));
+    std::thread::sleep(Duration::from_millis(4500).saturating_sub(exp_set_at.elapsed()));
+    let reply = client.call_retry(b"get expiring\r\n", Duration::from_secs(5));
+    assert_eq!(
+        show(&reply),
+        show(b"ERR_NOT_FOUND\r\n"),
+        "4.5 s after a 4 s set"
+    );
     eprintln!(
         "leader_killed_under_write_load took {:?}",
         started.elapsed()
