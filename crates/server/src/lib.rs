@@ -20,6 +20,7 @@ pub mod listener;
 pub mod node;
 pub mod persist;
 pub mod request;
+pub mod snapshot_stream;
 pub mod transport;
 pub mod wire;
 

@@ -13,15 +13,23 @@
 //! - Only nodes of the same cluster, known by id, speaking the same protocol version get through the
 //!   handshake; anything else is logged and disconnected.
 //!
+//! - An `InstallSnapshot` does not use the peer's queue or message connection: it goes to that peer's
+//!   snapshot sender, which streams it on a connection of its own (see [`crate::snapshot_stream`]), so a
+//!   snapshot of hundreds of MiB neither delays heartbeats and appends nor gets copied into a frame. The
+//!   receiver delivers it, checked and whole, as a batch of one message.
+//!
 //! Framing: `len u32 LE | crc32c u32 LE | payload[len]`. The CRC is cheap (hardware-assisted) and catches
 //! what TCP's 16-bit checksum lets through. A data frame's payload is one or more messages back to back
 //! (see [`crate::wire`]); the first frame in each direction of a connection is a [`Handshake`].
 
 use crate::config::ClusterConfig;
-use crate::wire::{decode_message, encode_message, encoded_len, Handshake, PROTOCOL_VERSION};
+use crate::snapshot_stream::{receive_snapshot, SnapshotSender, SnapshotSlot, MAX_SNAPSHOT_BYTES};
+use crate::wire::{
+    decode_message, encode_message, encoded_len, Handshake, StreamKind, PROTOCOL_VERSION,
+};
 use anyhow::{anyhow, bail, Context};
 use bytes::{BufMut, Bytes, BytesMut};
-use raftkv_raft::Message;
+use raftkv_raft::{Message, MessageBody};
 use std::collections::HashMap;
 use std::hash::BuildHasher;
 use std::net::SocketAddr;
@@ -35,8 +43,9 @@ use tokio::task::{JoinHandle, JoinSet};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, error, info, warn};
 
-/// Largest frame accepted or sent. InstallSnapshot carries a whole snapshot in one message in this version
-/// of the core, so the limit is generous; it still bounds what a confused or hostile peer can make us buffer.
+/// Largest frame accepted or sent. Snapshots travel on snapshot streams, but a frame may still carry an
+/// `InstallSnapshot` (the format allows it), so the limit stays generous; it still bounds what a confused
+/// or hostile peer can make us buffer, and buffers only grow as bytes actually arrive.
 pub const MAX_FRAME_BYTES: usize = 1 << 30;
 
 /// Bytes before a frame's payload: length and CRC.
@@ -66,7 +75,7 @@ const KEEP_WRITE_BUFFER_BYTES: usize = 4 << 20;
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
 /// A peer that accepts no bytes for this long is treated as dead, so its connection gets re-established.
-const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
+pub(crate) const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
 const MIN_BACKOFF: Duration = Duration::from_millis(10);
 const MAX_BACKOFF: Duration = Duration::from_secs(1);
 
@@ -92,6 +101,8 @@ struct Inner {
 
 struct PeerQueue {
     sender: mpsc::Sender<Message>,
+    /// The InstallSnapshot waiting for this peer's snapshot sender.
+    snapshots: Arc<SnapshotSlot>,
     dropped: Arc<AtomicU64>,
 }
 
@@ -126,6 +137,7 @@ impl Transport {
             protocol_version: PROTOCOL_VERSION,
             cluster_id: config.cluster_id.clone(),
             node_id: my_id,
+            stream: StreamKind::Messages,
         };
 
         let mut tasks = Vec::new();
@@ -142,7 +154,27 @@ impl Transport {
                 shutdown: shutdown.clone(),
             };
             tasks.push(tokio::spawn(writer.run()));
-            peers.insert(node.id, PeerQueue { sender, dropped });
+            let snapshots = Arc::new(SnapshotSlot::default());
+            let snapshot_sender = SnapshotSender {
+                peer_id: node.id,
+                peer_addr: node.peer_addr.clone(),
+                hello: Handshake {
+                    stream: StreamKind::Snapshot,
+                    ..hello.clone()
+                },
+                slot: snapshots.clone(),
+                dropped: dropped.clone(),
+                shutdown: shutdown.clone(),
+            };
+            tasks.push(tokio::spawn(snapshot_sender.run()));
+            peers.insert(
+                node.id,
+                PeerQueue {
+                    sender,
+                    snapshots,
+                    dropped,
+                },
+            );
         }
 
         let acceptor = Acceptor {
@@ -154,8 +186,10 @@ impl Transport {
                 .filter(|&id| id != my_id)
                 .collect(),
             inbound,
-            readers: Arc::new(Mutex::new(HashMap::new())),
+            readers: Mutex::new(HashMap::new()),
+            snapshot_readers: Mutex::new(HashMap::new()),
             next_generation: AtomicU64::new(0),
+            max_snapshot_bytes: MAX_SNAPSHOT_BYTES,
         };
         tasks.push(tokio::spawn(acceptor.run(listener, shutdown.clone())));
         info!(node = my_id, addr = %local_addr, "peer transport listening");
@@ -173,7 +207,8 @@ impl Transport {
     }
 
     /// Queues a message for its `to` node. Never blocks: if that peer's bounded queue is full (peer slow or
-    /// down), the message is dropped (Raft retransmits) and a counter is bumped.
+    /// down), the message is dropped (Raft retransmits) and a counter is bumped. An `InstallSnapshot` goes
+    /// to the peer's snapshot sender instead, replacing any snapshot still waiting there.
     pub fn send(&self, msg: Message) {
         let Some(peer) = self.inner.peers.get(&msg.to) else {
             self.inner.dropped_unknown.fetch_add(1, Ordering::Relaxed);
@@ -184,6 +219,12 @@ impl Transport {
             );
             return;
         };
+        if let MessageBody::InstallSnapshot { .. } = msg.body {
+            if peer.snapshots.offer(msg) {
+                peer.dropped.fetch_add(1, Ordering::Relaxed);
+            }
+            return;
+        }
         if peer.sender.try_send(msg).is_err() {
             peer.dropped.fetch_add(1, Ordering::Relaxed);
         }
@@ -288,41 +329,7 @@ impl PeerWriter {
     }
 
     async fn connect(&self) -> anyhow::Result<TcpStream> {
-        let mut stream =
-            tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(self.peer_addr.as_str()))
-                .await
-                .map_err(|_| anyhow!("connect timed out"))??;
-        stream.set_nodelay(true)?;
-        let exchange = async {
-            let mut out = BytesMut::new();
-            let mut payload = BytesMut::new();
-            self.hello.encode(&mut payload);
-            encode_frame(&payload, &mut out);
-            stream.write_all(&out).await?;
-            let mut buf = BytesMut::new();
-            let frame = read_frame(&mut stream, &mut buf, MAX_HANDSHAKE_BYTES)
-                .await?
-                .ok_or_else(|| {
-                    anyhow!("peer closed the connection during the handshake (rejected us?)")
-                })?;
-            let answer = Handshake::decode(frame)?;
-            if answer.protocol_version != PROTOCOL_VERSION
-                || answer.cluster_id != self.hello.cluster_id
-                || answer.node_id != self.peer_id
-            {
-                bail!(
-                    "unexpected handshake answer: node {} of cluster '{}' speaking version {}",
-                    answer.node_id,
-                    answer.cluster_id,
-                    answer.protocol_version
-                );
-            }
-            anyhow::Ok(())
-        };
-        tokio::time::timeout(HANDSHAKE_TIMEOUT, exchange)
-            .await
-            .map_err(|_| anyhow!("handshake timed out"))??;
-        Ok(stream)
+        dial(&self.peer_addr, &self.hello, self.peer_id).await
     }
 
     /// Sends queued messages until the connection fails or the transport stops.
@@ -392,6 +399,50 @@ impl PeerWriter {
     }
 }
 
+/// Connects to `peer_addr` and exchanges handshakes, checking that node `peer_id` of our cluster answers
+/// and agrees on what the connection carries (`hello.stream`).
+pub(crate) async fn dial(
+    peer_addr: &str,
+    hello: &Handshake,
+    peer_id: u64,
+) -> anyhow::Result<TcpStream> {
+    let mut stream = tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(peer_addr))
+        .await
+        .map_err(|_| anyhow!("connect timed out"))??;
+    stream.set_nodelay(true)?;
+    let exchange = async {
+        let mut out = BytesMut::new();
+        let mut payload = BytesMut::new();
+        hello.encode(&mut payload);
+        encode_frame(&payload, &mut out);
+        stream.write_all(&out).await?;
+        let mut buf = BytesMut::new();
+        let frame = read_frame(&mut stream, &mut buf, MAX_HANDSHAKE_BYTES)
+            .await?
+            .ok_or_else(|| {
+                anyhow!("peer closed the connection during the handshake (rejected us?)")
+            })?;
+        let answer = Handshake::decode(frame)?;
+        if answer.protocol_version != PROTOCOL_VERSION
+            || answer.cluster_id != hello.cluster_id
+            || answer.node_id != peer_id
+            || answer.stream != hello.stream
+        {
+            bail!(
+                "unexpected handshake answer: node {} of cluster '{}' speaking version {}",
+                answer.node_id,
+                answer.cluster_id,
+                answer.protocol_version
+            );
+        }
+        anyhow::Ok(())
+    };
+    tokio::time::timeout(HANDSHAKE_TIMEOUT, exchange)
+        .await
+        .map_err(|_| anyhow!("handshake timed out"))??;
+    Ok(stream)
+}
+
 /// Encodes `batch` as as few frames as the soft frame size allows, appended to `out`. Returns how many
 /// messages were skipped because they alone exceed [`MAX_FRAME_BYTES`].
 pub fn encode_batch(batch: &[Message], out: &mut BytesMut) -> usize {
@@ -443,7 +494,7 @@ pub fn encode_frame(payload: &[u8], out: &mut BytesMut) {
 /// Reads one frame's payload, or `None` on a clean end of stream between frames. `buf` carries bytes
 /// read past the frame over to the next call. The payload is split off `buf` without copying, so entry
 /// data decoded from it shares the receive buffer.
-async fn read_frame(
+pub(crate) async fn read_frame(
     stream: &mut TcpStream,
     buf: &mut BytesMut,
     max_len: usize,
@@ -483,8 +534,12 @@ struct Acceptor {
     inbound: mpsc::Sender<Vec<Message>>,
     /// The live reader per peer, so a reconnecting peer replaces its stale connection at once instead of
     /// leaving it to time out.
-    readers: Arc<Mutex<HashMap<u64, (u64, CancellationToken)>>>,
+    readers: Mutex<HashMap<u64, (u64, CancellationToken)>>,
+    /// The same for snapshot streams: at most one per peer, the newest (so at most one partial snapshot
+    /// per peer is ever buffered).
+    snapshot_readers: Mutex<HashMap<u64, (u64, CancellationToken)>>,
     next_generation: AtomicU64,
+    max_snapshot_bytes: u64,
 }
 
 impl Acceptor {
@@ -524,11 +579,11 @@ impl Acceptor {
         let me = self.hello.node_id;
         let _ = stream.set_nodelay(true);
         let mut buf = BytesMut::new();
-        let peer_id =
+        let (peer_id, kind) =
             match tokio::time::timeout(HANDSHAKE_TIMEOUT, self.handshake(&mut stream, &mut buf))
                 .await
             {
-                Ok(Ok(peer_id)) => peer_id,
+                Ok(Ok(hello)) => (hello.node_id, hello.stream),
                 Ok(Err(err)) => {
                     warn!(node = me, %remote, "rejected peer connection: {err:#}");
                     return;
@@ -538,26 +593,56 @@ impl Acceptor {
                     return;
                 }
             };
-        info!(node = me, peer = peer_id, %remote, "peer connected");
+        let registry = match kind {
+            StreamKind::Messages => {
+                info!(node = me, peer = peer_id, %remote, "peer connected");
+                &self.readers
+            }
+            StreamKind::Snapshot => {
+                debug!(node = me, peer = peer_id, %remote, "snapshot stream opened");
+                &self.snapshot_readers
+            }
+        };
 
         let generation = self.next_generation.fetch_add(1, Ordering::Relaxed);
         let connection = shutdown.child_token();
-        if let Some((_, stale)) =
-            lock(&self.readers).insert(peer_id, (generation, connection.clone()))
-        {
+        if let Some((_, stale)) = lock(registry).insert(peer_id, (generation, connection.clone())) {
             stale.cancel();
         }
-        let outcome = self
-            .receive(&mut stream, &mut buf, peer_id, &connection)
-            .await;
+        let outcome = match kind {
+            StreamKind::Messages => {
+                self.receive(&mut stream, &mut buf, peer_id, &connection)
+                    .await
+            }
+            StreamKind::Snapshot => {
+                let received = receive_snapshot(
+                    &mut stream,
+                    &mut buf,
+                    peer_id,
+                    me,
+                    self.max_snapshot_bytes,
+                    &self.inbound,
+                );
+                tokio::select! {
+                    _ = connection.cancelled() => Err(anyhow!("replaced by a newer snapshot stream or shut down")),
+                    received = received => received,
+                }
+            }
+        };
         {
-            let mut readers = lock(&self.readers);
-            if readers
+            let mut registry = lock(registry);
+            if registry
                 .get(&peer_id)
                 .is_some_and(|(current, _)| *current == generation)
             {
-                readers.remove(&peer_id);
+                registry.remove(&peer_id);
             }
+        }
+        if kind == StreamKind::Snapshot {
+            if let Err(err) = outcome {
+                warn!(node = me, peer = peer_id, "snapshot not received: {err:#}");
+            }
+            return;
         }
         match outcome {
             Ok(()) => info!(node = me, peer = peer_id, "peer disconnected"),
@@ -565,8 +650,12 @@ impl Acceptor {
         }
     }
 
-    /// Checks the dialler's handshake and answers it. Returns the peer's node id.
-    async fn handshake(&self, stream: &mut TcpStream, buf: &mut BytesMut) -> anyhow::Result<u64> {
+    /// Checks the dialler's handshake and answers it. Returns the dialler's handshake.
+    async fn handshake(
+        &self,
+        stream: &mut TcpStream,
+        buf: &mut BytesMut,
+    ) -> anyhow::Result<Handshake> {
         let frame = read_frame(stream, buf, MAX_HANDSHAKE_BYTES)
             .await?
             .ok_or_else(|| anyhow!("closed before the handshake"))?;
@@ -587,12 +676,16 @@ impl Acceptor {
         if !self.known_peers.contains(&hello.node_id) {
             bail!("unknown node id {}", hello.node_id);
         }
+        let answer = Handshake {
+            stream: hello.stream,
+            ..self.hello.clone()
+        };
         let mut out = BytesMut::new();
         let mut payload = BytesMut::new();
-        self.hello.encode(&mut payload);
+        answer.encode(&mut payload);
         encode_frame(&payload, &mut out);
         stream.write_all(&out).await?;
-        Ok(hello.node_id)
+        Ok(hello)
     }
 
     /// Forwards frames from `peer_id` until it disconnects, misbehaves, or `connection` is cancelled.

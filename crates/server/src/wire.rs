@@ -22,6 +22,10 @@
 //! InstallSnapshot     index u64, term u64, voters u32, voters × u64 (ascending), len u64, data[len]
 //! TimeoutNow          (nothing)
 //! ```
+//!
+//! A snapshot travels on a connection of its own (see [`crate::snapshot_stream`]): after a handshake
+//! marked [`StreamKind::Snapshot`], the dialler sends one frame holding a [`SnapshotHeader`], then the
+//! snapshot data raw (it is checked by the header's CRC, not framed).
 
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 use raftkv_raft::{
@@ -76,6 +80,20 @@ pub enum WireError {
     #[error("handshake cluster id is not UTF-8")]
     ClusterIdNotUtf8,
 }
+
+/// What a peer connection carries, declared by the dialler in its handshake.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum StreamKind {
+    /// Framed Raft messages, for as long as the connection lives.
+    #[default]
+    Messages,
+    /// Exactly one snapshot: a header frame, then the raw data (see [`crate::snapshot_stream`]).
+    Snapshot,
+}
+
+/// Handshake byte marking a snapshot stream. A message stream has no such byte, so its handshake is
+/// byte for byte the one of the first version of the protocol.
+const STREAM_KIND_SNAPSHOT: u8 = 1;
 
 /// Appends the encoding of `msg` to `out`.
 pub fn encode_message(msg: &Message, out: &mut BytesMut) {
@@ -152,11 +170,7 @@ pub fn encode_message(msg: &Message, out: &mut BytesMut) {
         MessageBody::InstallSnapshot { snapshot } => {
             out.put_u64_le(snapshot.meta.index);
             out.put_u64_le(snapshot.meta.term);
-            let voters = &snapshot.meta.membership.voters;
-            out.put_u32_le(voters.len() as u32);
-            for voter in voters {
-                out.put_u64_le(*voter);
-            }
+            encode_voters(&snapshot.meta.membership.voters, out);
             out.put_u64_le(snapshot.data.len() as u64);
             out.put_slice(&snapshot.data);
         }
@@ -311,21 +325,7 @@ fn decode_append(buf: &mut Bytes) -> Result<MessageBody, WireError> {
 fn decode_install_snapshot(buf: &mut Bytes) -> Result<MessageBody, WireError> {
     let index = get_u64(buf, "snapshot index")?;
     let term = get_u64(buf, "snapshot term")?;
-    let count = get_u32(buf, "voter count")? as usize;
-    check_count(buf, "voters", count, 8)?;
-    let mut voters = Vec::with_capacity(count);
-    for _ in 0..count {
-        let voter = get_node_id(buf, "voter")?;
-        // Membership promises sorted, duplicate-free voters; accepting anything else would let a
-        // corrupted message silently change quorum arithmetic.
-        if voters.last().is_some_and(|&last| last >= voter) {
-            return Err(WireError::InvalidValue {
-                field: "voter order",
-                value: voter,
-            });
-        }
-        voters.push(voter);
-    }
+    let voters = decode_voters(buf)?;
     let len = get_u64(buf, "snapshot length")?;
     let len = usize::try_from(len).map_err(|_| WireError::InvalidValue {
         field: "snapshot length",
@@ -344,16 +344,45 @@ fn decode_install_snapshot(buf: &mut Bytes) -> Result<MessageBody, WireError> {
     })
 }
 
+fn decode_voters(buf: &mut Bytes) -> Result<Vec<u64>, WireError> {
+    let count = get_u32(buf, "voter count")? as usize;
+    check_count(buf, "voters", count, 8)?;
+    let mut voters = Vec::with_capacity(count);
+    for _ in 0..count {
+        let voter = get_node_id(buf, "voter")?;
+        // Membership promises sorted, duplicate-free voters; accepting anything else would let a
+        // corrupted message silently change quorum arithmetic.
+        if voters.last().is_some_and(|&last| last >= voter) {
+            return Err(WireError::InvalidValue {
+                field: "voter order",
+                value: voter,
+            });
+        }
+        voters.push(voter);
+    }
+    Ok(voters)
+}
+
+fn encode_voters(voters: &[u64], out: &mut BytesMut) {
+    out.put_u32_le(voters.len() as u32);
+    for voter in voters {
+        out.put_u64_le(*voter);
+    }
+}
+
 /// What a node says about itself when it opens a peer connection, and what the acceptor answers.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Handshake {
     pub protocol_version: u16,
     pub cluster_id: String,
     pub node_id: u64,
+    /// What the connection will carry. The acceptor echoes the dialler's kind.
+    pub stream: StreamKind,
 }
 
 impl Handshake {
-    /// Layout: magic [8] | protocol_version u16 | node_id u64 | cluster_id_len u16 | cluster_id.
+    /// Layout: magic [8] | protocol_version u16 | node_id u64 | cluster_id_len u16 | cluster_id
+    /// [| 1 u8 for a snapshot stream].
     pub fn encode(&self, out: &mut BytesMut) {
         out.put_slice(&HANDSHAKE_MAGIC);
         out.put_u16_le(self.protocol_version);
@@ -362,6 +391,9 @@ impl Handshake {
         let len = id.len().min(u16::MAX as usize);
         out.put_u16_le(len as u16);
         out.put_slice(&id[..len]);
+        if self.stream == StreamKind::Snapshot {
+            out.put_u8(STREAM_KIND_SNAPSHOT);
+        }
     }
 
     /// Decodes a whole handshake payload; trailing bytes are an error. The version is returned as
@@ -376,17 +408,117 @@ impl Handshake {
         let len = get_u16(&mut buf, "cluster id length")? as usize;
         let id = take_bytes(&mut buf, "cluster id", len)?;
         let cluster_id = String::from_utf8(id.to_vec()).map_err(|_| WireError::ClusterIdNotUtf8)?;
-        if buf.has_remaining() {
-            return Err(WireError::InvalidValue {
-                field: "handshake trailing bytes",
-                value: buf.len() as u64,
-            });
-        }
+        let stream = match buf[..] {
+            [] => StreamKind::Messages,
+            [STREAM_KIND_SNAPSHOT] => StreamKind::Snapshot,
+            _ => {
+                return Err(WireError::InvalidValue {
+                    field: "handshake trailing bytes",
+                    value: buf.len() as u64,
+                })
+            }
+        };
         Ok(Handshake {
             protocol_version,
             cluster_id,
             node_id,
+            stream,
         })
+    }
+}
+
+/// The first frame of a snapshot stream: who sends which snapshot, and how to check its data.
+///
+/// Layout: version u8 | from u64 | to u64 | term u64 | index u64 | snapshot term u64 | voters u32,
+/// voters × u64 (ascending) | data_len u64 | data_crc32c u32. `from`, `to` and `term` are those of the
+/// `InstallSnapshot` message the stream carries.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SnapshotHeader {
+    pub from: u64,
+    pub to: u64,
+    pub term: u64,
+    pub meta: SnapshotMeta,
+    pub data_len: u64,
+    pub data_crc: u32,
+}
+
+impl SnapshotHeader {
+    /// The header for an `InstallSnapshot` message whose data has checksum `data_crc`; `None` for any
+    /// other message.
+    pub fn for_message(msg: &Message, data_crc: u32) -> Option<SnapshotHeader> {
+        match &msg.body {
+            MessageBody::InstallSnapshot { snapshot } => Some(SnapshotHeader {
+                from: msg.from,
+                to: msg.to,
+                term: msg.term,
+                meta: snapshot.meta.clone(),
+                data_len: snapshot.data.len() as u64,
+                data_crc,
+            }),
+            _ => None,
+        }
+    }
+
+    pub fn encode(&self, out: &mut BytesMut) {
+        out.put_u8(WIRE_VERSION);
+        out.put_u64_le(self.from);
+        out.put_u64_le(self.to);
+        out.put_u64_le(self.term);
+        out.put_u64_le(self.meta.index);
+        out.put_u64_le(self.meta.term);
+        encode_voters(&self.meta.membership.voters, out);
+        out.put_u64_le(self.data_len);
+        out.put_u32_le(self.data_crc);
+    }
+
+    /// Decodes a whole header payload; trailing bytes are an error. The length is not judged here: the
+    /// receiver compares it with its own limit.
+    pub fn decode(mut buf: Bytes) -> Result<SnapshotHeader, WireError> {
+        let version = get_u8(&mut buf, "version")?;
+        if version != WIRE_VERSION {
+            return Err(WireError::UnsupportedVersion(version));
+        }
+        let from = get_node_id(&mut buf, "from")?;
+        let to = get_node_id(&mut buf, "to")?;
+        let term = get_u64(&mut buf, "term")?;
+        let index = get_u64(&mut buf, "snapshot index")?;
+        let snapshot_term = get_u64(&mut buf, "snapshot term")?;
+        let voters = decode_voters(&mut buf)?;
+        let data_len = get_u64(&mut buf, "snapshot length")?;
+        let data_crc = get_u32(&mut buf, "snapshot checksum")?;
+        if buf.has_remaining() {
+            return Err(WireError::InvalidValue {
+                field: "snapshot header trailing bytes",
+                value: buf.len() as u64,
+            });
+        }
+        Ok(SnapshotHeader {
+            from,
+            to,
+            term,
+            meta: SnapshotMeta {
+                index,
+                term: snapshot_term,
+                membership: Membership { voters },
+            },
+            data_len,
+            data_crc,
+        })
+    }
+
+    /// The `InstallSnapshot` message this header announced, once its data has arrived.
+    pub fn into_message(self, data: Bytes) -> Message {
+        Message {
+            from: self.from,
+            to: self.to,
+            term: self.term,
+            body: MessageBody::InstallSnapshot {
+                snapshot: Snapshot {
+                    meta: self.meta,
+                    data,
+                },
+            },
+        }
     }
 }
 

@@ -5,7 +5,7 @@ use bytes::{Bytes, BytesMut};
 use raftkv_raft::{Entry, EntryKind, Message, MessageBody};
 use raftkv_server::config::{ClusterConfig, NodeConfig, Tunables};
 use raftkv_server::transport::{encode_frame, Transport};
-use raftkv_server::wire::{encode_message, Handshake, PROTOCOL_VERSION};
+use raftkv_server::wire::{encode_message, Handshake, StreamKind, PROTOCOL_VERSION};
 use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -227,6 +227,7 @@ fn handshake_frame(cluster_id: &str, node_id: u64, version: u16) -> BytesMut {
         protocol_version: version,
         cluster_id: cluster_id.into(),
         node_id,
+        stream: StreamKind::Messages,
     }
     .encode(&mut payload);
     let mut frame = BytesMut::new();

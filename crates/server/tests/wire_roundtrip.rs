@@ -6,8 +6,8 @@ use raftkv_raft::{
     AppendResult, Entry, EntryKind, Membership, Message, MessageBody, Snapshot, SnapshotMeta,
 };
 use raftkv_server::wire::{
-    decode_message, encode_message, encoded_len, Handshake, WireError, PROTOCOL_VERSION,
-    WIRE_VERSION,
+    decode_message, encode_message, encoded_len, Handshake, SnapshotHeader, StreamKind, WireError,
+    PROTOCOL_VERSION, WIRE_VERSION,
 };
 
 fn msg(body: MessageBody) -> Message {
@@ -347,6 +347,7 @@ fn handshake_round_trips_and_rejects_garbage() {
         protocol_version: PROTOCOL_VERSION,
         cluster_id: "prod-eu".into(),
         node_id: 4,
+        stream: StreamKind::Messages,
     };
     let mut out = BytesMut::new();
     hello.encode(&mut out);
@@ -361,5 +362,76 @@ fn handshake_round_trips_and_rejects_garbage() {
     assert!(Handshake::decode(trailing.freeze()).is_err());
     for cut in 0..out.len() {
         assert!(Handshake::decode(out.clone().freeze().slice(..cut)).is_err());
+    }
+}
+
+#[test]
+fn snapshot_stream_handshake_and_header_round_trip() {
+    let hello = Handshake {
+        protocol_version: PROTOCOL_VERSION,
+        cluster_id: "prod-eu".into(),
+        node_id: 4,
+        stream: StreamKind::Snapshot,
+    };
+    let mut out = BytesMut::new();
+    hello.encode(&mut out);
+    assert_eq!(Handshake::decode(out.clone().freeze()), Ok(hello.clone()));
+    // A message stream's handshake is the first protocol version's, byte for byte: one byte shorter.
+    let mut plain = BytesMut::new();
+    Handshake {
+        stream: StreamKind::Messages,
+        ..hello
+    }
+    .encode(&mut plain);
+    assert_eq!(plain.len() + 1, out.len());
+    let mut unknown_kind = plain.clone();
+    unknown_kind.put_u8(2);
+    assert!(Handshake::decode(unknown_kind.freeze()).is_err());
+
+    let header = SnapshotHeader {
+        from: 1,
+        to: 3,
+        term: 9,
+        meta: SnapshotMeta {
+            index: 1_000_000,
+            term: 8,
+            membership: Membership::new(vec![1, 2, 3]),
+        },
+        data_len: 280 << 20,
+        data_crc: 0xDEAD_BEEF,
+    };
+    let mut out = BytesMut::new();
+    header.encode(&mut out);
+    assert_eq!(
+        SnapshotHeader::decode(out.clone().freeze()),
+        Ok(header.clone())
+    );
+    for cut in 0..out.len() {
+        assert!(SnapshotHeader::decode(out.clone().freeze().slice(..cut)).is_err());
+    }
+    let mut trailing = out.clone();
+    trailing.put_u8(0);
+    assert!(SnapshotHeader::decode(trailing.freeze()).is_err());
+    let mut zero_from = out.clone();
+    zero_from[1..9].copy_from_slice(&0u64.to_le_bytes());
+    assert!(SnapshotHeader::decode(zero_from.freeze()).is_err());
+
+    let data = Bytes::from_static(b"state");
+    let msg = header.clone().into_message(data.clone());
+    assert_eq!(
+        SnapshotHeader::for_message(&msg, header.data_crc).map(|h| (h.from, h.to, h.term, h.meta)),
+        Some((1, 3, 9, header.meta.clone()))
+    );
+    let mut rng = 0x9E37_79B9_7F4A_7C15u64;
+    for _ in 0..20_000 {
+        let mut bytes = out.to_vec();
+        for _ in 0..3 {
+            rng ^= rng << 13;
+            rng ^= rng >> 7;
+            rng ^= rng << 17;
+            let at = (rng as usize) % bytes.len();
+            bytes[at] = (rng >> 32) as u8;
+        }
+        let _ = SnapshotHeader::decode(Bytes::from(bytes));
     }
 }
