@@ -294,3 +294,134 @@ proptest! {
         prop_assert_eq!(restored.digest(), store.digest());
     }
 }
+
+// ---------- snapshot isolation of clones ----------
+
+/// Keys of the prefill (`k0`..) and a few short ones, so shards hold several keys each and
+/// writes after a clone copy shards that also hold untouched keys.
+fn isolation_key() -> impl Strategy<Value = Bytes> {
+    prop_oneof![
+        1 => "[a-c]{1,2}".prop_map(Bytes::from),
+        3 => (0u32..PREFILL).prop_map(|i| Bytes::from(format!("k{i}"))),
+    ]
+}
+
+const PREFILL: u32 = 3000;
+
+fn isolation_command() -> impl Strategy<Value = (i64, Command)> {
+    let value = prop::collection::vec(any::<u8>(), 0..8).prop_map(Bytes::from);
+    let command = prop_oneof![
+        4 => (isolation_key(), 0u32..4, value.clone()).prop_map(|(key, exptime, value)| Command::Set { key, exptime, value }),
+        2 => (isolation_key(), 0u32..4, 0u64..4000, value).prop_map(|(key, exptime, version, value)| Command::Cas { key, exptime, version, value }),
+        3 => isolation_key().prop_map(|key| Command::Delete { key }),
+        1 => Just(Command::Expire),
+    ];
+    (-500i64..1500, command)
+}
+
+fn isolation_keys() -> impl Iterator<Item = Bytes> {
+    ["a", "b", "c", "aa", "ab", "ba", "cc"]
+        .into_iter()
+        .map(|key| Bytes::from_static(key.as_bytes()))
+        .chain((0..PREFILL).map(|i| Bytes::from(format!("k{i}"))))
+}
+
+/// The same observable state: digest, counts, expiry and every read at several instants.
+fn same_state(a: &Store, b: &Store, stamp_ms: u64) -> Result<(), TestCaseError> {
+    prop_assert_eq!(a.digest(), b.digest());
+    prop_assert_eq!(a.len(), b.len());
+    prop_assert_eq!(a.expiring_len(), b.expiring_len());
+    prop_assert_eq!(a.applied_index(), b.applied_index());
+    prop_assert_eq!(a.clock_ms(), b.clock_ms());
+    for now_ms in [
+        0,
+        stamp_ms,
+        stamp_ms + 999,
+        stamp_ms + 1000,
+        stamp_ms + 5000,
+    ] {
+        prop_assert_eq!(a.has_expired(now_ms), b.has_expired(now_ms));
+        for key in isolation_keys() {
+            for request in [Request::Get { key: key.clone() }, Request::Getm { key }] {
+                prop_assert_eq!(a.read(&request, now_ms), b.read(&request, now_ms));
+            }
+        }
+    }
+    Ok(())
+}
+
+struct Run {
+    index: u64,
+    stamp_ms: u64,
+}
+
+impl Run {
+    fn apply(&mut self, stores: &mut [&mut Store], (delta_ms, command): &(i64, Command)) {
+        self.index += 1;
+        self.stamp_ms = self.stamp_ms.saturating_add_signed(*delta_ms);
+        let replies: Vec<Reply> = stores
+            .iter_mut()
+            .map(|store| store.apply(self.index, self.stamp_ms, command))
+            .collect();
+        assert!(replies.windows(2).all(|pair| pair[0] == pair[1]));
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 32, ..ProptestConfig::default() })]
+
+    /// A clone taken mid-stream is a snapshot: later applies to the original (which copy shared
+    /// shards on write) never show through it, applies to the clone never show in the original,
+    /// and restore(snapshot(clone)) is the store as it was at the clone.
+    #[test]
+    fn clones_are_isolated_snapshots(
+        prefill in 0..PREFILL,
+        before in prop::collection::vec(isolation_command(), 0..60),
+        after in prop::collection::vec(isolation_command(), 0..120),
+    ) {
+        let mut store = Store::new();
+        // Replays exactly what `store` applied up to the clone, without ever being cloned.
+        let mut reference = Store::new();
+        let mut run = Run { index: 0, stamp_ms: 1_000 };
+        for i in 0..prefill {
+            let command = Command::Set {
+                key: Bytes::from(format!("k{i}")),
+                exptime: i % 3,
+                value: Bytes::from(vec![i as u8; (i % 7) as usize]),
+            };
+            run.apply(&mut [&mut store, &mut reference], &(0, command));
+        }
+        for command in &before {
+            run.apply(&mut [&mut store, &mut reference], command);
+        }
+        let at_clone = (run.index, run.stamp_ms);
+        let mut clone = store.clone();
+        same_state(&clone, &reference, run.stamp_ms)?;
+
+        // The original moves on; the clone must not.
+        for command in &after {
+            run.apply(&mut [&mut store], command);
+        }
+        same_state(&clone, &reference, at_clone.1)?;
+
+        let mut image = Vec::new();
+        clone.snapshot(&mut image);
+        let restored = Store::restore(&image).expect("own snapshot restores");
+        same_state(&restored, &reference, at_clone.1)?;
+
+        // The clone is a full store: replaying the same commands brings it to the original's
+        // state, and writes to it (copying the shards it still shares) leave the original alone.
+        let final_digest = store.digest();
+        let mut replay = Run { index: at_clone.0, stamp_ms: at_clone.1 };
+        for command in &after {
+            replay.apply(&mut [&mut clone, &mut reference], command);
+        }
+        same_state(&clone, &store, run.stamp_ms)?;
+        same_state(&reference, &store, run.stamp_ms)?;
+        let mut other = clone.clone();
+        replay.apply(&mut [&mut other], &(0, Command::Set { key: Bytes::from_static(b"k0"), exptime: 0, value: Bytes::from_static(b"new") }));
+        replay.apply(&mut [&mut other], &(5_000, Command::Expire));
+        prop_assert_eq!(store.digest(), final_digest);
+        prop_assert_eq!(clone.digest(), final_digest);
+    }
+}

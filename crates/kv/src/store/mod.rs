@@ -13,7 +13,6 @@ use crate::limits::{expiry_instant, is_valid_exptime, is_valid_key};
 use crate::protocol::{Reply, Request};
 use digest::DigestHasher;
 use entry::{Entry, NEVER};
-use expiry::ExpiryIndex;
 use table::KeyTable;
 
 /// Replies of the read path are ordinary replies (`Value`, `ValueMeta` or `ErrNotFound`).
@@ -24,12 +23,12 @@ pub type ReadReply = Reply;
 ///
 /// Time: the store's notion of "now" is the largest stamp applied so far (see [`Store::clock_ms`]),
 /// so a new leader whose wall clock lags the old one cannot make expired keys reappear.
+///
+/// `clone()` is cheap (it copies a thousand shard pointers, not the entries; see `table`), so a
+/// snapshot can be taken from a clone on another thread while this store keeps applying.
 #[derive(Debug, Clone, Default)]
 pub struct Store {
     entries: KeyTable,
-    expiry: ExpiryIndex,
-    /// Number of held entries that expire (the index may hold fewer elements, see `expiry`).
-    expiring_entries: usize,
     applied_index: u64,
     clock_ms: u64,
 }
@@ -115,14 +114,14 @@ impl Store {
 
     /// Number of held keys that have an expiry time.
     pub fn expiring_len(&self) -> usize {
-        self.expiring_entries
+        self.entries.expiring_len()
     }
 
     /// Whether an `Expire` at `now_ms` would reclaim anything, so the leader proposes one only
     /// when it is useful.
     pub fn has_expired(&self, now_ms: u64) -> bool {
-        self.expiry
-            .first_instant()
+        self.entries
+            .first_expiry()
             .is_some_and(|instant| instant <= now_ms)
     }
 
@@ -174,39 +173,15 @@ impl Store {
     }
 
     fn insert(&mut self, entry: Entry) {
-        // The old entry is unindexed before the new one is indexed: both may share
-        // (instant, hash) when rewritten at the same clock with the same exptime.
-        self.remove(entry.key());
-        let hash = self.entries.hash(entry.key());
-        self.insert_absent(hash, entry);
-    }
-
-    /// Inserts an entry whose key (with hash `hash`) is known not to be held.
-    fn insert_absent(&mut self, hash: u64, entry: Entry) {
-        if entry.expires() {
-            self.expiry.insert(entry.expires_at_ms, hash);
-            self.expiring_entries += 1;
-        }
-        self.entries.insert_new(hash, entry);
+        self.entries.upsert(entry);
     }
 
     fn remove(&mut self, key: &[u8]) -> Option<Entry> {
-        let entry = self.entries.take(key)?;
-        if entry.expires() {
-            self.expiring_entries = self.expiring_entries.saturating_sub(1);
-            let hash = self.entries.hash(key);
-            if !self.entries.has_expiring(hash, entry.expires_at_ms) {
-                self.expiry.remove(entry.expires_at_ms, hash);
-            }
-        }
-        Some(entry)
+        self.entries.take(key)
     }
 
     fn reclaim_expired(&mut self, now_ms: u64) {
-        while let Some((instant, hash)) = self.expiry.pop_due(now_ms) {
-            let removed = self.entries.remove_expiring(hash, instant);
-            self.expiring_entries = self.expiring_entries.saturating_sub(removed);
-        }
+        self.entries.reclaim_expired(now_ms);
     }
 }
 

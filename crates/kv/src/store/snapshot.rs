@@ -79,7 +79,7 @@ impl Store {
         let plausible = usize::try_from(count)
             .unwrap_or(usize::MAX)
             .min(reader.remaining() / MIN_ENTRY_LEN);
-        store.entries.reserve(plausible);
+        store.entries.reserve_spread(plausible);
         for _ in 0..count {
             let version = reader.u64()?;
             let expires_at_ms = reader.u64()?;
@@ -94,12 +94,12 @@ impl Store {
                 return Err(DecodeError::InvalidEntry);
             }
             let hash = store.entries.hash(key);
-            if store.entries.get_hashed(hash, key).is_some() {
+            if store.entries.contains_hashed(hash, key) {
                 return Err(DecodeError::DuplicateKey);
             }
             let entry =
                 Entry::new(key, value, version, expires_at_ms).ok_or(DecodeError::InvalidKey)?;
-            store.insert_absent(hash, entry);
+            store.entries.insert_absent(hash, entry);
         }
         reader.expect_end()?;
         Ok(store)

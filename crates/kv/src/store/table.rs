@@ -1,19 +1,92 @@
 //! The key table: entries found by key, or by the hash of their key (which is what the expiry
 //! index remembers, so it need not hold a copy of every expiring key).
 //!
-//! The hasher is randomly seeded per process (resisting hash flooding by chosen keys), so hashes
-//! and iteration order differ between replicas; nothing observable may depend on them.
+//! The table is split into [`SHARDS`] shards, each behind an [`Arc`], so that cloning the whole
+//! table (what a snapshot does, on the node's event loop) copies [`SHARDS`] pointers instead of
+//! every entry. A shard shared with a clone is copied on the first write to it
+//! ([`Arc::make_mut`]), so the longest pause a write sees is one shard copy (about
+//! `len / SHARDS` entries), and the copies stop once the clone is dropped. Resizing and rehashing
+//! also happen per shard, so no single write ever rehashes the whole store.
+//!
+//! Each shard also holds the expiry index of its own keys; the table caches each shard's earliest
+//! expiry instant so "is anything due?" does not touch the shards.
+//!
+//! The hasher is randomly seeded per process (resisting hash flooding by chosen keys, which would
+//! otherwise also pile keys into one shard and lengthen its copy), so hashes, shard choice and
+//! iteration order differ between replicas; nothing observable may depend on them.
 
 use std::hash::{BuildHasher, RandomState};
+use std::sync::Arc;
 
+use hashbrown::hash_table;
 use hashbrown::HashTable;
 
-use super::entry::Entry;
+use super::entry::{Entry, NEVER};
+use super::expiry::ExpiryIndex;
+
+const SHARD_BITS: u32 = 10;
+/// Number of shards: the clone cost is proportional to it, the copy-on-write cost to
+/// `len / SHARDS`.
+pub const SHARDS: usize = 1 << SHARD_BITS;
+
+/// Which shard holds a key of hash `hash`. Bits 32.. are used because hashbrown takes a table's
+/// bucket from the low bits and its tag from the top 7: a shard's keys, sharing these bits,
+/// still spread over their shard's buckets and tags.
+fn shard_of(hash: u64) -> usize {
+    (hash >> 32) as usize & (SHARDS - 1)
+}
 
 #[derive(Debug, Clone, Default)]
-pub struct KeyTable {
+struct Shard {
     table: HashTable<Entry>,
+    expiry: ExpiryIndex,
+}
+
+#[derive(Debug, Clone)]
+pub struct KeyTable {
+    shards: Vec<Arc<Shard>>,
+    /// Per shard, the earliest instant in its expiry index ([`NEVER`] if empty).
+    next_expiry: Vec<u64>,
+    len: usize,
+    /// Entries that expire (the expiry indexes may hold fewer elements, see `expiry`).
+    expiring: usize,
     hasher: RandomState,
+}
+
+impl Default for KeyTable {
+    fn default() -> Self {
+        // Every slot starts as the same empty shard; the first write to a slot copies it.
+        let empty = Arc::new(Shard::default());
+        KeyTable {
+            shards: vec![empty; SHARDS],
+            next_expiry: vec![NEVER; SHARDS],
+            len: 0,
+            expiring: 0,
+            hasher: RandomState::new(),
+        }
+    }
+}
+
+impl Shard {
+    fn get(&self, hash: u64, key: &[u8]) -> Option<&Entry> {
+        self.table.find(hash, |entry| entry.key() == key)
+    }
+
+    /// Whether some entry with key hash `hash` expires exactly at `expires_at_ms`.
+    fn has_expiring(&self, hasher: &RandomState, hash: u64, expires_at_ms: u64) -> bool {
+        self.table
+            .find(hash, |entry| {
+                entry.expires_at_ms == expires_at_ms && hasher.hash_one(entry.key()) == hash
+            })
+            .is_some()
+    }
+
+    /// Drops the index element of a removed or replaced entry, unless another entry needs it.
+    fn unindex(&mut self, hasher: &RandomState, hash: u64, old: &Entry) {
+        if old.expires() && !self.has_expiring(hasher, hash, old.expires_at_ms) {
+            self.expiry.remove(old.expires_at_ms, hash);
+        }
+    }
 }
 
 impl KeyTable {
@@ -22,63 +95,136 @@ impl KeyTable {
     }
 
     pub fn len(&self) -> usize {
-        self.table.len()
+        self.len
     }
 
-    pub fn reserve(&mut self, additional: usize) {
+    pub fn expiring_len(&self) -> usize {
+        self.expiring
+    }
+
+    /// Reserves room for `additional` more entries spread evenly over the shards.
+    pub fn reserve_spread(&mut self, additional: usize) {
+        let per_shard = additional / SHARDS;
         let hasher = &self.hasher;
-        self.table
-            .reserve(additional, |entry| hasher.hash_one(entry.key()));
+        for shard in &mut self.shards {
+            Arc::make_mut(shard)
+                .table
+                .reserve(per_shard, |entry| hasher.hash_one(entry.key()));
+        }
     }
 
     pub fn iter(&self) -> impl Iterator<Item = &Entry> {
-        self.table.iter()
+        self.shards.iter().flat_map(|shard| shard.table.iter())
     }
 
     pub fn get(&self, key: &[u8]) -> Option<&Entry> {
-        self.get_hashed(self.hash(key), key)
+        let hash = self.hash(key);
+        self.shards[shard_of(hash)].get(hash, key)
     }
 
-    /// [`KeyTable::get`] for a caller that already has the key's hash.
-    pub fn get_hashed(&self, hash: u64, key: &[u8]) -> Option<&Entry> {
-        self.table.find(hash, |entry| entry.key() == key)
+    /// Inserts `entry`, replacing (in place) and returning the entry with the same key if any.
+    pub fn upsert(&mut self, entry: Entry) -> Option<Entry> {
+        let hash = self.hash(entry.key());
+        let at = shard_of(hash);
+        let hasher = &self.hasher;
+        let shard = Arc::make_mut(&mut self.shards[at]);
+        let (expires, expires_at_ms) = (entry.expires(), entry.expires_at_ms);
+        let old = match shard.table.entry(
+            hash,
+            |held| held.key() == entry.key(),
+            |held| hasher.hash_one(held.key()),
+        ) {
+            hash_table::Entry::Occupied(mut held) => Some(std::mem::replace(held.get_mut(), entry)),
+            hash_table::Entry::Vacant(slot) => {
+                slot.insert(entry);
+                None
+            }
+        };
+        match &old {
+            Some(old) => {
+                // After the replacement, so an old and new entry sharing (instant, hash) keep it.
+                shard.unindex(hasher, hash, old);
+                self.expiring = self.expiring.saturating_sub(usize::from(old.expires()));
+            }
+            None => self.len += 1,
+        }
+        if expires {
+            shard.expiry.insert(expires_at_ms, hash);
+            self.expiring += 1;
+        }
+        self.next_expiry[at] = shard.expiry.first_instant().unwrap_or(NEVER);
+        old
+    }
+
+    /// Inserts an entry whose key (of hash `hash`) is known to be absent.
+    pub fn insert_absent(&mut self, hash: u64, entry: Entry) {
+        let hasher = &self.hasher;
+        let at = shard_of(hash);
+        let shard = Arc::make_mut(&mut self.shards[at]);
+        if entry.expires() {
+            shard.expiry.insert(entry.expires_at_ms, hash);
+            self.next_expiry[at] = self.next_expiry[at].min(entry.expires_at_ms);
+            self.expiring += 1;
+        }
+        shard
+            .table
+            .insert_unique(hash, entry, |held| hasher.hash_one(held.key()));
+        self.len += 1;
+    }
+
+    /// Whether the key with hash `hash` is held.
+    pub fn contains_hashed(&self, hash: u64, key: &[u8]) -> bool {
+        self.shards[shard_of(hash)].get(hash, key).is_some()
     }
 
     pub fn take(&mut self, key: &[u8]) -> Option<Entry> {
         let hash = self.hash(key);
-        self.table
+        let at = shard_of(hash);
+        // Look first, so deleting an absent key never copies a shard shared with a snapshot.
+        self.shards[at].get(hash, key)?;
+        let hasher = &self.hasher;
+        let shard = Arc::make_mut(&mut self.shards[at]);
+        let old = shard
+            .table
             .find_entry(hash, |entry| entry.key() == key)
-            .ok()
-            .map(|found| found.remove().0)
+            .ok()?
+            .remove()
+            .0;
+        shard.unindex(hasher, hash, &old);
+        self.expiring = self.expiring.saturating_sub(usize::from(old.expires()));
+        self.len -= 1;
+        self.next_expiry[at] = shard.expiry.first_instant().unwrap_or(NEVER);
+        Some(old)
     }
 
-    /// Inserts an entry whose key is known to be absent.
-    pub fn insert_new(&mut self, hash: u64, entry: Entry) {
-        let hasher = &self.hasher;
-        self.table
-            .insert_unique(hash, entry, |entry| hasher.hash_one(entry.key()));
+    /// The earliest instant at which some held entry expires.
+    pub fn first_expiry(&self) -> Option<u64> {
+        self.next_expiry
+            .iter()
+            .copied()
+            .min()
+            .filter(|&instant| instant != NEVER)
     }
 
-    /// Whether some entry with key hash `hash` expires exactly at `expires_at_ms`.
-    pub fn has_expiring(&self, hash: u64, expires_at_ms: u64) -> bool {
+    /// Removes every entry that expires at or before `now_ms`.
+    pub fn reclaim_expired(&mut self, now_ms: u64) {
         let hasher = &self.hasher;
-        self.table
-            .find(hash, |entry| {
-                entry.expires_at_ms == expires_at_ms && hasher.hash_one(entry.key()) == hash
-            })
-            .is_some()
-    }
-
-    /// Removes every entry with key hash `hash` expiring exactly at `expires_at_ms`; returns how many.
-    pub fn remove_expiring(&mut self, hash: u64, expires_at_ms: u64) -> usize {
-        let hasher = &self.hasher;
-        let mut removed = 0;
-        while let Ok(found) = self.table.find_entry(hash, |entry| {
-            entry.expires_at_ms == expires_at_ms && hasher.hash_one(entry.key()) == hash
-        }) {
-            found.remove();
-            removed += 1;
+        for at in 0..SHARDS {
+            if self.next_expiry[at] > now_ms {
+                continue;
+            }
+            let shard = Arc::make_mut(&mut self.shards[at]);
+            while let Some((instant, hash)) = shard.expiry.pop_due(now_ms) {
+                // Every entry with this key hash and instant, since they share the element.
+                while let Ok(found) = shard.table.find_entry(hash, |entry| {
+                    entry.expires_at_ms == instant && hasher.hash_one(entry.key()) == hash
+                }) {
+                    found.remove();
+                    self.expiring = self.expiring.saturating_sub(1);
+                    self.len -= 1;
+                }
+            }
+            self.next_expiry[at] = shard.expiry.first_instant().unwrap_or(NEVER);
         }
-        removed
     }
 }
