@@ -17,7 +17,6 @@ fn bench(cluster: &Cluster, args: &[&str]) -> std::process::Output {
 }
 
 #[test]
-#[ignore = "needs server"]
 fn a_short_run_reports_a_table_and_json_without_errors() {
     let cluster = Cluster::start(3);
 
@@ -78,7 +77,6 @@ fn a_short_run_reports_a_table_and_json_without_errors() {
 }
 
 #[test]
-#[ignore = "needs server"]
 fn read_and_cas_workloads_preload_their_keys() {
     let cluster = Cluster::start(3);
     for op in ["get", "getm", "cas"] {

@@ -42,7 +42,6 @@ fn version_of(output: &Output) -> u64 {
 }
 
 #[test]
-#[ignore = "needs server"]
 fn every_command_prints_what_scripts_rely_on_and_exits_with_its_code() {
     let cluster = Cluster::start(3);
     let addr = cluster.addr_arg();
@@ -107,7 +106,6 @@ fn every_command_prints_what_scripts_rely_on_and_exits_with_its_code() {
 }
 
 #[test]
-#[ignore = "needs server"]
 fn the_prompt_runs_commands_with_quotes_and_history() {
     let cluster = Cluster::start(3);
     let script = b"set greeting \"hello world\"\nget greeting\n!!\nhistory\nget missing\nquit\n";

@@ -17,7 +17,6 @@ fn runtime() -> tokio::runtime::Runtime {
 }
 
 #[test]
-#[ignore = "needs server"]
 fn any_node_leads_the_client_to_the_leader() {
     let cluster = Cluster::start(3);
     runtime().block_on(async {
@@ -38,7 +37,6 @@ fn any_node_leads_the_client_to_the_leader() {
 }
 
 #[test]
-#[ignore = "needs server"]
 fn pipelined_requests_from_many_tasks_get_their_own_replies() {
     let cluster = Cluster::start(3);
     runtime().block_on(async {
@@ -66,7 +64,6 @@ fn pipelined_requests_from_many_tasks_get_their_own_replies() {
 }
 
 #[test]
-#[ignore = "needs server"]
 fn reads_survive_the_leader_crashing_and_writes_report_unknown_outcomes_only() {
     let cluster = Cluster::start(3);
     runtime().block_on(async {
