@@ -7,10 +7,11 @@
 
 use bytes::BytesMut;
 use raftkv_kv::{Command, ParseError, ParseOutcome, Parser, Reply, Request};
+use std::sync::Arc;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::TcpStream;
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{mpsc, oneshot, OwnedSemaphorePermit, Semaphore};
 use tracing::debug;
 
 use crate::request::{ClientRequest, Op};
@@ -27,34 +28,54 @@ enum Slot {
     Pending {
         reply: oneshot::Receiver<Reply>,
         noreply: bool,
+        /// The request's share of the connection's in-flight byte budget, returned with the reply.
+        _permit: OwnedSemaphorePermit,
     },
 }
 
-pub async fn serve(socket: TcpStream, max_value_size: usize, node: mpsc::Sender<ClientRequest>) {
+/// What bounds one connection's appetite.
+#[derive(Clone, Copy, Debug)]
+pub struct Limits {
+    pub max_value_size: usize,
+    /// Bytes of requests (keys and values) whose replies are still owed; past it the reader waits.
+    pub max_bytes_in_flight: usize,
+}
+
+pub async fn serve(socket: TcpStream, limits: Limits, node: mpsc::Sender<ClientRequest>) {
     let _ = socket.set_nodelay(true);
     let (reader, writer) = socket.into_split();
     let (slots_tx, slots_rx) = mpsc::channel(MAX_PIPELINE);
     let writer_task = tokio::spawn(write_replies(writer, slots_rx));
-    read_requests(reader, max_value_size, node, slots_tx).await;
+    read_requests(reader, limits, node, slots_tx).await;
     let _ = writer_task.await;
 }
 
 async fn read_requests(
     mut reader: OwnedReadHalf,
-    max_value_size: usize,
+    limits: Limits,
     node: mpsc::Sender<ClientRequest>,
     slots: mpsc::Sender<Slot>,
 ) {
-    let mut parser = Parser::new(max_value_size);
+    let mut parser = Parser::new(limits.max_value_size);
+    // Permits are bytes; a request holds its own until its reply is written.
+    let budget = limits.max_bytes_in_flight.clamp(1, u32::MAX as usize);
+    let in_flight = Arc::new(Semaphore::new(budget));
     let mut buf = BytesMut::with_capacity(16 * 1024);
     loop {
         loop {
             let slot = match parser.parse(&mut buf) {
                 ParseOutcome::NeedMore => break,
-                ParseOutcome::Request(request) => match submit(request, &node).await {
-                    Some(slot) => slot,
-                    None => return,
-                },
+                ParseOutcome::Request(request) => {
+                    // A request larger than the whole budget waits for everything else to drain.
+                    let cost = (request_bytes(&request).max(1)).min(budget) as u32;
+                    let Ok(permit) = in_flight.clone().acquire_many_owned(cost).await else {
+                        return;
+                    };
+                    match submit(request, permit, &node).await {
+                        Some(slot) => slot,
+                        None => return,
+                    }
+                }
                 ParseOutcome::Error(ParseError::Recoverable) => Slot::Immediate {
                     reply: Reply::ErrCmdErr,
                     close: false,
@@ -84,7 +105,20 @@ async fn read_requests(
 }
 
 /// Hands a parsed request to the node loop. `None` if the node is shutting down.
-async fn submit(request: Request, node: &mpsc::Sender<ClientRequest>) -> Option<Slot> {
+fn request_bytes(request: &Request) -> usize {
+    match request {
+        Request::Set { key, value, .. } | Request::Cas { key, value, .. } => {
+            key.len() + value.len()
+        }
+        Request::Get { key } | Request::Getm { key } | Request::Delete { key } => key.len(),
+    }
+}
+
+async fn submit(
+    request: Request,
+    permit: OwnedSemaphorePermit,
+    node: &mpsc::Sender<ClientRequest>,
+) -> Option<Slot> {
     let (op, noreply) = match request {
         Request::Get { .. } | Request::Getm { .. } => (Op::Read(request), false),
         write => match Command::from_request(write) {
@@ -99,7 +133,11 @@ async fn submit(request: Request, node: &mpsc::Sender<ClientRequest>) -> Option<
     };
     let (tx, rx) = oneshot::channel();
     node.send(ClientRequest { op, reply: tx }).await.ok()?;
-    Some(Slot::Pending { reply: rx, noreply })
+    Some(Slot::Pending {
+        reply: rx,
+        noreply,
+        _permit: permit,
+    })
 }
 
 async fn write_replies(mut writer: OwnedWriteHalf, mut slots: mpsc::Receiver<Slot>) {
@@ -111,7 +149,9 @@ async fn write_replies(mut writer: OwnedWriteHalf, mut slots: mpsc::Receiver<Slo
                     reply.encode(&mut out);
                     close
                 }
-                Slot::Pending { mut reply, noreply } => {
+                Slot::Pending {
+                    mut reply, noreply, ..
+                } => {
                     let answer = match reply.try_recv() {
                         Ok(answer) => answer,
                         Err(oneshot::error::TryRecvError::Empty) => {

@@ -95,7 +95,10 @@ pub async fn run_node(config: ClusterConfig, id: u64) -> anyhow::Result<()> {
         listener,
         requests_tx,
         config.tunables.max_connections,
-        config.tunables.max_value_size,
+        connection::Limits {
+            max_value_size: config.tunables.max_value_size,
+            max_bytes_in_flight: config.tunables.max_request_bytes_in_flight,
+        },
         shutdown_rx.clone(),
     ));
     tokio::spawn(listener::forward_signals(shutdown_tx));

@@ -13,7 +13,7 @@ pub async fn accept_clients(
     listener: TcpListener,
     node: mpsc::Sender<ClientRequest>,
     max_connections: usize,
-    max_value_size: usize,
+    limits: connection::Limits,
     mut shutdown: watch::Receiver<bool>,
 ) {
     let slots = Arc::new(Semaphore::new(max_connections));
@@ -39,7 +39,7 @@ pub async fn accept_clients(
         };
         let node = node.clone();
         tokio::spawn(async move {
-            connection::serve(socket, max_value_size, node).await;
+            connection::serve(socket, limits, node).await;
             drop(permit);
         });
     }
