@@ -521,3 +521,96 @@ async fn oversized_corrupt_and_misaddressed_snapshot_streams_are_refused() {
         Some(msg)
     );
 }
+
+/// Accepts connections on `listener` (playing node 2) until a snapshot stream comes in; answers its
+/// handshake and returns it with its header. Message connections are hung up on.
+async fn accept_snapshot_stream(
+    listener: &TcpListener,
+    cluster_id: &str,
+    within: Duration,
+) -> Option<(TcpStream, SnapshotHeader)> {
+    let deadline = tokio::time::Instant::now() + within;
+    loop {
+        let (mut stream, _) = tokio::time::timeout_at(deadline, listener.accept())
+            .await
+            .ok()?
+            .expect("accept");
+        let hello = Handshake::decode(read_frame_payload(&mut stream).await).expect("handshake");
+        if hello.stream != StreamKind::Snapshot {
+            continue;
+        }
+        stream
+            .write_all(&handshake_frame(cluster_id, 2, StreamKind::Snapshot))
+            .await
+            .expect("answer");
+        let header = SnapshotHeader::decode(read_frame_payload(&mut stream).await).expect("header");
+        return Some((stream, header));
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_resent_snapshot_joins_its_transfer_and_a_newer_one_cancels_it() {
+    let config = cluster(2, "coalesce");
+    let one = start(&config, 1).await;
+    let fake_two = TcpListener::bind(&config.nodes[1].peer_addr)
+        .await
+        .expect("bind node 2's port");
+
+    // The core re-sends the same snapshot while its transfer is running: no new transfer starts.
+    let first = snapshot_msg(1, 2, 10, data(4 << 20, 10));
+    one.transport.send(first.clone());
+    let (mut stream, header) =
+        accept_snapshot_stream(&fake_two, "coalesce", Duration::from_secs(10))
+            .await
+            .expect("snapshot stream");
+    assert_eq!(header, header_for(&first));
+    stream.write_u8(STATUS_OK).await.expect("go");
+    let mut received = vec![0; 1 << 20];
+    stream.read_exact(&mut received).await.expect("data");
+    for _ in 0..3 {
+        one.transport.send(first.clone());
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(
+        accept_snapshot_stream(&fake_two, "coalesce", Duration::from_millis(300))
+            .await
+            .is_none(),
+        "a re-send of the same snapshot restarted its transfer"
+    );
+    received.resize(4 << 20, 0);
+    stream
+        .read_exact(&mut received[1 << 20..])
+        .await
+        .expect("the rest");
+    assert_eq!(crc32c::crc32c(&received), header.data_crc);
+    stream.write_u8(STATUS_OK).await.expect("delivered");
+    drop(stream);
+    assert_eq!(one.transport.dropped_messages(), 0);
+
+    // A newer snapshot during a transfer cancels it and goes out instead.
+    one.transport
+        .send(snapshot_msg(1, 2, 11, data(4 << 20, 11)));
+    let (mut stale, header) =
+        accept_snapshot_stream(&fake_two, "coalesce", Duration::from_secs(10))
+            .await
+            .expect("snapshot stream");
+    assert_eq!(header.meta.index, 11);
+    stale.write_u8(STATUS_OK).await.expect("go");
+    stale
+        .read_exact(&mut received[..1 << 20])
+        .await
+        .expect("data");
+    let newer = snapshot_msg(1, 2, 12, data(4 << 20, 12));
+    one.transport.send(newer.clone());
+    let (_, header) = accept_snapshot_stream(&fake_two, "coalesce", Duration::from_secs(10))
+        .await
+        .expect("the newer snapshot's stream");
+    assert_eq!(header, header_for(&newer));
+    // The abandoned transfer's connection is closed, not left hanging (how much of its data was already
+    // in the socket buffers when it was cancelled depends on timing).
+    let mut rest = Vec::new();
+    let _ = timeout(Duration::from_secs(10), stale.read_to_end(&mut rest))
+        .await
+        .expect("stale stream closed");
+    assert_eq!(one.transport.dropped_messages(), 1);
+}
