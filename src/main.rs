@@ -3,13 +3,18 @@
 mod bench;
 mod client_cmd;
 mod cluster;
+mod limits;
 mod server_cmd;
 
 use clap::{Parser, Subcommand};
 use std::process::ExitCode;
 
 #[derive(Parser)]
-#[command(name = "raftkv", version, about = "A Raft-replicated, linearizable key-value store")]
+#[command(
+    name = "raftkv",
+    version,
+    about = "A Raft-replicated, linearizable key-value store"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -25,6 +30,8 @@ enum Command {
     Client(client_cmd::Args),
     /// Load generator: throughput and latency of a running cluster.
     Bench(bench::Args),
+    /// Measure this machine's floor: fdatasync latency and loopback round trip.
+    Limits(limits::Args),
 }
 
 fn main() -> ExitCode {
@@ -34,5 +41,6 @@ fn main() -> ExitCode {
         Command::Cluster(args) => cluster::run(args),
         Command::Client(args) => client_cmd::run(args),
         Command::Bench(args) => bench::run(args),
+        Command::Limits(args) => limits::run(args),
     }
 }
