@@ -76,6 +76,13 @@ pub struct Args {
     /// Skip writing the key space before read workloads (it must already be there).
     #[arg(long)]
     no_preload: bool,
+    /// First measure the machine's floor for comparison: fdatasync latency of 4 KiB appends to a
+    /// file in --calibrate-dir, and the loopback TCP round trip of 64 bytes.
+    #[arg(long)]
+    calibrate: bool,
+    /// Where --calibrate writes its scratch file: put it on the disk the cluster uses.
+    #[arg(long, default_value = ".")]
+    calibrate_dir: std::path::PathBuf,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -272,6 +279,17 @@ impl Leader {
 }
 
 async fn bench(args: Args) -> ExitCode {
+    let calibration = if args.calibrate {
+        match Calibration::measure(&args.calibrate_dir).await {
+            Ok(calibration) => Some(calibration),
+            Err(error) => {
+                eprintln!("error: calibration failed: {error}");
+                return ExitCode::FAILURE;
+            }
+        }
+    } else {
+        None
+    };
     let config = Config {
         deadline: Duration::from_secs(10),
         ..Config::default()
@@ -301,7 +319,7 @@ async fn bench(args: Args) -> ExitCode {
     let key_width = (args.keys - 1).to_string().len();
 
     let mut versions: Vec<Vec<u64>> = vec![Vec::new(); conns];
-    if args.op.needs_preload() && !args.no_preload {
+    let leader = if args.op.needs_preload() && !args.no_preload {
         let started = Instant::now();
         let run = Arc::new(Run {
             workload: Workload::Set,
@@ -342,28 +360,48 @@ async fn bench(args: Args) -> ExitCode {
             eprintln!("error: preload workers still running");
             return ExitCode::FAILURE;
         };
-        return measure(
-            args, run.leader, value, key_width, conns, windows, partitions, versions,
-        )
-        .await;
-    }
-    measure(
-        args, leader, value, key_width, conns, windows, partitions, versions,
-    )
-    .await
+        run.leader
+    } else {
+        leader
+    };
+    let layout = Layout {
+        value,
+        key_width,
+        conns,
+        windows,
+        partitions,
+        versions,
+    };
+    measure(args, leader, layout, calibration).await
 }
 
-#[allow(clippy::too_many_arguments)]
-async fn measure(
-    args: Args,
-    leader: Leader,
+/// How the load is laid out over the connections.
+struct Layout {
     value: Vec<u8>,
     key_width: usize,
     conns: usize,
+    /// Requests in flight per connection.
     windows: Vec<usize>,
+    /// Keys of each connection, for preload and cas.
     partitions: Vec<std::ops::Range<u64>>,
+    /// Versions of each connection's keys after the preload.
     versions: Vec<Vec<u64>>,
+}
+
+async fn measure(
+    args: Args,
+    leader: Leader,
+    layout: Layout,
+    calibration: Option<Calibration>,
 ) -> ExitCode {
+    let Layout {
+        value,
+        key_width,
+        conns,
+        windows,
+        partitions,
+        versions,
+    } = layout;
     let duration = match (args.duration, args.requests) {
         (Some(secs), _) => Some(Duration::from_secs_f64(secs)),
         (None, Some(_)) => None,
@@ -436,7 +474,8 @@ async fn measure(
         stopper.abort();
     }
 
-    let summary = Summary::new(&args, conns, elapsed, results);
+    let mut summary = Summary::new(&args, conns, elapsed, results);
+    summary.calibration = calibration;
     if args.json {
         println!("{}", summary.json());
     } else {
@@ -847,6 +886,7 @@ struct Summary {
     errors: u64,
     errors_by_kind: Vec<(&'static str, u64)>,
     histogram: Histogram<u64>,
+    calibration: Option<Calibration>,
 }
 
 impl Summary {
@@ -879,6 +919,7 @@ impl Summary {
             errors: by_kind.iter().sum(),
             errors_by_kind,
             histogram,
+            calibration: None,
         }
     }
 
@@ -943,6 +984,11 @@ impl Summary {
             kinds.join("  ")
         };
         row("errors", errors);
+        if let Some(calibration) = &self.calibration {
+            let [fsync, rtt] = calibration.rows();
+            row("fdatasync 4KiB", fsync);
+            row("loopback rtt", rtt);
+        }
         out
     }
 
@@ -957,7 +1003,7 @@ impl Summary {
             .iter()
             .map(|(kind, n)| (kind.to_string(), (*n).into()))
             .collect();
-        serde_json::json!({
+        let mut figures = serde_json::json!({
             "workload": self.workload,
             "clients": self.clients,
             "conns": self.conns,
@@ -970,8 +1016,119 @@ impl Summary {
             "throughput_per_s": self.throughput(),
             "latency_us": latency,
             "errors_by_kind": errors,
+        });
+        if let Some(calibration) = &self.calibration {
+            figures["machine"] = calibration.json();
+        }
+        figures
+    }
+}
+
+/// The machine's floor: no replicated durable write beats one fsync plus one round trip.
+struct Calibration {
+    fdatasync_us: [(&'static str, u64); 4],
+    loopback_rtt_us: [(&'static str, u64); 4],
+}
+
+const CALIBRATION_SYNCS: usize = 300;
+const CALIBRATION_ROUND_TRIPS: usize = 5000;
+
+impl Calibration {
+    async fn measure(dir: &std::path::Path) -> std::io::Result<Calibration> {
+        let path = dir.join(format!(".raftkv-bench-fsync-{}", std::process::id()));
+        let fsync = tokio::task::spawn_blocking(move || {
+            let outcome = time_fdatasync(&path);
+            let _ = std::fs::remove_file(&path);
+            outcome
+        })
+        .await
+        .map_err(std::io::Error::other)??;
+        let rtt = time_loopback().await?;
+        Ok(Calibration {
+            fdatasync_us: summarize(&fsync),
+            loopback_rtt_us: summarize(&rtt),
         })
     }
+
+    fn rows(&self) -> [String; 2] {
+        let show = |figures: &[(&str, u64); 4]| {
+            let parts: Vec<String> = figures
+                .iter()
+                .map(|(name, value)| match *name {
+                    "per_s" => format!("{value}/s sequential"),
+                    _ => format!("{name} {value} µs"),
+                })
+                .collect();
+            parts.join("  ")
+        };
+        [show(&self.fdatasync_us), show(&self.loopback_rtt_us)]
+    }
+
+    fn json(&self) -> serde_json::Value {
+        let object = |figures: &[(&str, u64); 4]| {
+            figures
+                .iter()
+                .map(|(n, v)| (n.to_string(), serde_json::Value::from(*v)))
+                .collect::<serde_json::Map<_, _>>()
+        };
+        serde_json::json!({
+            "fdatasync_4k_us": object(&self.fdatasync_us),
+            "loopback_rtt_64b_us": object(&self.loopback_rtt_us),
+        })
+    }
+}
+
+fn summarize(histogram: &Histogram<u64>) -> [(&'static str, u64); 4] {
+    [
+        ("p50", histogram.value_at_quantile(0.5)),
+        ("p99", histogram.value_at_quantile(0.99)),
+        ("max", histogram.max()),
+        ("per_s", 1_000_000 / histogram.mean().max(1.0) as u64),
+    ]
+}
+
+fn time_fdatasync(path: &std::path::Path) -> std::io::Result<Histogram<u64>> {
+    let mut file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(true)
+        .write(true)
+        .open(path)?;
+    let block = [0x5au8; 4096];
+    let mut histogram = new_histogram();
+    for _ in 0..CALIBRATION_SYNCS {
+        let started = Instant::now();
+        file.write_all(&block)?;
+        file.sync_data()?;
+        histogram.saturating_record(started.elapsed().as_micros().max(1) as u64);
+    }
+    Ok(histogram)
+}
+
+async fn time_loopback() -> std::io::Result<Histogram<u64>> {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let address = listener.local_addr()?;
+    let echo = tokio::spawn(async move {
+        let (mut stream, _) = listener.accept().await?;
+        stream.set_nodelay(true)?;
+        let mut message = [0u8; 64];
+        for _ in 0..CALIBRATION_ROUND_TRIPS {
+            stream.read_exact(&mut message).await?;
+            stream.write_all(&message).await?;
+        }
+        Ok::<_, std::io::Error>(())
+    });
+    let mut stream = TcpStream::connect(address).await?;
+    stream.set_nodelay(true)?;
+    let mut message = [7u8; 64];
+    let mut histogram = new_histogram();
+    for _ in 0..CALIBRATION_ROUND_TRIPS {
+        let started = Instant::now();
+        stream.write_all(&message).await?;
+        stream.read_exact(&mut message).await?;
+        histogram.saturating_record(started.elapsed().as_micros().max(1) as u64);
+    }
+    echo.await.map_err(std::io::Error::other)??;
+    Ok(histogram)
 }
 
 #[cfg(test)]

@@ -46,6 +46,7 @@ fn a_short_run_reports_a_table_and_json_without_errors() {
         .expect("requests row");
     assert!(ok > 0, "{text}");
 
+    let scratch = std::env::temp_dir().display().to_string();
     let json = bench(
         &cluster,
         &[
