@@ -61,6 +61,9 @@ fn a_short_run_reports_a_table_and_json_without_errors() {
             "--duration",
             "2",
             "--json",
+            "--calibrate",
+            "--calibrate-dir",
+            &scratch,
         ],
     );
     let json = bench_json(&json);
@@ -72,6 +75,12 @@ fn a_short_run_reports_a_table_and_json_without_errors() {
     for percentile in ["p50", "p90", "p99", "p99.9", "max"] {
         assert!(
             json["latency_us"][percentile].as_u64().unwrap_or(0) > 0,
+            "{json}"
+        );
+    }
+    for floor in ["fdatasync_4k_us", "loopback_rtt_64b_us"] {
+        assert!(
+            json["machine"][floor]["p50"].as_u64().unwrap_or(0) > 0,
             "{json}"
         );
     }
