@@ -91,6 +91,7 @@ pub struct Raft {
     progress: BTreeMap<NodeId, Progress>,
     reads: ReadIndexQueue,
     transfer_target: Option<NodeId>,
+    transfer_elapsed: u32,
     /// New entries on the leader that followers have not been offered yet.
     broadcast_pending: bool,
 
@@ -127,6 +128,7 @@ impl Raft {
             progress: BTreeMap::new(),
             reads: ReadIndexQueue::default(),
             transfer_target: None,
+            transfer_elapsed: 0,
             broadcast_pending: false,
             messages: Vec::new(),
             messages_after_persist: Vec::new(),
@@ -230,8 +232,10 @@ impl Raft {
         if to == self.id || !self.membership.contains(to) {
             return Ok(());
         }
-        self.transfer_target = Some(to);
-        self.election_elapsed = 0;
+        if self.transfer_target != Some(to) {
+            self.transfer_target = Some(to);
+            self.transfer_elapsed = 0;
+        }
         let caught_up = self
             .progress
             .get(&to)
@@ -375,8 +379,14 @@ impl Raft {
                 self.become_follower(self.term, None);
                 return;
             }
-            // A transfer that did not finish within an election timeout is abandoned (§3.10).
-            self.transfer_target = None;
+        }
+        if self.transfer_target.is_some() {
+            // A transfer that did not finish within an election timeout is abandoned (§3.10). It has its
+            // own clock so that repeated transfer requests cannot postpone the check-quorum above.
+            self.transfer_elapsed += 1;
+            if self.transfer_elapsed >= self.config.election_ticks {
+                self.transfer_target = None;
+            }
         }
         if self.heartbeat_elapsed >= self.config.heartbeat_ticks {
             self.heartbeat_elapsed = 0;

@@ -192,3 +192,25 @@ fn follower_cannot_transfer() {
         Err(ProposeError::NotLeader { leader: None })
     );
 }
+
+/// Check-quorum (§6.2) still applies during transfers: a leader cut off from everyone steps down within
+/// about an election timeout even if its driver keeps asking it to transfer leadership, because the
+/// transfer has its own timer and does not reset the quorum check.
+#[test]
+fn repeated_transfer_requests_do_not_keep_a_cut_off_leader() {
+    let mut r = steady_leader();
+    let election_ticks = plain_config(1, 3).election_ticks.max(10);
+    for _ in 0..(3 * election_ticks) {
+        let _ = r.transfer_leadership(2);
+        r.tick();
+        flush(&mut r);
+        if r.status().role != Role::Leader {
+            break;
+        }
+    }
+    assert_ne!(
+        r.status().role,
+        Role::Leader,
+        "a leader without a quorum must step down"
+    );
+}
