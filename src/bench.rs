@@ -185,7 +185,8 @@ impl ErrorKind {
 const REPLY_TIMEOUT: Duration = Duration::from_secs(10);
 /// Longest pause before reconnecting after a lost connection.
 const RECONNECT_PAUSE: Duration = Duration::from_millis(200);
-const MAX_CONNECTS_PER_WORKER: u32 = 50;
+/// A connection that has had no reply for this long, reconnections included, gives up.
+const GIVE_UP_AFTER: Duration = Duration::from_secs(30);
 
 pub fn run(args: Args) -> ExitCode {
     if let Err(message) = check(&args) {
@@ -579,6 +580,7 @@ struct Worker {
     result: WorkerResult,
     /// Set when the connection should be abandoned once its outstanding replies are in.
     draining: bool,
+    last_reply: Instant,
 }
 
 async fn worker(run: Arc<Run>, source: KeySource, window: usize, record: bool) -> WorkerResult {
@@ -600,10 +602,13 @@ async fn worker(run: Arc<Run>, source: KeySource, window: usize, record: bool) -
             versions,
         },
         draining: false,
+        last_reply: Instant::now(),
     };
-    let mut connects = 0;
-    while !worker.finished() && connects < MAX_CONNECTS_PER_WORKER {
-        connects += 1;
+    while !worker.finished() {
+        if worker.last_reply.elapsed() > GIVE_UP_AFTER {
+            eprintln!("error: no reply for {GIVE_UP_AFTER:?}; a connection gives up");
+            break;
+        }
         let address = match worker.run.leader.known() {
             Some(address) => address,
             None => match worker.run.leader.find().await {
@@ -699,6 +704,8 @@ impl Worker {
     /// Parses every complete reply in `incoming`, recording each.
     fn take_replies(&mut self, incoming: &mut BytesMut) -> Result<(), ErrorKind> {
         let max_value = self.run.value.len().max(proto::DEFAULT_MAX_VALUE_SIZE);
+        // One clock read per batch: every reply in it arrived with the same read.
+        let arrived = Instant::now();
         while let Some(front) = self.in_flight.front() {
             let (reply, consumed) = match proto::parse_reply(incoming, front.kind, max_value) {
                 Ok(Parsed::Complete { reply, consumed }) => (reply, consumed),
@@ -708,6 +715,7 @@ impl Worker {
             let Some(request) = self.in_flight.pop_front() else {
                 break;
             };
+            self.last_reply = arrived;
             incoming.advance(consumed);
             let outcome = match reply {
                 Reply::Ok(version) => {
@@ -730,7 +738,7 @@ impl Worker {
                 Ok(()) => {
                     self.result.ok += 1;
                     if self.record {
-                        let micros = request.sent.elapsed().as_micros();
+                        let micros = arrived.duration_since(request.sent).as_micros();
                         self.result
                             .histogram
                             .saturating_record(micros.max(1) as u64);
