@@ -21,6 +21,8 @@ enum Action {
     Reply(Vec<u8>),
     /// Drop the connection without answering.
     Close,
+    /// Answer, then drop the connection (a node restarting between requests).
+    ReplyThenClose(Vec<u8>),
 }
 
 type Script = dyn Fn(&Seen, usize) -> Action + Send + Sync;
@@ -75,6 +77,10 @@ async fn serve(stream: TcpStream, script: Arc<Script>, received: Arc<AtomicUsize
                 }
             }
             Action::Close => return,
+            Action::ReplyThenClose(bytes) => {
+                let _ = write_half.write_all(&bytes).await;
+                return;
+            }
         }
     }
 }
@@ -378,4 +384,21 @@ async fn invalid_arguments_are_rejected_before_sending() {
         Err(Error::InvalidTtl(_))
     ));
     assert_eq!(Client::new(&[], quick()).err(), Some(Error::NoAddresses));
+}
+
+#[tokio::test]
+async fn a_connection_closed_while_idle_is_replaced_before_the_next_write() {
+    // Every connection serves one request and is then closed by the server, as when a node
+    // restarts between two requests: no write is lost or reported unknown because of that.
+    let server = FakeServer::start(|_, index| {
+        Action::ReplyThenClose(format!("OK {}\r\n", index + 1).into_bytes())
+    })
+    .await;
+    let client = Client::new(&server.addrs(), quick()).unwrap();
+    for expected in 1..=3 {
+        assert_eq!(client.set("k", b"v", None).await, Ok(expected));
+        // Gives the client time to notice the close, as any real gap between requests would.
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(server.received(), 3);
 }
