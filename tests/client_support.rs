@@ -142,8 +142,8 @@ fn node_pid(config: &str, id: &str) -> Option<u32> {
 
 /// A base port such that `nodes` client ports and their peer ports (base + 1000) are free now.
 pub fn free_port_block(nodes: usize) -> u16 {
+    // Spread concurrent test processes over the range so they rarely probe the same ports.
     let seed = std::process::id() as usize * 7919
-        + Instant::now().elapsed().subsec_nanos() as usize
         + std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map(|d| d.subsec_micros() as usize)
