@@ -694,3 +694,163 @@ pub fn check_acked(client: &mut Client, acked: &[Acked]) {
         );
     }
 }
+
+// ----- Snapshots: process control, logs and disk use -------------------------------------------
+
+impl Cluster {
+    /// The process id of node `i`, if it runs.
+    pub fn pid(&self, i: usize) -> Option<u32> {
+        self.nodes[i].child.as_ref().map(|c| c.id())
+    }
+
+    /// SIGSTOP node `i`: it stays alive but does nothing until [`Cluster::resume`].
+    pub fn pause(&self, i: usize) {
+        if let Some(pid) = self.pid(i) {
+            signal(pid, libc::SIGSTOP);
+        }
+    }
+
+    /// SIGCONT node `i` after [`Cluster::pause`].
+    pub fn resume(&self, i: usize) {
+        if let Some(pid) = self.pid(i) {
+            signal(pid, libc::SIGCONT);
+        }
+    }
+
+    /// The text of node `i`'s log (every start appends to it).
+    pub fn log_text(&self, i: usize) -> String {
+        String::from_utf8_lossy(&std::fs::read(&self.nodes[i].log).unwrap_or_default()).into()
+    }
+
+    /// Lines of node `i`'s log containing `needle`.
+    pub fn log_count(&self, i: usize, needle: &str) -> usize {
+        self.log_text(i)
+            .lines()
+            .filter(|l| l.contains(needle))
+            .count()
+    }
+
+    /// Waits at most `limit` until node `i`'s log has at least `count` lines containing `needle`.
+    pub fn wait_log(&self, i: usize, needle: &str, count: usize, limit: Duration) -> bool {
+        let deadline = Instant::now() + limit;
+        loop {
+            if self.log_count(i, needle) >= count {
+                return true;
+            }
+            if Instant::now() >= deadline {
+                return false;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// Makes every follower of `leader` hold the leader's whole log: for each follower in turn the
+    /// other followers are paused (SIGSTOP) and a write is committed, which needs that follower's
+    /// acknowledgement, so its log matches the leader's up to that write. A paused follower misses at
+    /// most the last of these writes, which the next heartbeat brings. Then waits `settle` so that
+    /// every node learns the commit index and applies everything.
+    pub fn sync_followers(&mut self, leader: usize, settle: Duration) {
+        let followers: Vec<usize> = self
+            .running()
+            .into_iter()
+            .filter(|&i| i != leader)
+            .collect();
+        let mut client = Client::new(vec![self.addr(leader).to_string()]);
+        for &f in &followers {
+            let others: Vec<usize> = followers.iter().copied().filter(|&o| o != f).collect();
+            for &o in &others {
+                self.pause(o);
+            }
+            let reply = client.call(&set_cmd(&format!("__sync-{}", f + 1), 0, b"synced"));
+            for &o in &others {
+                self.resume(o);
+            }
+            let reply = reply.unwrap_or_else(|e| panic!("sync write through node {}: {e}", f + 1));
+            assert!(
+                ok_version(&reply).is_some(),
+                "sync write through node {}: {}",
+                f + 1,
+                show(&reply)
+            );
+        }
+        std::thread::sleep(settle);
+    }
+}
+
+/// What a node logged on graceful shutdown: `final state applied=<i> keys=<n> digest=<d>`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct FinalState {
+    pub applied: u64,
+    pub keys: u64,
+    pub digest: u64,
+}
+
+/// Removes ANSI colour sequences (`ESC [ ... m`), in case a log was written to a terminal.
+pub fn strip_ansi(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut chars = text.chars();
+    while let Some(c) = chars.next() {
+        if c == '\u{1b}' {
+            for c in chars.by_ref() {
+                if c.is_ascii_alphabetic() {
+                    break;
+                }
+            }
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
+/// The value of field `name` (`name=value`) in a tracing log line.
+pub fn log_field<'a>(line: &'a str, name: &str) -> Option<&'a str> {
+    line.split_whitespace()
+        .find_map(|token| token.strip_prefix(name)?.strip_prefix('='))
+}
+
+/// The last `final state` line of a node's log.
+pub fn final_state(log_text: &str) -> Option<FinalState> {
+    let text = strip_ansi(log_text);
+    let line = text.lines().rev().find(|l| l.contains("final state"))?;
+    Some(FinalState {
+        applied: log_field(line, "applied")?.parse().ok()?,
+        keys: log_field(line, "keys")?.parse().ok()?,
+        digest: log_field(line, "digest")?.parse().ok()?,
+    })
+}
+
+/// Total size in bytes of the files under `path`, recursively.
+pub fn dir_size(path: &Path) -> u64 {
+    let Ok(entries) = std::fs::read_dir(path) else {
+        return 0;
+    };
+    entries
+        .flatten()
+        .map(|entry| match entry.metadata() {
+            Ok(meta) if meta.is_dir() => dir_size(&entry.path()),
+            Ok(meta) => meta.len(),
+            Err(_) => 0,
+        })
+        .sum()
+}
+
+/// Sends `requests` over one connection to `addr`, `batch` at a time (every request of a batch is
+/// written before any reply is read); returns the replies in order. Panics on an I/O error.
+pub fn pipeline(addr: &str, requests: &[Vec<u8>], batch: usize) -> Vec<Vec<u8>> {
+    let mut conn = Conn::connect_with(addr, Duration::from_secs(30))
+        .unwrap_or_else(|e| panic!("connect to {addr}: {e}"));
+    let mut replies = Vec::with_capacity(requests.len());
+    for chunk in requests.chunks(batch.max(1)) {
+        let bytes: Vec<u8> = chunk.concat();
+        conn.send(&bytes)
+            .unwrap_or_else(|e| panic!("pipelined send to {addr}: {e}"));
+        for _ in chunk {
+            let reply = conn
+                .read_reply()
+                .unwrap_or_else(|e| panic!("pipelined reply from {addr}: {e}"));
+            replies.push(reply);
+        }
+    }
+    replies
+}
