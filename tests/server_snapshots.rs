@@ -255,7 +255,25 @@ fn sustained_overwrites_keep_disk_use_bounded() {
             (format!("ow-{}", n % KEYS), value)
         })
         .collect();
+    // The largest size each directory reaches while the writes run, sampled every 50 ms.
+    let dirs: Vec<std::path::PathBuf> = cluster.nodes.iter().map(|n| n.data_dir.clone()).collect();
+    let done = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let sampler = {
+        let done = done.clone();
+        std::thread::spawn(move || {
+            let mut peak = vec![0u64; dirs.len()];
+            while !done.load(std::sync::atomic::Ordering::Relaxed) {
+                for (p, dir) in peak.iter_mut().zip(&dirs) {
+                    *p = (*p).max(dir_size(dir));
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            peak
+        })
+    };
     let (last, resent) = set_all(&cluster.addrs(), writes, 4, 200);
+    done.store(true, std::sync::atomic::Ordering::Relaxed);
+    let peak = sampler.join().expect("sampler thread");
     assert_eq!(last.len(), KEYS);
     let write_time = started.elapsed();
 
@@ -269,12 +287,13 @@ fn sustained_overwrites_keep_disk_use_bounded() {
     let snapshots: Vec<usize> = (0..3)
         .map(|i| cluster.log_count(i, "snapshot saved and log compacted"))
         .collect();
-    for (i, &size) in sizes.iter().enumerate() {
+    for (i, &size) in sizes.iter().chain(&peak).enumerate() {
         assert!(
             size < LIMIT,
-            "node {} data directory holds {size} bytes after {WRITES} overwrites of 1 KiB \
+            "node {} data directory held {size} bytes {} {WRITES} overwrites of 1 KiB \
              (limit {LIMIT}); snapshots saved per node: {snapshots:?}",
-            i + 1
+            i % 3 + 1,
+            if i < 3 { "after" } else { "at its peak during" }
         );
     }
 
@@ -291,7 +310,8 @@ fn sustained_overwrites_keep_disk_use_bounded() {
     }
     eprintln!(
         "sustained overwrites: {WRITES} x 1 KiB in {write_time:?} ({resent} resent), data \
-         directories {sizes:?} bytes, snapshots saved {snapshots:?}, took {:?}",
+         directories {sizes:?} bytes at the end, at most {peak:?} during the writes, \
+         snapshots saved {snapshots:?}, took {:?}",
         started.elapsed()
     );
 }
