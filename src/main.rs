@@ -3,7 +3,6 @@
 mod bench;
 mod client_cmd;
 mod cluster;
-mod limits;
 mod server_cmd;
 
 use clap::{Parser, Subcommand};
@@ -30,8 +29,6 @@ enum Command {
     Client(client_cmd::Args),
     /// Load generator: throughput and latency of a running cluster.
     Bench(bench::Args),
-    /// Measure this machine's floor: fdatasync latency and loopback round trip.
-    Limits(limits::Args),
 }
 
 fn main() -> ExitCode {
@@ -41,6 +38,5 @@ fn main() -> ExitCode {
         Command::Cluster(args) => cluster::run(args),
         Command::Client(args) => client_cmd::run(args),
         Command::Bench(args) => bench::run(args),
-        Command::Limits(args) => limits::run(args),
     }
 }
