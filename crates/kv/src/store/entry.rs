@@ -32,6 +32,22 @@ impl Entry {
         })
     }
 
+    /// `1 + key length + value length`, known without reading the allocation (a snapshot sizes
+    /// its output from this without a cache miss per entry).
+    pub fn key_and_value_len(&self) -> usize {
+        self.key_and_value.len()
+    }
+
+    /// Reads a byte of each cache line of the entry's allocation and returns their sum. Walking
+    /// a table touches entries in no particular memory order, one cache miss each; touching
+    /// entries ahead of use lets those misses overlap (see `table::Warmed`).
+    pub fn touch(&self) -> u8 {
+        self.key_and_value
+            .iter()
+            .step_by(64)
+            .fold(0u8, |sum, byte| sum.wrapping_add(*byte))
+    }
+
     fn key_end(&self) -> usize {
         1 + usize::from(self.key_and_value[0])
     }

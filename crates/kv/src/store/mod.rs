@@ -137,7 +137,7 @@ impl Store {
     /// Deterministic digest of the whole state (entries, applied index, clock), equal on two
     /// replicas exactly when (barring hash collisions) their states are equal.
     pub fn digest(&self) -> u64 {
-        let entries_sum = self.entries.iter().fold(0u64, |sum, entry| {
+        let entries_sum = self.entries.iter_warmed().fold(0u64, |sum, entry| {
             let entry_hash = DigestHasher::new()
                 .word(entry.version)
                 .word(entry.expires_at_ms)

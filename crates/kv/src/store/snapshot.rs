@@ -7,6 +7,7 @@
 //! meaningful; restore validates every field as strictly as the log-entry decoder.
 
 use super::entry::Entry;
+use super::table;
 use super::Store;
 use crate::byte_reader::ByteReader;
 use crate::command::DecodeError;
@@ -19,15 +20,18 @@ const CHECKSUM_LEN: usize = 4;
 /// Smallest possible encoded entry (one-byte key, empty value); bounds the pre-allocation a
 /// hostile `count` can cause.
 const MIN_ENTRY_LEN: usize = 8 + 8 + 1 + 1 + 4;
+/// Bytes written between checksum updates: small enough to still be in the cache.
+const CHECKSUM_CHUNK: usize = 64 * 1024;
 
 impl Store {
     /// Appends the snapshot encoding of the whole store to `out`.
     pub fn snapshot(&self, out: &mut Vec<u8>) {
         let start = out.len();
+        // Sized from the entries' slot lengths, without reading each entry's allocation.
         let payload: usize = self
             .entries
             .iter()
-            .map(|e| MIN_ENTRY_LEN - 1 + e.key().len() + e.value().len())
+            .map(|e| MIN_ENTRY_LEN - 2 + e.key_and_value_len())
             .sum();
         out.reserve(HEADER_LEN + payload + CHECKSUM_LEN);
         out.extend_from_slice(MAGIC);
@@ -35,7 +39,10 @@ impl Store {
         out.extend_from_slice(&self.applied_index.to_le_bytes());
         out.extend_from_slice(&self.clock_ms.to_le_bytes());
         out.extend_from_slice(&(self.entries.len() as u64).to_le_bytes());
-        for entry in self.entries.iter() {
+        // The checksum is computed a chunk at a time, while the chunk just written is in cache.
+        let mut checksum = 0;
+        let mut summed = start;
+        for entry in self.entries.iter_warmed() {
             out.extend_from_slice(&entry.version.to_le_bytes());
             out.extend_from_slice(&entry.expires_at_ms.to_le_bytes());
             // Entries only hold keys of at most 250 bytes and values below 4 GiB (checked on write).
@@ -47,8 +54,12 @@ impl Store {
                     .to_le_bytes(),
             );
             out.extend_from_slice(entry.value());
+            if out.len() - summed >= CHECKSUM_CHUNK {
+                checksum = crc32c::crc32c_append(checksum, &out[summed..]);
+                summed = out.len();
+            }
         }
-        let checksum = crc32c::crc32c(&out[start..]);
+        let checksum = crc32c::crc32c_append(checksum, &out[summed..]);
         out.extend_from_slice(&checksum.to_le_bytes());
     }
 
@@ -70,16 +81,13 @@ impl Store {
         if ByteReader::new(checksum).u32()? != crc32c::crc32c(body) {
             return Err(DecodeError::Checksum);
         }
-        let mut store = Store {
-            applied_index: reader.u64()?,
-            clock_ms: reader.u64()?,
-            ..Store::default()
-        };
+        let applied_index = reader.u64()?;
+        let clock_ms = reader.u64()?;
         let count = reader.u64()?;
         let plausible = usize::try_from(count)
             .unwrap_or(usize::MAX)
             .min(reader.remaining() / MIN_ENTRY_LEN);
-        store.entries.reserve_spread(plausible);
+        let mut entries = table::Builder::new(plausible);
         for _ in 0..count {
             let version = reader.u64()?;
             let expires_at_ms = reader.u64()?;
@@ -90,18 +98,20 @@ impl Store {
             if !is_valid_key(key) {
                 return Err(DecodeError::InvalidKey);
             }
-            if version > store.applied_index {
+            if version > applied_index {
                 return Err(DecodeError::InvalidEntry);
-            }
-            let hash = store.entries.hash(key);
-            if store.entries.contains_hashed(hash, key) {
-                return Err(DecodeError::DuplicateKey);
             }
             let entry =
                 Entry::new(key, value, version, expires_at_ms).ok_or(DecodeError::InvalidKey)?;
-            store.entries.insert_absent(hash, entry);
+            entries
+                .insert_new(entry)
+                .map_err(|_| DecodeError::DuplicateKey)?;
         }
         reader.expect_end()?;
-        Ok(store)
+        Ok(Store {
+            entries: entries.finish(),
+            applied_index,
+            clock_ms,
+        })
     }
 }

@@ -15,6 +15,7 @@
 //! otherwise also pile keys into one shard and lengthen its copy), so hashes, shard choice and
 //! iteration order differ between replicas; nothing observable may depend on them.
 
+use std::collections::VecDeque;
 use std::hash::{BuildHasher, RandomState};
 use std::sync::Arc;
 
@@ -36,10 +37,60 @@ fn shard_of(hash: u64) -> usize {
     (hash >> 32) as usize & (SHARDS - 1)
 }
 
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Default)]
 struct Shard {
     table: HashTable<Entry>,
     expiry: ExpiryIndex,
+}
+
+impl Clone for Shard {
+    /// The copy-on-write copy. Every entry is touched first, with independent loads whose cache
+    /// misses overlap, so the copy itself (an allocation and a copy per entry) finds them cached.
+    fn clone(&self) -> Self {
+        let sum = self
+            .table
+            .iter()
+            .fold(0u8, |sum, entry| sum.wrapping_add(entry.touch()));
+        std::hint::black_box(sum);
+        Shard {
+            table: self.table.clone(),
+            expiry: self.expiry.clone(),
+        }
+    }
+}
+
+/// How many entries [`Warmed`] touches at once.
+const BATCH: usize = 32;
+
+/// An iterator over entries that touches them in batches before yielding them: the touches of a
+/// batch are independent loads in a tight loop, so their cache misses overlap instead of each
+/// entry stalling its reader in turn.
+pub struct Warmed<'a, I: Iterator<Item = &'a Entry>> {
+    inner: I,
+    batch: VecDeque<&'a Entry>,
+    sum: u8,
+}
+
+impl<'a, I: Iterator<Item = &'a Entry>> Iterator for Warmed<'a, I> {
+    type Item = &'a Entry;
+
+    fn next(&mut self) -> Option<&'a Entry> {
+        if self.batch.is_empty() {
+            self.batch.extend(self.inner.by_ref().take(BATCH));
+            self.sum = self
+                .batch
+                .iter()
+                .fold(self.sum, |sum, entry| sum.wrapping_add(entry.touch()));
+        }
+        self.batch.pop_front()
+    }
+}
+
+impl<'a, I: Iterator<Item = &'a Entry>> Drop for Warmed<'a, I> {
+    fn drop(&mut self) {
+        // The touches exist for their side effect on the cache; keep them from being optimised out.
+        std::hint::black_box(self.sum);
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -102,19 +153,17 @@ impl KeyTable {
         self.expiring
     }
 
-    /// Reserves room for `additional` more entries spread evenly over the shards.
-    pub fn reserve_spread(&mut self, additional: usize) {
-        let per_shard = additional / SHARDS;
-        let hasher = &self.hasher;
-        for shard in &mut self.shards {
-            Arc::make_mut(shard)
-                .table
-                .reserve(per_shard, |entry| hasher.hash_one(entry.key()));
-        }
-    }
-
     pub fn iter(&self) -> impl Iterator<Item = &Entry> {
         self.shards.iter().flat_map(|shard| shard.table.iter())
+    }
+
+    /// [`KeyTable::iter`] for walks that read every entry's bytes (snapshot, digest).
+    pub fn iter_warmed(&self) -> Warmed<'_, impl Iterator<Item = &Entry>> {
+        Warmed {
+            inner: self.iter(),
+            batch: VecDeque::with_capacity(BATCH),
+            sum: 0,
+        }
     }
 
     pub fn get(&self, key: &[u8]) -> Option<&Entry> {
@@ -154,27 +203,6 @@ impl KeyTable {
         }
         self.next_expiry[at] = shard.expiry.first_instant().unwrap_or(NEVER);
         old
-    }
-
-    /// Inserts an entry whose key (of hash `hash`) is known to be absent.
-    pub fn insert_absent(&mut self, hash: u64, entry: Entry) {
-        let hasher = &self.hasher;
-        let at = shard_of(hash);
-        let shard = Arc::make_mut(&mut self.shards[at]);
-        if entry.expires() {
-            shard.expiry.insert(entry.expires_at_ms, hash);
-            self.next_expiry[at] = self.next_expiry[at].min(entry.expires_at_ms);
-            self.expiring += 1;
-        }
-        shard
-            .table
-            .insert_unique(hash, entry, |held| hasher.hash_one(held.key()));
-        self.len += 1;
-    }
-
-    /// Whether the key with hash `hash` is held.
-    pub fn contains_hashed(&self, hash: u64, key: &[u8]) -> bool {
-        self.shards[shard_of(hash)].get(hash, key).is_some()
     }
 
     pub fn take(&mut self, key: &[u8]) -> Option<Entry> {
@@ -225,6 +253,71 @@ impl KeyTable {
                 }
             }
             self.next_expiry[at] = shard.expiry.first_instant().unwrap_or(NEVER);
+        }
+    }
+}
+
+/// Builds a [`KeyTable`] from entries with distinct keys (a restore), with plain shards: no
+/// reference counts to check on every insert, and each shard pre-sized.
+pub struct Builder {
+    shards: Vec<Shard>,
+    len: usize,
+    expiring: usize,
+    hasher: RandomState,
+}
+
+impl Builder {
+    /// For about `expected` entries.
+    pub fn new(expected: usize) -> Builder {
+        let per_shard = expected / SHARDS;
+        Builder {
+            shards: (0..SHARDS)
+                .map(|_| Shard {
+                    table: HashTable::with_capacity(per_shard),
+                    expiry: ExpiryIndex::default(),
+                })
+                .collect(),
+            len: 0,
+            expiring: 0,
+            hasher: RandomState::new(),
+        }
+    }
+
+    /// Inserts `entry` if its key is absent (one probe); otherwise hands it back.
+    pub fn insert_new(&mut self, entry: Entry) -> Result<(), Entry> {
+        let hasher = &self.hasher;
+        let hash = hasher.hash_one(entry.key());
+        let shard = &mut self.shards[shard_of(hash)];
+        let (expires, expires_at_ms) = (entry.expires(), entry.expires_at_ms);
+        match shard.table.entry(
+            hash,
+            |held| held.key() == entry.key(),
+            |held| hasher.hash_one(held.key()),
+        ) {
+            hash_table::Entry::Occupied(_) => return Err(entry),
+            hash_table::Entry::Vacant(slot) => {
+                slot.insert(entry);
+            }
+        }
+        if expires {
+            shard.expiry.insert(expires_at_ms, hash);
+            self.expiring += 1;
+        }
+        self.len += 1;
+        Ok(())
+    }
+
+    pub fn finish(self) -> KeyTable {
+        KeyTable {
+            next_expiry: self
+                .shards
+                .iter()
+                .map(|shard| shard.expiry.first_instant().unwrap_or(NEVER))
+                .collect(),
+            shards: self.shards.into_iter().map(Arc::new).collect(),
+            len: self.len,
+            expiring: self.expiring,
+            hasher: self.hasher,
         }
     }
 }
