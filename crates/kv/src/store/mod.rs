@@ -24,7 +24,7 @@ pub type ReadReply = Reply;
 /// Time: the store's notion of "now" is the largest stamp applied so far (see [`Store::clock_ms`]),
 /// so a new leader whose wall clock lags the old one cannot make expired keys reappear.
 ///
-/// `clone()` is cheap (it copies a thousand shard pointers, not the entries; see `table`), so a
+/// `clone()` is cheap (it copies 2048 shard pointers, not the entries; see `table`), so a
 /// snapshot can be taken from a clone on another thread while this store keeps applying.
 #[derive(Debug, Clone, Default)]
 pub struct Store {

@@ -25,9 +25,10 @@ use hashbrown::HashTable;
 use super::entry::{Entry, NEVER};
 use super::expiry::ExpiryIndex;
 
-const SHARD_BITS: u32 = 10;
-/// Number of shards: the clone cost is proportional to it, the copy-on-write cost to
-/// `len / SHARDS`.
+const SHARD_BITS: u32 = 11;
+/// Number of shards: a clone costs one reference count increment per shard, a copy on write
+/// about `len / SHARDS` entries. At 1M keys, 1024 shards measured a 0.01-0.15 ms clone and
+/// 0.1-0.3 ms copies; 4096 shards 0.05-0.8 ms and 0.03-0.09 ms; 2048 sits between.
 pub const SHARDS: usize = 1 << SHARD_BITS;
 
 /// Which shard holds a key of hash `hash`. Bits 32.. are used because hashbrown takes a table's
