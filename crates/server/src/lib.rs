@@ -86,6 +86,7 @@ pub async fn run_node(config: ClusterConfig, id: u64) -> anyhow::Result<()> {
     let transport = transport::Transport::start(&config, id, inbound_tx).await?;
     let (persist_tx, persist_rx) = mpsc::channel(persist::QUEUE_DEPTH);
     let (durable_tx, durable_rx) = watch::channel(Durable::default());
+    let snapshot_writer = wal.snapshot_writer();
     let disk_thread = persist::spawn(wal, persist_rx, transport.clone(), durable_tx)
         .context("cannot start the storage thread")?;
 
@@ -116,6 +117,7 @@ pub async fn run_node(config: ClusterConfig, id: u64) -> anyhow::Result<()> {
         requests: requests_rx,
         shutdown: shutdown_rx,
         snapshots: mpsc::channel(1),
+        snapshot_writer,
         state: NodeState::new(snapshot_policy),
     };
     let result = node.run().await;

@@ -15,6 +15,7 @@ use raftkv_raft::{
     EntryKind, Index, Message, NodeId, ProposeError, Raft, Ready, Role, Snapshot, SnapshotMeta,
     SoftState, Term,
 };
+use raftkv_wal::{SnapshotWriter, WrittenSnapshot};
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio::time::MissedTickBehavior;
 use tracing::{error, info, warn};
@@ -32,6 +33,9 @@ const MAX_REQUESTS_PER_TURN: usize = 4096;
 const MAX_HELD: usize = 65_536;
 /// How often the leader considers proposing an `Expire` to reclaim expired keys.
 const EXPIRE_EVERY: Duration = Duration::from_secs(1);
+
+/// A snapshot serialised and made durable in the background, or why that failed.
+pub type BuiltSnapshot = Result<(Snapshot, WrittenSnapshot), raftkv_wal::WalError>;
 
 struct PendingWrite {
     term: Term,
@@ -58,8 +62,10 @@ pub struct NodeLoop {
     pub inbound: mpsc::Receiver<Vec<Message>>,
     pub requests: mpsc::Receiver<ClientRequest>,
     pub shutdown: watch::Receiver<bool>,
-    /// Snapshots built in the background come back here.
-    pub snapshots: (mpsc::Sender<Snapshot>, mpsc::Receiver<Snapshot>),
+    /// Snapshots built and written in the background come back here.
+    pub snapshots: (mpsc::Sender<BuiltSnapshot>, mpsc::Receiver<BuiltSnapshot>),
+    /// Writes snapshot files off the disk thread, so a large fdatasync never stalls group commit.
+    pub snapshot_writer: SnapshotWriter,
     pub state: NodeState,
 }
 
@@ -544,29 +550,37 @@ impl NodeLoop {
         let store = self.store.clone();
         let pause = copied.elapsed();
         let done = self.snapshots.0.clone();
+        let writer = self.snapshot_writer.clone();
         tokio::task::spawn_blocking(move || {
             let started = Instant::now();
             let mut data = Vec::new();
             store.snapshot(&mut data);
-            info!(
-                index = meta.index,
-                keys = store.len(),
-                bytes = data.len(),
-                copy_ms = pause.as_millis() as u64,
-                serialise_ms = started.elapsed().as_millis() as u64,
-                digest = store.digest(),
-                "snapshot taken"
-            );
-            let _ = done.blocking_send(Snapshot {
+            let serialised = started.elapsed();
+            let snapshot = Snapshot {
                 meta,
                 data: Bytes::from(data),
-            });
+            };
+            let built = writer.write(&snapshot).map(|written| (snapshot, written));
+            if let Ok((snapshot, _)) = &built {
+                info!(
+                    index = snapshot.meta.index,
+                    keys = store.len(),
+                    bytes = snapshot.data.len(),
+                    copy_ms = pause.as_millis() as u64,
+                    serialise_ms = serialised.as_millis() as u64,
+                    write_ms = (started.elapsed() - serialised).as_millis() as u64,
+                    "snapshot taken"
+                );
+            }
+            let _ = done.blocking_send(built);
         });
     }
 
-    /// A background snapshot is ready: the disk thread saves it after everything queued before it and
-    /// compacts the log; the core drops the entries it covers and will send it to lagging followers.
-    async fn snapshot_built(&mut self, snapshot: Snapshot) -> anyhow::Result<()> {
+    /// A background snapshot is ready and durable: the disk thread adopts it after everything queued
+    /// before it and compacts the log; the core drops the entries it covers and will send it to lagging followers.
+    async fn snapshot_built(&mut self, built: BuiltSnapshot) -> anyhow::Result<()> {
+        let (snapshot, written) =
+            built.map_err(|err| anyhow::anyhow!("cannot write a snapshot: {err}"))?;
         let policy = &mut self.state.snapshot_policy;
         policy.in_progress = false;
         policy.last_index = snapshot.meta.index;
@@ -578,7 +592,7 @@ impl NodeLoop {
             entries: Vec::new(),
             hard_state: None,
             messages_after_persist: Vec::new(),
-            compact_to: Some(snapshot),
+            compact_to: Some(written),
         };
         self.persist
             .send(job)

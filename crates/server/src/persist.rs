@@ -9,7 +9,7 @@
 use std::thread::JoinHandle;
 
 use raftkv_raft::{Entry, HardState, Index, Message, Snapshot, Term};
-use raftkv_wal::Wal;
+use raftkv_wal::{Wal, WrittenSnapshot};
 use tokio::sync::{mpsc, watch};
 use tracing::error;
 
@@ -26,9 +26,9 @@ pub struct PersistJob {
     pub entries: Vec<Entry>,
     pub hard_state: Option<HardState>,
     pub messages_after_persist: Vec<Message>,
-    /// A snapshot this node took of its own state: saved after the batch, then the log prefix it
-    /// covers is compacted away.
-    pub compact_to: Option<Snapshot>,
+    /// A snapshot of this node's own state, already written durably off this thread: adopted after
+    /// the batch, then the log prefix it covers is compacted away.
+    pub compact_to: Option<WrittenSnapshot>,
 }
 
 /// What the disk has made durable so far.
@@ -54,7 +54,7 @@ pub fn spawn(
             let mut batch = Vec::with_capacity(MAX_BATCHES_PER_SYNC);
             let mut position = Durable::default();
             while jobs.blocking_recv_many(&mut batch, MAX_BATCHES_PER_SYNC) > 0 {
-                if let Err(err) = write_batches(&mut wal, &batch, &mut position) {
+                if let Err(err) = write_batches(&mut wal, &mut batch, &mut position) {
                     error!("storage failed, stopping the node: {err}");
                     position.failed = true;
                     let _ = durable.send(position);
@@ -73,10 +73,10 @@ pub fn spawn(
 
 fn write_batches(
     wal: &mut Wal,
-    batch: &[PersistJob],
+    batch: &mut [PersistJob],
     position: &mut Durable,
 ) -> Result<(), raftkv_wal::WalError> {
-    for job in batch {
+    for job in batch.iter_mut() {
         if let Some(snapshot) = &job.snapshot {
             wal.save_snapshot(snapshot)?;
             position.index = snapshot.meta.index;
@@ -92,16 +92,16 @@ fn write_batches(
         if let Some(hs) = job.hard_state {
             wal.set_hard_state(hs)?;
         }
-        if let Some(snapshot) = &job.compact_to {
-            let started = std::time::Instant::now();
-            wal.save_snapshot(snapshot)?;
-            wal.compact(snapshot.meta.index)?;
+        if let Some(written) = job.compact_to.take() {
+            // The file is already durable; adopting it syncs what is buffered first, then compacting
+            // deletes whole segments, so this costs no more than a group commit.
+            let index = written.index();
+            wal.adopt_snapshot(written)?;
+            wal.compact(index)?;
             tracing::info!(
-                index = snapshot.meta.index,
-                bytes = snapshot.data.len(),
-                elapsed_ms = started.elapsed().as_millis() as u64,
+                index,
                 disk_bytes = wal.disk_usage(),
-                "snapshot saved and log compacted"
+                "snapshot adopted and log compacted"
             );
         }
     }

@@ -221,8 +221,51 @@ impl Wal {
     }
 
     fn save_snapshot_synced(&mut self, snapshot: &Snapshot) -> Result<(), WalError> {
-        let (index, term) = (snapshot.meta.index, snapshot.meta.term);
         let (path, size) = write_snapshot(self.fs.as_ref(), &self.dir, snapshot)?;
+        self.adopt_synced(WrittenSnapshot {
+            path,
+            size,
+            index: snapshot.meta.index,
+            term: snapshot.meta.term,
+        })
+    }
+
+    /// A writer for snapshot files that works on another thread than the log's (see [`SnapshotWriter`]).
+    pub fn snapshot_writer(&self) -> SnapshotWriter {
+        SnapshotWriter {
+            fs: Arc::clone(&self.fs),
+            dir: self.dir.clone(),
+        }
+    }
+
+    /// Makes a snapshot file that a [`SnapshotWriter`] made durable the base of the log: exactly what
+    /// [`Wal::save_snapshot`] does after writing its file. A file older than the current snapshot is
+    /// removed instead.
+    pub fn adopt_snapshot(&mut self, written: WrittenSnapshot) -> Result<(), WalError> {
+        self.check_usable()?;
+        if written.index < self.snapshot_index {
+            tracing::debug!(
+                index = written.index,
+                current = self.snapshot_index,
+                "dropping a stale snapshot file"
+            );
+            return self
+                .fs
+                .remove_file(&written.path)
+                .map_err(WalError::io("remove", &written.path));
+        }
+        self.sync()?;
+        let result = self.adopt_synced(written);
+        self.poison_on_error(result)
+    }
+
+    fn adopt_synced(&mut self, written: WrittenSnapshot) -> Result<(), WalError> {
+        let WrittenSnapshot {
+            path,
+            size,
+            index,
+            term,
+        } = written;
         if self.log.term(index) != Some(term) {
             self.restart_log_after_snapshot(index, term)?;
         }
@@ -415,5 +458,52 @@ impl Wal {
         self.pending = pending;
         self.durable_hard_state = self.hard_state;
         Ok(())
+    }
+}
+
+/// Writes snapshot files off the log's thread. A large snapshot's fdatasync takes long enough to stall
+/// group commit if the log's own thread did it; with a writer, the file is made durable elsewhere and
+/// [`Wal::adopt_snapshot`] takes it over in a moment. Crash-safety is the same as [`Wal::save_snapshot`]'s:
+/// a durable snapshot file that the log never adopted is simply the newest snapshot at recovery.
+#[derive(Clone)]
+pub struct SnapshotWriter {
+    fs: Arc<dyn Fs>,
+    dir: PathBuf,
+}
+
+impl fmt::Debug for SnapshotWriter {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("SnapshotWriter")
+            .field("dir", &self.dir)
+            .finish()
+    }
+}
+
+/// A snapshot file made durable by a [`SnapshotWriter`], waiting for [`Wal::adopt_snapshot`].
+#[derive(Debug)]
+pub struct WrittenSnapshot {
+    path: PathBuf,
+    size: u64,
+    index: Index,
+    term: Term,
+}
+
+impl WrittenSnapshot {
+    pub fn index(&self) -> Index {
+        self.index
+    }
+}
+
+impl SnapshotWriter {
+    /// Writes `snapshot` to a temporary file, fdatasyncs it, renames it into place and fsyncs the
+    /// directory.
+    pub fn write(&self, snapshot: &Snapshot) -> Result<WrittenSnapshot, WalError> {
+        let (path, size) = write_snapshot(self.fs.as_ref(), &self.dir, snapshot)?;
+        Ok(WrittenSnapshot {
+            path,
+            size,
+            index: snapshot.meta.index,
+            term: snapshot.meta.term,
+        })
     }
 }

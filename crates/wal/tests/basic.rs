@@ -226,3 +226,44 @@ fn a_damaged_old_record_stops_the_node_naming_file_and_offset() {
         other => panic!("expected Corrupt, got {other:?}"),
     }
 }
+
+#[test]
+fn a_snapshot_written_off_thread_is_adopted_and_compacts_like_save_snapshot() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let (mut wal, _, _) = Wal::open(dir.path(), small_segments()).unwrap();
+        wal.append(&entries(1..=100, 1)).unwrap();
+        wal.sync().unwrap();
+        let writer = wal.snapshot_writer();
+        let written = std::thread::spawn(move || writer.write(&snapshot(80, 1)).unwrap())
+            .join()
+            .unwrap();
+        // The log goes on while the file is written elsewhere.
+        wal.append(&entries(101..=110, 1)).unwrap();
+        wal.adopt_snapshot(written).unwrap();
+        wal.compact(80).unwrap();
+        assert_eq!(wal.first_index(), 81);
+        assert_eq!(wal.last_index(), 110);
+        // A file older than the adopted snapshot is dropped, not adopted.
+        let stale = wal.snapshot_writer().write(&snapshot(50, 1)).unwrap();
+        wal.adopt_snapshot(stale).unwrap();
+    }
+    let (_, initial, _) = Wal::open(dir.path(), small_segments()).unwrap();
+    assert_eq!(initial.snapshot, Some(snapshot(80, 1)));
+    assert_eq!(initial.entries, entries(81..=110, 1));
+}
+
+#[test]
+fn a_written_but_never_adopted_snapshot_is_recovered_as_the_newest() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let (mut wal, _, _) = Wal::open(dir.path(), small_segments()).unwrap();
+        wal.append(&entries(1..=100, 1)).unwrap();
+        wal.sync().unwrap();
+        let _written = wal.snapshot_writer().write(&snapshot(80, 1)).unwrap();
+        // The node dies before the log adopts it.
+    }
+    let (_, initial, _) = Wal::open(dir.path(), small_segments()).unwrap();
+    assert_eq!(initial.snapshot, Some(snapshot(80, 1)));
+    assert_eq!(initial.entries, entries(81..=100, 1));
+}
