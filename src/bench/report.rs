@@ -1,0 +1,213 @@
+//! What a run reports: the kinds of failed requests, the latency histograms, and the summary
+//! printed at the end as a table or as one JSON object.
+
+use std::time::Duration;
+
+use hdrhistogram::Histogram;
+
+use super::calibrate::Calibration;
+use super::worker::WorkerResult;
+use super::Args;
+
+/// Kinds of failed requests, in report order.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum ErrorKind {
+    NotFound,
+    VersionMismatch,
+    Redirect,
+    Internal,
+    CommandError,
+    ConnectionLost,
+    Protocol,
+    Timeout,
+}
+
+pub(super) const ERROR_KINDS: [ErrorKind; 8] = [
+    ErrorKind::NotFound,
+    ErrorKind::VersionMismatch,
+    ErrorKind::Redirect,
+    ErrorKind::Internal,
+    ErrorKind::CommandError,
+    ErrorKind::ConnectionLost,
+    ErrorKind::Protocol,
+    ErrorKind::Timeout,
+];
+
+impl ErrorKind {
+    fn name(self) -> &'static str {
+        match self {
+            ErrorKind::NotFound => "not_found",
+            ErrorKind::VersionMismatch => "version_mismatch",
+            ErrorKind::Redirect => "redirect",
+            ErrorKind::Internal => "internal",
+            ErrorKind::CommandError => "cmd_err",
+            ErrorKind::ConnectionLost => "connection_lost",
+            ErrorKind::Protocol => "protocol",
+            ErrorKind::Timeout => "timeout",
+        }
+    }
+}
+
+/// Latencies from 1 µs to 60 s at 3 significant digits.
+pub(super) fn new_histogram() -> Histogram<u64> {
+    Histogram::new_with_bounds(1, 60_000_000, 3).expect("constant histogram bounds are valid")
+}
+
+/// Records one latency, in microseconds and at least 1.
+pub(super) fn record(histogram: &mut Histogram<u64>, latency: Duration) {
+    histogram.saturating_record(latency.as_micros().max(1) as u64);
+}
+
+pub(super) struct Summary {
+    workload: String,
+    clients: u32,
+    conns: usize,
+    pipeline: u32,
+    value_size: usize,
+    keys: u64,
+    elapsed: Duration,
+    ok: u64,
+    pub(super) errors: u64,
+    errors_by_kind: Vec<(&'static str, u64)>,
+    histogram: Histogram<u64>,
+    calibration: Option<Calibration>,
+}
+
+impl Summary {
+    pub(super) fn new(
+        args: &Args,
+        conns: usize,
+        elapsed: Duration,
+        results: Vec<WorkerResult>,
+        calibration: Option<Calibration>,
+    ) -> Summary {
+        let mut histogram = new_histogram();
+        let mut ok = 0;
+        let mut by_kind = [0u64; ERROR_KINDS.len()];
+        for result in results {
+            let _ = histogram.add(&result.histogram);
+            ok += result.ok;
+            for (total, count) in by_kind.iter_mut().zip(result.errors) {
+                *total += count;
+            }
+        }
+        let errors_by_kind: Vec<_> = ERROR_KINDS
+            .iter()
+            .zip(by_kind)
+            .filter(|(_, count)| *count > 0)
+            .map(|(kind, count)| (kind.name(), count))
+            .collect();
+        Summary {
+            workload: args.op.name(),
+            clients: args.clients,
+            conns,
+            pipeline: args.pipeline,
+            value_size: args.value_size,
+            keys: args.keys,
+            elapsed,
+            ok,
+            errors: by_kind.iter().sum(),
+            errors_by_kind,
+            histogram,
+            calibration,
+        }
+    }
+
+    fn throughput(&self) -> f64 {
+        self.ok as f64 / self.elapsed.as_secs_f64().max(1e-9)
+    }
+
+    fn percentiles(&self) -> [(&'static str, u64); 6] {
+        let h = &self.histogram;
+        let at = |q: f64| {
+            if h.is_empty() {
+                0
+            } else {
+                h.value_at_quantile(q)
+            }
+        };
+        [
+            ("p50", at(0.50)),
+            ("p90", at(0.90)),
+            ("p99", at(0.99)),
+            ("p99.9", at(0.999)),
+            ("max", if h.is_empty() { 0 } else { h.max() }),
+            ("mean", h.mean().round() as u64),
+        ]
+    }
+
+    pub(super) fn table(&self) -> String {
+        let mut out = String::new();
+        let mut row = |name: &str, value: String| out.push_str(&format!("{name:<16}{value}\n"));
+        row("workload", self.workload.clone());
+        row(
+            "clients",
+            format!(
+                "{} over {} connections, pipeline {}",
+                self.clients, self.conns, self.pipeline
+            ),
+        );
+        row(
+            "values",
+            format!("{} bytes, {} keys", self.value_size, self.keys),
+        );
+        row("duration", format!("{:.2} s", self.elapsed.as_secs_f64()));
+        row(
+            "requests",
+            format!("{} ok, {} failed", self.ok, self.errors),
+        );
+        row("throughput", format!("{:.0} req/s", self.throughput()));
+        row("latency (µs)", pairs(&self.percentiles()));
+        let errors = if self.errors_by_kind.is_empty() {
+            "none".to_string()
+        } else {
+            pairs(&self.errors_by_kind)
+        };
+        row("errors", errors);
+        if let Some(calibration) = &self.calibration {
+            let [fsync, rtt] = calibration.rows();
+            row("fdatasync 4KiB", fsync);
+            row("loopback rtt", rtt);
+        }
+        out
+    }
+
+    pub(super) fn json(&self) -> serde_json::Value {
+        let mut figures = serde_json::json!({
+            "workload": self.workload,
+            "clients": self.clients,
+            "conns": self.conns,
+            "pipeline": self.pipeline,
+            "value_size": self.value_size,
+            "keys": self.keys,
+            "duration_s": self.elapsed.as_secs_f64(),
+            "requests_ok": self.ok,
+            "errors": self.errors,
+            "throughput_per_s": self.throughput(),
+            "latency_us": json_object(&self.percentiles()),
+            "errors_by_kind": json_object(&self.errors_by_kind),
+        });
+        if let Some(calibration) = &self.calibration {
+            figures["machine"] = calibration.json();
+        }
+        figures
+    }
+}
+
+/// `name value` pairs separated by two spaces, as the table shows them.
+fn pairs(figures: &[(&str, u64)]) -> String {
+    let parts: Vec<String> = figures
+        .iter()
+        .map(|(name, value)| format!("{name} {value}"))
+        .collect();
+    parts.join("  ")
+}
+
+/// Named figures as a JSON object.
+pub(super) fn json_object(figures: &[(&str, u64)]) -> serde_json::Value {
+    figures
+        .iter()
+        .map(|(name, value)| (name.to_string(), serde_json::Value::from(*value)))
+        .collect::<serde_json::Map<_, _>>()
+        .into()
+}
