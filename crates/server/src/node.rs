@@ -411,6 +411,12 @@ impl NodeLoop {
                 index = snapshot.meta.index,
                 "installed a snapshot from the leader"
             );
+            // The installed snapshot is the newest one: count the log from it, or the next apply
+            // would take a redundant snapshot of the state just installed.
+            let policy = &mut self.state.snapshot_policy;
+            policy.last_index = snapshot.meta.index;
+            policy.last_size = snapshot.data.len() as u64;
+            policy.bytes_since = 0;
         }
         if snapshot.is_some()
             || !entries.is_empty()
@@ -583,9 +589,13 @@ impl NodeLoop {
             built.map_err(|err| anyhow::anyhow!("cannot write a snapshot: {err}"))?;
         let policy = &mut self.state.snapshot_policy;
         policy.in_progress = false;
-        policy.last_index = snapshot.meta.index;
-        policy.last_size = snapshot.data.len() as u64;
-        policy.bytes_since = 0;
+        // A snapshot from the leader installed while this one was built is newer: keep counting
+        // from it (the core ignores a stale snapshot, the disk thread drops its file).
+        if snapshot.meta.index > policy.last_index {
+            policy.last_index = snapshot.meta.index;
+            policy.last_size = snapshot.data.len() as u64;
+            policy.bytes_since = 0;
+        }
         self.raft.compact(snapshot.clone());
         let job = PersistJob {
             snapshot: None,
