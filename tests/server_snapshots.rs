@@ -198,7 +198,7 @@ fn follower_down_for_100k_writes_catches_up_through_install_snapshot() {
 
     // Several snapshots were taken and the log compacted behind them on the running nodes.
     for i in (0..3).filter(|&i| i != follower) {
-        let saved = cluster.log_count(i, "snapshot saved and log compacted");
+        let saved = cluster.log_count(i, "and log compacted");
         assert!(
             saved >= 3,
             "node {} saved {saved} snapshots during {KEYS} writes (snapshot_entries = 20000)",
@@ -224,6 +224,24 @@ fn follower_down_for_100k_writes_catches_up_through_install_snapshot() {
     cluster.sync_followers(leader, Duration::from_millis(1500));
     let states = stop_all(&mut cluster, leader);
     assert_replicas_agree(&states);
+    // The installed snapshot counts as the follower's newest: it does not snapshot the state it just
+    // installed again (20,000 entries must follow first).
+    let log = strip_ansi(&cluster.log_text(follower));
+    let mut installed = None;
+    for line in log.lines() {
+        let index = || log_field(line, "index").and_then(|i| i.parse::<u64>().ok());
+        if line.contains("installed a snapshot from the leader") {
+            installed = index();
+        } else if let (Some(base), true) = (installed, line.contains("snapshot taken")) {
+            let taken = index().expect("index of a snapshot");
+            assert!(
+                taken >= base + 20_000,
+                "node {} took a snapshot at index {taken} right after installing the leader's at \
+                 {base}",
+                follower + 1
+            );
+        }
+    }
     assert!(
         states[0].keys >= KEYS as u64,
         "final state holds {} keys, expected at least {KEYS}: {states:?}",
@@ -285,7 +303,7 @@ fn sustained_overwrites_keep_disk_use_bounded() {
         .map(|n| dir_size(&n.data_dir))
         .collect();
     let snapshots: Vec<usize> = (0..3)
-        .map(|i| cluster.log_count(i, "snapshot saved and log compacted"))
+        .map(|i| cluster.log_count(i, "and log compacted"))
         .collect();
     for (i, &size) in sizes.iter().chain(&peak).enumerate() {
         assert!(
@@ -400,7 +418,7 @@ fn crash_rounds(rounds: usize) {
         .map(|i| cluster.log_count(i, "installed a snapshot from the leader"))
         .collect();
     let saved: Vec<usize> = (0..3)
-        .map(|i| cluster.log_count(i, "snapshot saved and log compacted"))
+        .map(|i| cluster.log_count(i, "and log compacted"))
         .collect();
     let states = stop_all(&mut cluster, leader);
     assert_replicas_agree(&states);
