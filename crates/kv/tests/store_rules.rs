@@ -379,3 +379,23 @@ fn snapshot_checks_behind_the_checksum() {
         Some(DecodeError::InvalidKey)
     );
 }
+
+#[test]
+fn a_store_can_be_cloned_to_another_thread() {
+    fn send_and_share<T: Send + Sync + 'static>() {}
+    send_and_share::<Store>();
+    let mut store = Store::new();
+    store.apply(1, 0, &set("a", 0, "1"));
+    let copy = store.clone();
+    store.apply(2, 0, &set("a", 0, "2"));
+    let image = std::thread::spawn(move || {
+        let mut image = Vec::new();
+        copy.snapshot(&mut image);
+        image
+    })
+    .join()
+    .expect("snapshot thread");
+    let restored = Store::restore(&image).expect("valid snapshot");
+    assert_eq!(get(&restored, "a", 0), value("1"));
+    assert_eq!(get(&store, "a", 0), value("2"));
+}
