@@ -404,9 +404,12 @@ impl NodeLoop {
             self.transport.send(msg);
         }
         if let Some(snapshot) = &snapshot {
-            self.store = Store::restore(&snapshot.data).map_err(|err| {
+            let restored = Store::restore(&snapshot.data).map_err(|err| {
                 anyhow::anyhow!("snapshot from the leader does not decode: {err}")
             })?;
+            // Freeing a large store takes long enough to stall the loop; let another thread do it.
+            let old = std::mem::replace(&mut self.store, restored);
+            tokio::task::spawn_blocking(move || drop(old));
             info!(
                 index = snapshot.meta.index,
                 "installed a snapshot from the leader"
