@@ -1,0 +1,384 @@
+//! Log replication (§5.3, §5.4.2, dissertation §10.2.1): the leader's side (sending Appends and
+//! snapshots, handling answers, committing, ReadIndex rounds) and the follower's (the consistency
+//! check, truncation, installing snapshots).
+
+use bytes::Bytes;
+
+use super::*;
+
+impl Raft {
+    // ----- Leader: replication -----------------------------------------------------------------
+
+    pub(super) fn append_entry(&mut self, kind: EntryKind, data: Bytes) -> (Index, Term) {
+        let index = self.log.last_index() + 1;
+        self.log.append(Entry {
+            index,
+            term: self.term,
+            kind,
+            data,
+        });
+        self.broadcast_pending = true;
+        (index, self.term)
+    }
+
+    /// Sends what accumulated since the last `ready()`: new entries to every follower that can take them
+    /// (one Append per batch, §10.2.1 lets them leave before our own write is durable), and a heartbeat
+    /// round for reads that arrived.
+    pub(super) fn flush_leader(&mut self) {
+        if std::mem::take(&mut self.broadcast_pending) {
+            let followers: Vec<NodeId> = self.progress.keys().copied().collect();
+            for to in followers {
+                while self.send_append(to, false) {}
+            }
+        }
+        if let Some(round) = self.reads.start_round(self.log.commit) {
+            self.broadcast_heartbeat(round);
+        }
+    }
+
+    /// Sends one Append (or a snapshot) to `to` if its progress allows. Returns whether another might
+    /// follow right away (pipelined replication of a long backlog).
+    pub(super) fn send_append(&mut self, to: NodeId, allow_empty: bool) -> bool {
+        let Some(progress) = self.progress.get(&to) else {
+            return false;
+        };
+        if progress.is_paused(
+            self.config.max_inflight_msgs,
+            max_inflight_bytes(&self.config),
+        ) {
+            return false;
+        }
+        let prev_index = progress.next_index - 1;
+        let Some(prev_term) = self.log.term(prev_index) else {
+            self.send_snapshot(to);
+            return false;
+        };
+        let entries = self
+            .log
+            .slice(
+                progress.next_index,
+                self.config.max_entries_per_msg,
+                self.config.max_bytes_per_msg,
+            )
+            .to_vec();
+        if entries.is_empty() && !allow_empty {
+            return false;
+        }
+        let last = entries.last().map_or(prev_index, |e| e.index);
+        let bytes: usize = entries.iter().map(Entry::size).sum();
+        let more = !entries.is_empty() && last < self.log.last_index();
+        let commit = self.log.commit;
+        let Some(progress) = self.progress.get_mut(&to) else {
+            return false;
+        };
+        progress.sent(last, bytes);
+        let pipelined = progress.state == ReplicationState::Replicate;
+        self.send(
+            to,
+            MessageBody::Append {
+                prev_index,
+                prev_term,
+                entries,
+                commit,
+            },
+        );
+        more && pipelined
+    }
+
+    pub(super) fn send_snapshot(&mut self, to: NodeId) {
+        let Some(snapshot) = self.log.snapshot.clone() else {
+            return;
+        };
+        if let Some(progress) = self.progress.get_mut(&to) {
+            progress.become_snapshot(snapshot.meta.index);
+        }
+        self.send(to, MessageBody::InstallSnapshot { snapshot });
+    }
+
+    pub(super) fn broadcast_heartbeat(&mut self, read_round: u64) {
+        let followers: Vec<(NodeId, Index)> = self
+            .progress
+            .iter()
+            .map(|(id, p)| (*id, p.match_index))
+            .collect();
+        for (to, matched) in followers {
+            // Never tell a follower to commit past what it is known to hold: its log beyond that may
+            // still differ from ours.
+            let commit = self.log.commit.min(matched);
+            self.send(to, MessageBody::Heartbeat { commit, read_round });
+            if let Some(p) = self.progress.get_mut(&to) {
+                // An InstallSnapshot may have been lost with its connection; after a generous wait, probe
+                // again, which re-sends it if the follower still needs it.
+                if let ReplicationState::Snapshot { .. } = p.state {
+                    p.snapshot_wait += 1;
+                    if p.snapshot_wait > SNAPSHOT_RETRY_HEARTBEATS {
+                        p.become_probe();
+                    }
+                }
+            }
+        }
+    }
+
+    pub(super) fn handle_append_response(&mut self, from: NodeId, result: AppendResult) {
+        if self.role != Role::Leader {
+            return;
+        }
+        let last_index = self.log.last_index();
+        let Some(progress) = self.progress.get_mut(&from) else {
+            return;
+        };
+        progress.recent_active = true;
+        match result {
+            AppendResult::Accepted { last_index: acked } => {
+                let acked = acked.min(last_index);
+                let advanced = progress.acknowledge(acked);
+                match progress.state {
+                    ReplicationState::Probe => progress.become_replicate(),
+                    ReplicationState::Snapshot { pending } if progress.match_index >= pending => {
+                        progress.become_probe();
+                        progress.become_replicate();
+                    }
+                    _ => {}
+                }
+                let caught_up = progress.match_index == last_index;
+                if advanced {
+                    self.maybe_commit();
+                }
+                if caught_up && self.transfer_target == Some(from) {
+                    self.send(from, MessageBody::TimeoutNow);
+                }
+                while self.send_append(from, false) {}
+            }
+            AppendResult::Rejected {
+                prev_index,
+                hint_index,
+                hint_term,
+            } => {
+                let stale = match progress.state {
+                    ReplicationState::Replicate => prev_index <= progress.match_index,
+                    ReplicationState::Probe => prev_index + 1 != progress.next_index,
+                    ReplicationState::Snapshot { .. } => true,
+                };
+                if stale {
+                    return;
+                }
+                // Skip the follower's whole conflicting term at once: if we hold entries of that term,
+                // resume after our last one; otherwise resume at the follower's first entry of it.
+                let resume = match self.log.last_index_of_term(hint_term) {
+                    Some(ours) if hint_term > 0 => ours + 1,
+                    _ => hint_index,
+                };
+                let Some(progress) = self.progress.get_mut(&from) else {
+                    return;
+                };
+                progress.become_probe();
+                progress.next_index = resume.min(prev_index).max(progress.match_index + 1);
+                self.send_append(from, true);
+            }
+        }
+    }
+
+    pub(super) fn handle_heartbeat_response(&mut self, from: NodeId, read_round: u64) {
+        if self.role != Role::Leader {
+            return;
+        }
+        let last_index = self.log.last_index();
+        let Some(progress) = self.progress.get_mut(&from) else {
+            return;
+        };
+        progress.recent_active = true;
+        progress.probe_sent = false;
+        progress.read_round_acked = progress.read_round_acked.max(read_round);
+        // If every answer to a full window of Appends was lost, the window would never drain: free a
+        // slot so the next Append (or an empty one) goes out and its answer resynchronises us.
+        progress.free_one_if_window_full(
+            self.config.max_inflight_msgs,
+            max_inflight_bytes(&self.config),
+        );
+        if progress.match_index < last_index {
+            // An empty Append detects a lost one: the follower rejects it if it misses entries.
+            self.send_append(from, true);
+        }
+        if read_round > 0 {
+            self.confirm_reads();
+        }
+    }
+
+    /// Releases every read round that a majority has acknowledged.
+    pub(super) fn confirm_reads(&mut self) {
+        let quorum = self.membership.quorum();
+        let mut confirmed = 0;
+        for round in self.reads.pending_rounds() {
+            let acks = 1 + self
+                .progress
+                .values()
+                .filter(|p| p.read_round_acked >= round)
+                .count();
+            if acks >= quorum {
+                confirmed = round;
+            }
+        }
+        if confirmed > 0 {
+            self.reads.confirm(confirmed, &mut self.read_states);
+        }
+    }
+
+    /// §5.3, §5.4.2: the highest index stored on a majority commits, if it is from the current term.
+    /// The leader's own index counts only once durable.
+    pub(super) fn maybe_commit(&mut self) {
+        let mut matched: Vec<Index> = self
+            .membership
+            .voters
+            .iter()
+            .map(|id| {
+                if *id == self.id {
+                    self.log.persisted
+                } else {
+                    self.progress.get(id).map_or(0, |p| p.match_index)
+                }
+            })
+            .collect();
+        if matched.len() < self.membership.quorum() {
+            return;
+        }
+        matched.sort_unstable_by(|a, b| b.cmp(a));
+        let candidate = matched[self.membership.quorum() - 1];
+        if self.log.term(candidate) == Some(self.term) && self.log.commit_to(candidate) {
+            self.reads.leader_committed_in_term();
+            if self.membership.quorum() == 1 {
+                let mut released = Vec::new();
+                if let Some(round) = self.reads.start_round(self.log.commit) {
+                    self.reads.confirm(round, &mut released);
+                }
+                self.read_states.extend(released);
+            }
+        }
+    }
+
+    pub(super) fn committed_in_current_term(&self) -> bool {
+        self.log.term(self.log.commit) == Some(self.term)
+    }
+
+    // ----- Follower ----------------------------------------------------------------------------
+
+    pub(super) fn step_from_leader(&mut self, msg: Message) {
+        // Same term (check_term ran): whoever sends these is the term's one leader.
+        if self.role == Role::Leader {
+            return;
+        }
+        if self.role != Role::Follower {
+            self.become_follower(self.term, Some(msg.from));
+        }
+        self.leader = Some(msg.from);
+        self.election_elapsed = 0;
+        match msg.body {
+            MessageBody::Append {
+                prev_index,
+                prev_term,
+                entries,
+                commit,
+            } => self.handle_append(msg.from, prev_index, prev_term, &entries, commit),
+            MessageBody::Heartbeat { commit, read_round } => {
+                self.log.commit_to(commit.min(self.log.last_index()));
+                self.send(msg.from, MessageBody::HeartbeatResponse { read_round });
+            }
+            MessageBody::InstallSnapshot { snapshot } => self.handle_snapshot(msg.from, snapshot),
+            MessageBody::TimeoutNow if self.membership.contains(self.id) => self.campaign(true),
+            _ => {}
+        }
+    }
+
+    pub(super) fn handle_append(
+        &mut self,
+        leader: NodeId,
+        prev_index: Index,
+        prev_term: Term,
+        entries: &[Entry],
+        commit: Index,
+    ) {
+        if prev_index < self.log.commit {
+            // Everything up to our commit index is known to match; say so and let the leader go on.
+            let result = AppendResult::Accepted {
+                last_index: self.log.commit,
+            };
+            self.reply_after_persist(leader, MessageBody::AppendResponse(result));
+            return;
+        }
+        let contiguous = entries
+            .iter()
+            .enumerate()
+            .all(|(i, e)| e.index == prev_index + 1 + i as u64);
+        if !contiguous {
+            return;
+        }
+        if self.log.matches(prev_index, prev_term) {
+            if !self.log.append_after(entries) {
+                return;
+            }
+            let last_new = prev_index + entries.len() as u64;
+            self.log.commit_to(commit.min(last_new));
+            let result = AppendResult::Accepted {
+                last_index: last_new,
+            };
+            self.reply_after_persist(leader, MessageBody::AppendResponse(result));
+            return;
+        }
+        let (hint_index, hint_term) = if prev_index > self.log.last_index() {
+            (self.log.last_index() + 1, 0)
+        } else {
+            let term = self.log.term(prev_index).unwrap_or(0);
+            (self.log.first_index_of_term_at(prev_index), term)
+        };
+        let result = AppendResult::Rejected {
+            prev_index,
+            hint_index,
+            hint_term,
+        };
+        self.reply_after_persist(leader, MessageBody::AppendResponse(result));
+    }
+
+    pub(super) fn handle_snapshot(&mut self, leader: NodeId, snapshot: Snapshot) {
+        let (index, term) = (snapshot.meta.index, snapshot.meta.term);
+        if index <= self.log.commit {
+            let result = AppendResult::Accepted {
+                last_index: self.log.commit,
+            };
+            self.reply_after_persist(leader, MessageBody::AppendResponse(result));
+            return;
+        }
+        if self.log.matches(index, term) {
+            // We already hold the entries the snapshot covers; just learn that they are committed.
+            self.log.commit_to(index);
+        } else {
+            if !snapshot.meta.membership.voters.is_empty() {
+                self.membership = snapshot.meta.membership.clone();
+            }
+            self.log.restore(snapshot.clone());
+            self.pending_snapshot = Some(snapshot);
+        }
+        let result = AppendResult::Accepted { last_index: index };
+        self.reply_after_persist(leader, MessageBody::AppendResponse(result));
+    }
+
+    // ----- Messages ----------------------------------------------------------------------------
+
+    /// A message that does not depend on this node's unsaved state.
+    pub(super) fn send(&mut self, to: NodeId, body: MessageBody) {
+        self.messages.push(Message {
+            from: self.id,
+            to,
+            term: self.term,
+            body,
+        });
+    }
+
+    /// A message that promises the receiver something (an entry, a term, a vote) is on our disk.
+    pub(super) fn reply_after_persist(&mut self, to: NodeId, body: MessageBody) {
+        self.messages_after_persist.push(Message {
+            from: self.id,
+            to,
+            term: self.term,
+            body,
+        });
+    }
+}
