@@ -249,10 +249,13 @@ impl Wal {
                 current = self.snapshot_index,
                 "dropping a stale snapshot file"
             );
-            return self
-                .fs
-                .remove_file(&written.path)
-                .map_err(WalError::io("remove", &written.path));
+            // Installing a newer snapshot may already have removed it.
+            return match self.fs.remove_file(&written.path) {
+                Err(err) if err.kind() != std::io::ErrorKind::NotFound => {
+                    Err(WalError::io("remove", &written.path)(err))
+                }
+                _ => Ok(()),
+            };
         }
         self.sync()?;
         let result = self.adopt_synced(written);

@@ -267,3 +267,23 @@ fn a_written_but_never_adopted_snapshot_is_recovered_as_the_newest() {
     assert_eq!(initial.snapshot, Some(snapshot(80, 1)));
     assert_eq!(initial.entries, entries(81..=100, 1));
 }
+
+/// Found end to end: a node's own snapshot was still being written when the leader's newer snapshot
+/// was installed, which removed every other snapshot file; adopting the stale one must not fail on the
+/// file being gone already.
+#[test]
+fn a_stale_written_snapshot_removed_by_a_newer_install_is_dropped_quietly() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut wal, _, _) = Wal::open(dir.path(), small_segments()).unwrap();
+    wal.append(&entries(1..=100, 1)).unwrap();
+    wal.sync().unwrap();
+    let stale = wal.snapshot_writer().write(&snapshot(50, 1)).unwrap();
+    wal.save_snapshot(&snapshot(200, 2)).unwrap();
+    wal.adopt_snapshot(stale).unwrap();
+    wal.append(&[entry(201, 2)]).unwrap();
+    wal.sync().unwrap();
+    drop(wal);
+    let (_, initial, _) = Wal::open(dir.path(), small_segments()).unwrap();
+    assert_eq!(initial.snapshot, Some(snapshot(200, 2)));
+    assert_eq!(initial.entries, vec![entry(201, 2)]);
+}
