@@ -53,8 +53,7 @@ pub fn run(args: Args) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    let runtime = match runtime_builder().enable_all().build()
-    {
+    let runtime = match runtime_builder().enable_all().build() {
         Ok(runtime) => runtime,
         Err(err) => {
             eprintln!("error: cannot start the async runtime: {err}");
@@ -193,7 +192,10 @@ pub fn load_config(args: &Args) -> anyhow::Result<ClusterConfig> {
 /// `RAFTKV_WORKER_THREADS=N` (N > 0) picks a multi-threaded runtime instead, for machines with cores
 /// to spare.
 fn runtime_builder() -> tokio::runtime::Builder {
-    match std::env::var("RAFTKV_WORKER_THREADS").ok().and_then(|n| n.parse::<usize>().ok()) {
+    match std::env::var("RAFTKV_WORKER_THREADS")
+        .ok()
+        .and_then(|n| n.parse::<usize>().ok())
+    {
         Some(threads) if threads > 0 => {
             let mut builder = tokio::runtime::Builder::new_multi_thread();
             builder.worker_threads(threads);
