@@ -5,7 +5,7 @@
 //! Everything is checked incrementally, from what the nodes hand to their drivers, so a step costs
 //! O(new entries + nodes), not O(log length).
 
-use std::collections::HashMap;
+use std::collections::BTreeMap;
 
 use bytes::Bytes;
 use raftkv_raft::{Entry, EntryKind, HardState, Index, NodeId, Role, Status, Term};
@@ -42,14 +42,14 @@ struct Watch {
 pub struct Checks {
     pub violations: Vec<String>,
     /// Election safety: the one leader of each term.
-    leaders: HashMap<Term, NodeId>,
+    leaders: BTreeMap<Term, NodeId>,
     /// Every entry any node has applied, by index (index 0 unused).
     committed: Vec<Option<(Term, Content)>>,
     /// Every entry any node has appended to its log: (index, term) -> (content, term of the entry before).
     /// Same (index, term) with another content or another predecessor term breaks log matching.
-    appended: HashMap<(Index, Term), (Content, Term)>,
+    appended: BTreeMap<(Index, Term), (Content, Term)>,
     /// Where each client operation was committed: an op must never be committed at two indices.
-    op_index: HashMap<u64, Index>,
+    op_index: BTreeMap<u64, Index>,
     watch: Vec<Watch>,
     pub now: u64,
 }

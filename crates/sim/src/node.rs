@@ -1,7 +1,7 @@
 //! One simulated node: a Raft core driven exactly per the `Ready` contract, its disk, its state machine,
 //! and the client requests it has accepted.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 
 use raftkv_raft::{
     Config, Entry, EntryKind, Index, InitialState, NodeId, Raft, ReadState, Snapshot, SnapshotMeta,
@@ -60,7 +60,7 @@ pub struct Node {
     /// Writes accepted by `propose`, by log index.
     proposals: BTreeMap<Index, u64>,
     /// Reads accepted by `read_index`, by op id (the read's ctx): the key to read.
-    reads: HashMap<u64, Key>,
+    reads: BTreeMap<u64, Key>,
     /// Read states the core released, waiting for `applied` to reach their index.
     ready_reads: Vec<ReadState>,
     /// Term of each entry handed out for persistence, for the log-matching check (index -> term).
@@ -85,7 +85,7 @@ impl Node {
             sm: StateMachine::default(),
             snapshot_threshold,
             proposals: BTreeMap::new(),
-            reads: HashMap::new(),
+            reads: BTreeMap::new(),
             ready_reads: Vec::new(),
             log_terms: BTreeMap::new(),
             tick_phase,

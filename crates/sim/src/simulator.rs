@@ -6,7 +6,7 @@
 //! requires, within `LIVENESS_MS`, one leader known to all, every client finishing new operations, and
 //! every node applying everything committed. Finally the history is checked for linearizability.
 
-use std::collections::HashMap;
+use std::collections::BTreeMap;
 use std::fmt;
 
 use raftkv_raft::{Config, NodeId, ProposeError, Role};
@@ -196,7 +196,7 @@ struct Simulator {
     history: History,
     replies: Vec<Reply>,
     /// Which client runs each operation in flight.
-    owner: HashMap<u64, usize>,
+    owner: BTreeMap<u64, usize>,
     next_op_id: u64,
     /// Set once the faults stop: (time, completed ops per client at that time).
     healed: Option<(u64, Vec<u64>)>,
@@ -243,7 +243,7 @@ impl Simulator {
             clients,
             history: History::default(),
             replies: Vec::new(),
-            owner: HashMap::new(),
+            owner: BTreeMap::new(),
             next_op_id: 1,
             healed: None,
         }
