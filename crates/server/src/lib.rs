@@ -133,6 +133,7 @@ pub async fn run_node(config: ClusterConfig, id: u64) -> anyhow::Result<()> {
 fn wal_options() -> WalOptions {
     WalOptions {
         segment_bytes: 8 << 20,
+        defer_deletes: true,
     }
 }
 

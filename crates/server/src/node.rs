@@ -7,6 +7,7 @@
 //! Nothing here blocks on the disk or on a peer, and no lock is ever held.
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::hash::BuildHasher;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use bytes::{Bytes, BytesMut};
@@ -102,22 +103,41 @@ pub struct SnapshotPolicy {
     bytes_since: u64,
     applied_term: Term,
     in_progress: bool,
+    stretch_permille: u64,
 }
 
 impl SnapshotPolicy {
     pub fn new(entries: u64, bytes: u64, base: Index) -> SnapshotPolicy {
-        SnapshotPolicy {
+        let mut policy = SnapshotPolicy {
             entries,
             bytes,
-            last_index: base,
             ..SnapshotPolicy::default()
-        }
+        };
+        policy.restart_from(base, 0);
+        policy
     }
 
     fn due(&self, applied: Index) -> bool {
+        let stretch = |limit: u64| {
+            limit
+                .max(1)
+                .saturating_add(limit / 1000 * self.stretch_permille)
+        };
         !self.in_progress
-            && (applied.saturating_sub(self.last_index) >= self.entries.max(1)
-                || self.bytes_since >= self.bytes.max(self.last_size))
+            && (applied.saturating_sub(self.last_index) >= stretch(self.entries)
+                || self.bytes_since >= stretch(self.bytes.max(self.last_size)))
+    }
+
+    /// A snapshot at `index` of `size` bytes is now the newest one.
+    fn restart_from(&mut self, index: Index, size: u64) {
+        self.last_index = index;
+        self.last_size = size;
+        self.bytes_since = 0;
+        // Replicas that applied the same log would otherwise all snapshot at the same index, and the
+        // cluster would lose its majority's CPU and disk at once; each node waits 0–50 % longer, drawn
+        // afresh every time.
+        self.stretch_permille =
+            std::collections::hash_map::RandomState::new().hash_one(index) % 500;
     }
 }
 
@@ -417,9 +437,7 @@ impl NodeLoop {
             // The installed snapshot is the newest one: count the log from it, or the next apply
             // would take a redundant snapshot of the state just installed.
             let policy = &mut self.state.snapshot_policy;
-            policy.last_index = snapshot.meta.index;
-            policy.last_size = snapshot.data.len() as u64;
-            policy.bytes_since = 0;
+            policy.restart_from(snapshot.meta.index, snapshot.data.len() as u64);
         }
         if snapshot.is_some()
             || !entries.is_empty()
@@ -595,9 +613,7 @@ impl NodeLoop {
         // A snapshot from the leader installed while this one was built is newer: keep counting
         // from it (the core ignores a stale snapshot, the disk thread drops its file).
         if snapshot.meta.index > policy.last_index {
-            policy.last_index = snapshot.meta.index;
-            policy.last_size = snapshot.data.len() as u64;
-            policy.bytes_since = 0;
+            policy.restart_from(snapshot.meta.index, snapshot.data.len() as u64);
         }
         self.raft.compact(snapshot.clone());
         let job = PersistJob {

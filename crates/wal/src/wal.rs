@@ -51,6 +51,8 @@ pub struct Wal {
     tail_segment_len: u64,
     /// Set when a write or sync failed: what the disk holds is then unknown.
     poisoned: Option<String>,
+    /// Files to delete, with `defer_deletes`.
+    garbage: Vec<PathBuf>,
 }
 
 impl fmt::Debug for Wal {
@@ -121,6 +123,7 @@ impl Wal {
             pending: Vec::new(),
             pending_rolls: Vec::new(),
             poisoned: None,
+            garbage: Vec::new(),
             fs,
         };
         if recovered.needs_fresh_segment {
@@ -281,9 +284,7 @@ impl Wal {
         for name in names {
             let old = self.dir.join(&name);
             if parse_snapshot_file_name(&name).is_some() && old != path {
-                self.fs
-                    .remove_file(&old)
-                    .map_err(WalError::io("remove", &old))?;
+                self.remove_or_defer(old)?;
             }
         }
         Ok(())
@@ -311,7 +312,10 @@ impl Wal {
         {
             removable += 1;
         }
-        let result = self.remove_segments(removable);
+        let mut result = Ok(());
+        for segment in self.segments.drain(..removable).collect::<Vec<_>>() {
+            result = result.and_then(|()| self.remove_or_defer(segment.path));
+        }
         self.poison_on_error(result)
     }
 
@@ -326,6 +330,23 @@ impl Wal {
         self.fs
             .sync_dir(&self.dir)
             .map_err(WalError::io("fsync directory", &self.dir))
+    }
+
+    /// Unlinks `path` now, or queues it for [`Wal::take_garbage`] with `defer_deletes`.
+    fn remove_or_defer(&mut self, path: PathBuf) -> Result<(), WalError> {
+        if self.options.defer_deletes {
+            self.garbage.push(path);
+            return Ok(());
+        }
+        self.fs
+            .remove_file(&path)
+            .map_err(WalError::io("remove", &path))
+    }
+
+    /// Files that compaction no longer needs, for the caller to delete (only with `defer_deletes`). A file
+    /// may be named twice, or already be gone; ignore `NotFound`.
+    pub fn take_garbage(&mut self) -> Vec<PathBuf> {
+        std::mem::take(&mut self.garbage)
     }
 
     fn remove_segments(&mut self, count: usize) -> Result<(), WalError> {

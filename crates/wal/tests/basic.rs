@@ -22,7 +22,10 @@ fn entries(range: std::ops::RangeInclusive<u64>, term: u64) -> Vec<Entry> {
 }
 
 fn small_segments() -> WalOptions {
-    WalOptions { segment_bytes: 300 }
+    WalOptions {
+        segment_bytes: 300,
+        ..WalOptions::default()
+    }
 }
 
 fn snapshot(index: u64, term: u64) -> Snapshot {
@@ -286,4 +289,37 @@ fn a_stale_written_snapshot_removed_by_a_newer_install_is_dropped_quietly() {
     let (_, initial, _) = Wal::open(dir.path(), small_segments()).unwrap();
     assert_eq!(initial.snapshot, Some(snapshot(200, 2)));
     assert_eq!(initial.entries, vec![entry(201, 2)]);
+}
+
+#[test]
+fn deferred_deletes_are_handed_out_and_recovery_ignores_them_if_never_done() {
+    let dir = tempfile::tempdir().unwrap();
+    let options = WalOptions {
+        defer_deletes: true,
+        ..small_segments()
+    };
+    {
+        let (mut wal, _, _) = Wal::open(dir.path(), options.clone()).unwrap();
+        wal.append(&entries(1..=100, 1)).unwrap();
+        wal.sync().unwrap();
+        let before = segment_files(dir.path()).len();
+        wal.save_snapshot(&snapshot(60, 1)).unwrap();
+        wal.save_snapshot(&snapshot(80, 1)).unwrap();
+        wal.compact(80).unwrap();
+        let garbage = wal.take_garbage();
+        assert!(
+            garbage.len() > before / 2,
+            "compacted segments and the older snapshot"
+        );
+        assert_eq!(
+            segment_files(dir.path()).len(),
+            before,
+            "nothing deleted yet"
+        );
+        assert!(wal.take_garbage().is_empty());
+        // The caller never deletes them (a crash): recovery must not care.
+    }
+    let (_, initial, _) = Wal::open(dir.path(), options).unwrap();
+    assert_eq!(initial.snapshot, Some(snapshot(80, 1)));
+    assert_eq!(initial.entries, entries(81..=100, 1));
 }
