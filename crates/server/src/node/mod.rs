@@ -4,7 +4,13 @@
 //! messages, client requests and disk reports go in; each Ready batch comes out and is split between
 //! the transport (messages that may leave now), the disk thread (what must become durable, and the
 //! messages that must wait for it) and the store (committed entries, then the reads they unblock).
-//! Nothing here blocks on the disk or on a peer, and no lock is ever held.
+//! Nothing here blocks on the disk or on a peer, and no lock is ever held. Client requests are routed
+//! in [`clients`], snapshots taken in [`snapshot`].
+
+mod clients;
+mod snapshot;
+
+pub use snapshot::SnapshotPolicy;
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::hash::BuildHasher;
@@ -91,56 +97,6 @@ pub struct NodeState {
     shutting_down_until: Option<Instant>,
 }
 
-/// When to take a snapshot: once the log since the last one holds `entries` entries or as many bytes as
-/// the larger of `bytes` and the last snapshot's size. The second rule keeps the cost of snapshotting a
-/// large store proportional to the log it replaces.
-#[derive(Default)]
-pub struct SnapshotPolicy {
-    pub entries: u64,
-    pub bytes: u64,
-    last_index: Index,
-    last_size: u64,
-    bytes_since: u64,
-    applied_term: Term,
-    in_progress: bool,
-    stretch_permille: u64,
-}
-
-impl SnapshotPolicy {
-    pub fn new(entries: u64, bytes: u64, base: Index) -> SnapshotPolicy {
-        let mut policy = SnapshotPolicy {
-            entries,
-            bytes,
-            ..SnapshotPolicy::default()
-        };
-        policy.restart_from(base, 0);
-        policy
-    }
-
-    fn due(&self, applied: Index) -> bool {
-        let stretch = |limit: u64| {
-            limit
-                .max(1)
-                .saturating_add(limit / 1000 * self.stretch_permille)
-        };
-        !self.in_progress
-            && (applied.saturating_sub(self.last_index) >= stretch(self.entries)
-                || self.bytes_since >= stretch(self.bytes.max(self.last_size)))
-    }
-
-    /// A snapshot at `index` of `size` bytes is now the newest one.
-    fn restart_from(&mut self, index: Index, size: u64) {
-        self.last_index = index;
-        self.last_size = size;
-        self.bytes_since = 0;
-        // Replicas that applied the same log would otherwise all snapshot at the same index, and the
-        // cluster would lose its majority's CPU and disk at once; each node waits 0–50 % longer, drawn
-        // afresh every time.
-        self.stretch_permille =
-            std::collections::hash_map::RandomState::new().hash_one(index) % 500;
-    }
-}
-
 impl NodeState {
     pub fn new(snapshot_policy: SnapshotPolicy) -> NodeState {
         NodeState {
@@ -220,185 +176,6 @@ impl NodeLoop {
         }
     }
 
-    // ----- Client requests ---------------------------------------------------------------------
-
-    fn handle_request(&mut self, request: ClientRequest) {
-        let status = self.raft.status();
-        if status.role == Role::Leader {
-            let is_write = matches!(request.op, Op::Write(_));
-            if !self.state.held.is_empty() || (is_write && self.reads_pending()) {
-                self.state.held.push_back(request);
-                return;
-            }
-            match request.op {
-                Op::Write(command) => self.propose_write(command, request.reply),
-                Op::Read(read) => self.start_read(read, request.reply),
-            }
-            return;
-        }
-        match status.leader {
-            Some(leader) if leader != self.id => {
-                let _ = request.reply.send(self.redirect_to(leader));
-            }
-            _ => self.park(request),
-        }
-    }
-
-    fn reads_pending(&self) -> bool {
-        !self.state.reads_awaiting_index.is_empty() || !self.state.reads_awaiting_apply.is_empty()
-    }
-
-    /// Lets held requests go, in order, as far as the reads in progress allow.
-    fn release_held(&mut self) {
-        while let Some(request) = self.state.held.front() {
-            let is_write = matches!(request.op, Op::Write(_));
-            if is_write && self.reads_pending() && self.raft.status().role == Role::Leader {
-                return;
-            }
-            if let Some(request) = self.state.held.pop_front() {
-                self.dispatch(request);
-            }
-        }
-    }
-
-    /// Routes a request without the ordering check of `handle_request`.
-    fn dispatch(&mut self, request: ClientRequest) {
-        if self.raft.status().role == Role::Leader {
-            match request.op {
-                Op::Write(command) => self.propose_write(command, request.reply),
-                Op::Read(read) => self.start_read(read, request.reply),
-            }
-        } else {
-            self.handle_request(request);
-        }
-    }
-
-    fn park(&mut self, request: ClientRequest) {
-        if self.state.waiting_for_leader.len() >= MAX_WAITING_FOR_LEADER {
-            let _ = request.reply.send(Reply::ErrInternal);
-            return;
-        }
-        let wait = Duration::from_millis(self.config.tunables.election_timeout_ms * 2);
-        self.state
-            .waiting_for_leader
-            .push_back((Instant::now() + wait, request));
-    }
-
-    fn redirect_to(&self, leader: NodeId) -> Reply {
-        let Some(node) = self.config.node(leader) else {
-            return Reply::ErrInternal;
-        };
-        match node
-            .client_addr
-            .rsplit_once(':')
-            .and_then(|(host, port)| Some((host, port.parse().ok()?)))
-        {
-            Some((host, port)) => Reply::ErrRedirect {
-                host: host.trim_matches(['[', ']']).to_string(),
-                port,
-            },
-            None => Reply::ErrInternal,
-        }
-    }
-
-    fn propose_write(&mut self, command: Command, reply: oneshot::Sender<Reply>) {
-        let stamp_ms = self.next_stamp();
-        let proposal = Proposal { stamp_ms, command };
-        self.state.encode_buf.reserve(proposal.encoded_len());
-        proposal.encode(&mut self.state.encode_buf);
-        let data: Bytes = self.state.encode_buf.split().freeze();
-        match self.raft.propose(data) {
-            Ok((index, term)) => {
-                self.state
-                    .writes
-                    .insert(index, PendingWrite { term, reply });
-            }
-            Err(ProposeError::Transferring) => {
-                // Leadership is moving away; the new leader will take it.
-                let request = ClientRequest {
-                    op: Op::Write(proposal.command),
-                    reply,
-                };
-                self.park(request);
-            }
-            Err(ProposeError::NotLeader { .. }) => {
-                let _ = reply.send(Reply::ErrInternal);
-            }
-        }
-    }
-
-    /// The leader's wall clock, never behind a stamp already used, so expiry never runs backwards.
-    fn next_stamp(&mut self) -> u64 {
-        let now = wall_clock_ms()
-            .max(self.store.clock_ms())
-            .max(self.state.last_stamp_ms);
-        self.state.last_stamp_ms = now;
-        now
-    }
-
-    fn start_read(&mut self, request: Request, reply: oneshot::Sender<Reply>) {
-        self.state.next_read_ctx += 1;
-        let ctx = self.state.next_read_ctx;
-        let floor = self.raft.status().last_index;
-        match self.raft.read_index(ctx) {
-            Ok(()) => {
-                self.state.reads_awaiting_index.insert(
-                    ctx,
-                    PendingRead {
-                        request,
-                        reply,
-                        floor,
-                    },
-                );
-            }
-            Err(_) => self.park(ClientRequest {
-                op: Op::Read(request),
-                reply,
-            }),
-        }
-    }
-
-    fn maybe_propose_expire(&mut self) {
-        let leader = self.raft.status().role == Role::Leader;
-        if !leader || self.reads_pending() || !self.store.has_expired(wall_clock_ms()) {
-            return;
-        }
-        let stamp_ms = self.next_stamp();
-        let proposal = Proposal {
-            stamp_ms,
-            command: Command::Expire,
-        };
-        proposal.encode(&mut self.state.encode_buf);
-        let data = self.state.encode_buf.split().freeze();
-        let _ = self.raft.propose(data);
-    }
-
-    /// Answers requests that waited too long for a leader, and re-routes the rest once one is known.
-    fn expire_waiting(&mut self) {
-        let now = Instant::now();
-        while let Some((deadline, _)) = self.state.waiting_for_leader.front() {
-            if *deadline > now {
-                break;
-            }
-            if let Some((_, request)) = self.state.waiting_for_leader.pop_front() {
-                let _ = request.reply.send(Reply::ErrInternal);
-            }
-        }
-    }
-
-    fn route_waiting(&mut self) {
-        let status = self.raft.status();
-        let ready = status.leader.is_some()
-            && (status.leader != Some(self.id) || status.role == Role::Leader);
-        if !ready {
-            return;
-        }
-        let waiting = std::mem::take(&mut self.state.waiting_for_leader);
-        for (_, request) in waiting {
-            self.handle_request(request);
-        }
-    }
-
     // ----- Ready ---------------------------------------------------------------------------------
 
     async fn process_ready(&mut self) -> anyhow::Result<()> {
@@ -458,8 +235,9 @@ impl NodeLoop {
         }
         if let Some(last) = committed.last().map(|e| e.index) {
             for entry in committed {
-                self.state.snapshot_policy.bytes_since += entry.data.len() as u64;
-                self.state.snapshot_policy.applied_term = entry.term;
+                self.state
+                    .snapshot_policy
+                    .record_applied(entry.term, entry.data.len());
                 self.apply(entry.index, entry.term, entry.kind, &entry.data);
             }
             self.raft.applied(last);
@@ -560,73 +338,6 @@ impl NodeLoop {
         self.state.leader = soft.leader;
         self.state.role = Some(soft.role);
         self.route_waiting();
-    }
-
-    // ----- Snapshots -----------------------------------------------------------------------------
-
-    /// Copies the store and serialises the copy on a blocking thread, so the node keeps serving.
-    fn start_snapshot(&mut self) {
-        let policy = &mut self.state.snapshot_policy;
-        policy.in_progress = true;
-        let meta = SnapshotMeta {
-            index: self.store.applied_index(),
-            term: policy.applied_term,
-            membership: self.raft.membership().clone(),
-        };
-        let copied = Instant::now();
-        let store = self.store.clone();
-        let pause = copied.elapsed();
-        let done = self.snapshots.0.clone();
-        let writer = self.snapshot_writer.clone();
-        tokio::task::spawn_blocking(move || {
-            let started = Instant::now();
-            let mut data = Vec::new();
-            store.snapshot(&mut data);
-            let serialised = started.elapsed();
-            let snapshot = Snapshot {
-                meta,
-                data: Bytes::from(data),
-            };
-            let built = writer.write(&snapshot).map(|written| (snapshot, written));
-            if let Ok((snapshot, _)) = &built {
-                info!(
-                    index = snapshot.meta.index,
-                    keys = store.len(),
-                    bytes = snapshot.data.len(),
-                    copy_ms = pause.as_millis() as u64,
-                    serialise_ms = serialised.as_millis() as u64,
-                    write_ms = (started.elapsed() - serialised).as_millis() as u64,
-                    "snapshot taken"
-                );
-            }
-            let _ = done.blocking_send(built);
-        });
-    }
-
-    /// A background snapshot is ready and durable: the disk thread adopts it after everything queued
-    /// before it and compacts the log; the core drops the entries it covers and will send it to lagging followers.
-    async fn snapshot_built(&mut self, built: BuiltSnapshot) -> anyhow::Result<()> {
-        let (snapshot, written) =
-            built.map_err(|err| anyhow::anyhow!("cannot write a snapshot: {err}"))?;
-        let policy = &mut self.state.snapshot_policy;
-        policy.in_progress = false;
-        // A snapshot from the leader installed while this one was built is newer: keep counting
-        // from it (the core ignores a stale snapshot, the disk thread drops its file).
-        if snapshot.meta.index > policy.last_index {
-            policy.restart_from(snapshot.meta.index, snapshot.data.len() as u64);
-        }
-        self.raft.compact(snapshot.clone());
-        let job = PersistJob {
-            snapshot: None,
-            entries: Vec::new(),
-            hard_state: None,
-            messages_after_persist: Vec::new(),
-            compact_to: Some(written),
-        };
-        self.persist
-            .send(job)
-            .await
-            .map_err(|_| anyhow::anyhow!("the storage thread stopped"))
     }
 
     // ----- Shutdown ------------------------------------------------------------------------------
