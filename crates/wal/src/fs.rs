@@ -4,10 +4,11 @@
 use std::any::Any;
 use std::fmt::Debug;
 use std::fs::{File, OpenOptions};
-use std::io::{self, Write};
+use std::io::{self, Seek, SeekFrom, Write};
 use std::path::Path;
 
-/// A file opened for appending.
+/// A file opened for writing at a cursor: each write goes where the previous one ended, overwriting what
+/// is there (the zeros of a pre-allocated segment) or extending the file.
 pub trait WalFile: Send + Debug {
     fn write_all(&mut self, bytes: &[u8]) -> io::Result<()>;
     /// `fdatasync`: the written bytes (and the file size) are durable when this returns.
@@ -23,10 +24,12 @@ pub trait Fs: Send + Sync + Debug {
     fn list_dir(&self, dir: &Path) -> io::Result<Vec<String>>;
     fn read(&self, path: &Path) -> io::Result<Vec<u8>>;
     fn file_len(&self, path: &Path) -> io::Result<u64>;
-    /// Creates `path`, or empties it if it exists, for appending.
+    /// Creates `path`, or empties it if it exists, for writing from its start.
     fn create(&self, path: &Path) -> io::Result<Box<dyn WalFile>>;
-    fn open_append(&self, path: &Path) -> io::Result<Box<dyn WalFile>>;
-    /// Cuts the file to `len` bytes and makes the new length durable.
+    /// Opens an existing file for writing from byte `offset` on, keeping its contents and size.
+    fn open_at(&self, path: &Path, offset: u64) -> io::Result<Box<dyn WalFile>>;
+    /// Sets the file's length to `len` bytes and makes it, and everything written to the file before,
+    /// durable (`set_len` + `fsync`).
     fn truncate(&self, path: &Path, len: u64) -> io::Result<()>;
     fn rename(&self, from: &Path, to: &Path) -> io::Result<()>;
     fn remove_file(&self, path: &Path) -> io::Result<()>;
@@ -34,6 +37,11 @@ pub trait Fs: Send + Sync + Debug {
     fn sync_dir(&self, dir: &Path) -> io::Result<()>;
     /// Takes an exclusive advisory lock on `path` (created if absent); `None` if someone else holds it.
     fn try_lock(&self, path: &Path) -> io::Result<Option<LockGuard>>;
+    /// Whether slow preparatory work (zero-filling the next segment) may run on a background thread.
+    /// The simulated file system says no: its crash tests need every operation in a deterministic order.
+    fn allows_background_work(&self) -> bool {
+        false
+    }
 }
 
 /// The real file system.
@@ -88,8 +96,9 @@ impl Fs for RealFs {
         Ok(Box::new(RealFile(file)))
     }
 
-    fn open_append(&self, path: &Path) -> io::Result<Box<dyn WalFile>> {
-        let file = OpenOptions::new().append(true).open(path)?;
+    fn open_at(&self, path: &Path, offset: u64) -> io::Result<Box<dyn WalFile>> {
+        let mut file = OpenOptions::new().write(true).open(path)?;
+        file.seek(SeekFrom::Start(offset))?;
         Ok(Box::new(RealFile(file)))
     }
 
@@ -127,5 +136,9 @@ impl Fs for RealFs {
         file.set_len(0)?;
         writeln!(file, "{}", std::process::id())?;
         Ok(Some(Box::new(file)))
+    }
+
+    fn allows_background_work(&self) -> bool {
+        true
     }
 }

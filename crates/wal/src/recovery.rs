@@ -2,7 +2,8 @@
 //!
 //! Rules (see `docs/storage.md`): the newest snapshot that verifies wins; segments are replayed in sequence
 //! order, later records overriding earlier ones at the same index; only the newest segment may end in an
-//! interrupted write, which is cut off; the log must connect to the snapshot, or the node refuses to start.
+//! interrupted write, which is overwritten with zeros, and only the newest may end in (pre-allocated) zeros;
+//! the log must connect to the snapshot, or the node refuses to start.
 
 use std::path::{Path, PathBuf};
 use std::time::Instant;
@@ -15,6 +16,7 @@ use crate::mem_log::MemLog;
 use crate::record::Record;
 use crate::segment::{
     check_header, parse_segment_file_name, scan_records, Header, SegmentEnd, SegmentInfo,
+    SPARE_SUFFIX,
 };
 use crate::snapshot_file::{decode_snapshot, parse_snapshot_file_name, TMP_SUFFIX};
 use crate::{RecoveryStats, WalError};
@@ -42,8 +44,9 @@ pub(crate) fn recover(fs: &dyn Fs, dir: &Path) -> Result<Recovered, WalError> {
     let mut snapshot_names = Vec::new();
     let mut segment_names = Vec::new();
     for name in names {
-        if name.ends_with(TMP_SUFFIX) {
-            // A snapshot whose write never finished; it was never renamed, so nothing refers to it.
+        if name.ends_with(TMP_SUFFIX) || name.ends_with(SPARE_SUFFIX) {
+            // A snapshot whose write never finished, or a segment prepared for a roll that never came; it
+            // was never renamed, so nothing refers to it.
             let path = dir.join(&name);
             fs.remove_file(&path)
                 .map_err(WalError::io("remove", &path))?;
@@ -128,18 +131,28 @@ pub(crate) fn recover(fs: &dyn Fs, dir: &Path) -> Result<Recovered, WalError> {
             }
             Ok(())
         })?;
-        let mut len = bytes.len() as u64;
-        if let SegmentEnd::TornTail { offset, reason } = end {
-            tracing::warn!(path = %path.display(), offset, reason, "cutting off an interrupted final write");
-            fs.truncate(&path, offset)
-                .map_err(WalError::io("truncate", &path))?;
-            stats.truncated_torn_bytes += len - offset;
-            len = offset;
-        }
+        let allocated = bytes.len() as u64;
+        let len = match end {
+            SegmentEnd::Clean => allocated,
+            SegmentEnd::ZeroTail { offset } => offset,
+            SegmentEnd::TornTail { offset, reason } => {
+                // Zeroed rather than truncated: the file keeps its pre-allocated blocks, and no byte of the
+                // torn record is left behind the next, possibly shorter, records to be misread later.
+                let damage_end = bytes
+                    .iter()
+                    .rposition(|&b| b != 0)
+                    .map_or(offset, |last| last as u64 + 1);
+                tracing::warn!(path = %path.display(), offset, damage_end, reason, "zeroing an interrupted final write");
+                zero_range(fs, &path, offset, damage_end - offset)?;
+                stats.truncated_torn_bytes += damage_end - offset;
+                offset
+            }
+        };
         segments.push(SegmentInfo {
             first_index,
             path,
             len,
+            allocated,
         });
         newest_lacks_hard_state = !has_hard_state;
     }
@@ -164,6 +177,16 @@ pub(crate) fn recover(fs: &dyn Fs, dir: &Path) -> Result<Recovered, WalError> {
         newest_lacks_hard_state,
         stats,
     })
+}
+
+/// Durably overwrites `len` bytes of `path` from `offset` on with zeros.
+fn zero_range(fs: &dyn Fs, path: &Path, offset: u64, len: u64) -> Result<(), WalError> {
+    let mut file = fs
+        .open_at(path, offset)
+        .map_err(WalError::io("open", path))?;
+    file.write_all(&vec![0; len as usize])
+        .map_err(WalError::io("write", path))?;
+    file.sync_data().map_err(WalError::io("fdatasync", path))
 }
 
 /// Makes `index` the log's last index if the log reaches that far; if the log starts after it, what came

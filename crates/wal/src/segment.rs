@@ -4,27 +4,64 @@
 //! `magic "RAFTKVWL" | version: u32 | seq: u64 | first_index: u64 | crc32c of the previous 28 bytes: u32`.
 //! `first_index` means "the log is cut back to `first_index - 1` here, then continues"; that is how a
 //! segment started after a snapshot install discards a conflicting log without rewriting older files.
+//!
+//! Segments are pre-allocated: created at their full size by writing zeros (and syncing) before any record
+//! goes in, so that appending overwrites blocks the file system already has and `fdatasync` has no size or
+//! extent metadata to journal. Only the newest segment may therefore end in zeros; a finished segment is cut
+//! to its used length before the next one is started.
 
+use std::io;
 use std::path::{Path, PathBuf};
 
 use bytes::Bytes;
 use raftkv_raft::Index;
+
+use crate::fs::Fs;
 
 use crate::record::{decode_at, Decoded, Record};
 use crate::WalError;
 
 pub(crate) const SEGMENT_HEADER_LEN: usize = 32;
 const MAGIC: &[u8; 8] = b"RAFTKVWL";
-const FORMAT_VERSION: u32 = 1;
+/// 2: pre-allocated segments (a zero-filled tail is the normal end of the newest segment). Version 1
+/// segments are refused rather than read by these rules.
+const FORMAT_VERSION: u32 = 2;
 const SUFFIX: &str = ".wal";
+/// A segment being prepared (zero-filled) under a temporary name, renamed into place when the log rolls.
+/// Any such file found at open is a leftover and is deleted.
+pub(crate) const SPARE_SUFFIX: &str = ".wal.tmp";
+pub(crate) const SPARE_FILE: &str = "next-segment.wal.tmp";
+/// Zeros written per call, and per `fdatasync`, when preparing a segment: one sync of many MiB of dirty
+/// pages would hold up the log's own small syncs on the same disk for as long.
+const ZERO_CHUNK: u64 = 1 << 20;
 
 /// A segment file as the writer tracks it.
 #[derive(Clone, Debug)]
 pub(crate) struct SegmentInfo {
     pub(crate) first_index: Index,
     pub(crate) path: PathBuf,
-    /// Bytes written to it (durable or about to be synced).
+    /// Bytes of records (and header) written to it (durable or about to be synced).
     pub(crate) len: u64,
+    /// The file's size: `len` plus the zero-filled room left in a pre-allocated newest segment.
+    pub(crate) allocated: u64,
+}
+
+/// Creates (or empties) `path` and fills it with `size` zero bytes, durably: the blocks are then written
+/// and allocated, so records written over them later need no metadata update to be synced.
+pub(crate) fn prepare_segment_file(fs: &dyn Fs, path: &Path, size: u64) -> io::Result<()> {
+    let mut file = fs.create(path)?;
+    let zeros = vec![0u8; size.clamp(1, ZERO_CHUNK) as usize];
+    let mut left = size;
+    while left > 0 {
+        let n = left.min(ZERO_CHUNK) as usize;
+        file.write_all(&zeros[..n])?;
+        file.sync_data()?;
+        left -= n as u64;
+    }
+    if size == 0 {
+        file.sync_data()?;
+    }
+    Ok(())
 }
 
 pub(crate) fn segment_file_name(seq: u64, first_index: Index) -> String {
@@ -54,7 +91,7 @@ pub(crate) fn encode_header(buf: &mut Vec<u8>, seq: u64, first_index: Index) {
     buf.extend_from_slice(&crc.to_le_bytes());
 }
 
-fn all_zero(bytes: &[u8]) -> bool {
+pub(crate) fn all_zero(bytes: &[u8]) -> bool {
     bytes.iter().all(|&b| b == 0)
 }
 
@@ -103,7 +140,7 @@ pub(crate) fn check_header(
             path,
             8,
             format!(
-                "unsupported segment format version {version} (this build reads {FORMAT_VERSION})"
+                "unsupported segment format version {version} (this build reads only version {FORMAT_VERSION}, and does not migrate older segments)"
             ),
         ));
     }
@@ -121,12 +158,13 @@ pub(crate) fn check_header(
 
 #[derive(Debug, PartialEq, Eq)]
 pub(crate) enum SegmentEnd {
+    /// The last record ends where the file does.
     Clean,
-    /// The records from `offset` on were being written when the machine died; they must be cut off.
-    TornTail {
-        offset: u64,
-        reason: String,
-    },
+    /// Only zeros from `offset` on: the unused room of a pre-allocated newest segment.
+    ZeroTail { offset: u64 },
+    /// The records from `offset` on were being written when the machine died; they must be cut off (only
+    /// zeros follow the damaged record).
+    TornTail { offset: u64, reason: String },
 }
 
 /// Feeds every record after the header to `on_record`, in order, and says how the segment ends.
@@ -148,16 +186,33 @@ pub(crate) fn scan_records(
             }
             Decoded::End => return Ok(SegmentEnd::Clean),
             Decoded::Damaged { reason, damage_end } => {
+                let zero_tail = all_zero(&bytes[offset..]);
+                if is_newest && zero_tail {
+                    return Ok(SegmentEnd::ZeroTail {
+                        offset: offset as u64,
+                    });
+                }
                 if is_newest && all_zero(&bytes[damage_end..]) {
                     return Ok(SegmentEnd::TornTail {
                         offset: offset as u64,
                         reason,
                     });
                 }
-                let why = if is_newest {
-                    "valid-looking data follows it, so it is not an interrupted final write"
+                let (reason, why) = if is_newest {
+                    (
+                        reason.as_str(),
+                        "valid-looking data follows it, so it is not an interrupted final write",
+                    )
+                } else if zero_tail {
+                    (
+                        "zero-filled tail",
+                        "only the newest segment may end in pre-allocated zeros (a finished segment is cut to its used length before the next one starts)",
+                    )
                 } else {
-                    "only the newest segment can end in an interrupted write"
+                    (
+                        reason.as_str(),
+                        "only the newest segment can end in an interrupted write",
+                    )
                 };
                 return Err(WalError::corrupt(
                     path,

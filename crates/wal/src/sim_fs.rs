@@ -2,12 +2,16 @@
 //! cluster simulator.
 //!
 //! Each file keeps the bytes written so far and, separately, the bytes known durable (as of its last
-//! `sync_data`); each directory entry likewise has a current and a durable version (as of the last
-//! `sync_dir`). [`SimFs::fail_after`] makes the n-th mutating operation fail and the "machine" die: every
-//! later call fails until [`SimFs::crash`], which keeps the durable state and, chosen from a seed, a random
-//! part of the rest: a prefix of each file's un-synced bytes, possibly with its tail zeroed (a write whose
-//! last sectors never reached the disk) and zeros appended (a size update without the data); directory
-//! changes since the last `sync_dir` are kept or undone one by one.
+//! `sync_data`), plus the writes made since then, in order; each directory entry likewise has a current and
+//! a durable version (as of the last `sync_dir`). [`SimFs::fail_after`] makes the n-th mutating operation
+//! fail and the "machine" die: every later call fails until [`SimFs::crash`], which keeps the durable state
+//! and, chosen from a seed, a random part of the rest: for each file, the first few of its un-synced writes
+//! whole and a prefix of the next one, whose last part may be lost (there the file shows what it held before
+//! the write: the zeros of a pre-allocated segment, or zeros past the old end of the file), and possibly
+//! zeros appended (a size update without the data); a file emptied by `create` keeps either its durable or
+//! its current contents; directory changes since the last `sync_dir` are kept or undone one by one.
+//! Writes reach the disk in order within a file (later writes never survive an earlier lost one): the same
+//! assumption the torn-tail rule makes (see `docs/storage.md`).
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::io;
@@ -42,8 +46,20 @@ struct SimState {
 struct Inode {
     data: Vec<u8>,
     durable: Vec<u8>,
-    /// False once a truncation made `data` diverge from `durable` rather than extend it.
-    extends_durable: bool,
+    /// Writes since the last sync, in order: `(offset, bytes)`. Replaying them over `durable` gives `data`
+    /// (unless `emptied`).
+    unsynced: Vec<(usize, Vec<u8>)>,
+    /// `create` emptied the file since the last sync: a crash keeps either `durable` or `data` whole.
+    emptied: bool,
+}
+
+/// Writes `bytes` at `offset` of `data`, zero-filling any gap past its end.
+fn write_at(data: &mut Vec<u8>, offset: usize, bytes: &[u8]) {
+    let end = offset + bytes.len();
+    if data.len() < end {
+        data.resize(end, 0);
+    }
+    data[offset..end].copy_from_slice(bytes);
 }
 
 fn dead_error() -> io::Error {
@@ -181,27 +197,43 @@ impl SimFs {
             }
         }
         for inode in state.inodes.values_mut() {
-            let survived = if inode.extends_durable {
-                let durable_len = inode.durable.len();
-                let kept = rng.between(durable_len, inode.data.len());
-                let mut bytes = inode.data[..kept].to_vec();
-                if kept > durable_len && rng.chance(3) {
-                    let zero_from = rng.between(durable_len, kept);
-                    bytes[zero_from..].fill(0);
+            let survived = if inode.emptied {
+                if rng.chance(2) {
+                    inode.data.clone()
+                } else {
+                    inode.durable.clone()
                 }
-                if inode.data.len() > durable_len && rng.chance(4) {
+            } else {
+                let mut bytes = inode.durable.clone();
+                let writes = inode.unsynced.len();
+                let whole = rng.between(0, writes);
+                for (offset, written) in &inode.unsynced[..whole] {
+                    write_at(&mut bytes, *offset, written);
+                }
+                if let Some((offset, written)) = inode.unsynced.get(whole) {
+                    // A prefix reached the disk; of that, the last sectors may not have: the file then
+                    // shows its old bytes there, or zeros where it grew (the size made it, the data did not).
+                    let kept = rng.between(0, written.len());
+                    let landed = if kept > 0 && rng.chance(3) {
+                        rng.between(0, kept)
+                    } else {
+                        kept
+                    };
+                    write_at(&mut bytes, *offset, &written[..landed]);
+                    if bytes.len() < offset + kept {
+                        bytes.resize(offset + kept, 0);
+                    }
+                }
+                if inode.data.len() > inode.durable.len() && writes > 0 && rng.chance(4) {
                     let zeros = rng.between(1, 600);
                     bytes.resize(bytes.len() + zeros, 0);
                 }
                 bytes
-            } else if rng.chance(2) {
-                inode.data.clone()
-            } else {
-                inode.durable.clone()
             };
             inode.durable = survived.clone();
             inode.data = survived;
-            inode.extends_durable = true;
+            inode.unsynced.clear();
+            inode.emptied = false;
         }
         state.locks.clear();
         state.generation += 1;
@@ -225,6 +257,8 @@ impl SimFs {
 struct SimFile {
     fs: SimFs,
     inode: InodeId,
+    /// Where the next write goes.
+    position: usize,
 }
 
 impl WalFile for SimFile {
@@ -235,7 +269,9 @@ impl WalFile for SimFile {
             .inodes
             .get_mut(&self.inode)
             .expect("open files keep their inode");
-        inode.data.extend_from_slice(bytes);
+        write_at(&mut inode.data, self.position, bytes);
+        inode.unsynced.push((self.position, bytes.to_vec()));
+        self.position += bytes.len();
         Ok(())
     }
 
@@ -246,13 +282,9 @@ impl WalFile for SimFile {
             .inodes
             .get_mut(&self.inode)
             .expect("open files keep their inode");
-        if inode.extends_durable {
-            let durable_len = inode.durable.len();
-            inode.durable.extend_from_slice(&inode.data[durable_len..]);
-        } else {
-            inode.durable = inode.data.clone();
-            inode.extends_durable = true;
-        }
+        inode.durable = inode.data.clone();
+        inode.unsynced.clear();
+        inode.emptied = false;
         Ok(())
     }
 }
@@ -313,19 +345,14 @@ impl Fs for SimFs {
                     .get_mut(&id)
                     .expect("names point at live inodes");
                 inode.data.clear();
-                inode.extends_durable = inode.durable.is_empty();
+                inode.unsynced.clear();
+                inode.emptied = !inode.durable.is_empty();
                 id
             }
             None => {
                 let id = state.next_inode;
                 state.next_inode += 1;
-                state.inodes.insert(
-                    id,
-                    Inode {
-                        extends_durable: true,
-                        ..Inode::default()
-                    },
-                );
+                state.inodes.insert(id, Inode::default());
                 state.names.insert(path.to_path_buf(), id);
                 id
             }
@@ -333,16 +360,18 @@ impl Fs for SimFs {
         Ok(Box::new(SimFile {
             fs: self.clone(),
             inode: id,
+            position: 0,
         }))
     }
 
-    fn open_append(&self, path: &Path) -> io::Result<Box<dyn WalFile>> {
+    fn open_at(&self, path: &Path, offset: u64) -> io::Result<Box<dyn WalFile>> {
         let state = self.lock();
         state.alive()?;
         let id = *state.names.get(path).ok_or_else(|| not_found(path))?;
         Ok(Box::new(SimFile {
             fs: self.clone(),
             inode: id,
+            position: offset as usize,
         }))
     }
 
@@ -350,10 +379,11 @@ impl Fs for SimFs {
         let mut state = self.lock();
         state.mutate()?;
         let inode = state.inode_mut(path)?;
-        inode.data.truncate(len as usize);
-        // The real implementation syncs the truncation, so it is durable at once.
+        inode.data.resize(len as usize, 0);
+        // The real implementation fsyncs the file, so the new length and every earlier write are durable.
         inode.durable = inode.data.clone();
-        inode.extends_durable = true;
+        inode.unsynced.clear();
+        inode.emptied = false;
         Ok(())
     }
 

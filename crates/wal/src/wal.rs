@@ -3,6 +3,7 @@
 use std::fmt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::thread::JoinHandle;
 
 use raftkv_raft::{Entry, HardState, Index, InitialState, Snapshot, Term};
 
@@ -10,7 +11,10 @@ use crate::fs::{Fs, LockGuard, RealFs, WalFile};
 use crate::mem_log::MemLog;
 use crate::record::{encode_entry, encode_hard_state, entry_record_len, HARD_STATE_RECORD_LEN};
 use crate::recovery::recover;
-use crate::segment::{encode_header, segment_file_name, SegmentInfo, SEGMENT_HEADER_LEN};
+use crate::segment::{
+    encode_header, prepare_segment_file, segment_file_name, SegmentInfo, SEGMENT_HEADER_LEN,
+    SPARE_FILE,
+};
 use crate::snapshot_file::{parse_snapshot_file_name, write_snapshot};
 use crate::{RecoveryStats, WalError, WalOptions};
 
@@ -26,6 +30,20 @@ struct PendingRoll {
     at: usize,
     seq: u64,
     first_index: Index,
+}
+
+/// The zero-filled file the next roll renames into place (see [`crate::segment::prepare_segment_file`]).
+#[derive(Debug)]
+enum Spare {
+    None,
+    /// Being zero-filled on a background thread; `size` bytes once done.
+    Preparing {
+        thread: JoinHandle<std::io::Result<()>>,
+        size: u64,
+    },
+    Ready {
+        size: u64,
+    },
 }
 
 /// Durable storage for one Raft node: see the crate documentation.
@@ -53,6 +71,7 @@ pub struct Wal {
     poisoned: Option<String>,
     /// Files to delete, with `defer_deletes`.
     garbage: Vec<PathBuf>,
+    spare: Spare,
 }
 
 impl fmt::Debug for Wal {
@@ -65,6 +84,7 @@ impl fmt::Debug for Wal {
             .field("segments", &self.segments.len())
             .field("pending_bytes", &self.pending.len())
             .field("poisoned", &self.poisoned)
+            .field("spare", &self.spare)
             .finish()
     }
 }
@@ -102,7 +122,7 @@ impl Wal {
         };
         let active = match recovered.segments.last() {
             Some(segment) => Some(
-                fs.open_append(&segment.path)
+                fs.open_at(&segment.path, segment.len)
                     .map_err(WalError::io("open", &segment.path))?,
             ),
             None => None,
@@ -124,6 +144,7 @@ impl Wal {
             pending_rolls: Vec::new(),
             poisoned: None,
             garbage: Vec::new(),
+            spare: Spare::None,
             fs,
         };
         if recovered.needs_fresh_segment {
@@ -201,7 +222,11 @@ impl Wal {
             return Ok(());
         }
         let result = self.write_pending();
-        self.poison_on_error(result)
+        let result = self.poison_on_error(result);
+        if result.is_ok() {
+            self.maybe_prepare_spare();
+        }
+        result
     }
 
     /// Durably writes a snapshot file (temporary file, fdatasync, rename, directory fsync) and then removes
@@ -396,9 +421,18 @@ impl Wal {
         self.hard_state
     }
 
-    /// Bytes in segment and snapshot files.
+    /// Bytes in segment and snapshot files, counting files at their size: the newest segment's
+    /// pre-allocated (zero-filled) room and the spare segment prepared for the next roll are included.
     pub fn disk_usage(&self) -> u64 {
-        self.segments.iter().map(|s| s.len).sum::<u64>()
+        let spare = match self.spare {
+            Spare::None => 0,
+            Spare::Preparing { size, .. } | Spare::Ready { size } => size,
+        };
+        self.segments
+            .iter()
+            .map(|s| s.allocated.max(s.len))
+            .sum::<u64>()
+            + spare
             + self.snapshot_file.as_ref().map_or(0, |(_, size)| *size)
     }
 
@@ -436,6 +470,10 @@ impl Wal {
         self.tail_segment_len = FRESH_SEGMENT_LEN;
     }
 
+    /// Writes and syncs `pending`: the bytes before the first roll go to the newest segment; each roll
+    /// first finishes the segment before it (cut to its used length, durably: only the newest segment may
+    /// end in zeros), then renames a zero-filled file into place, writes its part into it and syncs the
+    /// directory.
     fn write_pending(&mut self) -> Result<(), WalError> {
         let mut pending = std::mem::take(&mut self.pending);
         let rolls = std::mem::take(&mut self.pending_rolls);
@@ -448,22 +486,30 @@ impl Wal {
             let file = self.active.as_mut().expect("the newest segment is open");
             file.write_all(&pending[..first_end])
                 .map_err(WalError::io("write", &segment.path))?;
-            file.sync_data()
-                .map_err(WalError::io("fdatasync", &segment.path))?;
             segment.len += first_end as u64;
+            segment.allocated = segment.allocated.max(segment.len);
+            if rolls.is_empty() {
+                file.sync_data()
+                    .map_err(WalError::io("fdatasync", &segment.path))?;
+            }
         }
         for (position, roll) in rolls.iter().enumerate() {
+            self.finish_newest_segment()?;
             let end = rolls
                 .get(position + 1)
                 .map_or(pending.len(), |next| next.at);
+            let bytes = &pending[roll.at..end];
             let path = self.dir.join(segment_file_name(roll.seq, roll.first_index));
+            let allocated = self.install_spare(&path, bytes.len() as u64)?;
             let mut file = self
                 .fs
-                .create(&path)
-                .map_err(WalError::io("create", &path))?;
-            file.write_all(&pending[roll.at..end])
+                .open_at(&path, 0)
+                .map_err(WalError::io("open", &path))?;
+            file.write_all(bytes)
                 .map_err(WalError::io("write", &path))?;
-            file.sync_data().map_err(WalError::io("fdatasync", &path))?;
+            if position + 1 == rolls.len() {
+                file.sync_data().map_err(WalError::io("fdatasync", &path))?;
+            }
             // The new name must be durable too, or a crash could lose the whole segment after this returns.
             self.fs
                 .sync_dir(&self.dir)
@@ -471,7 +517,8 @@ impl Wal {
             self.segments.push(SegmentInfo {
                 first_index: roll.first_index,
                 path,
-                len: (end - roll.at) as u64,
+                len: bytes.len() as u64,
+                allocated: allocated.max(bytes.len() as u64),
             });
             self.active = Some(file);
         }
@@ -482,6 +529,107 @@ impl Wal {
         self.pending = pending;
         self.durable_hard_state = self.hard_state;
         Ok(())
+    }
+
+    /// Makes the newest segment's records durable and cuts off its unused zero-filled room, before a newer
+    /// segment exists: recovery takes a zero tail anywhere but in the newest segment for corruption.
+    fn finish_newest_segment(&mut self) -> Result<(), WalError> {
+        let Some(segment) = self.segments.last_mut() else {
+            return Ok(());
+        };
+        if segment.allocated > segment.len {
+            // set_len + fsync: also makes the records written since the last sync durable.
+            self.fs
+                .truncate(&segment.path, segment.len)
+                .map_err(WalError::io("truncate", &segment.path))?;
+            segment.allocated = segment.len;
+        } else if let Some(file) = self.active.as_mut() {
+            file.sync_data()
+                .map_err(WalError::io("fdatasync", &segment.path))?;
+        }
+        Ok(())
+    }
+
+    /// Renames the spare zero-filled file to `path` (waiting for it if it is still being prepared), or, if
+    /// there is none or it is too small for `needed` bytes, prepares one now. Returns the file's size.
+    fn install_spare(&mut self, path: &Path, needed: u64) -> Result<u64, WalError> {
+        let spare_path = self.dir.join(SPARE_FILE);
+        let ready = match std::mem::replace(&mut self.spare, Spare::None) {
+            Spare::None => None,
+            Spare::Ready { size } => Some(size),
+            Spare::Preparing { thread, size } => match thread.join() {
+                Ok(Ok(())) => Some(size),
+                Ok(Err(error)) => {
+                    tracing::warn!(%error, "preparing the next segment failed; retrying on the log's thread");
+                    None
+                }
+                Err(_) => {
+                    tracing::warn!("the thread preparing the next segment panicked; retrying on the log's thread");
+                    None
+                }
+            },
+        };
+        let size = match ready {
+            Some(size) if size >= needed => size,
+            _ => {
+                let size = self.options.segment_bytes.max(needed);
+                prepare_segment_file(self.fs.as_ref(), &spare_path, size)
+                    .map_err(WalError::io("prepare segment", &spare_path))?;
+                size
+            }
+        };
+        self.fs
+            .rename(&spare_path, path)
+            .map_err(WalError::io("rename", &spare_path))?;
+        Ok(size)
+    }
+
+    /// Once the newest segment is half full, starts preparing the file the next roll will use: on a
+    /// background thread if the file system allows it, else (the simulated one) right here. Failure only
+    /// costs speed: the roll then prepares a file itself, and reports its error.
+    fn maybe_prepare_spare(&mut self) {
+        if !matches!(self.spare, Spare::None)
+            || self.tail_segment_len.saturating_mul(2) < self.options.segment_bytes
+        {
+            return;
+        }
+        let size = self.options.segment_bytes;
+        let path = self.dir.join(SPARE_FILE);
+        if !self.fs.allows_background_work() {
+            match prepare_segment_file(self.fs.as_ref(), &path, size) {
+                Ok(()) => self.spare = Spare::Ready { size },
+                Err(error) => tracing::warn!(%error, "cannot prepare the next segment"),
+            }
+            return;
+        }
+        let fs = Arc::clone(&self.fs);
+        match std::thread::Builder::new()
+            .name("raftkv-wal-prepare".into())
+            .spawn(move || prepare_segment_file(fs.as_ref(), &path, size))
+        {
+            Ok(thread) => self.spare = Spare::Preparing { thread, size },
+            Err(error) => {
+                tracing::warn!(%error, "cannot start a thread to prepare the next segment")
+            }
+        }
+    }
+}
+
+impl Drop for Wal {
+    /// Waits for a spare segment being prepared (no thread may touch the directory once its lock is
+    /// released) and removes it: the next open would anyway.
+    fn drop(&mut self) {
+        let had_spare = match std::mem::replace(&mut self.spare, Spare::None) {
+            Spare::None => false,
+            Spare::Ready { .. } => true,
+            Spare::Preparing { thread, .. } => {
+                let _ = thread.join();
+                true
+            }
+        };
+        if had_spare {
+            let _ = self.fs.remove_file(&self.dir.join(SPARE_FILE));
+        }
     }
 }
 

@@ -1,7 +1,7 @@
 //! The API on a real temporary directory: durability across reopen, the lock, snapshots, compaction, damage.
 
 use std::fs::OpenOptions;
-use std::io::Write;
+use std::io::{Seek, SeekFrom, Write};
 use std::path::Path;
 
 use bytes::Bytes;
@@ -186,27 +186,42 @@ fn an_installed_snapshot_that_does_not_match_resets_the_log() {
     assert_eq!(initial.entries, entries(31..=35, 2));
 }
 
+/// Where the newest segment's records end: the rest of the pre-allocated file is zeros. (Every test
+/// record ends in a non-zero byte.)
+fn used_len(segment: &Path) -> usize {
+    let bytes = std::fs::read(segment).unwrap();
+    bytes.iter().rposition(|&b| b != 0).unwrap() + 1
+}
+
+fn write_at(path: &Path, offset: usize, bytes: &[u8]) {
+    let mut file = OpenOptions::new().write(true).open(path).unwrap();
+    file.seek(SeekFrom::Start(offset as u64)).unwrap();
+    file.write_all(bytes).unwrap();
+}
+
 #[test]
 fn a_torn_final_write_is_cut_off() {
     let dir = tempfile::tempdir().unwrap();
+    let options = WalOptions {
+        segment_bytes: 64 * 1024,
+        ..WalOptions::default()
+    };
     {
-        let (mut wal, _, _) = Wal::open(dir.path(), WalOptions::default()).unwrap();
+        let (mut wal, _, _) = Wal::open(dir.path(), options.clone()).unwrap();
         wal.append(&entries(1..=10, 1)).unwrap();
         wal.sync().unwrap();
     }
     let segment = segment_files(dir.path()).pop().unwrap();
     let len = std::fs::metadata(&segment).unwrap().len();
-    // Half of a record's header, as a crash during the next write could leave.
-    OpenOptions::new()
-        .append(true)
-        .open(&segment)
-        .unwrap()
-        .write_all(&[7, 7, 7, 7, 9])
-        .unwrap();
-    let (_, initial, stats) = Wal::open(dir.path(), WalOptions::default()).unwrap();
+    assert_eq!(len, 64 * 1024, "the newest segment is pre-allocated");
+    let used = used_len(&segment);
+    // Half of a record's header, where the next write goes, as a crash during it could leave.
+    write_at(&segment, used, &[7, 7, 7, 7, 9]);
+    let (_, initial, stats) = Wal::open(dir.path(), options).unwrap();
     assert_eq!(initial.entries, entries(1..=10, 1));
     assert_eq!(stats.truncated_torn_bytes, 5);
     assert_eq!(std::fs::metadata(&segment).unwrap().len(), len);
+    assert_eq!(used_len(&segment), used, "the torn bytes are zeroed");
 }
 
 #[test]
@@ -322,4 +337,195 @@ fn deferred_deletes_are_handed_out_and_recovery_ignores_them_if_never_done() {
     let (_, initial, _) = Wal::open(dir.path(), options).unwrap();
     assert_eq!(initial.snapshot, Some(snapshot(80, 1)));
     assert_eq!(initial.entries, entries(81..=100, 1));
+}
+
+fn small_preallocated() -> WalOptions {
+    WalOptions {
+        segment_bytes: 1024,
+        ..WalOptions::default()
+    }
+}
+
+/// Several segments: the older ones hold exactly their records, the newest is pre-allocated.
+fn write_several_segments(dir: &Path) -> Vec<std::path::PathBuf> {
+    let (mut wal, _, _) = Wal::open(dir, small_preallocated()).unwrap();
+    for chunk in 0..10 {
+        wal.append(&entries(chunk * 10 + 1..=chunk * 10 + 10, 1))
+            .unwrap();
+        wal.sync().unwrap();
+    }
+    drop(wal);
+    let segments = segment_files(dir);
+    assert!(segments.len() >= 4, "{segments:?}");
+    segments
+}
+
+#[test]
+fn only_the_newest_segment_is_preallocated_and_the_spare_is_cleaned_up() {
+    let dir = tempfile::tempdir().unwrap();
+    let segments = write_several_segments(dir.path());
+    let (newest, older) = segments.split_last().unwrap();
+    for segment in older {
+        let len = std::fs::metadata(segment).unwrap().len() as usize;
+        assert_eq!(
+            len,
+            used_len(segment),
+            "{} is cut to its records",
+            segment.display()
+        );
+        assert!(len <= 1024 + 100);
+    }
+    assert_eq!(std::fs::metadata(newest).unwrap().len(), 1024);
+    assert!(used_len(newest) < 1024);
+    let leftovers: Vec<_> = std::fs::read_dir(dir.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .filter(|name| name.ends_with(".tmp"))
+        .collect();
+    assert!(
+        leftovers.is_empty(),
+        "dropping the Wal removes its spare: {leftovers:?}"
+    );
+    let (mut wal, initial, _) = Wal::open(dir.path(), small_preallocated()).unwrap();
+    assert_eq!(initial.entries, entries(1..=100, 1));
+    wal.append(&entries(101..=150, 1)).unwrap();
+    wal.sync().unwrap();
+    drop(wal);
+    let (_, initial, _) = Wal::open(dir.path(), small_preallocated()).unwrap();
+    assert_eq!(initial.entries, entries(1..=150, 1));
+}
+
+#[test]
+fn a_zero_tail_or_garbage_after_the_records_of_an_older_segment_is_corrupt() {
+    for garbage in [
+        &[0u8; 100][..],
+        &[0, 0, 0, 0, 0, 0, 0, 0, 0, 1][..],
+        &[3; 7][..],
+    ] {
+        let dir = tempfile::tempdir().unwrap();
+        let segments = write_several_segments(dir.path());
+        let old = &segments[1];
+        let len = std::fs::metadata(old).unwrap().len() as usize;
+        write_at(old, len, garbage);
+        match Wal::open(dir.path(), small_preallocated()) {
+            Err(WalError::Corrupt {
+                file,
+                offset,
+                reason,
+            }) => {
+                assert_eq!(&file, old, "{reason}");
+                assert_eq!(offset, len as u64, "{reason}");
+                if garbage.iter().all(|&b| b == 0) {
+                    assert!(reason.contains("zero-filled tail"), "{reason}");
+                }
+            }
+            other => panic!("garbage {garbage:?}: expected Corrupt, got {other:?}"),
+        }
+    }
+}
+
+#[test]
+fn leftover_spare_files_are_removed_at_open() {
+    let dir = tempfile::tempdir().unwrap();
+    write_several_segments(dir.path());
+    let spares = [
+        dir.path().join("next-segment.wal.tmp"),
+        dir.path().join("0000000000000063-0000000000000400.wal.tmp"),
+    ];
+    for spare in &spares {
+        std::fs::write(spare, [0x55u8; 3000]).unwrap();
+    }
+    let (mut wal, initial, _) = Wal::open(dir.path(), small_preallocated()).unwrap();
+    assert_eq!(initial.entries, entries(1..=100, 1));
+    for spare in &spares {
+        assert!(!spare.exists(), "{} is removed", spare.display());
+    }
+    // Rolling works as usual afterwards.
+    wal.append(&entries(101..=200, 1)).unwrap();
+    wal.sync().unwrap();
+    drop(wal);
+    let (_, initial, _) = Wal::open(dir.path(), small_preallocated()).unwrap();
+    assert_eq!(initial.entries, entries(1..=200, 1));
+}
+
+/// A record as `record.rs` frames it, for hand-made damage.
+fn encode_entry_record(index: u64, term: u64, data: &[u8]) -> Vec<u8> {
+    let mut payload = Vec::new();
+    payload.extend_from_slice(&index.to_le_bytes());
+    payload.extend_from_slice(&term.to_le_bytes());
+    payload.push(0);
+    payload.extend_from_slice(data);
+    let mut body = Vec::new();
+    body.extend_from_slice(&(payload.len() as u32).to_le_bytes());
+    body.push(1);
+    body.extend_from_slice(&payload);
+    let mut record = crc32c::crc32c(&body).to_le_bytes().to_vec();
+    record.extend_from_slice(&body);
+    record
+}
+
+/// The torn record's payload holds a complete, valid record (entry data is arbitrary bytes). If recovery
+/// only cut the log back logically, the next, shorter record written over the torn one would leave that
+/// embedded record right behind it, and the next recovery would read it as a real entry.
+#[test]
+fn a_torn_tail_overwritten_after_reopen_never_resurrects_stale_bytes() {
+    let dir = tempfile::tempdir().unwrap();
+    let options = WalOptions {
+        segment_bytes: 64 * 1024,
+        ..WalOptions::default()
+    };
+    {
+        let (mut wal, _, _) = Wal::open(dir.path(), options.clone()).unwrap();
+        wal.append(&entries(1..=5, 1)).unwrap();
+        wal.sync().unwrap();
+    }
+    let segment = segment_files(dir.path()).pop().unwrap();
+    let used = used_len(&segment);
+    let embedded = encode_entry_record(7, 1, b"never written by the log");
+    let mut data = embedded.clone();
+    data.extend_from_slice(&[0xEE; 20]);
+    let torn = encode_entry_record(6, 1, &data);
+    // All but the last byte reached the disk.
+    write_at(&segment, used, &torn[..torn.len() - 1]);
+    let (mut wal, initial, stats) = Wal::open(dir.path(), options.clone()).unwrap();
+    assert_eq!(initial.entries, entries(1..=5, 1));
+    assert_eq!(stats.truncated_torn_bytes, torn.len() as u64 - 1);
+    // An entry with no data takes 26 bytes: exactly up to where the embedded record began.
+    let replacement = Entry {
+        index: 6,
+        term: 2,
+        kind: EntryKind::Normal,
+        data: Bytes::new(),
+    };
+    wal.append(std::slice::from_ref(&replacement)).unwrap();
+    wal.sync().unwrap();
+    drop(wal);
+    let (wal, initial, _) = Wal::open(dir.path(), options).unwrap();
+    let mut expected = entries(1..=5, 1);
+    expected.push(replacement);
+    assert_eq!(initial.entries, expected);
+    assert_eq!(wal.last_index(), 6);
+}
+
+#[test]
+fn a_segment_of_an_older_format_version_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut header = Vec::new();
+    header.extend_from_slice(b"RAFTKVWL");
+    header.extend_from_slice(&1u32.to_le_bytes());
+    header.extend_from_slice(&1u64.to_le_bytes());
+    header.extend_from_slice(&1u64.to_le_bytes());
+    let crc = crc32c::crc32c(&header);
+    header.extend_from_slice(&crc.to_le_bytes());
+    header.extend_from_slice(&encode_entry_record(1, 1, b"v1"));
+    let path = dir.path().join("0000000000000001-0000000000000001.wal");
+    std::fs::write(&path, &header).unwrap();
+    match Wal::open(dir.path(), WalOptions::default()) {
+        Err(error @ WalError::Corrupt { .. }) => {
+            let message = error.to_string();
+            assert!(message.contains("format version 1"), "{message}");
+            assert!(message.contains(&path.display().to_string()), "{message}");
+        }
+        other => panic!("expected Corrupt, got {other:?}"),
+    }
 }

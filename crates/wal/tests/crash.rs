@@ -7,7 +7,7 @@ mod common;
 use std::path::Path;
 use std::sync::Arc;
 
-use common::{entries_for, snapshot, snapshot_point, Model, Op, Rng};
+use common::{entries_for, entry, snapshot, snapshot_point, Model, Op, Rng};
 use raftkv_wal::sim_fs::SimFs;
 use raftkv_wal::{HardState, Wal, WalError, WalOptions};
 
@@ -198,6 +198,128 @@ fn bit_flips_in_old_records_are_detected() {
             other => panic!("round {round}: flip at {name}:{offset} gave {other:?}"),
         }
     }
+}
+
+/// Un-synced records written into a pre-allocated segment are lost or torn by the crash: what is recovered
+/// is a prefix of them, byte for byte, after everything synced; and the log goes on from there (the torn
+/// remains never show up later).
+#[test]
+fn unsynced_writes_into_a_preallocated_segment_recover_a_prefix() {
+    let options = WalOptions {
+        segment_bytes: 64 * 1024,
+        ..WalOptions::default()
+    };
+    let mut outcomes = std::collections::BTreeSet::new();
+    for seed in 0..300 {
+        let fs = Arc::new(SimFs::new());
+        let (mut wal, _) = open(&fs, &options);
+        let synced: Vec<_> = (1..=10).map(|i| entry(i, 1, 40)).collect();
+        wal.append(&synced).unwrap();
+        wal.sync().unwrap();
+        let unsynced: Vec<_> = (11..=30).map(|i| entry(i, 1, 40 + i as usize)).collect();
+        wal.append(&unsynced).unwrap();
+        // The write happens; the fdatasync after it is where the machine dies.
+        fs.fail_after(2);
+        assert!(wal.sync().is_err());
+        drop(wal);
+        fs.crash(seed);
+        let (mut wal, recovered) = open(&fs, &options);
+        let kept = recovered.entries.len();
+        assert!(kept >= 10, "seed {seed}: synced entries lost");
+        let mut written = synced.clone();
+        written.extend(unsynced.iter().cloned());
+        assert_eq!(recovered.entries, written[..kept], "seed {seed}");
+        outcomes.insert(kept);
+        // Go on with other entries over the torn remains, then reopen.
+        let next: Vec<_> = (kept as u64 + 1..=kept as u64 + 3)
+            .map(|i| entry(i, 2, 3))
+            .collect();
+        wal.append(&next).unwrap();
+        wal.sync().unwrap();
+        drop(wal);
+        let (_, reopened) = open(&fs, &options);
+        let mut expected = written[..kept].to_vec();
+        expected.extend(next);
+        assert_eq!(reopened.entries, expected, "seed {seed}");
+    }
+    assert!(
+        outcomes.len() > 5,
+        "the crashes should keep varied prefixes: {outcomes:?}"
+    );
+}
+
+/// The spare segment is prepared once the newest one is half full, renamed into place on the roll, and a
+/// crash at any point of that leaves a directory that opens (a spare left behind is removed).
+#[test]
+fn the_spare_segment_is_prepared_ahead_and_a_leftover_one_is_removed() {
+    let mut survived = 0;
+    for seed in 0..20 {
+        survived += u32::from(spare_segment_run(seed));
+    }
+    assert!(survived > 0, "no crash kept the spare");
+}
+
+/// Whether the spare survived the crash.
+fn spare_segment_run(seed: u64) -> bool {
+    let options = WalOptions {
+        segment_bytes: 1000,
+        ..WalOptions::default()
+    };
+    let spare = Path::new(DIR).join("next-segment.wal.tmp");
+    let fs = Arc::new(SimFs::new());
+    let (mut wal, _) = open(&fs, &options);
+    let mut index = 1;
+    let mut segment_lens = Vec::new();
+    while fs.file_len(&spare).is_err() {
+        wal.append(&[entry(index, 1, 50)]).unwrap();
+        wal.sync().unwrap();
+        index += 1;
+    }
+    assert_eq!(fs.file_len(&spare).unwrap(), 1000);
+    assert!(fs.read(&spare).unwrap().iter().all(|&b| b == 0));
+    while fs.file_len(&spare).is_ok() {
+        wal.append(&[entry(index, 1, 50)]).unwrap();
+        wal.sync().unwrap();
+        index += 1;
+    }
+    let mut names = fs.list_dir(Path::new(DIR)).unwrap();
+    names.retain(|name| name.ends_with(".wal"));
+    names.sort();
+    assert_eq!(
+        names.len(),
+        2,
+        "the roll renamed the spare into place: {names:?}"
+    );
+    for name in &names {
+        segment_lens.push(fs.file_len(&Path::new(DIR).join(name)).unwrap());
+    }
+    assert!(
+        segment_lens[0] < 1000,
+        "the finished segment is cut to its records: {segment_lens:?}"
+    );
+    assert_eq!(
+        segment_lens[1], 1000,
+        "the new one is pre-allocated: {segment_lens:?}"
+    );
+    // Fill past half again, so that a spare exists, and die.
+    while fs.file_len(&spare).is_err() {
+        wal.append(&[entry(index, 1, 50)]).unwrap();
+        wal.sync().unwrap();
+        index += 1;
+    }
+    fs.fail_after(1);
+    wal.append(&[entry(index, 1, 50)]).unwrap();
+    assert!(wal.sync().is_err());
+    drop(wal);
+    fs.crash(seed);
+    let survived = fs.file_len(&spare).is_ok();
+    let (_, recovered) = open(&fs, &options);
+    assert!(
+        fs.file_len(&spare).is_err(),
+        "a leftover spare is removed at open"
+    );
+    assert_eq!(recovered.last(), index - 1);
+    survived
 }
 
 use raftkv_wal::fs::Fs;
