@@ -100,7 +100,7 @@ fn main() {
     drop(wal);
     let (_, initial, stats) = Wal::open(&dir, WalOptions::default()).unwrap();
     println!(
-        "recovery: {} entries, {} segment(s), {:.1} MB in {:.1} ms",
+        "recovery: {} entries, {} segment(s), {:.1} MB on disk (pre-allocated room and spare included) in {:.1} ms",
         initial.entries.len(),
         stats.segments,
         usage as f64 / 1e6,
