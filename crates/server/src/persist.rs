@@ -140,12 +140,7 @@ fn spawn_janitor() -> std::io::Result<SyncSender<Vec<PathBuf>>> {
 }
 
 fn delete_files(files: Vec<PathBuf>) {
-    for path in files {
-        match std::fs::remove_file(&path) {
-            Err(err) if err.kind() != std::io::ErrorKind::NotFound => {
-                tracing::warn!("cannot delete {}: {err}", path.display());
-            }
-            _ => {}
-        }
+    if let Err(err) = raftkv_wal::delete_in_order(&files) {
+        tracing::warn!("cannot delete compacted files: {err}");
     }
 }

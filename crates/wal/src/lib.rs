@@ -37,7 +37,7 @@ use std::time::Duration;
 
 pub use error::WalError;
 pub use raftkv_raft::{Entry, HardState, Index, InitialState, Snapshot, Term};
-pub use wal::{SnapshotWriter, Wal, WrittenSnapshot};
+pub use wal::{delete_in_order, SnapshotWriter, Wal, WrittenSnapshot};
 
 /// How a [`Wal`] lays out its files.
 #[derive(Clone, Debug, PartialEq, Eq)]
