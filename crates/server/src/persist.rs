@@ -7,7 +7,7 @@
 //! sides can never wait on each other.
 
 use std::path::PathBuf;
-use std::sync::mpsc::{SyncSender, TrySendError};
+use std::sync::mpsc::SyncSender;
 use std::thread::JoinHandle;
 
 use raftkv_raft::{Entry, HardState, Index, Message, Snapshot, Term};
@@ -66,10 +66,10 @@ pub fn spawn(
                 position.syncs += 1;
                 let _ = durable.send(position);
                 let garbage = wal.take_garbage();
-                if !garbage.is_empty() {
-                    if let Err(TrySendError::Full(garbage)) = janitor.try_send(garbage) {
-                        delete_files(garbage);
-                    }
+                // Blocking only if the janitor is 64 compactions behind; deleting here instead could
+                // overtake older batches, and deletions must stay in order (see the WAL's compact).
+                if !garbage.is_empty() && janitor.send(garbage).is_err() {
+                    tracing::warn!("the janitor thread stopped; compacted files stay on disk");
                 }
                 for job in batch.drain(..) {
                     for msg in job.messages_after_persist {

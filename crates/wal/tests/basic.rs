@@ -529,3 +529,38 @@ fn a_segment_of_an_older_format_version_is_refused() {
         other => panic!("expected Corrupt, got {other:?}"),
     }
 }
+
+/// Deferred deletes that never happened (the caller crashed first) must not resurface as stale log
+/// entries once a later snapshot install has removed the newer segments that overwrote them.
+#[test]
+fn an_install_after_undeleted_garbage_keeps_the_entries_appended_after_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let options = WalOptions {
+        defer_deletes: true,
+        ..small_segments()
+    };
+    {
+        let (mut wal, _, _) = Wal::open(dir.path(), options.clone()).unwrap();
+        wal.append(&entries(1..=50, 1)).unwrap();
+        wal.sync().unwrap();
+        // A new leader overwrites 40.. with term 2.
+        wal.append(&entries(40..=60, 2)).unwrap();
+        wal.sync().unwrap();
+        // Compaction leaves the overwritten segment (stale 46..=50) as garbage but the overwriting
+        // one (40..) live.
+        wal.save_snapshot(&snapshot(41, 2)).unwrap();
+        wal.compact(41).unwrap();
+        let _never_deleted = wal.take_garbage();
+        // The leader's snapshot at 48 with another term: the log restarts after it.
+        wal.save_snapshot(&snapshot(48, 3)).unwrap();
+        wal.append(&entries(49..=52, 3)).unwrap();
+        wal.sync().unwrap();
+    }
+    let (_, initial, _) = Wal::open(dir.path(), options).unwrap();
+    assert_eq!(initial.snapshot, Some(snapshot(48, 3)));
+    assert_eq!(
+        initial.entries,
+        entries(49..=52, 3),
+        "durable entries after the install survive"
+    );
+}
