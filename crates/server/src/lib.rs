@@ -14,6 +14,7 @@
 //! connection, which writes replies in request order. A read goes through ReadIndex instead: no log
 //! write, one heartbeat round shared by every read that arrived meanwhile.
 
+mod background;
 pub mod config;
 pub mod connection;
 pub mod listener;

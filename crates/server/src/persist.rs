@@ -132,6 +132,7 @@ fn spawn_janitor() -> std::io::Result<SyncSender<Vec<PathBuf>>> {
     std::thread::Builder::new()
         .name("raftkv-janitor".into())
         .spawn(move || {
+            crate::background::lower_this_thread_priority();
             for files in rx {
                 delete_files(files);
             }

@@ -76,29 +76,36 @@ impl NodeLoop {
         let pause = copied.elapsed();
         let done = self.snapshots.0.clone();
         let writer = self.snapshot_writer.clone();
-        tokio::task::spawn_blocking(move || {
-            let started = Instant::now();
-            let mut data = Vec::new();
-            store.snapshot(&mut data);
-            let serialised = started.elapsed();
-            let snapshot = Snapshot {
-                meta,
-                data: Bytes::from(data),
-            };
-            let built = writer.write(&snapshot).map(|written| (snapshot, written));
-            if let Ok((snapshot, _)) = &built {
-                info!(
-                    index = snapshot.meta.index,
-                    keys = store.len(),
-                    bytes = snapshot.data.len(),
-                    copy_ms = pause.as_millis() as u64,
-                    serialise_ms = serialised.as_millis() as u64,
-                    write_ms = (started.elapsed() - serialised).as_millis() as u64,
-                    "snapshot taken"
-                );
-            }
-            let _ = done.blocking_send(built);
-        });
+        let spawned = std::thread::Builder::new()
+            .name("raftkv-snapshot".into())
+            .spawn(move || {
+                crate::background::lower_this_thread_priority();
+                let started = Instant::now();
+                let mut data = Vec::new();
+                store.snapshot(&mut data);
+                let serialised = started.elapsed();
+                let snapshot = Snapshot {
+                    meta,
+                    data: Bytes::from(data),
+                };
+                let built = writer.write(&snapshot).map(|written| (snapshot, written));
+                if let Ok((snapshot, _)) = &built {
+                    info!(
+                        index = snapshot.meta.index,
+                        keys = store.len(),
+                        bytes = snapshot.data.len(),
+                        copy_ms = pause.as_millis() as u64,
+                        serialise_ms = serialised.as_millis() as u64,
+                        write_ms = (started.elapsed() - serialised).as_millis() as u64,
+                        "snapshot taken"
+                    );
+                }
+                let _ = done.blocking_send(built);
+            });
+        if let Err(err) = spawned {
+            warn!("cannot start a snapshot thread, will retry later: {err}");
+            self.state.snapshot_policy.in_progress = false;
+        }
     }
 
     /// A background snapshot is ready and durable: the disk thread adopts it after everything queued
