@@ -1,9 +1,12 @@
 //! The peer transport on loopback: delivery, batching, reconnection, isolation from dead peers, and
 //! rejection of strangers and hostile bytes.
 
+mod common;
+
 use bytes::{Bytes, BytesMut};
+use common::*;
 use raftkv_raft::{Entry, EntryKind, Message, MessageBody};
-use raftkv_server::config::{ClusterConfig, NodeConfig, Tunables};
+use raftkv_server::config::ClusterConfig;
 use raftkv_server::transport::{encode_frame, Transport};
 use raftkv_server::wire::{encode_message, Handshake, StreamKind, PROTOCOL_VERSION};
 use std::time::Duration;
@@ -12,50 +15,8 @@ use tokio::net::TcpStream;
 use tokio::sync::mpsc;
 use tokio::time::timeout;
 
-/// Ports the OS just handed out; free unless some other process grabs them in the meantime.
-fn free_port() -> u16 {
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind ephemeral");
-    listener.local_addr().expect("local addr").port()
-}
-
-fn cluster(nodes: u64, cluster_id: &str) -> ClusterConfig {
-    ClusterConfig {
-        cluster_id: cluster_id.to_string(),
-        tunables: Tunables::default(),
-        nodes: (1..=nodes)
-            .map(|id| NodeConfig {
-                id,
-                client_addr: format!("127.0.0.1:{}", free_port()),
-                peer_addr: format!("127.0.0.1:{}", free_port()),
-                data_dir: format!("/tmp/unused-{id}").into(),
-            })
-            .collect(),
-    }
-}
-
-struct Node {
-    transport: Transport,
-    inbound: mpsc::Receiver<Vec<Message>>,
-}
-
 async fn start(config: &ClusterConfig, id: u64) -> Node {
-    let (sender, inbound) = mpsc::channel(64);
-    let transport = Transport::start(config, id, sender)
-        .await
-        .expect("transport starts");
-    Node { transport, inbound }
-}
-
-fn heartbeat(from: u64, to: u64, read_round: u64) -> Message {
-    Message {
-        from,
-        to,
-        term: 1,
-        body: MessageBody::Heartbeat {
-            commit: 0,
-            read_round,
-        },
-    }
+    start_with(config, id, 64).await
 }
 
 /// Resends `msg` every 50 ms (as Raft would) until `receiver` gets it; other messages are skipped.

@@ -5,9 +5,12 @@
 //! Throughput (256 MiB, prints MB/s; run in release):
 //! `cargo test --release -p raftkv-server --test transport_snapshot -- --ignored --nocapture`
 
+mod common;
+
 use bytes::{Bytes, BytesMut};
+use common::*;
 use raftkv_raft::{Membership, Message, MessageBody, Snapshot, SnapshotMeta};
-use raftkv_server::config::{ClusterConfig, NodeConfig, Tunables};
+use raftkv_server::config::ClusterConfig;
 use raftkv_server::snapshot_stream::{
     MAX_SNAPSHOT_BYTES, STATUS_INVALID, STATUS_OK, STATUS_TOO_LARGE,
 };
@@ -16,52 +19,10 @@ use raftkv_server::wire::{Handshake, SnapshotHeader, StreamKind, PROTOCOL_VERSIO
 use std::time::{Duration, Instant};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::mpsc;
 use tokio::time::timeout;
 
-fn free_port() -> u16 {
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind ephemeral");
-    listener.local_addr().expect("local addr").port()
-}
-
-fn cluster(nodes: u64, cluster_id: &str) -> ClusterConfig {
-    ClusterConfig {
-        cluster_id: cluster_id.to_string(),
-        tunables: Tunables::default(),
-        nodes: (1..=nodes)
-            .map(|id| NodeConfig {
-                id,
-                client_addr: format!("127.0.0.1:{}", free_port()),
-                peer_addr: format!("127.0.0.1:{}", free_port()),
-                data_dir: format!("/tmp/unused-{id}").into(),
-            })
-            .collect(),
-    }
-}
-
-struct Node {
-    transport: Transport,
-    inbound: mpsc::Receiver<Vec<Message>>,
-}
-
 async fn start(config: &ClusterConfig, id: u64) -> Node {
-    let (sender, inbound) = mpsc::channel(1024);
-    let transport = Transport::start(config, id, sender)
-        .await
-        .expect("transport starts");
-    Node { transport, inbound }
-}
-
-fn heartbeat(from: u64, to: u64, read_round: u64) -> Message {
-    Message {
-        from,
-        to,
-        term: 1,
-        body: MessageBody::Heartbeat {
-            commit: 0,
-            read_round,
-        },
-    }
+    start_with(config, id, 1024).await
 }
 
 /// Pseudo-random bytes, so a misplaced or lost chunk cannot go unnoticed.
