@@ -491,3 +491,39 @@ fn concurrent_cas_increments() {
         "not every client finished in time"
     );
 }
+
+/// One connection's pipeline behaves as if the client waited for every reply: a `get` sent after a
+/// `set` sees it, and a `get` sent before a `set` does not, however the requests are batched.
+#[test]
+fn a_pipelined_connection_reads_its_own_writes_in_order() {
+    let mut cluster = Cluster::start(3, DEFAULT_TUNABLES);
+    let mut conn = leader_conn(&mut cluster);
+    for round in 0..50 {
+        let key = format!("ordered{round}");
+        let mut batch = Vec::new();
+        batch.extend_from_slice(format!("get {key}\r\n").as_bytes());
+        batch.extend_from_slice(format!("set {key} 0 1\r\na\r\n").as_bytes());
+        batch.extend_from_slice(format!("get {key}\r\n").as_bytes());
+        batch.extend_from_slice(format!("set {key} 0 1 noreply\r\nb\r\n").as_bytes());
+        batch.extend_from_slice(format!("get {key}\r\n").as_bytes());
+        batch.extend_from_slice(format!("delete {key}\r\n").as_bytes());
+        batch.extend_from_slice(format!("get {key}\r\n").as_bytes());
+        conn.send(&batch).expect("send");
+        let mut replies = Vec::new();
+        for _ in 0..6 {
+            replies.push(String::from_utf8_lossy(&conn.read_reply().expect("reply")).into_owned());
+        }
+        assert_eq!(
+            replies[0], "ERR_NOT_FOUND\r\n",
+            "round {round}: {replies:?}"
+        );
+        assert!(replies[1].starts_with("OK "), "round {round}: {replies:?}");
+        assert_eq!(replies[2], "VALUE 1\r\na\r\n", "round {round}: {replies:?}");
+        assert_eq!(replies[3], "VALUE 1\r\nb\r\n", "round {round}: {replies:?}");
+        assert_eq!(replies[4], "DELETED\r\n", "round {round}: {replies:?}");
+        assert_eq!(
+            replies[5], "ERR_NOT_FOUND\r\n",
+            "round {round}: {replies:?}"
+        );
+    }
+}
