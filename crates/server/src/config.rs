@@ -74,7 +74,7 @@ impl Default for Tunables {
             max_connections: 10_000,
             max_request_bytes_in_flight: 4 << 20,
             snapshot_entries: 100_000,
-            snapshot_bytes: 12 << 20,
+            snapshot_bytes: 8 << 20,
         }
     }
 }

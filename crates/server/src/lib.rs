@@ -133,7 +133,7 @@ pub async fn run_node(config: ClusterConfig, id: u64) -> anyhow::Result<()> {
 /// Segments small enough that compaction after a snapshot frees disk space in useful steps.
 fn wal_options() -> WalOptions {
     WalOptions {
-        segment_bytes: 4 << 20,
+        segment_bytes: 8 << 20,
         defer_deletes: true,
     }
 }
