@@ -306,9 +306,12 @@ impl Wal {
             .fs
             .list_dir(&self.dir)
             .map_err(WalError::io("list", &self.dir))?;
+        // Only older files go: a newer one may have been written meanwhile, waiting to be adopted next
+        // (found by the simulator: removing it left a compacted log with no snapshot at all).
         for name in names {
             let old = self.dir.join(&name);
-            if parse_snapshot_file_name(&name).is_some() && old != path {
+            let older = parse_snapshot_file_name(&name).is_some_and(|(at, _)| at <= index);
+            if older && old != path {
                 self.remove_or_defer(old)?;
             }
         }

@@ -306,6 +306,30 @@ fn a_stale_written_snapshot_removed_by_a_newer_install_is_dropped_quietly() {
     assert_eq!(initial.entries, vec![entry(201, 2)]);
 }
 
+/// Found by the whole-node simulator (seed 242): a node's next snapshot was written before the disk
+/// thread adopted the previous one, and adopting the older one removed every other snapshot file, the
+/// newer one included; adopting the newer one then compacted the log with no snapshot file left, and
+/// the node could not recover ("the log starts at index 41 but the newest snapshot ends at 0").
+#[test]
+fn adopting_a_snapshot_keeps_a_newer_one_written_meanwhile() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let (mut wal, _, _) = Wal::open(dir.path(), small_segments()).unwrap();
+        wal.append(&entries(1..=100, 1)).unwrap();
+        wal.sync().unwrap();
+        let older = wal.snapshot_writer().write(&snapshot(40, 1)).unwrap();
+        let newer = wal.snapshot_writer().write(&snapshot(80, 1)).unwrap();
+        wal.adopt_snapshot(older).unwrap();
+        wal.compact(40).unwrap();
+        wal.adopt_snapshot(newer).unwrap();
+        wal.compact(80).unwrap();
+        wal.sync().unwrap();
+    }
+    let (_, initial, _) = Wal::open(dir.path(), small_segments()).unwrap();
+    assert_eq!(initial.snapshot, Some(snapshot(80, 1)));
+    assert_eq!(initial.entries, entries(81..=100, 1));
+}
+
 #[test]
 fn deferred_deletes_are_handed_out_and_recovery_ignores_them_if_never_done() {
     let dir = tempfile::tempdir().unwrap();
