@@ -132,7 +132,7 @@ async fn submit(
         },
     };
     let (tx, rx) = oneshot::channel();
-    node.send(ClientRequest { op, reply: tx }).await.ok()?;
+    node.send(ClientRequest { op, handle: tx }).await.ok()?;
     Some(Slot::Pending {
         reply: rx,
         noreply,

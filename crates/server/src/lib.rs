@@ -2,12 +2,14 @@
 //!
 //! This crate owns everything a running node does with the outside world: the tokio runtime's tasks,
 //! the peer transport ([`transport`], [`wire`]), the client listener ([`listener`], [`connection`]),
-//! the disk thread that makes Raft's Ready batches durable ([`persist`]) and the node loop that drives
-//! the Raft core and the key-value store ([`node`]). It is the only crate that touches sockets, signals
-//! and the wall clock; the consensus rules live in `raftkv-raft`, the protocol and state machine in
-//! `raftkv-kv`, and the on-disk formats in `raftkv-wal`. Nothing depends on this crate but the binary.
+//! the disk thread that makes the replica's persist jobs durable ([`persist`]) and the node loop that
+//! drives the replica ([`node`]). It is the only crate that touches sockets, signals and the wall clock;
+//! every decision of the node (consensus, the store, client requests in progress, expiry, snapshots)
+//! is made by `raftkv-replica`, the same code the simulator runs; the consensus rules live in
+//! `raftkv-raft`, the protocol and state machine in `raftkv-kv`, and the on-disk formats in
+//! `raftkv-wal`. Nothing depends on this crate but the binary.
 //!
-//! The path of a write: a connection parses `set`, the node loop stamps it with the wall clock, encodes
+//! The path of a write: a connection parses `set`, the replica stamps it with the wall clock, encodes
 //! it and proposes it; the Ready that carries the new entry sends it to the followers at once and hands
 //! it to the disk thread (group commit); once a majority (the leader counting only after its own
 //! fdatasync) holds it, it is committed, applied to the store, and the reply goes back to the
@@ -28,15 +30,13 @@ pub mod wire;
 use std::time::Instant;
 
 use anyhow::Context;
-use raftkv_kv::Store;
-use raftkv_raft::Raft;
 use raftkv_wal::{Wal, WalOptions};
 use tokio::net::TcpListener;
 use tokio::sync::{mpsc, watch};
 use tracing::info;
 
 use crate::config::ClusterConfig;
-use crate::node::{NodeLoop, NodeState, SnapshotPolicy};
+use crate::node::NodeLoop;
 use crate::persist::Durable;
 
 /// Client requests queued for the node loop before connections feel back-pressure.
@@ -57,12 +57,6 @@ pub async fn run_node(config: ClusterConfig, id: u64) -> anyhow::Result<()> {
             .await
             .context("storage recovery panicked")?
             .with_context(|| format!("cannot open data directory {}", me.data_dir.display()))?;
-    let store = match &initial.snapshot {
-        Some(snapshot) => {
-            Store::restore(&snapshot.data).context("the newest snapshot does not decode")?
-        }
-        None => Store::new(),
-    };
     info!(
         node = id,
         entries = stats.entries,
@@ -73,12 +67,21 @@ pub async fn run_node(config: ClusterConfig, id: u64) -> anyhow::Result<()> {
         elapsed_ms = started.elapsed().as_millis() as u64,
         "recovered from disk"
     );
-    let snapshot_policy = SnapshotPolicy::new(
-        config.tunables.snapshot_entries,
-        config.tunables.snapshot_bytes,
-        initial.snapshot.as_ref().map_or(0, |s| s.meta.index),
-    );
-    let raft = Raft::new(raft_config(&config, id), initial);
+    let replica_config = raftkv_replica::ReplicaConfig {
+        raft: raft_config(&config, id),
+        client_addrs: config
+            .nodes
+            .iter()
+            .map(|node| (node.id, node.client_addr.clone()))
+            .collect(),
+        leader_wait_ms: config.tunables.election_timeout_ms * 2,
+        snapshot_entries: config.tunables.snapshot_entries,
+        snapshot_bytes: config.tunables.snapshot_bytes,
+        mutation: None,
+        record_applied: false,
+    };
+    let replica = raftkv_replica::Replica::new(replica_config, initial)
+        .context("the newest snapshot does not decode")?;
 
     let listener = TcpListener::bind(&me.client_addr)
         .await
@@ -107,10 +110,8 @@ pub async fn run_node(config: ClusterConfig, id: u64) -> anyhow::Result<()> {
     info!(node = id, clients = %me.client_addr, peers = %me.peer_addr, "serving");
 
     let node = NodeLoop {
-        id,
-        raft,
-        store,
-        config,
+        replica,
+        tick: std::time::Duration::from_millis(config.tunables.tick_ms),
         transport: transport.clone(),
         persist: persist_tx,
         durable: durable_rx,
@@ -119,7 +120,7 @@ pub async fn run_node(config: ClusterConfig, id: u64) -> anyhow::Result<()> {
         shutdown: shutdown_rx,
         snapshots: mpsc::channel(1),
         snapshot_writer,
-        state: NodeState::new(snapshot_policy),
+        started,
     };
     let result = node.run().await;
     accept.abort();

@@ -1,4 +1,5 @@
-//! The disk side of the node: one thread that owns the WAL and makes Ready batches durable.
+//! The disk side of the node: one thread that owns the WAL and makes the replica's persist jobs durable
+//! with [`write_batches`], the group commit the simulator runs too.
 //!
 //! The node loop hands over each batch that must be persisted and goes on (a leader's appends are
 //! already on the wire). This thread takes every batch waiting in its queue, writes them all and calls
@@ -10,8 +11,8 @@ use std::path::PathBuf;
 use std::sync::mpsc::SyncSender;
 use std::thread::JoinHandle;
 
-use raftkv_raft::{Entry, HardState, Index, Message, Snapshot, Term};
-use raftkv_wal::{Wal, WrittenSnapshot};
+use raftkv_replica::storage::write_batches;
+use raftkv_wal::Wal;
 use tokio::sync::{mpsc, watch};
 use tracing::error;
 
@@ -22,27 +23,7 @@ const MAX_BATCHES_PER_SYNC: usize = 256;
 /// Batches waiting for the disk before the node loop feels back-pressure.
 pub const QUEUE_DEPTH: usize = 1024;
 
-/// One Ready's worth of work for the disk.
-pub struct PersistJob {
-    pub snapshot: Option<Snapshot>,
-    pub entries: Vec<Entry>,
-    pub hard_state: Option<HardState>,
-    pub messages_after_persist: Vec<Message>,
-    /// A snapshot of this node's own state, already written durably off this thread: adopted after
-    /// the batch, then the log prefix it covers is compacted away.
-    pub compact_to: Option<WrittenSnapshot>,
-}
-
-/// What the disk has made durable so far.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct Durable {
-    pub index: Index,
-    pub term: Term,
-    /// Bumped on every sync, so the loop can tell a new report from an old one.
-    pub syncs: u64,
-    /// Set when the disk failed: the node must stop.
-    pub failed: bool,
-}
+pub use raftkv_replica::{Durable, PersistJob};
 
 pub fn spawn(
     mut wal: Wal,
@@ -63,7 +44,6 @@ pub fn spawn(
                     let _ = durable.send(position);
                     return;
                 }
-                position.syncs += 1;
                 let _ = durable.send(position);
                 let garbage = wal.take_garbage();
                 // Blocking only if the janitor is 64 compactions behind; deleting here instead could
@@ -78,50 +58,6 @@ pub fn spawn(
                 }
             }
         })
-}
-
-fn write_batches(
-    wal: &mut Wal,
-    batch: &mut [PersistJob],
-    position: &mut Durable,
-) -> Result<(), raftkv_wal::WalError> {
-    for job in batch.iter_mut() {
-        if let Some(snapshot) = &job.snapshot {
-            wal.save_snapshot(snapshot)?;
-            position.index = snapshot.meta.index;
-            position.term = snapshot.meta.term;
-        }
-        if !job.entries.is_empty() {
-            wal.append(&job.entries)?;
-            if let Some(last) = job.entries.last() {
-                position.index = last.index;
-                position.term = last.term;
-            }
-        }
-        if let Some(hs) = job.hard_state {
-            wal.set_hard_state(hs)?;
-        }
-        if let Some(written) = job.compact_to.take() {
-            // The file is already durable; adopting it syncs what is buffered first, then compacting
-            // deletes whole segments, so this costs no more than a group commit.
-            let index = written.index();
-            let started = std::time::Instant::now();
-            wal.sync()?;
-            let synced = started.elapsed();
-            wal.adopt_snapshot(written)?;
-            let adopted = started.elapsed();
-            wal.compact(index)?;
-            tracing::info!(
-                index,
-                disk_bytes = wal.disk_usage(),
-                sync_us = synced.as_micros() as u64,
-                adopt_us = (adopted - synced).as_micros() as u64,
-                elapsed_us = started.elapsed().as_micros() as u64,
-                "snapshot adopted and log compacted"
-            );
-        }
-    }
-    wal.sync()
 }
 
 /// Compacted segments and superseded snapshots, deleted off the disk thread: unlinking tens of MiB can

@@ -10,7 +10,7 @@ use std::collections::BTreeMap;
 use bytes::Bytes;
 use raftkv_raft::{Entry, EntryKind, HardState, Index, NodeId, Role, Status, Term};
 
-use crate::kv::Put;
+use crate::node::written_value;
 
 /// An entry's identity and content, as far as the checks care.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -48,8 +48,18 @@ pub struct Checks {
     /// Every entry any node has appended to its log: (index, term) -> (content, term of the entry before).
     /// Same (index, term) with another content or another predecessor term breaks log matching.
     appended: BTreeMap<(Index, Term), (Content, Term)>,
-    /// Where each client operation was committed: an op must never be committed at two indices.
-    op_index: BTreeMap<u64, Index>,
+    /// Where each client write was committed (by its unique value): never at two indices.
+    op_index: BTreeMap<Bytes, Index>,
+    /// What applying each client write answered, by its unique value: how the simulator learns the
+    /// outcome of a write whose client never heard back.
+    pub write_outcomes: BTreeMap<Bytes, (Index, Option<raftkv_kv::Reply>)>,
+    /// What applying each index answered (the first node to apply it), with the entry's term and the
+    /// history's clock by then (set by the simulator at the end of the step).
+    pub applied_replies: BTreeMap<Index, (Term, Option<raftkv_kv::Reply>, u64)>,
+    /// Indexes first applied during the current step, waiting for their history clock.
+    pub newly_applied: Vec<Index>,
+    /// Each node's newest durable hard state, which a restart must recover (or a later one).
+    durable_hard_state: BTreeMap<NodeId, HardState>,
     watch: Vec<Watch>,
     pub now: u64,
 }
@@ -110,20 +120,36 @@ impl Checks {
         }
     }
 
+    /// Stamps the entries first applied in this step with the history's clock at its end.
+    pub fn stamp_applied(&mut self, clock: u64) {
+        for index in self.newly_applied.drain(..) {
+            if let Some(applied) = self.applied_replies.get_mut(&index) {
+                applied.2 = clock;
+            }
+        }
+    }
+
     /// State machine safety: no two nodes apply different entries at one index.
-    pub fn on_apply(&mut self, node: NodeId, entry: &Entry) {
+    pub fn on_apply(&mut self, node: NodeId, entry: &Entry, reply: Option<&raftkv_kv::Reply>) {
         let index = entry.index as usize;
         if self.committed.len() <= index {
             self.committed.resize(index + 1, None);
         }
         match &self.committed[index] {
             None => {
-                if entry.kind == EntryKind::Normal {
-                    let op = Put::decode(&entry.data).op_id;
-                    if let Some(other) = self.op_index.insert(op, entry.index) {
+                self.applied_replies
+                    .insert(entry.index, (entry.term, reply.cloned(), u64::MAX));
+                self.newly_applied.push(entry.index);
+                if let Some(value) = written_value(entry) {
+                    self.write_outcomes
+                        .insert(value.clone(), (entry.index, reply.cloned()));
+                    if let Some(other) = self.op_index.insert(value.clone(), entry.index) {
                         self.fail(
                             node,
-                            format!("op {op} committed twice, at {other} and {}", entry.index),
+                            format!(
+                                "write of {value:?} committed twice, at {other} and {}",
+                                entry.index
+                            ),
                         );
                     }
                 }
@@ -160,6 +186,7 @@ impl Checks {
     /// Durable term and vote never go backwards, a vote never changes within a term, and the durable
     /// commit index never decreases, across crashes and restarts alike.
     pub fn on_durable_hard_state(&mut self, node: NodeId, before: HardState, after: HardState) {
+        self.durable_hard_state.insert(node, after);
         if after.term < before.term {
             self.fail(
                 node,
@@ -189,8 +216,15 @@ impl Checks {
         }
     }
 
-    pub fn on_restart(&mut self, node: NodeId) {
+    /// A restarted node recovered `recovered` from its disk: nothing durable may be missing.
+    pub fn on_recovered_hard_state(&mut self, node: NodeId, recovered: HardState) {
         self.watch[(node - 1) as usize] = Watch::default();
+        let before = self
+            .durable_hard_state
+            .get(&node)
+            .copied()
+            .unwrap_or_default();
+        self.on_durable_hard_state(node, before, recovered);
     }
 
     /// Per-step checks of one running node. `log` is its in-memory log, `applied` its state machine's.

@@ -1,36 +1,54 @@
-//! The workload: clients that each run one operation at a time against the node they believe leads,
-//! following redirects, and the history of invocations and responses they record.
+//! The workload: clients speaking the real protocol (`set`, `get`, `getm`, `cas`, `delete`, with
+//! expiry and `noreply`), each over one connection that may pipeline several requests, and the
+//! history of what they saw.
 
+use std::collections::{BTreeMap, VecDeque};
+
+use bytes::Bytes;
+use raftkv_kv::{Command, Reply, Request};
 use raftkv_raft::NodeId;
+use raftkv_replica::Op as Request2;
 
-use crate::linearizability::{Key, Op, OpKind, Value};
+use crate::linearizability::{CasOutcome, Key, Op, OpKind};
+use crate::rng::Rng;
 
-/// Who handles an operation right now.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Stage {
-    /// Not accepted by any node yet: (re)try at `retry_at`.
-    Routing { retry_at: u64 },
-    /// Accepted by this node's core (`propose` or `read_index` returned Ok).
-    Accepted { node: NodeId },
-}
-
-#[derive(Clone, Copy, Debug)]
-pub struct Current {
+/// A request on a connection, waiting for its reply (replies are delivered in request order).
+#[derive(Clone, Debug)]
+pub struct InFlight {
     pub op_id: u64,
-    /// Index of the operation in the history.
     pub slot: usize,
-    pub stage: Stage,
-    pub deadline: u64,
+    pub reply: Option<Reply>,
 }
 
 #[derive(Clone, Debug)]
 pub struct Client {
     pub id: u64,
-    pub leader_guess: NodeId,
-    pub current: Option<Current>,
-    /// When the next operation may start (think time).
+    /// The current connection (a new id after every reconnect).
+    pub conn: u64,
+    pub target: NodeId,
+    pub in_flight: VecDeque<InFlight>,
+    /// When the oldest request in flight is given up (and the connection with it).
+    pub deadline: u64,
+    /// When the next request may be sent (think time, or back-off after a failure).
     pub next_at: u64,
     pub completed: u64,
+    /// The last version this client saw for each key, for its next `cas`.
+    pub versions: BTreeMap<Key, u64>,
+}
+
+/// What the cluster did with a write, as the simulator saw it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Effect {
+    /// Applied at `index`, answering `reply`, by history clock `clock`.
+    Applied {
+        index: u64,
+        reply: Option<Reply>,
+        clock: u64,
+    },
+    /// Never applied.
+    Never,
+    /// The simulator cannot tell.
+    Unresolved,
 }
 
 /// How an operation ended, as the history records it.
@@ -40,12 +58,13 @@ pub enum Fate {
     Ok,
     /// A write that may or may not have happened: it stays in the history without a return.
     Unknown,
-    /// A write that certainly did not happen, or a read with no answer: left out of the history.
+    /// An operation that certainly did not happen (redirected, refused), or a read with no answer.
     Dropped,
 }
 
 #[derive(Clone, Debug)]
 pub struct Record {
+    pub op_id: u64,
     pub op: Op,
     pub fate: Fate,
     /// Virtual times, for humans reading a failure.
@@ -62,15 +81,17 @@ pub struct History {
 }
 
 impl History {
-    pub fn invoke(&mut self, client: u64, key: Key, kind: OpKind, now: u64) -> usize {
+    pub fn invoke(&mut self, op_id: u64, conn: u64, key: Key, kind: OpKind, now: u64) -> usize {
         self.clock += 1;
         self.records.push(Record {
+            op_id,
             op: Op {
-                client,
+                conn,
                 key,
                 kind,
                 call: self.clock,
                 ret: None,
+                index: None,
             },
             fate: Fate::Pending,
             called_at: now,
@@ -79,19 +100,11 @@ impl History {
         self.records.len() - 1
     }
 
-    pub fn respond(&mut self, slot: usize, read_value: Option<Option<Value>>, now: u64) {
+    pub fn respond(&mut self, slot: usize, kind: OpKind, now: u64) {
         self.clock += 1;
         let record = &mut self.records[slot];
-        assert_eq!(
-            record.fate,
-            Fate::Pending,
-            "an operation answered twice: {record:?}"
-        );
-        match (&mut record.op.kind, read_value) {
-            (OpKind::Read { value }, Some(v)) => *value = v,
-            (OpKind::Write { .. }, None) => {}
-            (kind, _) => panic!("reply does not match the operation: {kind:?}"),
-        }
+        assert_eq!(record.fate, Fate::Pending, "answered twice: {record:?}");
+        record.op.kind = kind;
         record.op.ret = Some(self.clock);
         record.fate = Fate::Ok;
         record.returned_at = Some(now);
@@ -99,29 +112,259 @@ impl History {
 
     pub fn settle(&mut self, slot: usize, fate: Fate) {
         let record = &mut self.records[slot];
-        assert_eq!(
-            record.fate,
-            Fate::Pending,
-            "an operation settled twice: {record:?}"
-        );
+        assert_eq!(record.fate, Fate::Pending, "settled twice: {record:?}");
         assert!(matches!(fate, Fate::Unknown | Fate::Dropped));
         record.fate = fate;
     }
 
-    /// The history the checker sees: answered ops and writes of unknown outcome.
-    pub fn for_checker(&self) -> Vec<Op> {
-        self.records
-            .iter()
-            .filter(|r| match r.fate {
-                Fate::Ok => true,
-                Fate::Unknown | Fate::Pending => matches!(r.op.kind, OpKind::Write { .. }),
-                Fate::Dropped => false,
-            })
-            .map(|r| r.op)
-            .collect()
+    pub fn clock(&self) -> u64 {
+        self.clock
+    }
+
+    /// The history the checker sees: answered operations, and writes whose client never heard back,
+    /// resolved by what the cluster applied (`resolve`). Every write gets the log index it was applied
+    /// at, so the checker knows the order of writes. A write that took effect without its client
+    /// hearing back is completed with what applying it answered, its return placed when it had been
+    /// applied; one never applied is left out (it changed nothing, and an operation that changed nothing
+    /// can always be placed where it changes nothing). A write the simulator cannot resolve stays
+    /// optional. Also returns contradictions: a write applied although its client was told it was
+    /// refused, or answered with another version than the one it was applied at.
+    pub fn for_checker(&self, resolve: impl Fn(&Record) -> Effect) -> (Vec<Op>, Vec<String>) {
+        let mut ops = Vec::new();
+        let mut contradictions = Vec::new();
+        for record in &self.records {
+            let mut op = record.op;
+            if is_read(&op.kind) {
+                if record.fate == Fate::Ok {
+                    ops.push(op);
+                }
+                continue;
+            }
+            let effect = resolve(record);
+            match (record.fate, effect) {
+                (Fate::Ok, Effect::Applied { index, .. }) => {
+                    let version = match op.kind {
+                        OpKind::Set { version, .. } | OpKind::Cas { version, .. } => version,
+                        _ => None,
+                    };
+                    if version.is_some_and(|v| v != index) {
+                        contradictions.push(format!("{op:?} was applied at index {index}"));
+                    }
+                    op.index = Some(index);
+                    ops.push(op);
+                }
+                (Fate::Ok, _) => ops.push(op),
+                (Fate::Dropped, Effect::Applied { index, .. }) => contradictions.push(format!(
+                    "{op:?} was refused or redirected, yet applied at {index}"
+                )),
+                (Fate::Dropped, _) | (_, Effect::Never) => {}
+                (_, Effect::Unresolved) => ops.push(op),
+                (
+                    _,
+                    Effect::Applied {
+                        index,
+                        reply,
+                        clock,
+                    },
+                ) => {
+                    match complete(op.kind, reply.as_ref()) {
+                        Some(kind) => op.kind = kind,
+                        None => {
+                            contradictions.push(format!("{op:?} applied with reply {reply:?}"));
+                            continue;
+                        }
+                    }
+                    op.index = Some(index);
+                    op.ret = Some(clock.max(op.call));
+                    ops.push(op);
+                }
+            }
+        }
+        (ops, contradictions)
     }
 
     pub fn count(&self, fate: Fate) -> usize {
         self.records.iter().filter(|r| r.fate == fate).count()
     }
+}
+
+pub fn is_read(kind: &OpKind) -> bool {
+    matches!(kind, OpKind::Get { .. } | OpKind::Getm { .. })
+}
+
+pub fn key_bytes(key: Key) -> Bytes {
+    Bytes::from(format!("k{key}"))
+}
+
+/// Write values name their write: `v<op id>`.
+pub fn value_bytes(write: u64) -> Bytes {
+    Bytes::from(format!("v{write}"))
+}
+
+fn write_of(value: &[u8]) -> Option<u64> {
+    std::str::from_utf8(value.strip_prefix(b"v")?)
+        .ok()?
+        .parse()
+        .ok()
+}
+
+/// A random operation for `key`: the request to send, the history's record of it, and `noreply`.
+pub fn draw_op(
+    rng: &mut Rng,
+    op_id: u64,
+    key: Key,
+    read_ppm: u32,
+    ttl_ppm: u32,
+    last_version: Option<u64>,
+) -> (Request2, OpKind, bool) {
+    let k = key_bytes(key);
+    if rng.chance(read_ppm) {
+        return if rng.chance(500_000) {
+            (
+                Request2::Read(Request::Get { key: k }),
+                OpKind::Get { value: None },
+                false,
+            )
+        } else {
+            (
+                Request2::Read(Request::Getm { key: k }),
+                OpKind::Getm { value: None },
+                false,
+            )
+        };
+    }
+    let ttl_s = if rng.chance(ttl_ppm) {
+        rng.range(1, 3) as u32
+    } else {
+        0
+    };
+    let noreply = rng.chance(50_000);
+    let value = value_bytes(op_id);
+    match rng.below(10) {
+        0..=4 => (
+            Request2::Write(Command::Set {
+                key: k,
+                exptime: ttl_s,
+                value,
+            }),
+            OpKind::Set {
+                write: op_id,
+                ttl_s,
+                version: None,
+            },
+            noreply,
+        ),
+        5..=7 => {
+            let expected = match last_version {
+                Some(v) if rng.chance(800_000) => v,
+                _ => rng.range(1, 50),
+            };
+            (
+                Request2::Write(Command::Cas {
+                    key: k,
+                    exptime: ttl_s,
+                    version: expected,
+                    value,
+                }),
+                OpKind::Cas {
+                    write: op_id,
+                    ttl_s,
+                    expected,
+                    outcome: None,
+                    version: None,
+                },
+                noreply,
+            )
+        }
+        _ => (
+            Request2::Write(Command::Delete { key: k }),
+            OpKind::Delete { deleted: None },
+            false,
+        ),
+    }
+}
+
+/// A write's record completed with what applying it answered.
+fn complete(kind: OpKind, reply: Option<&Reply>) -> Option<OpKind> {
+    match interpret(kind, reply?, |_| None).ok()? {
+        Meaning::Done(kind) => Some(kind),
+        _ => None,
+    }
+}
+
+/// What a reply means for an operation: its completed record, or how it ended otherwise. `Err` is a
+/// reply the protocol does not allow for this request.
+pub enum Meaning {
+    Done(OpKind),
+    /// Another node leads: the request did not happen; try there.
+    Redirect(Option<NodeId>),
+    /// The node could not tell (a write's outcome is unknown; a read has no answer).
+    Failed,
+}
+
+pub fn interpret(
+    kind: OpKind,
+    reply: &Reply,
+    node_of_port: impl Fn(u16) -> Option<NodeId>,
+) -> Result<Meaning, String> {
+    use Meaning::*;
+    let bad = || Err(format!("reply {reply:?} to {kind:?}"));
+    Ok(match (kind, reply) {
+        (_, Reply::ErrRedirect { port, .. }) => Redirect(node_of_port(*port)),
+        (_, Reply::ErrInternal) => Failed,
+        (OpKind::Set { write, ttl_s, .. }, Reply::Ok { version }) => Done(OpKind::Set {
+            write,
+            ttl_s,
+            version: Some(*version),
+        }),
+        (
+            OpKind::Cas {
+                write,
+                ttl_s,
+                expected,
+                ..
+            },
+            r,
+        ) => {
+            let (outcome, version) = match r {
+                Reply::Ok { version } => (CasOutcome::Ok, Some(*version)),
+                Reply::ErrVersion => (CasOutcome::VersionMismatch, None),
+                Reply::ErrNotFound => (CasOutcome::NotFound, None),
+                _ => return bad(),
+            };
+            Done(OpKind::Cas {
+                write,
+                ttl_s,
+                expected,
+                outcome: Some(outcome),
+                version,
+            })
+        }
+        (OpKind::Delete { .. }, Reply::Deleted) => Done(OpKind::Delete {
+            deleted: Some(true),
+        }),
+        (OpKind::Delete { .. }, Reply::ErrNotFound) => Done(OpKind::Delete {
+            deleted: Some(false),
+        }),
+        (OpKind::Get { .. }, Reply::ErrNotFound) => Done(OpKind::Get { value: None }),
+        (OpKind::Get { .. }, Reply::Value { value }) => match write_of(value) {
+            Some(write) => Done(OpKind::Get { value: Some(write) }),
+            None => return bad(),
+        },
+        (OpKind::Getm { .. }, Reply::ErrNotFound) => Done(OpKind::Getm { value: None }),
+        (
+            OpKind::Getm { .. },
+            Reply::ValueMeta {
+                version,
+                exptime,
+                value,
+            },
+        ) => match write_of(value) {
+            Some(write) => Done(OpKind::Getm {
+                value: Some((write, *version, *exptime)),
+            }),
+            None => return bad(),
+        },
+        _ => return bad(),
+    })
 }

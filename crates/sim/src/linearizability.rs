@@ -1,109 +1,365 @@
-//! A Porcupine-style linearizability checker for a map of registers (one register per key).
+//! A Porcupine-style linearizability checker for raftkv's key-value model: `set`, `cas`, `delete`,
+//! `get`, `getm`, with versions and expiry.
 //!
-//! The history is split by key (registers are independent, so the history is linearizable iff every key's
-//! sub-history is), then each sub-history is searched with the Wing–Gong algorithm as improved by Lowe:
-//! calls and returns form a doubly linked list in time order; the search repeatedly linearizes the
-//! earliest call it can, lifting the call and its return out of the list, and backtracks when it meets a
-//! return whose call has not been linearized yet. A cache of (linearized set, register state) pairs
-//! already explored keeps the search from revisiting a configuration.
+//! The history is split by key (keys are independent, so the history is linearizable iff every key's
+//! sub-history is), and **every** key is checked: any illegal key fails the history, and a key whose
+//! search exceeds its budget is counted as inconclusive, never as a pass. Each sub-history is searched
+//! with the Wing–Gong algorithm as improved by Lowe: calls and returns form a doubly linked list in time
+//! order; the search repeatedly linearizes the earliest call it can, and backtracks when it meets a
+//! return whose call has not been linearized yet; a cache of (linearized set, state) pairs already
+//! explored keeps it from revisiting a configuration.
 //!
-//! Outcomes the history may hold:
-//! - a write whose response was seen (`ret: Some`): it took effect exactly once between call and return;
-//! - a write with an unknown outcome (`ret: None`, e.g. the client timed out or its node crashed): it may
-//!   take effect at any point after its call, or never. Its return is placed at +infinity, so it can be
-//!   linearized after everything else, which is the same as never for every read in the history;
-//! - a read with a response: it returned `value` (None: the key was absent) between call and return;
-//! - a read with no response (`ret: None`) says nothing and is dropped.
+//! The model of one key: absent, or live with the value of one write, which may carry an expiry. Write
+//! values are unique, so a read names the write it saw. **Expiry** is nondeterministic in the model —
+//! an expiring key may vanish at any moment — but it never un-fires: once absent it stays absent until
+//! written again. That is exactly what raftkv promises when node clocks disagree (an expiry may fire
+//! early or late, never un-fire). **Versions** are log indexes, learned from `OK <version>` and `getm`
+//! replies; a `cas` succeeds only on the version of the write it replaces.
 //!
-//! Times (`call`, `ret`) are any totally ordered stamps; the simulator uses a global event counter so that
-//! no two events tie. On a tie a call is ordered before a return (the two operations count as concurrent).
+//! An operation with an unknown outcome (the client timed out, its node crashed, a `noreply` write) may
+//! take effect at any point after its call, or never: its return is placed at +infinity, and once only
+//! such operations are left the search succeeds. Operations of one connection on one key take effect in
+//! the order they were sent: an operation may be linearized only after the connection's previous
+//! operation on that key with a known outcome.
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::fmt;
 
 pub type Key = u64;
-pub type Value = u64;
+/// The id of the write whose value a key holds (values are unique per write).
+pub type WriteId = u64;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum OpKind {
-    Write { value: Value },
-    Read { value: Option<Value> },
+pub enum CasOutcome {
+    Ok,
+    VersionMismatch,
+    NotFound,
 }
 
-/// One client operation: invocation time, response time (None: unknown), what it did.
+/// What one operation did, as far as its client saw it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum OpKind {
+    /// `set` of a new value (`ttl_s` 0: never expires); `version` from its `OK` reply, if seen.
+    Set {
+        write: WriteId,
+        ttl_s: u32,
+        version: Option<u64>,
+    },
+    /// `cas` expecting `expected`; `outcome` None if unknown (a success then has `version` unknown too).
+    Cas {
+        write: WriteId,
+        ttl_s: u32,
+        expected: u64,
+        outcome: Option<CasOutcome>,
+        version: Option<u64>,
+    },
+    /// `delete`: Some(true) `DELETED`, Some(false) `ERR_NOT_FOUND`, None unknown.
+    Delete { deleted: Option<bool> },
+    /// `get`: the write whose value it returned, or None for `ERR_NOT_FOUND`.
+    Get { value: Option<WriteId> },
+    /// `getm`: (write, version, remaining seconds) or None for `ERR_NOT_FOUND`.
+    Getm { value: Option<(WriteId, u64, u64)> },
+}
+
+/// One client operation: invocation time, response time (None: unknown outcome), what it did.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Op {
-    pub client: u64,
+    /// The connection that sent it (operations of one connection take effect in order).
+    pub conn: u64,
     pub key: Key,
     pub kind: OpKind,
     pub call: u64,
     pub ret: Option<u64>,
+    /// For a write, the log index it was applied at, if known: writes take effect in index order
+    /// (the checker then need not guess their order, only where the reads fall between them).
+    pub index: Option<u64>,
+}
+
+impl Op {
+    fn is_read(&self) -> bool {
+        matches!(self.kind, OpKind::Get { .. } | OpKind::Getm { .. })
+    }
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Outcome {
     Linearizable,
-    /// No linearization exists for the sub-history of `key`; `ops` is that sub-history.
+    /// Some key has no linearization (or breaks a rule of versions); `ops` is that key's sub-history.
     Illegal {
         key: Key,
+        why: String,
         ops: Vec<Op>,
-    },
-    /// The search for `key` exceeded its step budget: neither proven nor refuted.
-    Inconclusive {
-        key: Key,
     },
 }
 
-/// Checks a whole history. `budget` bounds the search steps spent on any one key.
-pub fn check(history: &[Op], budget: u64) -> Outcome {
+/// The verdict on a whole history: the first illegal key, if any, and how many keys the search could
+/// neither prove nor refute within its budget.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Verdict {
+    pub outcome: Outcome,
+    pub inconclusive_keys: Vec<Key>,
+}
+
+impl Verdict {
+    pub fn illegal(&self) -> bool {
+        matches!(self.outcome, Outcome::Illegal { .. })
+    }
+    pub fn inconclusive(&self) -> bool {
+        !self.inconclusive_keys.is_empty()
+    }
+}
+
+impl fmt::Display for Verdict {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match &self.outcome {
+            Outcome::Linearizable => write!(f, "linearizable")?,
+            Outcome::Illegal { key, why, ops } => {
+                writeln!(f, "NOT linearizable on key {key}: {why}")?;
+                for op in ops {
+                    writeln!(f, "    {op:?}")?;
+                }
+            }
+        }
+        if self.inconclusive() {
+            write!(f, " (inconclusive keys: {:?})", self.inconclusive_keys)?;
+        }
+        Ok(())
+    }
+}
+
+/// Checks a whole history, every key. `budget` bounds the search steps spent on any one key.
+pub fn check(history: &[Op], budget: u64) -> Verdict {
     let mut by_key: BTreeMap<Key, Vec<Op>> = BTreeMap::new();
     for op in history {
         assert!(
             op.ret.is_none_or(|ret| op.call <= ret),
             "op returns before its call: {op:?}"
         );
+        // A read without a response says nothing.
+        if op.is_read() && op.ret.is_none() {
+            continue;
+        }
         by_key.entry(op.key).or_default().push(*op);
     }
+    let mut verdict = Verdict {
+        outcome: Outcome::Linearizable,
+        inconclusive_keys: Vec::new(),
+    };
     for (key, ops) in by_key {
-        let ops = prune(ops);
-        match check_register(&ops, budget) {
-            Some(true) => {}
-            Some(false) => return Outcome::Illegal { key, ops },
-            None => return Outcome::Inconclusive { key },
-        }
-    }
-    Outcome::Linearizable
-}
-
-/// Drops what cannot change the verdict: reads without a response, and writes with an unknown outcome
-/// whose value no read returned (when write values are unique within the key, such a write can always be
-/// placed "never": no read sits between it and the next write, so removing it changes no read's result).
-fn prune(ops: Vec<Op>) -> Vec<Op> {
-    let mut written = HashSet::new();
-    let mut unique = true;
-    let mut observed = HashSet::new();
-    for op in &ops {
-        match op.kind {
-            OpKind::Write { value } => unique &= written.insert(value),
-            OpKind::Read { value: Some(value) } if op.ret.is_some() => {
-                observed.insert(value);
+        let result = Facts::gather(&ops).and_then(|facts| match search(&ops, &facts, budget) {
+            Some(true) => Ok(()),
+            Some(false) => Err("no linearization exists".to_string()),
+            None => {
+                verdict.inconclusive_keys.push(key);
+                Ok(())
             }
-            OpKind::Read { .. } => {}
+        });
+        if let Err(why) = result {
+            if !verdict.illegal() {
+                verdict.outcome = Outcome::Illegal { key, why, ops };
+            }
         }
     }
-    ops.into_iter()
-        .filter(|op| match op.kind {
-            OpKind::Read { .. } => op.ret.is_some(),
-            OpKind::Write { value } => op.ret.is_some() || !unique || observed.contains(&value),
-        })
-        .collect()
+    verdict
 }
 
-/// The register model: the state is the current value (None: absent). Returns the next state if `op`
-/// may take effect in `state`.
-fn step(state: Option<Value>, op: &Op) -> Option<Option<Value>> {
+/// What the whole sub-history of a key says about its writes, independent of order.
+struct Facts {
+    /// The version (log index) of each write, where some reply told it.
+    versions: HashMap<WriteId, u64>,
+    /// Which write holds each known version.
+    owners: HashMap<u64, WriteId>,
+    /// Each write's time to live, for checking `getm`'s remaining seconds.
+    ttls: HashMap<WriteId, u32>,
+}
+
+impl Facts {
+    fn gather(ops: &[Op]) -> Result<Facts, String> {
+        let mut facts = Facts {
+            versions: HashMap::new(),
+            owners: HashMap::new(),
+            ttls: HashMap::new(),
+        };
+        let learn = |facts: &mut Facts, write: WriteId, version: u64| -> Result<(), String> {
+            if let Some(old) = facts.versions.insert(write, version) {
+                if old != version {
+                    return Err(format!(
+                        "write {write} seen with versions {old} and {version}"
+                    ));
+                }
+            }
+            if let Some(other) = facts.owners.insert(version, write) {
+                if other != write {
+                    return Err(format!(
+                        "version {version} belongs to writes {other} and {write}"
+                    ));
+                }
+            }
+            Ok(())
+        };
+        for op in ops {
+            match op.kind {
+                OpKind::Set {
+                    write,
+                    ttl_s,
+                    version,
+                }
+                | OpKind::Cas {
+                    write,
+                    ttl_s,
+                    version,
+                    ..
+                } => {
+                    facts.ttls.insert(write, ttl_s);
+                    if let Some(version) = version {
+                        learn(&mut facts, write, version)?;
+                    }
+                }
+                OpKind::Getm {
+                    value: Some((write, version, _)),
+                } => learn(&mut facts, write, version)?,
+                _ => {}
+            }
+        }
+        for op in ops {
+            let OpKind::Getm {
+                value: Some((write, _, remaining)),
+            } = op.kind
+            else {
+                continue;
+            };
+            let Some(&ttl) = facts.ttls.get(&write) else {
+                return Err(format!("getm returned write {write}, which nobody sent"));
+            };
+            let legal = if ttl == 0 {
+                remaining == 0
+            } else {
+                (1..=u64::from(ttl)).contains(&remaining)
+            };
+            if !legal {
+                return Err(format!(
+                    "getm of write {write} (ttl {ttl}s) reports {remaining}s left"
+                ));
+            }
+        }
+        Ok(facts)
+    }
+
+    /// Whether write `holder` has version `expected`: Some(answer), or None if the history cannot tell.
+    fn has_version(&self, holder: WriteId, expected: u64) -> Option<bool> {
+        if let Some(&version) = self.versions.get(&holder) {
+            return Some(version == expected);
+        }
+        self.owners.get(&expected).map(|&owner| owner == holder)
+    }
+}
+
+/// What one key holds.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+enum Holds {
+    Absent,
+    Live { write: WriteId, expiring: bool },
+}
+
+/// The state of one key: what it holds, and the newest log index of a write to it so far (writes take
+/// effect in log order; a version is the index of the write that made it).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+struct State {
+    holds: Holds,
+    last_index: u64,
+}
+
+impl State {
+    const INITIAL: State = State {
+        holds: Holds::Absent,
+        last_index: 0,
+    };
+
+    fn holding(self, holds: Holds) -> State {
+        State { holds, ..self }
+    }
+
+    /// The state after a write of `write` with `version` (if known) takes effect, if it may.
+    fn written(self, write: WriteId, ttl_s: u32, version: Option<u64>) -> Option<State> {
+        let last_index = match version {
+            Some(v) if v < self.last_index => return None,
+            Some(v) => v,
+            None => self.last_index,
+        };
+        Some(State {
+            holds: Holds::Live {
+                write,
+                expiring: ttl_s > 0,
+            },
+            last_index,
+        })
+    }
+}
+
+/// The model, log order first: a write applied at a known index comes after every write applied at an
+/// earlier one.
+fn step(state: State, op: &Op, facts: &Facts) -> Option<State> {
+    let state = match op.index {
+        Some(index) if index <= state.last_index => return None,
+        Some(index) => State {
+            last_index: index,
+            ..state
+        },
+        None => state,
+    };
+    step_kind(state, op, facts)
+}
+
+/// The state after `op` takes effect in `state`, if it may. An unknown outcome takes effect as the
+/// success it may have been (its failure changes nothing, which "never" already covers).
+fn step_kind(state: State, op: &Op, facts: &Facts) -> Option<State> {
+    let may_vanish = matches!(
+        state.holds,
+        Holds::Absent | Holds::Live { expiring: true, .. }
+    );
+    let holds_version = |expected: u64| match state.holds {
+        Holds::Live { write, .. } => Some(facts.has_version(write, expected)),
+        Holds::Absent => None,
+    };
     match op.kind {
-        OpKind::Write { value } => Some(Some(value)),
-        OpKind::Read { value } => (value == state).then_some(state),
+        OpKind::Set {
+            write,
+            ttl_s,
+            version,
+        } => state.written(write, ttl_s, version),
+        OpKind::Cas {
+            write,
+            ttl_s,
+            expected,
+            outcome,
+            version,
+        } => match outcome {
+            None | Some(CasOutcome::Ok) => match holds_version(expected) {
+                Some(Some(true) | None) => state.written(write, ttl_s, version),
+                _ => None,
+            },
+            Some(CasOutcome::VersionMismatch) => match holds_version(expected) {
+                Some(Some(false) | None) => Some(state),
+                _ => None,
+            },
+            Some(CasOutcome::NotFound) => may_vanish.then_some(state.holding(Holds::Absent)),
+        },
+        OpKind::Delete { deleted } => match deleted {
+            None | Some(true) => {
+                matches!(state.holds, Holds::Live { .. }).then_some(state.holding(Holds::Absent))
+            }
+            Some(false) => may_vanish.then_some(state.holding(Holds::Absent)),
+        },
+        OpKind::Get { value: None } | OpKind::Getm { value: None } => {
+            may_vanish.then_some(state.holding(Holds::Absent))
+        }
+        OpKind::Get { value: Some(seen) }
+        | OpKind::Getm {
+            value: Some((seen, _, _)),
+        } => match state.holds {
+            Holds::Live { write, .. } if write == seen => Some(state),
+            _ => None,
+        },
     }
 }
 
@@ -120,9 +376,6 @@ struct Events {
 impl Events {
     fn call(op: usize) -> usize {
         1 + 2 * op
-    }
-    fn ret(op: usize) -> usize {
-        2 + 2 * op
     }
     fn op(node: usize) -> usize {
         (node - 1) / 2
@@ -147,7 +400,7 @@ impl Events {
         let mut last = HEAD;
         for (_, is_return, i) in order {
             let node = if is_return {
-                Events::ret(i)
+                2 + 2 * i
             } else {
                 Events::call(i)
             };
@@ -186,14 +439,32 @@ impl Events {
     }
 }
 
-/// Lowe's search on one register. Some(true): linearizable; Some(false): not; None: out of budget.
-fn check_register(ops: &[Op], budget: u64) -> Option<bool> {
+/// For each op, the connection's previous op on this key with a known outcome, which must take effect
+/// first.
+fn predecessors(ops: &[Op]) -> Vec<Option<usize>> {
+    let mut order: Vec<usize> = (0..ops.len()).collect();
+    order.sort_by_key(|&i| ops[i].call);
+    let mut last_known: HashMap<u64, usize> = HashMap::new();
+    let mut pred = vec![None; ops.len()];
+    for i in order {
+        pred[i] = last_known.get(&ops[i].conn).copied();
+        if ops[i].ret.is_some() {
+            last_known.insert(ops[i].conn, i);
+        }
+    }
+    pred
+}
+
+/// Lowe's search on one key. Some(true): linearizable; Some(false): not; None: out of budget.
+fn search(ops: &[Op], facts: &Facts, budget: u64) -> Option<bool> {
     let mut events = Events::new(ops);
+    let pred = predecessors(ops);
     let words = ops.len().div_ceil(64);
     let mut linearized = vec![0u64; words];
-    let mut cache: HashSet<(Vec<u64>, Option<Value>)> = HashSet::new();
-    let mut stack: Vec<(usize, Option<Value>)> = Vec::new();
-    let mut state: Option<Value> = None;
+    let is_linearized = |set: &[u64], i: usize| set[i / 64] & (1 << (i % 64)) != 0;
+    let mut cache: HashSet<(Vec<u64>, State)> = HashSet::new();
+    let mut stack: Vec<(usize, State)> = Vec::new();
+    let mut state = State::INITIAL;
     let mut entry = events.next[HEAD];
     let mut steps = 0u64;
     while events.next[HEAD] != NIL {
@@ -205,9 +476,10 @@ fn check_register(ops: &[Op], budget: u64) -> Option<bool> {
             entry != NIL,
             "every call is followed by its return in the list"
         );
+        let i = Events::op(entry);
         if Events::is_call(entry) {
-            let i = Events::op(entry);
-            if let Some(next_state) = step(state, &ops[i]) {
+            let ordered = pred[i].is_none_or(|p| is_linearized(&linearized, p));
+            if let Some(next_state) = step(state, &ops[i], facts).filter(|_| ordered) {
                 linearized[i / 64] |= 1 << (i % 64);
                 if cache.insert((linearized.clone(), next_state)) {
                     stack.push((entry, state));
@@ -220,12 +492,17 @@ fn check_register(ops: &[Op], budget: u64) -> Option<bool> {
             }
             entry = events.next[entry];
         } else {
+            if ops[i].ret.is_none() {
+                // Only operations of unknown outcome are left (their returns sort last): each may
+                // never have happened.
+                return Some(true);
+            }
             // A return whose call is still in the list: that op must have been linearized by now.
             let Some((call, prev_state)) = stack.pop() else {
                 return Some(false);
             };
-            let i = Events::op(call);
-            linearized[i / 64] &= !(1 << (i % 64));
+            let j = Events::op(call);
+            linearized[j / 64] &= !(1 << (j % 64));
             state = prev_state;
             events.unlift(call);
             entry = events.next[call];
@@ -235,341 +512,4 @@ fn check_register(ops: &[Op], budget: u64) -> Option<bool> {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::rng::Rng;
-
-    const BUDGET: u64 = 10_000_000;
-
-    fn w(key: Key, value: Value, call: u64, ret: Option<u64>) -> Op {
-        Op {
-            client: 0,
-            key,
-            kind: OpKind::Write { value },
-            call,
-            ret,
-        }
-    }
-    fn r(key: Key, value: Option<Value>, call: u64, ret: u64) -> Op {
-        Op {
-            client: 0,
-            key,
-            kind: OpKind::Read { value },
-            call,
-            ret: Some(ret),
-        }
-    }
-    fn ok(history: &[Op]) -> bool {
-        match check(history, BUDGET) {
-            Outcome::Linearizable => true,
-            Outcome::Illegal { .. } => false,
-            Outcome::Inconclusive { .. } => panic!("inconclusive"),
-        }
-    }
-
-    #[test]
-    fn empty_and_sequential_histories_pass() {
-        assert!(ok(&[]));
-        assert!(ok(&[r(1, None, 0, 1)]));
-        assert!(ok(&[
-            w(1, 10, 0, Some(1)),
-            r(1, Some(10), 2, 3),
-            w(1, 11, 4, Some(5)),
-            r(1, Some(11), 6, 7)
-        ]));
-    }
-
-    #[test]
-    fn stale_read_after_completed_write_is_rejected() {
-        assert!(!ok(&[w(1, 10, 0, Some(1)), r(1, None, 2, 3)]));
-        assert!(!ok(&[
-            w(1, 10, 0, Some(1)),
-            w(1, 11, 2, Some(3)),
-            r(1, Some(10), 4, 5)
-        ]));
-    }
-
-    #[test]
-    fn read_of_a_value_never_written_is_rejected() {
-        assert!(!ok(&[w(1, 10, 0, Some(1)), r(1, Some(99), 2, 3)]));
-        assert!(!ok(&[r(1, Some(10), 0, 1)]));
-    }
-
-    #[test]
-    fn read_before_the_write_is_invoked_cannot_see_it() {
-        assert!(!ok(&[r(1, Some(10), 0, 1), w(1, 10, 2, Some(3))]));
-    }
-
-    #[test]
-    fn concurrent_read_may_see_old_or_new() {
-        assert!(ok(&[w(1, 10, 0, Some(10)), r(1, None, 5, 15)]));
-        assert!(ok(&[w(1, 10, 0, Some(10)), r(1, Some(10), 5, 15)]));
-    }
-
-    #[test]
-    fn new_then_old_inversion_is_rejected() {
-        // A long write; one read sees it, a strictly later read does not: the write cannot un-happen.
-        assert!(!ok(&[
-            w(1, 10, 0, Some(100)),
-            r(1, Some(10), 10, 20),
-            r(1, None, 30, 40)
-        ]));
-        // The other order is fine.
-        assert!(ok(&[
-            w(1, 10, 0, Some(100)),
-            r(1, None, 10, 20),
-            r(1, Some(10), 30, 40)
-        ]));
-    }
-
-    #[test]
-    fn two_readers_disagreeing_on_order_of_two_writes_is_rejected() {
-        // Writes 1 and 2 concurrent; reader A sees 1 then 2, reader B sees 2 then 1, all reads sequential
-        // after both writes were invoked and overlapping pairwise in a way that forces a contradiction.
-        let h = [
-            w(1, 1, 0, Some(100)),
-            w(1, 2, 0, Some(100)),
-            r(1, Some(1), 10, 20),
-            r(1, Some(2), 30, 40),
-            r(1, Some(1), 50, 60),
-        ];
-        assert!(!ok(&h));
-    }
-
-    #[test]
-    fn unknown_write_may_happen_or_not() {
-        // Never observed: fine.
-        assert!(ok(&[
-            w(1, 10, 0, None),
-            r(1, None, 5, 6),
-            r(1, None, 50, 60)
-        ]));
-        // Observed late: fine (it took effect after the first read).
-        assert!(ok(&[
-            w(1, 10, 0, None),
-            r(1, None, 5, 6),
-            r(1, Some(10), 50, 60)
-        ]));
-        // Observed and then gone without another write: rejected.
-        assert!(!ok(&[
-            w(1, 10, 0, None),
-            r(1, Some(10), 5, 6),
-            r(1, None, 50, 60)
-        ]));
-        // Observed before it was invoked: rejected.
-        assert!(!ok(&[r(1, Some(10), 0, 1), w(1, 10, 5, None)]));
-    }
-
-    #[test]
-    fn unknown_write_cannot_take_effect_twice() {
-        // 10 (unknown) then 11 (known), then a read of 10 again: 10 would have to be applied twice.
-        let h = [
-            w(1, 10, 0, None),
-            r(1, Some(10), 5, 6),
-            w(1, 11, 10, Some(11)),
-            r(1, Some(10), 20, 21),
-        ];
-        assert!(!ok(&h));
-    }
-
-    #[test]
-    fn reads_without_response_are_ignored() {
-        let h = [
-            w(1, 10, 0, Some(1)),
-            Op {
-                client: 0,
-                key: 1,
-                kind: OpKind::Read { value: Some(99) },
-                call: 2,
-                ret: None,
-            },
-        ];
-        assert!(ok(&h));
-    }
-
-    #[test]
-    fn keys_are_independent_and_each_is_checked() {
-        assert!(ok(&[
-            w(1, 10, 0, Some(1)),
-            w(2, 20, 0, Some(1)),
-            r(1, Some(10), 2, 3),
-            r(2, Some(20), 2, 3)
-        ]));
-        match check(
-            &[
-                w(1, 10, 0, Some(1)),
-                r(1, Some(10), 2, 3),
-                w(2, 20, 0, Some(1)),
-                r(2, None, 2, 3),
-            ],
-            BUDGET,
-        ) {
-            Outcome::Illegal { key, ops } => {
-                assert_eq!(key, 2);
-                assert_eq!(ops.len(), 2);
-            }
-            other => panic!("expected illegal, got {other:?}"),
-        }
-    }
-
-    #[test]
-    fn budget_exhaustion_is_reported_not_guessed() {
-        let h: Vec<Op> = (0..20)
-            .map(|i| w(1, i, 0, Some(100)))
-            .chain([r(1, Some(999), 200, 201)])
-            .collect();
-        assert_eq!(check(&h, 5), Outcome::Inconclusive { key: 1 });
-    }
-
-    /// A history produced by a real atomic register (each op takes effect at one instant between its
-    /// call and return) is always accepted, including with unknown outcomes.
-    #[test]
-    fn random_histories_of_an_atomic_register_pass() {
-        let mut rng = Rng::new(1);
-        for _ in 0..300 {
-            let h = atomic_history(&mut rng, 40, 4);
-            assert!(ok(&h), "{h:?}");
-        }
-    }
-
-    /// Cross-check against brute force on small random histories, linearizable or not.
-    #[test]
-    fn agrees_with_brute_force_on_small_histories() {
-        let mut rng = Rng::new(2);
-        let (mut yes, mut no) = (0, 0);
-        for _ in 0..3000 {
-            let n = rng.range(1, 6) as usize;
-            let unique = rng.chance(500_000);
-            let mut h = Vec::new();
-            for _ in 0..n {
-                let call = rng.below(20);
-                let ret = if rng.chance(150_000) {
-                    None
-                } else {
-                    Some(call + rng.below(10))
-                };
-                let kind = if rng.chance(500_000) {
-                    // Half the histories have unique write values (the pruning rule applies to those).
-                    OpKind::Write {
-                        value: if unique {
-                            h.len() as u64 + 1
-                        } else {
-                            rng.range(1, 3)
-                        },
-                    }
-                } else {
-                    let v = rng.below(if unique { n as u64 + 1 } else { 4 });
-                    OpKind::Read {
-                        value: (v > 0).then_some(v),
-                    }
-                };
-                h.push(Op {
-                    client: 0,
-                    key: 7,
-                    kind,
-                    call,
-                    ret,
-                });
-            }
-            let expected = brute_force(&h);
-            assert_eq!(ok(&h), expected, "{h:?}");
-            if expected {
-                yes += 1
-            } else {
-                no += 1
-            }
-        }
-        assert!(
-            yes > 300 && no > 300,
-            "both verdicts are exercised: {yes} {no}"
-        );
-    }
-
-    fn atomic_history(rng: &mut Rng, ops: usize, clients: u64) -> Vec<Op> {
-        // Each client runs ops back to back; an op's effect happens at a random instant inside it.
-        let mut events: Vec<(u64, u64, usize)> = Vec::new(); // (effect time, client, op index)
-        let mut h = Vec::new();
-        let mut next_free = vec![0u64; clients as usize];
-        let mut value = 0;
-        for i in 0..ops {
-            let c = rng.below(clients);
-            let call = next_free[c as usize] + rng.below(5);
-            let ret = call + 1 + rng.below(30);
-            next_free[c as usize] = ret + 1;
-            let at = rng.range(call, ret);
-            let kind = if rng.chance(500_000) {
-                value += 1;
-                OpKind::Write { value }
-            } else {
-                OpKind::Read { value: None }
-            };
-            h.push(Op {
-                client: c,
-                key: 1,
-                kind,
-                call: call * 2,
-                ret: Some(ret * 2 + 1),
-            });
-            events.push((at, rng.next_u64(), i));
-        }
-        events.sort_unstable();
-        let mut state = None;
-        for (_, _, i) in events {
-            match &mut h[i].kind {
-                OpKind::Write { value } => state = Some(*value),
-                OpKind::Read { value } => *value = state,
-            }
-        }
-        // Some writes lose their response; their effect still happened.
-        for op in &mut h {
-            if matches!(op.kind, OpKind::Write { .. }) && rng.chance(100_000) {
-                op.ret = None;
-            }
-        }
-        h
-    }
-
-    /// Tries every order of every subset of unknown writes (plus all known ops).
-    fn brute_force(h: &[Op]) -> bool {
-        let ops: Vec<Op> = h
-            .iter()
-            .filter(|op| op.ret.is_some() || matches!(op.kind, OpKind::Write { .. }))
-            .copied()
-            .collect();
-        let mut used = vec![false; ops.len()];
-        search(&ops, &mut used, None)
-    }
-
-    fn search(ops: &[Op], used: &mut [bool], state: Option<Value>) -> bool {
-        // Done when every op with a known return is placed (unknown writes may be left out).
-        if ops
-            .iter()
-            .zip(used.iter())
-            .all(|(op, u)| *u || op.ret.is_none())
-        {
-            return true;
-        }
-        // The next op must not be preceded (in real time) by an unplaced op with a known return.
-        let min_ret = ops
-            .iter()
-            .zip(used.iter())
-            .filter(|(op, u)| !**u && op.ret.is_some())
-            .map(|(op, _)| op.ret.unwrap())
-            .min()
-            .unwrap();
-        for i in 0..ops.len() {
-            if used[i] || ops[i].call > min_ret {
-                continue;
-            }
-            if let Some(next) = step(state, &ops[i]) {
-                used[i] = true;
-                let found = search(ops, used, next);
-                used[i] = false;
-                if found {
-                    return true;
-                }
-            }
-        }
-        false
-    }
-}
+mod tests;

@@ -1,44 +1,22 @@
-//! One simulated node: a Raft core driven exactly per the `Ready` contract, its disk, its state machine,
-//! and the client requests it has accepted.
+//! One simulated node: the server's own [`Replica`] with the real store, driven like the server's node
+//! loop drives it, over the real WAL on a simulated disk, with a skewed clock of its own.
 
 use std::collections::BTreeMap;
 
-use raftkv_raft::{
-    Config, Entry, EntryKind, Index, InitialState, NodeId, Raft, ReadState, Snapshot, SnapshotMeta,
-    Term,
+use raftkv_kv::{Command, Proposal};
+use raftkv_raft::{Entry, EntryKind, Index, NodeId, Role, SnapshotMeta, Term};
+use raftkv_replica::{
+    ClientRequest, Mutation, Now, Op, PersistJob, Replica, ReplicaConfig, SnapshotTask,
 };
 
 use crate::checks::Checks;
+use crate::clock::NodeClock;
 use crate::disk::Disk;
-use crate::kv::{Put, StateMachine};
-use crate::linearizability::{Key, Value};
 use crate::network::Network;
 use crate::rng::Rng;
 
-/// What a node tells the client layer about the operations it accepted.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Reply {
-    /// The write was applied at the index it was proposed at.
-    WriteApplied {
-        op_id: u64,
-    },
-    /// Another entry was applied at the write's index: the write did not happen and never will.
-    WriteLost {
-        op_id: u64,
-    },
-    /// The node can no longer tell (it crashed, its log was rewritten, a snapshot skipped the index).
-    WriteUnknown {
-        op_id: u64,
-    },
-    ReadServed {
-        op_id: u64,
-        value: Option<Value>,
-    },
-    /// The read can no longer be served here.
-    ReadDropped {
-        op_id: u64,
-    },
-}
+/// A client request's handle in the simulator: the operation's id.
+pub type OpId = u64;
 
 /// The shared things a node's driver touches.
 pub struct Env<'a> {
@@ -46,189 +24,226 @@ pub struct Env<'a> {
     pub rng: &'a mut Rng,
     pub net: &'a mut Network,
     pub checks: &'a mut Checks,
-    pub replies: &'a mut Vec<Reply>,
+    /// Replies to client operations, as the replica produced them.
+    pub replies: &'a mut Vec<(OpId, raftkv_kv::Reply)>,
 }
 
 pub struct Node {
     pub id: NodeId,
-    config: Config,
-    pub raft: Option<Raft>,
+    config: ReplicaConfig,
+    pub replica: Option<Replica<OpId>>,
     pub disk: Disk,
-    pub sm: StateMachine,
-    /// Take a snapshot once this many entries were applied since the last one (None: never).
-    pub snapshot_threshold: Option<u64>,
-    /// Writes accepted by `propose`, by log index.
-    proposals: BTreeMap<Index, u64>,
-    /// Reads accepted by `read_index`, by op id (the read's ctx): the key to read.
-    reads: BTreeMap<u64, Key>,
-    /// Read states the core released, waiting for `applied` to reach their index.
-    ready_reads: Vec<ReadState>,
+    pub clock: NodeClock,
+    /// A snapshot being built, and when it will be written.
+    snapshot_work: Option<(u64, SnapshotTask)>,
+    snapshot_delay: (u64, u64),
     /// Term of each entry handed out for persistence, for the log-matching check (index -> term).
     log_terms: BTreeMap<Index, Term>,
-    /// This node ticks when `(now + tick_phase) % tick_ms == 0`.
-    pub tick_phase: u64,
+    /// This node ticks when its monotonic clock is a multiple of the tick interval.
+    pub tick_ms: u64,
     pub crashes: u64,
+    /// Why the node stopped by itself (a storage failure), if it did.
+    pub stopped: Option<String>,
 }
 
 impl Node {
     pub fn new(
-        config: Config,
+        config: ReplicaConfig,
         disk: Disk,
-        snapshot_threshold: Option<u64>,
-        tick_phase: u64,
+        clock: NodeClock,
+        tick_ms: u64,
+        snapshot_delay: (u64, u64),
     ) -> Node {
-        let mut node = Node {
-            id: config.id,
+        Node {
+            id: config.raft.id,
             config,
-            raft: None,
+            replica: None,
             disk,
-            sm: StateMachine::default(),
-            snapshot_threshold,
-            proposals: BTreeMap::new(),
-            reads: BTreeMap::new(),
-            ready_reads: Vec::new(),
+            clock,
+            snapshot_work: None,
+            snapshot_delay,
             log_terms: BTreeMap::new(),
-            tick_phase,
+            tick_ms,
             crashes: 0,
-        };
-        node.start(0);
-        node
+            stopped: None,
+        }
     }
 
     pub fn is_up(&self) -> bool {
-        self.raft.is_some()
+        self.replica.is_some()
     }
 
-    /// Starts the core from exactly what is durable.
-    pub fn start(&mut self, seed: u64) {
-        assert!(self.raft.is_none(), "node {} started twice", self.id);
-        let durable = &self.disk.durable;
-        let initial = InitialState {
-            hard_state: durable.hard_state,
-            snapshot: durable.snapshot.clone(),
-            entries: durable.entries.clone(),
+    pub fn now(&self, virtual_ms: u64) -> Now {
+        self.clock.now(virtual_ms)
+    }
+
+    pub fn role(&self) -> Option<Role> {
+        self.replica.as_ref().map(|r| r.raft().status().role)
+    }
+
+    /// Starts the replica from exactly what the disk recovers. A disk that cannot be recovered is a
+    /// violation: the simulated file system only loses what was never synced.
+    pub fn start(&mut self, seed: u64, checks: &mut Checks) {
+        assert!(self.replica.is_none(), "node {} started twice", self.id);
+        let initial = match self.disk.open() {
+            Ok(initial) => initial,
+            Err(err) => {
+                checks.fail(self.id, format!("recovery failed: {err}"));
+                return;
+            }
         };
-        self.sm = durable
-            .snapshot
-            .as_ref()
-            .map_or_else(StateMachine::default, StateMachine::restore);
+        checks.on_recovered_hard_state(self.id, initial.hard_state);
         self.log_terms.clear();
-        if let Some(s) = &durable.snapshot {
+        if let Some(s) = &initial.snapshot {
             self.log_terms.insert(s.meta.index, s.meta.term);
         }
         self.log_terms
-            .extend(durable.entries.iter().map(|e| (e.index, e.term)));
+            .extend(initial.entries.iter().map(|e| (e.index, e.term)));
         let mut config = self.config.clone();
-        config.seed = config.seed.wrapping_add(seed);
-        self.raft = Some(Raft::new(config, initial));
+        config.raft.seed = config.raft.seed.wrapping_add(seed);
+        match Replica::new(config, initial) {
+            Ok(replica) => self.replica = Some(replica),
+            Err(err) => checks.fail(self.id, format!("cannot start the replica: {err}")),
+        }
+        self.stopped = None;
     }
 
-    /// Loses everything that is not durable.
-    pub fn crash(&mut self, replies: &mut Vec<Reply>) {
-        assert!(self.raft.is_some(), "node {} crashed twice", self.id);
-        self.raft = None;
+    /// Power loss: the process and everything not durable are gone.
+    pub fn crash(&mut self, seed: u64) {
+        assert!(self.replica.is_some(), "node {} crashed twice", self.id);
+        self.replica = None;
+        self.snapshot_work = None;
         self.crashes += 1;
-        self.disk.crash();
-        self.sm = StateMachine::default();
-        self.ready_reads.clear();
-        replies.extend(
-            std::mem::take(&mut self.proposals)
-                .into_values()
-                .map(|op_id| Reply::WriteUnknown { op_id }),
-        );
-        replies.extend(
-            std::mem::take(&mut self.reads)
-                .into_keys()
-                .map(|op_id| Reply::ReadDropped { op_id }),
-        );
+        self.disk.crash(seed);
     }
 
-    pub fn raft(&mut self) -> &mut Raft {
-        self.raft.as_mut().expect("node is up")
+    fn stop(&mut self, why: String, seed: u64) {
+        self.stopped = Some(why);
+        self.crash(seed);
     }
 
-    /// Records an accepted proposal. If another proposal of ours already waited at that index, this
-    /// node's log was rewritten under it and its fate is unknown here.
-    pub fn proposed(&mut self, index: Index, op_id: u64, replies: &mut Vec<Reply>) {
-        if let Some(old) = self.proposals.insert(index, op_id) {
-            replies.push(Reply::WriteUnknown { op_id: old });
+    /// Hands a client request to the replica.
+    pub fn request(&mut self, now: u64, op: Op, handle: OpId) {
+        let at = self.now(now);
+        if let Some(replica) = self.replica.as_mut() {
+            replica.request(at, ClientRequest { op, handle });
         }
     }
 
-    pub fn read_requested(&mut self, op_id: u64, key: Key) {
-        self.reads.insert(op_id, key);
-    }
-
-    /// Completes due disk writes: reports them to the core and releases the messages that waited.
-    pub fn complete_disk_writes(&mut self, env: &mut Env) {
-        if self.raft.is_none() {
+    /// One virtual millisecond of this node: disk completions, snapshot work, its tick.
+    pub fn step(&mut self, env: &mut Env) {
+        if self.replica.is_none() {
             return;
         }
-        for done in self.disk.complete_due(env.now) {
-            env.checks.on_durable_hard_state(
-                self.id,
-                done.hard_state_before,
-                done.hard_state_after,
-            );
-            if let Some((index, term)) = done.persisted {
-                self.raft().persisted(index, term);
+        match self.disk.complete_due(env.rng, env.now) {
+            Ok(None) => {}
+            Ok(Some(done)) => {
+                env.checks.on_durable_hard_state(
+                    self.id,
+                    done.hard_state_before,
+                    done.hard_state_after,
+                );
+                if let Some(replica) = self.replica.as_mut() {
+                    let _ = replica.persisted(done.durable);
+                }
+                for msg in done.messages {
+                    env.net.send(env.rng, env.now, msg);
+                }
             }
-            for msg in done.messages {
-                env.net.send(env.rng, env.now, msg);
+            Err(err) => {
+                let seed = env.rng.next_u64();
+                self.stop(format!("storage failed: {err}"), seed);
+                return;
+            }
+        }
+        if self
+            .snapshot_work
+            .as_ref()
+            .is_some_and(|(due, _)| *due <= env.now)
+        {
+            if let Some((_, task)) = self.snapshot_work.take() {
+                self.build_snapshot(task, env);
+            }
+        }
+        let now = self.now(env.now);
+        if now.mono_ms.is_multiple_of(self.tick_ms) {
+            if let Some(replica) = self.replica.as_mut() {
+                replica.tick(now);
             }
         }
     }
 
-    /// Handles every `Ready` the core has, in contract order.
-    pub fn drain(&mut self, env: &mut Env) {
-        for round in 0.. {
-            let Some(raft) = self.raft.as_mut() else {
+    fn build_snapshot(&mut self, task: SnapshotTask, env: &mut Env) {
+        let Some(writer) = self.disk.snapshot_writer() else {
+            return;
+        };
+        let built = task.build(&writer);
+        let Some(replica) = self.replica.as_mut() else {
+            return;
+        };
+        if let Err(err) = replica.snapshot_built(built) {
+            let seed = env.rng.next_u64();
+            self.stop(format!("{err}"), seed);
+        }
+    }
+
+    /// Runs the replica's Ready processing and carries out its outputs, as the server's loop does.
+    pub fn flush(&mut self, env: &mut Env) {
+        for _round in 0..1000 {
+            let Some(replica) = self.replica.as_mut() else {
                 return;
             };
-            if !raft.has_ready() {
+            if let Err(err) = replica.advance() {
+                let seed = env.rng.next_u64();
+                self.stop(format!("{err}"), seed);
                 return;
             }
-            assert!(
-                round < 1000,
-                "node {}: has_ready() stays true after 1000 rounds",
-                self.id
-            );
-            let rd = raft.ready();
-            // 1. Persist (to the disk's pending queue; it becomes durable later).
-            if let Some(snapshot) = &rd.snapshot {
-                self.note_snapshot(&snapshot.meta, env.checks);
-            }
-            if let Some(first) = rd.entries.first() {
-                self.note_entries(&rd.entries, first.index, env.checks);
-            }
-            if rd.must_persist() || !rd.messages_after_persist.is_empty() {
-                self.disk.submit(
-                    env.rng,
-                    env.now,
-                    rd.snapshot.clone(),
-                    rd.entries,
-                    rd.hard_state,
-                    rd.messages_after_persist,
-                );
-            }
-            // 2. Send what need not wait for the disk.
-            for msg in rd.messages {
+            let ack_early = self.config.mutation == Some(Mutation::AckBeforeFsync);
+            let out = replica.outputs();
+            let messages = std::mem::take(&mut out.messages);
+            let jobs = std::mem::take(&mut out.persist);
+            env.replies.append(&mut out.replies);
+            out.released.clear();
+            let task = out.snapshot.take();
+            let applied = std::mem::take(&mut out.applied);
+            for msg in messages {
                 env.net.send(env.rng, env.now, msg);
             }
-            // 3. Apply: a snapshot first, then committed entries.
-            if let Some(snapshot) = rd.snapshot {
-                self.restore(&snapshot, env);
+            for (entry, reply) in &applied {
+                env.checks.on_apply(self.id, entry, reply.as_ref());
             }
-            if let Some(last) = rd.committed.last().map(|e| e.index) {
-                for entry in &rd.committed {
-                    self.apply(entry, env);
+            let mut early = Vec::new();
+            for mut job in jobs {
+                self.note_job(&job, env.checks);
+                if ack_early {
+                    early.append(&mut job.messages_after_persist);
+                    if let Some(last) = job.entries.last() {
+                        early_durable(replica_of(&mut self.replica), last.index, last.term);
+                    }
                 }
-                self.raft().applied(last);
+                self.disk.submit(env.rng, env.now, job);
             }
-            // 4. Serve reads whose index is applied.
-            self.ready_reads.extend(rd.read_states);
-            self.serve_reads(env.replies);
-            self.maybe_compact();
+            for msg in early {
+                env.net.send(env.rng, env.now, msg);
+            }
+            if let Some(task) = task {
+                let delay = env.rng.range(self.snapshot_delay.0, self.snapshot_delay.1);
+                self.snapshot_work = Some((env.now + delay, task));
+            }
+            if !self.replica.as_ref().is_some_and(|r| r.raft().has_ready()) {
+                return;
+            }
+        }
+        panic!("node {}: Ready keeps coming after 1000 rounds", self.id);
+    }
+
+    /// Log-matching bookkeeping for what the replica hands to its disk.
+    fn note_job(&mut self, job: &PersistJob, checks: &mut Checks) {
+        if let Some(snapshot) = &job.snapshot {
+            self.note_snapshot(&snapshot.meta, checks);
+        }
+        if let Some(first) = job.entries.first() {
+            self.note_entries(&job.entries, first.index, checks);
         }
     }
 
@@ -265,93 +280,29 @@ impl Node {
         self.log_terms
             .extend(entries.iter().map(|e| (e.index, e.term)));
     }
+}
 
-    fn restore(&mut self, snapshot: &Snapshot, env: &mut Env) {
-        if snapshot.meta.index <= self.sm.applied {
-            env.checks.fail(
-                self.id,
-                format!(
-                    "asked to restore snapshot at {} over applied state at {}",
-                    snapshot.meta.index, self.sm.applied
-                ),
-            );
-            return;
-        }
-        self.sm = StateMachine::restore(snapshot);
-        // The snapshot skipped these indices: whether our proposals made it is unknown here.
-        let rest = self.proposals.split_off(&(snapshot.meta.index + 1));
-        let skipped = std::mem::replace(&mut self.proposals, rest);
-        env.replies.extend(
-            skipped
-                .into_values()
-                .map(|op_id| Reply::WriteUnknown { op_id }),
-        );
+fn replica_of(replica: &mut Option<Replica<OpId>>) -> &mut Replica<OpId> {
+    replica.as_mut().expect("a running replica")
+}
+
+/// [`Mutation::AckBeforeFsync`]: tell the replica a batch is durable before the disk has it.
+fn early_durable(replica: &mut Replica<OpId>, index: Index, term: Term) {
+    let _ = replica.persisted(raftkv_replica::Durable {
+        index,
+        term,
+        ..Default::default()
+    });
+}
+
+/// The client operation a committed entry carries, by the value it writes (values are unique per
+/// operation), for the check that no operation commits twice.
+pub fn written_value(entry: &Entry) -> Option<bytes::Bytes> {
+    if entry.kind != EntryKind::Normal {
+        return None;
     }
-
-    fn apply(&mut self, entry: &Entry, env: &mut Env) {
-        if entry.index != self.sm.applied + 1 {
-            env.checks.fail(
-                self.id,
-                format!(
-                    "committed entry {} handed out after applied {}",
-                    entry.index, self.sm.applied
-                ),
-            );
-            return;
-        }
-        env.checks.on_apply(self.id, entry);
-        let put = (entry.kind == EntryKind::Normal).then(|| Put::decode(&entry.data));
-        self.sm.apply(entry.index, entry.term, put);
-        if let Some(op_id) = self.proposals.remove(&entry.index) {
-            env.replies.push(if put.is_some_and(|p| p.op_id == op_id) {
-                Reply::WriteApplied { op_id }
-            } else {
-                Reply::WriteLost { op_id }
-            });
-        }
-    }
-
-    fn serve_reads(&mut self, replies: &mut Vec<Reply>) {
-        let applied = self.sm.applied;
-        let (due, waiting): (Vec<ReadState>, Vec<ReadState>) =
-            self.ready_reads.drain(..).partition(|r| r.index <= applied);
-        self.ready_reads = waiting;
-        for read in due {
-            // A read state for a ctx we never asked about (or already answered) is ignored.
-            if let Some(key) = self.reads.remove(&read.ctx) {
-                replies.push(Reply::ReadServed {
-                    op_id: read.ctx,
-                    value: self.sm.map.get(&key).copied(),
-                });
-            }
-        }
-    }
-
-    /// Log compaction (issue 6 test mode): snapshot the state machine once enough was applied.
-    fn maybe_compact(&mut self) {
-        let Some(threshold) = self.snapshot_threshold else {
-            return;
-        };
-        if self.sm.applied < self.sm.snapshot_index + threshold {
-            return;
-        }
-        let raft = self.raft.as_mut().expect("node is up");
-        let snapshot = Snapshot {
-            meta: SnapshotMeta {
-                index: self.sm.applied,
-                term: self.sm.applied_term,
-                membership: raft.membership().clone(),
-            },
-            data: self.sm.encode(),
-        };
-        raft.compact(snapshot.clone());
-        self.disk.save_snapshot(snapshot);
-        self.sm.snapshot_index = self.sm.applied;
-    }
-
-    /// A read the core will never answer any more (the client gave up): forget it.
-    pub fn forget(&mut self, op_id: u64) {
-        self.reads.remove(&op_id);
-        self.proposals.retain(|_, op| *op != op_id);
+    match Proposal::decode(&entry.data).ok()?.command {
+        Command::Set { value, .. } | Command::Cas { value, .. } => Some(value),
+        _ => None,
     }
 }

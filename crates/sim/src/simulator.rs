@@ -1,33 +1,38 @@
 //! The whole cluster in one thread, in virtual time (1 step = 1 virtual ms), from one seed.
 //!
 //! A run has two phases. During the fault phase (`Options::steps` ms) the nemesis crashes and restarts
-//! nodes, partitions and heals the network, slows disks and moves leadership, while clients run their
-//! workload; the safety checks run after every step. Then the liveness phase heals everything and
-//! requires, within `LIVENESS_MS`, one leader known to all, every client finishing new operations, and
-//! every node applying everything committed. Finally the history is checked for linearizability.
+//! nodes, fails their disks, partitions and heals the network, slows disks, jumps clocks and moves
+//! leadership, while clients run their workload; the safety checks run after every step. Then the
+//! liveness phase heals everything and requires, within `LIVENESS_MS`, one leader known to all, every
+//! client finishing new operations, and every node applying everything committed. Finally the history is
+//! checked for linearizability.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, VecDeque};
 use std::fmt;
 
-use raftkv_raft::{Config, NodeId, ProposeError, Role};
+use raftkv_raft::{Config, Index, NodeId, Role, Term};
+use raftkv_replica::{Mutation, ReplicaConfig};
 
 use crate::checks::Checks;
-use crate::client::{Client, Current, Fate, History, Stage};
+use crate::client::{self, Client, Effect, Fate, History, InFlight, Meaning};
+use crate::clock::NodeClock;
 use crate::disk::Disk;
-use crate::kv::Put;
-use crate::linearizability::{self, OpKind, Outcome};
+use crate::linearizability::{self, OpKind, Verdict};
 use crate::network::{Network, NetworkFaults, NetworkStats};
-use crate::node::{Env, Node, Reply};
+use crate::node::{Env, Node, OpId};
 use crate::rng::Rng;
 
-/// Virtual ms between two ticks of a node's core.
-const TICK_MS: u64 = 10;
 /// After the faults stop, the cluster must settle within this bound.
-const LIVENESS_MS: u64 = 10_000;
+const LIVENESS_MS: u64 = 15_000;
 /// Operations each client must complete after the faults stop.
 const LIVENESS_OPS: u64 = 3;
 /// Search steps the linearizability checker may spend on one key.
-const CHECK_BUDGET: u64 = 5_000_000;
+const CHECK_BUDGET: u64 = 20_000_000;
+/// More messages than this due in one virtual ms is a message storm (a 5-node cluster under load
+/// sends a few dozen).
+const MAX_DUE_MESSAGES: usize = 5_000;
+/// Client ports are `BASE_PORT + node id`, so a redirect names its node.
+const BASE_PORT: u16 = 9000;
 
 pub const DEFAULT_STEPS: u64 = 10_000;
 
@@ -37,6 +42,8 @@ pub struct Options {
     pub steps: u64,
     /// Print what happens to stderr (for replaying one seed).
     pub trace: bool,
+    /// A deliberate bug in every node (tests that the simulator finds bugs).
+    pub mutation: Option<Mutation>,
 }
 
 impl Default for Options {
@@ -44,6 +51,7 @@ impl Default for Options {
         Options {
             steps: DEFAULT_STEPS,
             trace: false,
+            mutation: None,
         }
     }
 }
@@ -54,16 +62,26 @@ pub struct Params {
     pub nodes: usize,
     pub clients: usize,
     pub keys: u64,
+    /// Requests one connection may have in flight.
+    pub pipeline: usize,
     pub read_ppm: u32,
+    pub ttl_ppm: u32,
     pub think_ms: u64,
-    /// A client gives up on an operation after this long (a write then has an unknown outcome).
+    /// A client gives up on a request (and its connection) after this long.
     pub op_timeout_ms: u64,
     pub net: NetworkFaults,
     pub nemesis_ppm: u32,
     pub disk_latency: (u64, u64),
     pub slow_disk_latency: (u64, u64),
-    /// Log compaction test mode: snapshot every this many applied entries.
-    pub snapshot_threshold: Option<u64>,
+    pub segment_bytes: u64,
+    pub snapshot_entries: u64,
+    pub snapshot_bytes: u64,
+    pub snapshot_delay: (u64, u64),
+    pub max_skew_ms: u64,
+    pub max_drift_ppm: u64,
+    /// Chance (per million, per ms) of a wall-clock step on some node, besides the nemesis's.
+    pub clock_jump_ppm: u32,
+    pub tick_ms: u64,
     pub election_ticks: u32,
     pub heartbeat_ticks: u32,
     pub pre_vote: bool,
@@ -75,11 +93,16 @@ pub struct Params {
 impl Params {
     fn draw(rng: &mut Rng) -> Params {
         let election_ticks = rng.range(5, 15) as u32;
-        Params {
+        let tiny_snapshots = rng.chance(500_000);
+        // One seed in five stresses time: mostly reads of keys that expire, clocks seconds apart.
+        let time_heavy = rng.chance(200_000);
+        let mut params = Params {
             nodes: if rng.chance(500_000) { 3 } else { 5 },
             clients: rng.range(1, 5) as usize,
             keys: rng.range(1, 4),
-            read_ppm: rng.range(200_000, 700_000) as u32,
+            pipeline: [1, 1, 2, 4][rng.index(4)],
+            read_ppm: rng.range(200_000, 950_000) as u32,
+            ttl_ppm: [0, 100_000, 400_000][rng.index(3)],
             think_ms: rng.range(0, 30),
             op_timeout_ms: rng.range(300, 2_000),
             net: NetworkFaults {
@@ -90,14 +113,36 @@ impl Params {
             nemesis_ppm: rng.range(1_000, 10_000) as u32,
             disk_latency: (1, rng.range(1, 5)),
             slow_disk_latency: (20, rng.range(50, 400)),
-            snapshot_threshold: rng.chance(500_000).then(|| rng.range(3, 30)),
+            segment_bytes: [1 << 10, 8 << 10, 1 << 20][rng.index(3)],
+            snapshot_entries: if tiny_snapshots {
+                rng.range(3, 30)
+            } else {
+                1 << 40
+            },
+            snapshot_bytes: if rng.chance(200_000) {
+                rng.range(200, 4_000)
+            } else {
+                1 << 40
+            },
+            snapshot_delay: (0, rng.range(1, 100)),
+            max_skew_ms: [0, 50, 1_000, 5_000][rng.index(4)],
+            max_drift_ppm: [0, 1_000, 20_000][rng.index(3)],
+            clock_jump_ppm: 0,
+            tick_ms: 10,
             election_ticks,
             heartbeat_ticks: rng.range(1, u64::from(election_ticks / 3)) as u32,
             pre_vote: rng.chance(750_000),
             check_quorum: rng.chance(750_000),
             max_entries_per_msg: rng.range(1, 64) as usize,
             max_inflight_msgs: rng.range(1, 16) as usize,
+        };
+        if time_heavy {
+            params.read_ppm = rng.range(850_000, 980_000) as u32;
+            params.ttl_ppm = 800_000;
+            params.max_skew_ms = [3_000, 10_000][rng.index(2)];
+            params.clock_jump_ppm = 5_000;
         }
+        params
     }
 }
 
@@ -110,6 +155,8 @@ pub struct Stats {
     pub committed: u64,
     pub max_term: u64,
     pub crashes: u64,
+    pub storage_failures: u64,
+    pub clock_jumps: u64,
     pub net: NetworkStats,
 }
 
@@ -117,27 +164,36 @@ pub struct Stats {
 #[derive(Clone, Debug)]
 pub struct Report {
     pub seed: u64,
-    pub steps: u64,
+    pub options: Options,
     pub params: Option<Params>,
-    /// Safety or liveness violations, and panics (of the core or of the simulator's own assertions).
+    /// Safety or liveness violations, and panics (of the code under test or of the simulator).
     pub violations: Vec<String>,
-    pub linearizability: Outcome,
+    pub linearizability: Verdict,
     pub stats: Stats,
 }
 
 impl Report {
     pub fn non_linearizable(&self) -> bool {
-        matches!(self.linearizability, Outcome::Illegal { .. })
+        self.linearizability.illegal()
+    }
+
+    pub fn inconclusive(&self) -> bool {
+        self.linearizability.inconclusive()
     }
 
     pub fn failed(&self) -> bool {
-        !self.violations.is_empty() || self.non_linearizable()
+        !self.violations.is_empty() || self.non_linearizable() || self.inconclusive()
     }
 
     pub fn replay_command(&self) -> String {
+        let mutation = self
+            .options
+            .mutation
+            .map(|m| format!(" --mutation {m:?}"))
+            .unwrap_or_default();
         format!(
-            "cargo run --release -p raftkv-sim -- --seed {} --steps {} --trace",
-            self.seed, self.steps
+            "cargo run --release -p raftkv-sim -- --seed {} --steps {}{mutation} --trace",
+            self.seed, self.options.steps
         )
     }
 }
@@ -149,23 +205,12 @@ impl fmt::Display for Report {
         for v in &self.violations {
             writeln!(f, "  violation: {v}")?;
         }
-        match &self.linearizability {
-            Outcome::Linearizable => writeln!(f, "  history: linearizable"),
-            Outcome::Inconclusive { key } => {
-                writeln!(f, "  history: inconclusive (search budget) on key {key}")
-            }
-            Outcome::Illegal { key, ops } => {
-                writeln!(f, "  history: NOT linearizable on key {key}:")?;
-                for op in ops {
-                    writeln!(f, "    {op:?}")?;
-                }
-                Ok(())
-            }
-        }
+        writeln!(f, "  history: {}", self.linearizability)
     }
 }
 
-/// Runs one seed. Panics inside (the core's or the simulator's own assertions) become violations.
+/// Runs one seed. Panics inside (the replica's, the core's or the simulator's own assertions) become
+/// violations.
 pub fn run_seed(seed: u64, options: &Options) -> Report {
     let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
         Simulator::new(seed, options).run()
@@ -174,10 +219,13 @@ pub fn run_seed(seed: u64, options: &Options) -> Report {
         let message = crate::panic_message(payload.as_ref());
         Report {
             seed,
-            steps: options.steps,
+            options: options.clone(),
             params: Some(Params::draw(&mut Rng::new(seed))),
             violations: vec![format!("panic: {message}")],
-            linearizability: Outcome::Linearizable,
+            linearizability: Verdict {
+                outcome: linearizability::Outcome::Linearizable,
+                inconclusive_keys: Vec::new(),
+            },
             stats: Stats::default(),
         }
     })
@@ -194,10 +242,14 @@ struct Simulator {
     checks: Checks,
     clients: Vec<Client>,
     history: History,
-    replies: Vec<Reply>,
-    /// Which client runs each operation in flight.
-    owner: BTreeMap<u64, usize>,
+    replies: Vec<(OpId, raftkv_kv::Reply)>,
+    /// Which client sent each request in flight.
+    owner: BTreeMap<OpId, usize>,
+    /// The index and term each write was proposed at, as seen in the replicas' pending writes.
+    proposals: BTreeMap<OpId, (Index, Term)>,
     next_op_id: u64,
+    next_conn: u64,
+    stats: Stats,
     /// Set once the faults stop: (time, completed ops per client at that time).
     healed: Option<(u64, Vec<u64>)>,
 }
@@ -207,35 +259,61 @@ impl Simulator {
         let mut rng = Rng::new(seed);
         let params = Params::draw(&mut rng);
         let voters: Vec<NodeId> = (1..=params.nodes as NodeId).collect();
+        let client_addrs: BTreeMap<NodeId, String> = voters
+            .iter()
+            .map(|&id| (id, format!("node{id}:{}", BASE_PORT + id as u16)))
+            .collect();
+        let mut checks = Checks::new(params.nodes);
         let nodes = voters
             .iter()
             .map(|&id| {
-                let mut config = Config::new(id, voters.clone());
-                config.election_ticks = params.election_ticks;
-                config.heartbeat_ticks = params.heartbeat_ticks;
-                config.pre_vote = params.pre_vote;
-                config.check_quorum = params.check_quorum;
-                config.max_entries_per_msg = params.max_entries_per_msg;
-                config.max_inflight_msgs = params.max_inflight_msgs;
-                config.seed = rng.next_u64();
-                let disk = Disk::new(params.disk_latency, params.slow_disk_latency);
-                Node::new(config, disk, params.snapshot_threshold, rng.below(TICK_MS))
+                let mut raft = Config::new(id, voters.clone());
+                raft.election_ticks = params.election_ticks;
+                raft.heartbeat_ticks = params.heartbeat_ticks;
+                raft.pre_vote = params.pre_vote;
+                raft.check_quorum = params.check_quorum;
+                raft.max_entries_per_msg = params.max_entries_per_msg;
+                raft.max_inflight_msgs = params.max_inflight_msgs;
+                raft.seed = rng.next_u64();
+                let config = ReplicaConfig {
+                    raft,
+                    client_addrs: client_addrs.clone(),
+                    leader_wait_ms: u64::from(params.election_ticks) * params.tick_ms * 2,
+                    snapshot_entries: params.snapshot_entries,
+                    snapshot_bytes: params.snapshot_bytes,
+                    mutation: options.mutation,
+                    record_applied: true,
+                };
+                let disk = Disk::new(
+                    params.disk_latency,
+                    params.slow_disk_latency,
+                    params.segment_bytes,
+                );
+                let clock = NodeClock::draw(&mut rng, params.max_skew_ms, params.max_drift_ppm);
+                let mut node =
+                    Node::new(config, disk, clock, params.tick_ms, params.snapshot_delay);
+                node.start(0, &mut checks);
+                node
             })
             .collect();
         let clients = (0..params.clients)
             .map(|i| Client {
                 id: i as u64 + 1,
-                leader_guess: rng.range(1, params.nodes as u64),
-                current: None,
+                conn: i as u64 + 1,
+                target: rng.range(1, params.nodes as u64),
+                in_flight: VecDeque::new(),
+                deadline: 0,
                 next_at: 0,
                 completed: 0,
+                versions: BTreeMap::new(),
             })
             .collect();
         Simulator {
             seed,
             options: options.clone(),
             net: Network::new(params.nodes, params.net),
-            checks: Checks::new(params.nodes),
+            checks,
+            next_conn: params.clients as u64 + 1,
             params,
             rng,
             now: 0,
@@ -244,7 +322,9 @@ impl Simulator {
             history: History::default(),
             replies: Vec::new(),
             owner: BTreeMap::new(),
+            proposals: BTreeMap::new(),
             next_op_id: 1,
+            stats: Stats::default(),
             healed: None,
         }
     }
@@ -260,6 +340,9 @@ impl Simulator {
         while self.now < self.options.steps && self.checks.violations.is_empty() {
             if self.rng.chance(self.params.nemesis_ppm) {
                 self.nemesis();
+            }
+            if self.rng.chance(self.params.clock_jump_ppm) {
+                self.jump_a_clock();
             }
             self.step();
         }
@@ -279,32 +362,37 @@ impl Simulator {
                 );
             }
         }
-        let linearizability = linearizability::check(&self.history.for_checker(), CHECK_BUDGET);
+        let (history, contradictions) = self.history.for_checker(|record| self.effect_of(record));
+        for what in contradictions {
+            self.checks.fail(0, what);
+        }
+        let linearizability = linearizability::check(&history, CHECK_BUDGET);
         self.trace(|| {
+            let optional = history.iter().filter(|op| op.ret.is_none()).count();
             format!(
-                "history of {} ops: {linearizability:?}",
-                self.history.records.len()
+                "history of {} ops ({} checked, {optional} of unknown outcome): {linearizability}",
+                self.history.records.len(),
+                history.len(),
             )
         });
-        let stats = Stats {
-            virtual_ms: self.now,
-            ops_ok: self.history.count(Fate::Ok),
-            ops_unknown: self.history.count(Fate::Unknown),
-            ops_dropped: self.history.count(Fate::Dropped),
-            committed: self.checks.committed_len(),
-            max_term: self
-                .nodes
-                .iter()
-                .filter_map(|n| n.raft.as_ref())
-                .map(|r| r.status().term)
-                .max()
-                .unwrap_or(0),
-            crashes: self.nodes.iter().map(|n| n.crashes).sum(),
-            net: self.net.stats,
-        };
+        let mut stats = std::mem::take(&mut self.stats);
+        stats.virtual_ms = self.now;
+        stats.ops_ok = self.history.count(Fate::Ok);
+        stats.ops_unknown = self.history.count(Fate::Unknown);
+        stats.ops_dropped = self.history.count(Fate::Dropped);
+        stats.committed = self.checks.committed_len();
+        stats.max_term = self
+            .nodes
+            .iter()
+            .filter_map(|n| n.replica.as_ref())
+            .map(|r| r.raft().status().term)
+            .max()
+            .unwrap_or(0);
+        stats.crashes = self.nodes.iter().map(|n| n.crashes).sum();
+        stats.net = self.net.stats;
         Report {
             seed: self.seed,
-            steps: self.options.steps,
+            options: self.options,
             params: Some(self.params),
             violations: self.checks.violations,
             linearizability,
@@ -316,53 +404,80 @@ impl Simulator {
         self.now += 1;
         self.checks.now = self.now;
         let now = self.now;
-        for msg in self.net.deliver_due(now) {
-            if let Some(raft) = self.nodes[(msg.to - 1) as usize].raft.as_mut() {
-                raft.step(msg);
+        let due = self.net.deliver_due(now);
+        if due.len() > MAX_DUE_MESSAGES {
+            // Nothing in a healthy cluster comes close: the nodes amplify their own traffic.
+            self.checks.fail(
+                0,
+                format!("message storm: {} messages due in one ms", due.len()),
+            );
+            return;
+        }
+        for msg in due {
+            if let Some(replica) = self.nodes[(msg.to - 1) as usize].replica.as_mut() {
+                replica.step(msg);
             }
         }
-        let mut env = Env {
-            now,
-            rng: &mut self.rng,
-            net: &mut self.net,
-            checks: &mut self.checks,
-            replies: &mut self.replies,
-        };
-        for node in &mut self.nodes {
-            node.complete_disk_writes(&mut env);
-        }
-        for node in &mut self.nodes {
-            if (now + node.tick_phase).is_multiple_of(TICK_MS) {
-                if let Some(raft) = node.raft.as_mut() {
-                    raft.tick();
+        // Disk completions, snapshot work and ticks, then what they produced; then the clients'
+        // requests, and what those produced.
+        self.drive_nodes(true);
+        self.run_clients();
+        self.drive_nodes(false);
+        self.handle_replies();
+        self.checks.stamp_applied(self.history.clock());
+        for node in &self.nodes {
+            if let Some(replica) = &node.replica {
+                for (index, term, op_id) in replica.pending_writes() {
+                    self.proposals.entry(*op_id).or_insert((index, term));
                 }
             }
         }
-        self.run_clients();
-        let mut env = Env {
-            now,
-            rng: &mut self.rng,
-            net: &mut self.net,
-            checks: &mut self.checks,
-            replies: &mut self.replies,
-        };
-        for node in &mut self.nodes {
-            node.drain(&mut env);
-        }
-        self.handle_replies();
         for node in &self.nodes {
-            if let Some(raft) = &node.raft {
-                let status = raft.status();
+            if let Some(replica) = &node.replica {
+                let status = replica.raft().status();
                 if self.options.trace
                     && status.role == Role::Leader
                     && !self.checks.is_known_leader(status.term)
                 {
                     eprintln!("[{now:>6}ms] node {} leads term {}", node.id, status.term);
                 }
-                self.checks
-                    .after_step(&status, node.sm.applied, raft.entries());
+                self.checks.after_step(
+                    &status,
+                    replica.store().applied_index(),
+                    replica.raft().entries(),
+                );
             }
         }
+    }
+
+    /// Runs every node's driver for this ms (`step`: its disk, snapshot work and tick too) and carries
+    /// out its outputs.
+    fn drive_nodes(&mut self, step: bool) {
+        for i in 0..self.nodes.len() {
+            let was_up = self.nodes[i].is_up();
+            let mut env = Env {
+                now: self.now,
+                rng: &mut self.rng,
+                net: &mut self.net,
+                checks: &mut self.checks,
+                replies: &mut self.replies,
+            };
+            if step {
+                self.nodes[i].step(&mut env);
+            }
+            self.nodes[i].flush(&mut env);
+            if was_up && !self.nodes[i].is_up() {
+                self.on_node_stopped(i as NodeId + 1);
+            }
+        }
+    }
+
+    /// A node stopped by itself (its storage failed): its connections break like a crash's.
+    fn on_node_stopped(&mut self, id: NodeId) {
+        self.stats.storage_failures += 1;
+        let why = self.nodes[(id - 1) as usize].stopped.clone();
+        self.trace(|| format!("node {id} stopped: {why:?}"));
+        self.break_connections_to(id);
     }
 
     // ---- nemesis ----
@@ -381,7 +496,7 @@ impl Simulator {
         // The leader of the highest term, if any node leads.
         self.nodes
             .iter()
-            .filter_map(|n| n.raft.as_ref().map(|r| r.status()))
+            .filter_map(|n| n.replica.as_ref().map(|r| r.raft().status()))
             .filter(|s| s.role == Role::Leader)
             .max_by_key(|s| s.term)
             .map(|s| s.id)
@@ -389,7 +504,7 @@ impl Simulator {
 
     fn nemesis(&mut self) {
         let n = self.params.nodes as NodeId;
-        match self.rng.below(12) {
+        match self.rng.below(15) {
             0 | 1 => {
                 if let Some(id) = self.random_node(true) {
                     self.crash(id);
@@ -436,8 +551,20 @@ impl Simulator {
             10 => {
                 if let Some(id) = self.leader() {
                     let to = (id + self.rng.range(1, n - 1) - 1) % n + 1; // Anyone but the leader.
-                    let result = self.nodes[(id - 1) as usize].raft().transfer_leadership(to);
+                    let replica = self.nodes[(id - 1) as usize].replica.as_mut();
+                    let result = replica.map(|r| r.raft_mut().transfer_leadership(to));
                     self.trace(|| format!("nemesis: transfer leadership {id} -> {to}: {result:?}"));
+                }
+            }
+            11 | 12 => self.jump_a_clock(),
+            13 => {
+                // The disk fails a few operations from now: the node stops, as on a real fsync error.
+                if let Some(id) = self.random_node(true) {
+                    let after = self.rng.range(1, 30);
+                    self.nodes[(id - 1) as usize].disk.fs.fail_after(after);
+                    self.trace(|| {
+                        format!("nemesis: node {id} disk fails after {after} operations")
+                    });
                 }
             }
             _ => {
@@ -448,32 +575,48 @@ impl Simulator {
         }
     }
 
+    /// A wall-clock step, forward or back, on one node (the leader half the time), as NTP makes.
+    fn jump_a_clock(&mut self) {
+        let id = match self.leader() {
+            Some(id) if self.rng.chance(500_000) => id,
+            _ => self.rng.range(1, self.params.nodes as u64),
+        };
+        let size = [200, 1_000, 3_000, 10_000][self.rng.index(4)];
+        let delta = self.rng.range(0, 2 * size) as i64 - size as i64;
+        self.nodes[(id - 1) as usize].clock.jump(delta);
+        self.stats.clock_jumps += 1;
+        self.trace(|| format!("node {id} wall clock jumps {delta:+}ms"));
+    }
+
     fn crash(&mut self, id: NodeId) {
         self.trace(|| format!("nemesis: crash node {id}"));
-        self.nodes[(id - 1) as usize].crash(&mut self.replies);
+        let seed = self.rng.next_u64();
+        self.nodes[(id - 1) as usize].crash(seed);
+        self.break_connections_to(id);
     }
 
     fn restart(&mut self, id: NodeId) {
         let seed = self.rng.next_u64();
         self.trace(|| format!("nemesis: restart node {id}"));
-        self.checks.on_restart(id);
-        self.nodes[(id - 1) as usize].start(seed);
+        self.nodes[(id - 1) as usize].start(seed, &mut self.checks);
     }
 
     fn heal_everything(&mut self) {
-        self.trace(|| "faults stop: heal network, restart crashed nodes, disks normal".into());
+        self.trace(|| "faults stop: heal network, restart stopped nodes, disks normal".into());
         self.net.heal();
         self.net.faults = NetworkFaults::calm(self.params.net.delay);
         for i in 0..self.nodes.len() {
             self.nodes[i].disk.slow = false;
+            self.nodes[i].disk.fs.cancel_failure();
+            if self.nodes[i].is_up() && self.nodes[i].disk.fs.is_dead() {
+                // Its disk already failed; it would stop at its next write.
+                self.crash(i as NodeId + 1);
+            }
             if !self.nodes[i].is_up() {
                 self.restart(i as NodeId + 1);
             }
         }
         self.healed = Some((self.now, self.clients.iter().map(|c| c.completed).collect()));
-        for node in &self.nodes {
-            self.trace(|| format!("  {:?}", node.raft.as_ref().map(|r| r.status())));
-        }
     }
 
     fn client_quota_met(&self, client: usize) -> bool {
@@ -490,18 +633,27 @@ impl Simulator {
     fn unsettled_reason(&self) -> String {
         let mut why = Vec::new();
         for (i, client) in self.clients.iter().enumerate() {
-            if !self.client_quota_met(i) || client.current.is_some() {
+            if !self.client_quota_met(i) || !client.in_flight.is_empty() {
                 why.push(format!(
-                    "client {} has completed {} ops (op in flight: {:?})",
-                    client.id, client.completed, client.current
+                    "client {} has completed {} ops ({} in flight)",
+                    client.id,
+                    client.completed,
+                    client.in_flight.len()
                 ));
             }
         }
         let statuses: Vec<_> = self
             .nodes
             .iter()
-            .filter_map(|n| n.raft.as_ref().map(|r| (r.status(), n.sm.applied)))
+            .filter_map(|n| {
+                n.replica
+                    .as_ref()
+                    .map(|r| (r.raft().status(), r.store().applied_index()))
+            })
             .collect();
+        if statuses.len() < self.nodes.len() {
+            why.push(format!("{} nodes down", self.nodes.len() - statuses.len()));
+        }
         let leaders: Vec<_> = statuses
             .iter()
             .filter(|(s, _)| s.role == Role::Leader)
@@ -531,170 +683,238 @@ impl Simulator {
         why.join("; ")
     }
 
+    /// What the cluster did with a write: found by the index and term it was proposed at (the
+    /// simulator records every pending write after every step, and a proposal stays pending at least
+    /// until the step ends), or else (a `set` or `cas`) by its unique value. A write never seen pending
+    /// and never applied was never proposed.
+    fn effect_of(&self, record: &client::Record) -> Effect {
+        let applied_at = |index: Index| {
+            let (_, reply, clock) = self.checks.applied_replies.get(&index)?;
+            Some(Effect::Applied {
+                index,
+                reply: reply.clone(),
+                clock: *clock,
+            })
+        };
+        if let Some(&(index, term)) = self.proposals.get(&record.op_id) {
+            return match self.checks.applied_replies.get(&index) {
+                Some((applied_term, _, _)) if *applied_term == term => {
+                    applied_at(index).unwrap_or(Effect::Never)
+                }
+                _ => Effect::Never,
+            };
+        }
+        match record.op.kind {
+            OpKind::Set { write, .. } | OpKind::Cas { write, .. } => {
+                match self.checks.write_outcomes.get(&client::value_bytes(write)) {
+                    Some((index, _)) => applied_at(*index).unwrap_or(Effect::Unresolved),
+                    None => Effect::Never,
+                }
+            }
+            _ => Effect::Never,
+        }
+    }
+
     // ---- clients ----
 
     fn run_clients(&mut self) {
         for c in 0..self.clients.len() {
-            match self.clients[c].current {
-                None => {
-                    let open = self.healed.is_none() || !self.client_quota_met(c);
-                    if open && self.now >= self.clients[c].next_at {
-                        self.start_op(c);
-                        self.route(c);
-                    }
-                }
-                Some(current) if self.now >= current.deadline => self.give_up(c),
-                Some(Current {
-                    stage: Stage::Routing { retry_at },
-                    ..
-                }) if self.now >= retry_at => self.route(c),
-                Some(_) => {}
+            let client = &self.clients[c];
+            if !client.in_flight.is_empty() && self.now >= client.deadline {
+                self.trace(|| format!("client {} gives up on its connection", c + 1));
+                self.reconnect(c, true);
+                continue;
+            }
+            let open = self.healed.is_none() || !self.client_quota_met(c);
+            if open && self.now >= client.next_at && client.in_flight.len() < self.params.pipeline {
+                self.send(c);
             }
         }
     }
 
-    fn start_op(&mut self, c: usize) {
+    /// Sends the client's next request on its connection.
+    fn send(&mut self, c: usize) {
         let op_id = self.next_op_id;
         self.next_op_id += 1;
         let key = self.rng.below(self.params.keys);
-        // Write values are the op ids: unique, so a read names the write it saw.
-        let kind = if self.rng.chance(self.params.read_ppm) {
-            OpKind::Read { value: None }
-        } else {
-            OpKind::Write { value: op_id }
-        };
+        let last_version = self.clients[c].versions.get(&key).copied();
+        let (request, kind, noreply) = client::draw_op(
+            &mut self.rng,
+            op_id,
+            key,
+            self.params.read_ppm,
+            self.params.ttl_ppm,
+            last_version,
+        );
+        let conn = self.clients[c].conn;
+        let target = self.clients[c].target;
+        let slot = self.history.invoke(op_id, conn, key, kind, self.now);
+        self.trace(|| {
+            format!(
+                "client {} conn {conn} -> node {target}: op {op_id} {request:?} noreply={noreply}",
+                c + 1
+            )
+        });
+        if !self.nodes[(target - 1) as usize].is_up() {
+            // Connection refused: nothing happened; try another node a little later.
+            self.history.settle(slot, Fate::Dropped);
+            self.retarget(c, None);
+            return;
+        }
+        self.nodes[(target - 1) as usize].request(self.now, request, op_id);
         let client = &mut self.clients[c];
-        let slot = self.history.invoke(client.id, key, kind, self.now);
-        client.current = Some(Current {
+        if noreply {
+            // The client will never know: the write may or may not happen.
+            self.history.settle(slot, Fate::Unknown);
+            client.next_at = self.now + self.rng.range(0, self.params.think_ms);
+            return;
+        }
+        if client.in_flight.is_empty() {
+            client.deadline = self.now + self.params.op_timeout_ms;
+        }
+        client.in_flight.push_back(InFlight {
             op_id,
             slot,
-            stage: Stage::Routing { retry_at: self.now },
-            deadline: self.now + self.params.op_timeout_ms,
+            reply: None,
         });
         self.owner.insert(op_id, c);
+        client.next_at = self.now + self.rng.range(0, self.params.think_ms / 4 + 1);
     }
 
-    /// Offers the current operation to the node the client believes leads.
-    fn route(&mut self, c: usize) {
-        let current = self.clients[c].current.expect("an op to route");
-        let target = self.clients[c].leader_guess;
-        let op = self.history.records[current.slot].op;
-        let node = &mut self.nodes[(target - 1) as usize];
-        let result = match node.raft.as_mut() {
-            None => Err(ProposeError::NotLeader { leader: None }),
-            Some(raft) => match op.kind {
-                OpKind::Write { value } => raft
-                    .propose(
-                        Put {
-                            op_id: current.op_id,
-                            key: op.key,
-                            value,
-                        }
-                        .encode(),
-                    )
-                    .map(|(index, _)| node.proposed(index, current.op_id, &mut self.replies)),
-                OpKind::Read { .. } => raft
-                    .read_index(current.op_id)
-                    .map(|()| node.read_requested(current.op_id, op.key)),
-            },
-        };
-        self.trace(|| {
-            format!(
-                "client {} op {} -> node {target}: {result:?}",
-                self.clients[c].id, current.op_id
-            )
-        });
-        let client = &mut self.clients[c];
-        let stage = match result {
-            Ok(()) => Stage::Accepted { node: target },
-            Err(ProposeError::NotLeader {
-                leader: Some(leader),
-            }) if leader != target => {
-                client.leader_guess = leader;
-                Stage::Routing {
-                    retry_at: self.now + 1,
-                }
-            }
-            Err(_) => {
-                client.leader_guess = self.rng.range(1, self.params.nodes as u64);
-                Stage::Routing {
-                    retry_at: self.now + self.rng.range(5, 20),
-                }
-            }
-        };
-        client.current.as_mut().expect("op").stage = stage;
-    }
-
-    fn give_up(&mut self, c: usize) {
-        let current = self.clients[c].current.expect("an op to give up");
-        let accepted = match current.stage {
-            Stage::Accepted { node } => {
-                self.nodes[(node - 1) as usize].forget(current.op_id);
-                true
-            }
-            Stage::Routing { .. } => false,
-        };
-        let is_write = matches!(
-            self.history.records[current.slot].op.kind,
-            OpKind::Write { .. }
-        );
-        // A write no node ever accepted certainly did not happen.
-        let fate = if is_write && accepted {
-            Fate::Unknown
+    /// Points the client at another node (the one named by a redirect, or a random one), after a pause.
+    fn retarget(&mut self, c: usize, to: Option<NodeId>) {
+        let target = to.unwrap_or_else(|| self.rng.range(1, self.params.nodes as u64));
+        let pause = if to.is_some() {
+            1
         } else {
-            Fate::Dropped
+            self.rng.range(5, 20)
         };
-        self.trace(|| {
-            format!(
-                "client {} gives up on op {} ({fate:?})",
-                self.clients[c].id, current.op_id
-            )
-        });
-        self.finish(c, current, fate);
+        let client = &mut self.clients[c];
+        if client.target != target && !client.in_flight.is_empty() {
+            // A new node means a new connection; what is in flight on the old one is abandoned.
+            self.reconnect(c, false);
+        }
+        let client = &mut self.clients[c];
+        client.target = target;
+        client.next_at = self.now + pause;
     }
 
-    fn finish(&mut self, c: usize, current: Current, fate: Fate) {
-        if fate != Fate::Ok {
-            self.history.settle(current.slot, fate);
+    /// Closes the client's connection: requests in flight end with an unknown outcome (writes) or no
+    /// answer (reads), and the next request goes out on a new connection.
+    fn reconnect(&mut self, c: usize, random_target: bool) {
+        let abandoned: Vec<InFlight> = self.clients[c].in_flight.drain(..).collect();
+        for request in abandoned {
+            self.owner.remove(&request.op_id);
+            let is_read = client::is_read(&self.history.records[request.slot].op.kind);
+            let fate = if is_read {
+                Fate::Dropped
+            } else {
+                Fate::Unknown
+            };
+            self.history.settle(request.slot, fate);
         }
-        self.owner.remove(&current.op_id);
+        let conn = self.next_conn;
+        self.next_conn += 1;
+        let target = self.rng.range(1, self.params.nodes as u64);
+        let pause = self.rng.range(5, 20);
         let client = &mut self.clients[c];
-        client.current = None;
-        client.next_at = self.now + self.rng.range(0, self.params.think_ms);
-        if fate == Fate::Ok {
-            client.completed += 1;
+        client.conn = conn;
+        if random_target {
+            client.target = target;
+            client.next_at = self.now + pause;
+        }
+    }
+
+    fn break_connections_to(&mut self, id: NodeId) {
+        for c in 0..self.clients.len() {
+            if self.clients[c].target == id {
+                self.reconnect(c, true);
+            }
         }
     }
 
     fn handle_replies(&mut self) {
-        for reply in std::mem::take(&mut self.replies) {
-            let op_id = match reply {
-                Reply::WriteApplied { op_id }
-                | Reply::WriteLost { op_id }
-                | Reply::WriteUnknown { op_id }
-                | Reply::ReadServed { op_id, .. }
-                | Reply::ReadDropped { op_id } => op_id,
-            };
-            // The client may have given up already.
+        for (op_id, reply) in std::mem::take(&mut self.replies) {
+            // The client may have given up already, or never waited (noreply).
             let Some(&c) = self.owner.get(&op_id) else {
                 continue;
             };
-            let current = self.clients[c].current.expect("owner has an op");
-            assert_eq!(current.op_id, op_id, "a client runs one op at a time");
-            let fate = match reply {
-                Reply::WriteApplied { .. } => {
-                    self.history.respond(current.slot, None, self.now);
-                    Fate::Ok
-                }
-                Reply::ReadServed { value, .. } => {
-                    self.history.respond(current.slot, Some(value), self.now);
-                    Fate::Ok
-                }
-                Reply::WriteLost { .. } | Reply::ReadDropped { .. } => Fate::Dropped,
-                Reply::WriteUnknown { .. } => Fate::Unknown,
+            let client = &mut self.clients[c];
+            let Some(request) = client.in_flight.iter_mut().find(|r| r.op_id == op_id) else {
+                continue;
             };
-            self.trace(|| format!("client {} op {op_id}: {reply:?}", self.clients[c].id));
-            self.finish(c, current, fate);
+            assert!(request.reply.is_none(), "op {op_id} answered twice");
+            request.reply = Some(reply);
+            // The connection delivers replies in request order.
+            while self.clients[c]
+                .in_flight
+                .front()
+                .is_some_and(|r| r.reply.is_some())
+            {
+                let Some(done) = self.clients[c].in_flight.pop_front() else {
+                    break;
+                };
+                self.deliver(c, done);
+                if self.clients[c].in_flight.is_empty() {
+                    break;
+                }
+            }
+            let now = self.now;
+            let timeout = self.params.op_timeout_ms;
+            let client = &mut self.clients[c];
+            if !client.in_flight.is_empty() {
+                client.deadline = now + timeout;
+            }
+        }
+    }
+
+    fn deliver(&mut self, c: usize, done: InFlight) {
+        self.owner.remove(&done.op_id);
+        let Some(reply) = done.reply else { return };
+        let record = &self.history.records[done.slot];
+        let kind = record.op.kind;
+        let key = record.op.key;
+        self.trace(|| format!("client {} op {}: {reply:?}", c + 1, done.op_id));
+        let node_of_port = |port: u16| {
+            let id = u64::from(port.checked_sub(BASE_PORT)?);
+            (1..=self.params.nodes as u64).contains(&id).then_some(id)
+        };
+        match client::interpret(kind, &reply, node_of_port) {
+            Ok(Meaning::Done(kind)) => {
+                self.history.respond(done.slot, kind, self.now);
+                let client = &mut self.clients[c];
+                client.completed += 1;
+                let version = match kind {
+                    OpKind::Set { version, .. } | OpKind::Cas { version, .. } => version,
+                    OpKind::Getm {
+                        value: Some((_, version, _)),
+                    } => Some(version),
+                    _ => None,
+                };
+                if let Some(version) = version {
+                    client.versions.insert(key, version);
+                }
+                client.next_at = client
+                    .next_at
+                    .max(self.now + self.rng.range(0, self.params.think_ms));
+            }
+            Ok(Meaning::Redirect(to)) => {
+                self.history.settle(done.slot, Fate::Dropped);
+                self.retarget(c, to);
+            }
+            Ok(Meaning::Failed) => {
+                let fate = if client::is_read(&kind) {
+                    Fate::Dropped
+                } else {
+                    Fate::Unknown
+                };
+                self.history.settle(done.slot, fate);
+                self.retarget(c, None);
+            }
+            Err(what) => {
+                self.history.settle(done.slot, Fate::Dropped);
+                self.checks.fail(0, format!("protocol: {what}"));
+            }
         }
     }
 }

@@ -154,6 +154,11 @@ impl SimFs {
         state.fail_at = Some(state.mutations + n);
     }
 
+    /// Cancels a failure armed with [`SimFs::fail_after`] that has not happened yet.
+    pub fn cancel_failure(&self) {
+        self.lock().fail_at = None;
+    }
+
     /// Whether the machine has died (a fault point was reached).
     pub fn is_dead(&self) -> bool {
         self.lock().dead

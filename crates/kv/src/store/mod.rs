@@ -125,6 +125,14 @@ impl Store {
             .is_some_and(|instant| instant <= now_ms)
     }
 
+    /// When `key` expires (Unix ms, on the store's clock), if it is held and has an expiry time.
+    pub fn expires_at(&self, key: &[u8]) -> Option<u64> {
+        self.entries
+            .get(key)
+            .map(|entry| entry.expires_at_ms)
+            .filter(|at| *at != NEVER)
+    }
+
     pub fn applied_index(&self) -> u64 {
         self.applied_index
     }

@@ -1,0 +1,19 @@
+//! Deliberate bugs, for proving that the simulator finds bugs.
+//!
+//! A test may build a replica with one of these switched on and check that the simulator reports a
+//! violation within a bounded number of seeds. The server never sets one: its configuration has no way
+//! to name them.
+
+/// One deliberate departure from the correct protocol.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Mutation {
+    /// A leader answers reads from its own state at once, without the ReadIndex round that proves it
+    /// still leads (a deposed leader serves stale data).
+    ReadsWithoutReadIndex,
+    /// The driver reports a batch durable, and sends the messages that promise it is, before the disk
+    /// has it (an acknowledged write can be lost in a crash). Implemented by the simulator's disk.
+    AckBeforeFsync,
+    /// Reads judge expiry at the serving leader's local wall clock instead of the replicated clock (the
+    /// bug fixed by the clock rule in [`crate::clock`]).
+    ExpiryAtLocalClock,
+}

@@ -1,0 +1,453 @@
+//! The replica: the Raft core and the store, driven by inputs, leaving its work in [`Outputs`].
+//!
+//! Inputs are methods ([`Replica::tick`], [`Replica::step`], [`Replica::request`],
+//! [`Replica::persisted`], [`Replica::snapshot_built`]); after a batch of them the driver calls
+//! [`Replica::advance`], which turns every Ready of the core into outputs in the order the core's
+//! contract requires: messages and persist jobs first, then the snapshot and committed entries applied to
+//! the store, then the reads they unblock. Client requests are routed in `requests.rs`.
+
+use std::collections::{BTreeMap, VecDeque};
+
+use bytes::{Bytes, BytesMut};
+use raftkv_kv::{Proposal, Reply, Store};
+use raftkv_raft::{
+    Entry, EntryKind, Index, InitialState, Message, NodeId, Raft, Ready, Role, SnapshotMeta,
+    SoftState, Term,
+};
+use tracing::{error, info, warn};
+
+use crate::clock::Now;
+use crate::mutation::Mutation;
+use crate::requests::{ClientRequest, PendingRead, PendingWrite};
+use crate::snapshot::{BuiltSnapshot, SnapshotPolicy, SnapshotTask};
+use crate::storage::{Durable, PersistJob};
+
+/// How often the leader considers proposing an `Expire` to reclaim expired keys.
+const EXPIRE_EVERY_MS: u64 = 1_000;
+
+/// What a replica is and how it behaves.
+#[derive(Clone, Debug)]
+pub struct ReplicaConfig {
+    pub raft: raftkv_raft::Config,
+    /// Every node's client address (`host:port`), for redirects.
+    pub client_addrs: BTreeMap<NodeId, String>,
+    /// Requests wait this long for a leader to be known; a shutdown waits this long for a handover.
+    pub leader_wait_ms: u64,
+    pub snapshot_entries: u64,
+    pub snapshot_bytes: u64,
+    /// A deliberate bug, for tests of the simulator only (see [`Mutation`]).
+    pub mutation: Option<Mutation>,
+    /// Copy every applied entry into [`Outputs::applied`] (the simulator's safety checks use it).
+    pub record_applied: bool,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ReplicaError {
+    #[error("snapshot from the leader does not decode: {0}")]
+    SnapshotDecode(raftkv_kv::DecodeError),
+    #[error("cannot write a snapshot: {0}")]
+    SnapshotWrite(raftkv_wal::WalError),
+    #[error("storage failed")]
+    StorageFailed,
+}
+
+/// Everything a replica wants done, accumulated across inputs until the driver takes it.
+#[derive(Debug)]
+pub struct Outputs<H> {
+    /// Messages to send now.
+    pub messages: Vec<Message>,
+    /// Work for the disk, in order (see [`crate::storage`]).
+    pub persist: Vec<PersistJob>,
+    /// Answers to client requests, each to the handle it came with.
+    pub replies: Vec<(H, Reply)>,
+    /// A snapshot to build off the hot path and report back with [`Replica::snapshot_built`].
+    pub snapshot: Option<SnapshotTask>,
+    /// Stores replaced by an installed snapshot: freeing a large one takes a while, so the driver may
+    /// drop it elsewhere.
+    pub released: Vec<Store>,
+    /// Entries applied, in order, with what applying each answered (None for entries that carry no
+    /// command), if [`ReplicaConfig::record_applied`] is set.
+    pub applied: Vec<(Entry, Option<Reply>)>,
+}
+
+impl<H> Default for Outputs<H> {
+    fn default() -> Self {
+        Outputs {
+            messages: Vec::new(),
+            persist: Vec::new(),
+            replies: Vec::new(),
+            snapshot: None,
+            released: Vec::new(),
+            applied: Vec::new(),
+        }
+    }
+}
+
+/// One raftkv node's logic. `H` is the driver's handle for a client request (a channel in the server,
+/// an operation id in the simulator): the replica only carries it to the reply.
+pub struct Replica<H> {
+    pub(crate) id: NodeId,
+    pub(crate) raft: Raft,
+    pub(crate) store: Store,
+    pub(crate) config: ReplicaConfig,
+    pub(crate) now: Now,
+    pub(crate) out: Outputs<H>,
+    pub(crate) snapshot_policy: SnapshotPolicy,
+    pub(crate) writes: BTreeMap<Index, PendingWrite<H>>,
+    pub(crate) reads_awaiting_index: BTreeMap<u64, PendingRead<H>>,
+    pub(crate) reads_awaiting_apply: BTreeMap<Index, Vec<PendingRead<H>>>,
+    pub(crate) waiting_for_leader: VecDeque<(u64, ClientRequest<H>)>,
+    /// Requests that must wait for reads in progress. A read is answered from the state at the moment
+    /// its index is applied, so while any read is pending no new write may enter the log, or the read
+    /// could observe a write that arrived after it (a pipelined `get` then `set` on one connection
+    /// would see the `set`). Everything behind a held request is held too, to keep arrival order.
+    pub(crate) held: VecDeque<ClientRequest<H>>,
+    pub(crate) next_read_ctx: u64,
+    pub(crate) last_stamp_ms: u64,
+    /// The newest clock entry proposed for reads this term: reads wait behind it until it is applied.
+    pub(crate) clock_entry: Option<Index>,
+    pub(crate) leader: Option<NodeId>,
+    pub(crate) role: Option<Role>,
+    pub(crate) encode_buf: BytesMut,
+    next_expire_ms: u64,
+    shutting_down_until: Option<u64>,
+}
+
+impl<H> Replica<H> {
+    /// A replica that starts from what its disk recovered.
+    pub fn new(config: ReplicaConfig, initial: InitialState) -> Result<Replica<H>, ReplicaError> {
+        let store = match &initial.snapshot {
+            Some(snapshot) => {
+                Store::restore(&snapshot.data).map_err(ReplicaError::SnapshotDecode)?
+            }
+            None => Store::new(),
+        };
+        let snapshot_policy = SnapshotPolicy::new(
+            config.snapshot_entries,
+            config.snapshot_bytes,
+            initial.snapshot.as_ref().map_or(0, |s| s.meta.index),
+            config.raft.seed,
+        );
+        Ok(Replica {
+            id: config.raft.id,
+            raft: Raft::new(config.raft.clone(), initial),
+            store,
+            config,
+            now: Now::default(),
+            out: Outputs::default(),
+            snapshot_policy,
+            writes: BTreeMap::new(),
+            reads_awaiting_index: BTreeMap::new(),
+            reads_awaiting_apply: BTreeMap::new(),
+            waiting_for_leader: VecDeque::new(),
+            held: VecDeque::new(),
+            next_read_ctx: 0,
+            last_stamp_ms: 0,
+            clock_entry: None,
+            leader: None,
+            role: None,
+            encode_buf: BytesMut::new(),
+            next_expire_ms: 0,
+            shutting_down_until: None,
+        })
+    }
+
+    pub fn id(&self) -> NodeId {
+        self.id
+    }
+
+    pub fn raft(&self) -> &Raft {
+        &self.raft
+    }
+
+    /// The core, for driver-level actions the replica does not decide (a test moving leadership).
+    pub fn raft_mut(&mut self) -> &mut Raft {
+        &mut self.raft
+    }
+
+    pub fn store(&self) -> &Store {
+        &self.store
+    }
+
+    /// Writes proposed and not yet answered: the index and term each will have if it commits.
+    pub fn pending_writes(&self) -> impl Iterator<Item = (Index, Term, &H)> {
+        self.writes
+            .iter()
+            .map(|(index, write)| (*index, write.term, &write.handle))
+    }
+
+    /// Where the driver collects the work this replica wants done.
+    pub fn outputs(&mut self) -> &mut Outputs<H> {
+        &mut self.out
+    }
+
+    // ----- Inputs --------------------------------------------------------------------------------
+
+    /// One tick of the core's logical clock, at `now`.
+    pub fn tick(&mut self, now: Now) {
+        self.set_now(now);
+        self.raft.tick();
+        self.expire_waiting();
+        if now.mono_ms >= self.next_expire_ms {
+            self.next_expire_ms = now.mono_ms + EXPIRE_EVERY_MS;
+            self.maybe_propose_expire();
+        }
+    }
+
+    /// A message from a peer.
+    pub fn step(&mut self, msg: Message) {
+        self.raft.step(msg);
+    }
+
+    /// The disk made everything up to `durable` durable.
+    pub fn persisted(&mut self, durable: Durable) -> Result<(), ReplicaError> {
+        if durable.failed {
+            return Err(ReplicaError::StorageFailed);
+        }
+        self.raft.persisted(durable.index, durable.term);
+        Ok(())
+    }
+
+    /// A snapshot handed out in [`Outputs::snapshot`] is built and durable: the disk adopts it after
+    /// everything queued before it and compacts the log; the core drops the entries it covers.
+    pub fn snapshot_built(&mut self, built: BuiltSnapshot) -> Result<(), ReplicaError> {
+        let (snapshot, written) = built.map_err(ReplicaError::SnapshotWrite)?;
+        let policy = &mut self.snapshot_policy;
+        policy.set_in_progress(false);
+        // A snapshot from the leader installed while this one was built is newer: keep counting
+        // from it (the core ignores a stale snapshot, the disk drops its file).
+        if snapshot.meta.index > policy.last_index() {
+            policy.restart_from(snapshot.meta.index, snapshot.data.len() as u64);
+        }
+        self.raft.compact(snapshot);
+        self.out.persist.push(PersistJob {
+            compact_to: Some(written),
+            ..PersistJob::default()
+        });
+        Ok(())
+    }
+
+    /// The snapshot handed out could not even be started (e.g. no thread): try again later.
+    pub fn snapshot_abandoned(&mut self) {
+        self.snapshot_policy.set_in_progress(false);
+    }
+
+    pub(crate) fn set_now(&mut self, now: Now) {
+        self.now = now;
+    }
+
+    // ----- Ready ---------------------------------------------------------------------------------
+
+    /// Turns everything the core has ready into outputs. Call after each batch of inputs.
+    pub fn advance(&mut self) -> Result<(), ReplicaError> {
+        while self.raft.has_ready() {
+            let ready = self.raft.ready();
+            self.handle_ready(ready)?;
+        }
+        Ok(())
+    }
+
+    fn handle_ready(&mut self, ready: Ready) -> Result<(), ReplicaError> {
+        let Ready {
+            soft_state,
+            hard_state,
+            snapshot,
+            entries,
+            messages,
+            messages_after_persist,
+            committed,
+            read_states,
+        } = ready;
+        self.out.messages.extend(messages);
+        if let Some(snapshot) = &snapshot {
+            let restored = Store::restore(&snapshot.data).map_err(ReplicaError::SnapshotDecode)?;
+            let old = std::mem::replace(&mut self.store, restored);
+            self.out.released.push(old);
+            info!(
+                index = snapshot.meta.index,
+                "installed a snapshot from the leader"
+            );
+            // Proposals at indexes the snapshot covers can no longer be matched to what committed.
+            let rest = self.writes.split_off(&(snapshot.meta.index + 1));
+            for (_, write) in std::mem::replace(&mut self.writes, rest) {
+                self.out.replies.push((write.handle, Reply::ErrInternal));
+            }
+            // The installed snapshot is the newest one: count the log from it, or the next apply
+            // would take a redundant snapshot of the state just installed.
+            self.snapshot_policy
+                .restart_from(snapshot.meta.index, snapshot.data.len() as u64);
+        }
+        if snapshot.is_some()
+            || !entries.is_empty()
+            || hard_state.is_some()
+            || !messages_after_persist.is_empty()
+        {
+            self.out.persist.push(PersistJob {
+                snapshot,
+                entries,
+                hard_state,
+                messages_after_persist,
+                compact_to: None,
+            });
+        }
+        if let Some(last) = committed.last().map(|e| e.index) {
+            for entry in committed {
+                self.snapshot_policy
+                    .record_applied(entry.term, entry.data.len());
+                let reply = self.apply(entry.index, entry.term, entry.kind, &entry.data);
+                if self.config.record_applied {
+                    self.out.applied.push((entry, reply));
+                }
+            }
+            self.raft.applied(last);
+            self.serve_applied_reads();
+            if self.snapshot_policy.due(last) {
+                self.start_snapshot();
+            }
+        }
+        for read in read_states {
+            if let Some(pending) = self.reads_awaiting_index.remove(&read.ctx) {
+                let index = read.index.max(pending.floor);
+                self.reads_awaiting_apply
+                    .entry(index)
+                    .or_default()
+                    .push(pending);
+            }
+        }
+        self.serve_applied_reads();
+        if let Some(soft) = soft_state {
+            self.on_soft_state(soft);
+        }
+        self.release_held();
+        Ok(())
+    }
+
+    /// Applies one committed entry and answers the write waiting for it; returns what applying answered.
+    fn apply(&mut self, index: Index, term: Term, kind: EntryKind, data: &Bytes) -> Option<Reply> {
+        let reply = match kind {
+            EntryKind::Noop => {
+                self.store.skip_index(index);
+                None
+            }
+            EntryKind::Normal => match Proposal::decode(data) {
+                Ok(proposal) => Some(
+                    self.store
+                        .apply(index, proposal.stamp_ms, &proposal.command),
+                ),
+                Err(err) => {
+                    // Only a leader of this cluster encodes entries, so this is a bug, not input.
+                    error!(index, "committed entry does not decode: {err}");
+                    self.store.skip_index(index);
+                    Some(Reply::ErrInternal)
+                }
+            },
+        };
+        // Writes proposed at indexes the log has now passed were overwritten by another leader's.
+        while let Some(entry) = self.writes.first_entry() {
+            if *entry.key() > index {
+                break;
+            }
+            let (at, write) = entry.remove_entry();
+            let answer = match &reply {
+                Some(reply) if at == index && write.term == term => reply.clone(),
+                _ => Reply::ErrInternal,
+            };
+            self.out.replies.push((write.handle, answer));
+        }
+        reply
+    }
+
+    fn on_soft_state(&mut self, soft: SoftState) {
+        let was_leader = self.role == Some(Role::Leader);
+        if soft.leader != self.leader {
+            match soft.leader {
+                Some(leader) => info!(term = soft.term, leader, "leader changed"),
+                None => info!(term = soft.term, "no leader known"),
+            }
+        }
+        if soft.role == Role::Leader && !was_leader {
+            info!(term = soft.term, "became leader");
+        }
+        if was_leader && soft.role != Role::Leader {
+            // Whether these writes commit is now up to the next leader: the outcome is unknown.
+            for (_, write) in std::mem::take(&mut self.writes) {
+                self.out.replies.push((write.handle, Reply::ErrInternal));
+            }
+            for (_, read) in std::mem::take(&mut self.reads_awaiting_index) {
+                self.out.replies.push((read.handle, Reply::ErrInternal));
+            }
+            for (_, reads) in std::mem::take(&mut self.reads_awaiting_apply) {
+                for read in reads {
+                    self.out.replies.push((read.handle, Reply::ErrInternal));
+                }
+            }
+            self.clock_entry = None;
+        }
+        self.leader = soft.leader;
+        self.role = Some(soft.role);
+        self.route_waiting();
+    }
+
+    // ----- Snapshots -----------------------------------------------------------------------------
+
+    fn start_snapshot(&mut self) {
+        self.snapshot_policy.set_in_progress(true);
+        let meta = SnapshotMeta {
+            index: self.store.applied_index(),
+            term: self.snapshot_policy.applied_term(),
+            membership: self.raft.membership().clone(),
+        };
+        if self.out.snapshot.is_some() {
+            warn!("a snapshot task was not taken by the driver; replacing it");
+        }
+        self.out.snapshot = Some(SnapshotTask {
+            meta,
+            store: self.store.clone(),
+        });
+    }
+
+    // ----- Shutdown ------------------------------------------------------------------------------
+
+    /// A graceful stop: a leader hands leadership to the most caught-up follower first, so clients see
+    /// a short redirect rather than an election timeout.
+    pub fn begin_shutdown(&mut self, now: Now) {
+        self.set_now(now);
+        self.shutting_down_until = Some(now.mono_ms + self.config.leader_wait_ms);
+        if self.raft.status().role == Role::Leader {
+            let target = self
+                .raft
+                .membership()
+                .voters
+                .iter()
+                .copied()
+                .filter(|id| *id != self.id)
+                .max_by_key(|id| self.raft.match_index(*id).unwrap_or(0));
+            if let Some(target) = target {
+                info!(target, "shutting down: transferring leadership");
+                let _ = self.raft.transfer_leadership(target);
+            }
+        } else {
+            info!("shutting down");
+        }
+    }
+
+    pub fn shutting_down(&self) -> bool {
+        self.shutting_down_until.is_some()
+    }
+
+    /// Whether a shutdown begun earlier may finish now (handed over, or out of time).
+    pub fn shutdown_complete(&self, now: Now) -> bool {
+        let Some(until) = self.shutting_down_until else {
+            return false;
+        };
+        let status = self.raft.status();
+        let handed_over = status.role != Role::Leader && self.writes.is_empty();
+        if handed_over || now.mono_ms >= until {
+            if status.role == Role::Leader {
+                warn!("leadership transfer did not finish in time; stopping anyway");
+            }
+            return true;
+        }
+        false
+    }
+}

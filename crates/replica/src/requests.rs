@@ -1,0 +1,295 @@
+//! Client requests: proposing writes, reading through ReadIndex at the replicated clock, holding
+//! requests back to keep each connection's order, parking them while no leader is known, redirecting.
+
+use raftkv_kv::{Command, Proposal, Reply, Request};
+use raftkv_raft::{Index, NodeId, ProposeError, Role, Term};
+
+use crate::clock::{read_needs_clock, Now};
+use crate::mutation::Mutation;
+use crate::replica::Replica;
+
+/// Requests parked while no leader is known.
+const MAX_WAITING_FOR_LEADER: usize = 65_536;
+/// Requests held back to keep one connection's pipeline in order (see `Replica::held`).
+const MAX_HELD: usize = 65_536;
+
+/// One client command and the driver's handle for its answer. A connection keeps its requests'
+/// answers in request order, which is how pipelined replies stay in order.
+#[derive(Debug)]
+pub struct ClientRequest<H> {
+    pub op: Op,
+    pub handle: H,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Op {
+    /// A write, validated by the parser, to go through the log.
+    Write(Command),
+    /// `get` or `getm`, served through ReadIndex.
+    Read(Request),
+}
+
+pub(crate) struct PendingWrite<H> {
+    pub(crate) term: Term,
+    pub(crate) handle: H,
+}
+
+pub(crate) struct PendingRead<H> {
+    pub(crate) request: Request,
+    pub(crate) handle: H,
+    /// The log's last index when the read arrived. Serving only after it is applied makes a pipelined
+    /// `set` followed by `get` on one connection read its own write, as a client would expect, even
+    /// though linearizability alone would allow ordering the concurrent read first.
+    pub(crate) floor: Index,
+}
+
+impl<H> Replica<H> {
+    /// Whether the driver may hand over more requests now (false while too many are held back).
+    pub fn accepting_requests(&self) -> bool {
+        self.held.len() < MAX_HELD
+    }
+
+    /// A client request, at `now`.
+    pub fn request(&mut self, now: Now, request: ClientRequest<H>) {
+        self.set_now(now);
+        self.handle_request(request);
+    }
+
+    fn handle_request(&mut self, request: ClientRequest<H>) {
+        let status = self.raft.status();
+        if status.role == Role::Leader {
+            let is_write = matches!(request.op, Op::Write(_));
+            if !self.held.is_empty() || (is_write && self.reads_pending()) {
+                self.held.push_back(request);
+                return;
+            }
+            self.start(request);
+            return;
+        }
+        match status.leader {
+            Some(leader) if leader != self.id => {
+                let reply = self.redirect_to(leader);
+                self.out.replies.push((request.handle, reply));
+            }
+            _ => self.park(request),
+        }
+    }
+
+    fn start(&mut self, request: ClientRequest<H>) {
+        match request.op {
+            Op::Write(command) => self.propose_write(command, request.handle),
+            Op::Read(read) => self.start_read(read, request.handle),
+        }
+    }
+
+    pub(crate) fn reads_pending(&self) -> bool {
+        !self.reads_awaiting_index.is_empty() || !self.reads_awaiting_apply.is_empty()
+    }
+
+    /// Lets held requests go, in order, as far as the reads in progress allow.
+    pub(crate) fn release_held(&mut self) {
+        while let Some(request) = self.held.front() {
+            let is_write = matches!(request.op, Op::Write(_));
+            let leader = self.raft.status().role == Role::Leader;
+            if is_write && self.reads_pending() && leader {
+                return;
+            }
+            let Some(request) = self.held.pop_front() else {
+                return;
+            };
+            if leader {
+                self.start(request);
+            } else {
+                self.handle_request(request);
+            }
+        }
+    }
+
+    fn park(&mut self, request: ClientRequest<H>) {
+        if self.waiting_for_leader.len() >= MAX_WAITING_FOR_LEADER {
+            self.out.replies.push((request.handle, Reply::ErrInternal));
+            return;
+        }
+        let deadline = self.now.mono_ms + self.config.leader_wait_ms;
+        self.waiting_for_leader.push_back((deadline, request));
+    }
+
+    fn redirect_to(&self, leader: NodeId) -> Reply {
+        let Some(addr) = self.config.client_addrs.get(&leader) else {
+            return Reply::ErrInternal;
+        };
+        match addr
+            .rsplit_once(':')
+            .and_then(|(host, port)| Some((host, port.parse().ok()?)))
+        {
+            Some((host, port)) => Reply::ErrRedirect {
+                host: host.trim_matches(['[', ']']).to_string(),
+                port,
+            },
+            None => Reply::ErrInternal,
+        }
+    }
+
+    /// Encodes `command` with the next stamp and proposes it; the index and term it will have, or why not.
+    fn propose_command(
+        &mut self,
+        command: Command,
+    ) -> Result<(Index, Term), (ProposeError, Command)> {
+        let stamp_ms = self.next_stamp();
+        let proposal = Proposal { stamp_ms, command };
+        self.encode_buf.reserve(proposal.encoded_len());
+        proposal.encode(&mut self.encode_buf);
+        let data = self.encode_buf.split().freeze();
+        self.raft
+            .propose(data)
+            .map_err(|err| (err, proposal.command))
+    }
+
+    fn propose_write(&mut self, command: Command, handle: H) {
+        match self.propose_command(command) {
+            Ok((index, term)) => {
+                self.writes
+                    .insert(index, crate::requests::PendingWrite { term, handle });
+            }
+            Err((ProposeError::Transferring, command)) => {
+                // Leadership is moving away; the new leader will take it.
+                self.park(ClientRequest {
+                    op: Op::Write(command),
+                    handle,
+                });
+            }
+            Err((ProposeError::NotLeader { .. }, _)) => {
+                self.out.replies.push((handle, Reply::ErrInternal));
+            }
+        }
+    }
+
+    /// The leader's wall clock, never behind a stamp already used, so expiry never runs backwards.
+    fn next_stamp(&mut self) -> u64 {
+        let now = self
+            .now
+            .wall_ms
+            .max(self.store.clock_ms())
+            .max(self.last_stamp_ms);
+        self.last_stamp_ms = now;
+        now
+    }
+
+    fn start_read(&mut self, request: Request, handle: H) {
+        if self.config.mutation == Some(Mutation::ReadsWithoutReadIndex) {
+            let reply = self.store.read(&request, self.store.clock_ms());
+            self.out.replies.push((handle, reply));
+            return;
+        }
+        self.next_read_ctx += 1;
+        let ctx = self.next_read_ctx;
+        let floor = self.raft.status().last_index;
+        match self.raft.read_index(ctx) {
+            Ok(()) => {
+                self.reads_awaiting_index.insert(
+                    ctx,
+                    PendingRead {
+                        request,
+                        handle,
+                        floor,
+                    },
+                );
+            }
+            Err(_) => self.park(ClientRequest {
+                op: Op::Read(request),
+                handle,
+            }),
+        }
+    }
+
+    /// Answers every read whose index is applied, at the store's clock; a read whose answer depends on
+    /// time the store's clock has not reached waits for a clock entry (see [`crate::clock`]).
+    pub(crate) fn serve_applied_reads(&mut self) {
+        let applied = self.store.applied_index();
+        while let Some(entry) = self.reads_awaiting_apply.first_entry() {
+            if *entry.key() > applied {
+                break;
+            }
+            for read in entry.remove() {
+                self.serve_read(read);
+            }
+        }
+    }
+
+    fn serve_read(&mut self, read: PendingRead<H>) {
+        let wall = self.now.wall_ms;
+        if self.config.mutation == Some(Mutation::ExpiryAtLocalClock) {
+            let reply = self.store.read(&read.request, wall);
+            self.out.replies.push((read.handle, reply));
+            return;
+        }
+        let applied = self.store.applied_index();
+        // A read that waits for a clock entry keeps every later read behind it: one connection's
+        // pipelined reads must take effect in the order they were sent.
+        if let Some(index) = self.clock_entry.filter(|index| *index > applied) {
+            self.reads_awaiting_apply
+                .entry(index)
+                .or_default()
+                .push(read);
+            return;
+        }
+        if !read_needs_clock(&self.store, &read.request, wall) {
+            let reply = self.store.read(&read.request, self.store.clock_ms());
+            self.out.replies.push((read.handle, reply));
+            return;
+        }
+        let index = match self.propose_command(Command::Expire) {
+            Ok((index, _)) => {
+                self.clock_entry = Some(index);
+                Some(index)
+            }
+            Err(_) => None,
+        };
+        match index {
+            Some(index) => self
+                .reads_awaiting_apply
+                .entry(index)
+                .or_default()
+                .push(read),
+            None => self.park(ClientRequest {
+                op: Op::Read(read.request),
+                handle: read.handle,
+            }),
+        }
+    }
+
+    pub(crate) fn maybe_propose_expire(&mut self) {
+        let leader = self.raft.status().role == Role::Leader;
+        if !leader || self.reads_pending() || !self.store.has_expired(self.now.wall_ms) {
+            return;
+        }
+        let _ = self.propose_command(Command::Expire);
+    }
+
+    /// Answers requests that waited too long for a leader.
+    pub(crate) fn expire_waiting(&mut self) {
+        let now = self.now.mono_ms;
+        while let Some((deadline, _)) = self.waiting_for_leader.front() {
+            if *deadline > now {
+                break;
+            }
+            if let Some((_, request)) = self.waiting_for_leader.pop_front() {
+                self.out.replies.push((request.handle, Reply::ErrInternal));
+            }
+        }
+    }
+
+    /// Re-routes parked requests once a leader is known.
+    pub(crate) fn route_waiting(&mut self) {
+        let status = self.raft.status();
+        let ready = status.leader.is_some()
+            && (status.leader != Some(self.id) || status.role == Role::Leader);
+        if !ready {
+            return;
+        }
+        let waiting = std::mem::take(&mut self.waiting_for_leader);
+        for (_, request) in waiting {
+            self.handle_request(request);
+        }
+    }
+}

@@ -1,0 +1,267 @@
+//! Expiry when node clocks disagree: a fast-clocked leader, then a slow-clocked one. Three replicas
+//! wired by hand (messages delivered at once, every persist job durable at once), so the scenario is
+//! exact and needs no simulator.
+//!
+//! Before the replicated-clock rule, a leader judged a read's expiry by its own wall clock: the fast
+//! leader answered `ERR_NOT_FOUND` for a key that, after failover to the slow leader, answered `VALUE`
+//! again, and a `cas` on it succeeded. [`Mutation::ExpiryAtLocalClock`] brings that rule back, and the
+//! last test shows the scenario catches it.
+
+use std::collections::BTreeMap;
+
+use bytes::Bytes;
+use raftkv_kv::{Command, Reply, Request};
+use raftkv_raft::{Config, NodeId, Role};
+use raftkv_replica::{ClientRequest, Durable, Mutation, Now, Op, Replica, ReplicaConfig};
+
+const NODES: u64 = 3;
+const WALL_BASE_MS: u64 = 1_780_000_000_000;
+
+struct Cluster {
+    nodes: BTreeMap<NodeId, Replica<u64>>,
+    /// Each node's wall clock offset from the cluster's time.
+    offsets: BTreeMap<NodeId, i64>,
+    time_ms: u64,
+    replies: BTreeMap<u64, Reply>,
+    next_handle: u64,
+    down: Option<NodeId>,
+}
+
+impl Cluster {
+    fn new(mutation: Option<Mutation>, offsets: [i64; 3]) -> Cluster {
+        let voters: Vec<NodeId> = (1..=NODES).collect();
+        let nodes = voters
+            .iter()
+            .map(|&id| {
+                let mut raft = Config::new(id, voters.clone());
+                raft.election_ticks = 10;
+                raft.heartbeat_ticks = 2;
+                raft.seed = id * 7919;
+                let config = ReplicaConfig {
+                    raft,
+                    client_addrs: voters
+                        .iter()
+                        .map(|&n| (n, format!("127.0.0.1:{}", 9000 + n)))
+                        .collect(),
+                    leader_wait_ms: 2_000,
+                    snapshot_entries: 1 << 40,
+                    snapshot_bytes: 1 << 40,
+                    mutation,
+                    record_applied: false,
+                };
+                (id, Replica::new(config, Default::default()).unwrap())
+            })
+            .collect();
+        Cluster {
+            nodes,
+            offsets: voters.iter().copied().zip(offsets).collect(),
+            time_ms: 0,
+            replies: BTreeMap::new(),
+            next_handle: 1,
+            down: None,
+        }
+    }
+
+    fn now(&self, id: NodeId) -> Now {
+        Now {
+            mono_ms: self.time_ms,
+            wall_ms: (WALL_BASE_MS as i64 + self.time_ms as i64 + self.offsets[&id]) as u64,
+        }
+    }
+
+    /// Runs every node's outputs to a fixed point: messages delivered, persist jobs durable at once.
+    fn settle(&mut self) {
+        for _ in 0..100 {
+            let mut messages = Vec::new();
+            for (&id, node) in self.nodes.iter_mut() {
+                node.advance().unwrap();
+                let out = node.outputs();
+                messages.append(&mut out.messages);
+                for (handle, reply) in out.replies.drain(..) {
+                    self.replies.insert(handle, reply);
+                }
+                let jobs: Vec<_> = out.persist.drain(..).collect();
+                out.snapshot = None;
+                for mut job in jobs {
+                    messages.append(&mut job.messages_after_persist);
+                    let last = job
+                        .entries
+                        .last()
+                        .map(|e| (e.index, e.term))
+                        .or(job.snapshot.as_ref().map(|s| (s.meta.index, s.meta.term)));
+                    if let Some((index, term)) = last {
+                        node.persisted(Durable {
+                            index,
+                            term,
+                            ..Durable::default()
+                        })
+                        .unwrap();
+                    }
+                }
+                let _ = id;
+            }
+            if messages.is_empty() && self.nodes.values().all(|n| !n.raft().has_ready()) {
+                return;
+            }
+            for msg in messages {
+                if Some(msg.to) == self.down || Some(msg.from) == self.down {
+                    continue;
+                }
+                if let Some(node) = self.nodes.get_mut(&msg.to) {
+                    node.step(msg);
+                }
+            }
+        }
+        panic!("the cluster did not settle");
+    }
+
+    /// Advances time by `ms`, ticking every node every 10 ms.
+    fn run(&mut self, ms: u64) {
+        for _ in 0..ms / 10 {
+            self.time_ms += 10;
+            let ids: Vec<NodeId> = self.nodes.keys().copied().collect();
+            for id in ids {
+                if Some(id) == self.down {
+                    continue;
+                }
+                let now = self.now(id);
+                self.nodes.get_mut(&id).unwrap().tick(now);
+            }
+            self.settle();
+        }
+    }
+
+    fn leader(&self) -> Option<NodeId> {
+        self.nodes
+            .iter()
+            .filter(|(id, _)| Some(**id) != self.down)
+            .find(|(_, n)| n.raft().status().role == Role::Leader)
+            .map(|(id, _)| *id)
+    }
+
+    fn elect(&mut self, id: NodeId) {
+        for _ in 0..50 {
+            if self.leader() == Some(id) {
+                return;
+            }
+            if let Some(leader) = self.leader() {
+                let _ = self
+                    .nodes
+                    .get_mut(&leader)
+                    .unwrap()
+                    .raft_mut()
+                    .transfer_leadership(id);
+            }
+            self.run(100);
+        }
+        panic!("node {id} did not become leader");
+    }
+
+    fn ask(&mut self, op: Op) -> Reply {
+        let leader = self.leader().expect("a leader");
+        let handle = self.next_handle;
+        self.next_handle += 1;
+        let now = self.now(leader);
+        self.nodes
+            .get_mut(&leader)
+            .unwrap()
+            .request(now, ClientRequest { op, handle });
+        for _ in 0..100 {
+            self.settle();
+            if let Some(reply) = self.replies.remove(&handle) {
+                return reply;
+            }
+            self.run(10);
+        }
+        panic!("no reply");
+    }
+}
+
+fn key() -> Bytes {
+    Bytes::from_static(b"session")
+}
+
+fn set_with_ttl(ttl_s: u32) -> Op {
+    Op::Write(Command::Set {
+        key: key(),
+        exptime: ttl_s,
+        value: Bytes::from_static(b"token"),
+    })
+}
+
+fn get() -> Op {
+    Op::Read(Request::Get { key: key() })
+}
+
+fn cas(version: u64) -> Op {
+    Op::Write(Command::Cas {
+        key: key(),
+        exptime: 0,
+        version,
+        value: Bytes::from_static(b"renewed"),
+    })
+}
+
+/// Node 1's clock runs 10 s ahead, node 2's 10 s behind. The key is written with a 5 s lifetime
+/// through node 2 (slow), read through node 1 (fast: 20 s ahead of the write's stamp), then node 1 dies
+/// and node 2 leads again, well within the key's lifetime by its own clock. Returns (read on the fast
+/// leader, read on the slow one, cas on it).
+fn fast_then_slow(mutation: Option<Mutation>) -> (Reply, Reply, Reply) {
+    let mut cluster = Cluster::new(mutation, [10_000, -10_000, 0]);
+    cluster.run(500);
+    cluster.elect(2);
+    let version = match cluster.ask(set_with_ttl(5)) {
+        Reply::Ok { version } => version,
+        other => panic!("set: {other:?}"),
+    };
+    cluster.elect(1);
+    let on_fast = cluster.ask(get());
+    cluster.down = Some(1);
+    cluster.run(300);
+    cluster.elect(2);
+    let on_slow = cluster.ask(get());
+    let cas_on_slow = cluster.ask(cas(version));
+    (on_fast, on_slow, cas_on_slow)
+}
+
+#[test]
+fn an_expiry_seen_on_a_fast_clocked_leader_never_un_fires_on_a_slow_one() {
+    let (on_fast, on_slow, cas_on_slow) = fast_then_slow(None);
+    assert_eq!(
+        on_fast,
+        Reply::ErrNotFound,
+        "the fast leader sees the key expired"
+    );
+    assert_eq!(
+        on_slow,
+        Reply::ErrNotFound,
+        "the slow leader must not bring it back"
+    );
+    assert_eq!(
+        cas_on_slow,
+        Reply::ErrNotFound,
+        "a cas on the expired key must fail"
+    );
+}
+
+#[test]
+fn the_scenario_catches_expiry_judged_at_the_local_clock() {
+    let (on_fast, on_slow, cas_on_slow) = fast_then_slow(Some(Mutation::ExpiryAtLocalClock));
+    assert_eq!(on_fast, Reply::ErrNotFound);
+    assert!(
+        matches!(on_slow, Reply::Value { .. }),
+        "with the old rule the key comes back: {on_slow:?}"
+    );
+    assert!(matches!(cas_on_slow, Reply::Ok { .. }), "{cas_on_slow:?}");
+}
+
+#[test]
+fn a_key_expires_for_readers_without_any_later_write() {
+    let mut cluster = Cluster::new(None, [0, 0, 0]);
+    cluster.run(500);
+    cluster.elect(1);
+    assert!(matches!(cluster.ask(set_with_ttl(1)), Reply::Ok { .. }));
+    assert!(matches!(cluster.ask(get()), Reply::Value { .. }));
+    cluster.run(1_100);
+    assert_eq!(cluster.ask(get()), Reply::ErrNotFound);
+}

@@ -1,0 +1,50 @@
+//! Each simulated node's two clocks. The wall clock has its own offset, drift and occasional jumps
+//! (forward and backward, as an NTP step would make); the monotonic clock, which drives the node's
+//! timers, has its own origin and never jumps. No node's clock agrees with any other's or with the
+//! simulator's virtual time.
+
+use raftkv_replica::Now;
+
+use crate::rng::Rng;
+
+/// Where every wall clock starts: a realistic Unix time in ms, so stamps look like real ones.
+const EPOCH_MS: u64 = 1_780_000_000_000;
+
+#[derive(Clone, Debug)]
+pub struct NodeClock {
+    /// Added to virtual time (may be negative).
+    offset_ms: i64,
+    /// Parts per million the wall clock runs fast (positive) or slow (negative).
+    drift_ppm: i64,
+    mono_origin_ms: u64,
+}
+
+impl NodeClock {
+    /// A clock skewed by up to `max_skew_ms` either way, drifting by up to `max_drift_ppm`.
+    pub fn draw(rng: &mut Rng, max_skew_ms: u64, max_drift_ppm: u64) -> NodeClock {
+        NodeClock {
+            offset_ms: rng.range(0, 2 * max_skew_ms) as i64 - max_skew_ms as i64,
+            drift_ppm: rng.range(0, 2 * max_drift_ppm) as i64 - max_drift_ppm as i64,
+            mono_origin_ms: rng.range(0, 1_000_000),
+        }
+    }
+
+    /// Steps the wall clock by `delta_ms` (either way), as an NTP correction or an operator would.
+    pub fn jump(&mut self, delta_ms: i64) {
+        self.offset_ms += delta_ms;
+    }
+
+    pub fn offset_ms(&self) -> i64 {
+        self.offset_ms
+    }
+
+    /// The node's clocks at virtual time `virtual_ms`.
+    pub fn now(&self, virtual_ms: u64) -> Now {
+        let drift = virtual_ms as i64 * self.drift_ppm / 1_000_000;
+        let wall = EPOCH_MS as i64 + virtual_ms as i64 + self.offset_ms + drift;
+        Now {
+            mono_ms: self.mono_origin_ms + virtual_ms,
+            wall_ms: wall.max(0) as u64,
+        }
+    }
+}
