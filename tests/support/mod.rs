@@ -189,6 +189,11 @@ impl Cluster {
 
     /// Starts node `i` (0-based) with this cluster's config; its stderr is appended to its log.
     pub fn start_node(&mut self, i: usize) {
+        self.start_node_with_env(i, &[]);
+    }
+
+    /// [`Cluster::start_node`] with extra environment variables (e.g. a faked clock).
+    pub fn start_node_with_env(&mut self, i: usize, env: &[(&str, &str)]) {
         let node = &mut self.nodes[i];
         assert!(node.child.is_none(), "node {} is already running", node.id);
         let log = std::fs::OpenOptions::new()
@@ -202,6 +207,7 @@ impl Cluster {
             .arg(&self.config)
             .args(["--id", &node.id.to_string()])
             .env("RUST_LOG", "info")
+            .envs(env.iter().copied())
             .stdin(Stdio::null())
             .stdout(log.try_clone().expect("log handle"))
             .stderr(log)
