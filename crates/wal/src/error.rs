@@ -1,3 +1,5 @@
+//! [`WalError`]: everything that can go wrong in the storage layer, and helpers to build it.
+
 use std::io;
 use std::path::PathBuf;
 

@@ -1,5 +1,6 @@
-//! The few file-system operations the log uses, behind a trait so that crash tests (and the cluster
-//! simulator) can substitute [`crate::sim_fs::SimFs`], which loses or tears un-synced writes on demand.
+//! The few file-system operations the log uses, behind the [`Fs`] trait: [`RealFs`] in production, and
+//! [`crate::sim_fs::SimFs`], which loses or tears un-synced writes on demand, in this crate's crash and
+//! property tests and in the cluster simulator (`crates/sim`, through `Wal::open_with_fs`).
 
 use std::any::Any;
 use std::fmt::Debug;
@@ -38,7 +39,8 @@ pub trait Fs: Send + Sync + Debug {
     /// Takes an exclusive advisory lock on `path` (created if absent); `None` if someone else holds it.
     fn try_lock(&self, path: &Path) -> io::Result<Option<LockGuard>>;
     /// Whether slow preparatory work (zero-filling the next segment) may run on a background thread.
-    /// The simulated file system says no: its crash tests need every operation in a deterministic order.
+    /// The simulated file system says no: the crash tests and the cluster simulator that run on it replay a
+    /// run from its seed, which needs every operation in a deterministic order.
     fn allows_background_work(&self) -> bool {
         false
     }

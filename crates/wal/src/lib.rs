@@ -23,53 +23,23 @@
 //! ```
 #![forbid(unsafe_code)]
 
+mod delete;
 mod error;
 pub mod fs;
 mod mem_log;
+mod options;
 mod record;
 mod recovery;
 mod segment;
 pub mod sim_fs;
 mod snapshot_file;
+mod spare;
 mod wal;
 
-use std::time::Duration;
-
+pub use delete::delete_in_order;
 pub use error::WalError;
+pub use options::WalOptions;
 pub use raftkv_raft::{Entry, HardState, Index, InitialState, Snapshot, Term};
-pub use wal::{delete_in_order, SnapshotWriter, Wal, WrittenSnapshot};
-
-/// How a [`Wal`] lays out its files.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct WalOptions {
-    /// A segment is closed and a new one started once the next record would take it past this size. A single
-    /// record larger than this still goes into a segment of its own.
-    pub segment_bytes: u64,
-    /// Leave the deletion of compacted segments and superseded snapshot files to the caller
-    /// ([`Wal::take_garbage`]) instead of unlinking them in `compact`/`adopt_snapshot`. Unlinking tens of
-    /// MiB can take tens of milliseconds, which would stall group commit if done on the log's thread.
-    /// Crash-safe: files left behind are what a crash just before the compaction would have left, and
-    /// recovery ignores them.
-    pub defer_deletes: bool,
-}
-
-impl Default for WalOptions {
-    fn default() -> Self {
-        WalOptions {
-            segment_bytes: 64 * 1024 * 1024,
-            defer_deletes: false,
-        }
-    }
-}
-
-/// What [`Wal::open`] found, for logs and start-up metrics.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct RecoveryStats {
-    /// Log entries handed back in [`InitialState::entries`].
-    pub entries: u64,
-    /// Segment files read.
-    pub segments: usize,
-    /// Bytes cut from the end of the newest segment because a crash interrupted their write.
-    pub truncated_torn_bytes: u64,
-    pub elapsed: Duration,
-}
+pub use recovery::RecoveryStats;
+pub use snapshot_file::{SnapshotWriter, WrittenSnapshot};
+pub use wal::Wal;

@@ -1,9 +1,17 @@
-//! The in-memory copy of the log, so that reads for replication never touch the disk. Entry data are
-//! reference-counted `Bytes`, shared with the caller on append and with the segment buffer after recovery.
+//! The log as the storage layer knows it, in memory: a base (the index and term of the snapshot or
+//! compaction point it follows) and the entries after it, with the cut-back and overwrite rules of a Raft log.
+//!
+//! Recovery replays the segments into a `MemLog`, settles its base against the snapshot, and hands its
+//! entries to the Raft core as `InitialState::entries`. From then on the [`crate::Wal`] keeps it up to date
+//! so that it can check appends (contiguity, conflicting suffixes, the snapshot bound), tell whether a
+//! snapshot matches the log, bound compaction, and answer `first_index`, `last_index`, `term` and
+//! `entries`. Replication does not read from here: the Raft core serves it from its own in-memory log.
+//! Entry data are reference-counted `Bytes`, shared with the caller on append and with the segment file
+//! buffers after recovery.
 
 use raftkv_raft::{Entry, Index, Term};
 
-use crate::WalError;
+use crate::error::WalError;
 
 #[derive(Debug, Default)]
 pub(crate) struct MemLog {

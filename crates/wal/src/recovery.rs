@@ -6,11 +6,12 @@
 //! the log must connect to the snapshot, or the node refuses to start.
 
 use std::path::{Path, PathBuf};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use raftkv_raft::{HardState, Index, Snapshot};
+use raftkv_raft::{HardState, Index, Snapshot, Term};
 
+use crate::error::WalError;
 use crate::fs::Fs;
 use crate::mem_log::MemLog;
 use crate::record::Record;
@@ -19,7 +20,18 @@ use crate::segment::{
     SPARE_SUFFIX,
 };
 use crate::snapshot_file::{decode_snapshot, parse_snapshot_file_name, TMP_SUFFIX};
-use crate::{RecoveryStats, WalError};
+
+/// What [`Wal::open`](crate::Wal::open) found, for logs and start-up metrics.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct RecoveryStats {
+    /// Log entries handed back in [`InitialState::entries`](crate::InitialState::entries).
+    pub entries: u64,
+    /// Segment files read.
+    pub segments: usize,
+    /// Bytes cut from the end of the newest segment because a crash interrupted their write.
+    pub truncated_torn_bytes: u64,
+    pub elapsed: Duration,
+}
 
 pub(crate) struct Recovered {
     pub(crate) log: MemLog,
@@ -38,11 +50,57 @@ pub(crate) struct Recovered {
     pub(crate) stats: RecoveryStats,
 }
 
+/// Rebuilds the state kept in `dir`, in four steps: clear away unfinished files and list the rest
+/// ([`list_files`]), pick the snapshot ([`load_newest_snapshot`]), replay the segments ([`replay_segments`]),
+/// and make the log follow the snapshot ([`connect_to_snapshot`]).
 pub(crate) fn recover(fs: &dyn Fs, dir: &Path) -> Result<Recovered, WalError> {
     let started = Instant::now();
+    let files = list_files(fs, dir)?;
+    let newest = load_newest_snapshot(fs, dir, &files.snapshots)?;
+    let (snapshot_index, snapshot_term) = newest
+        .snapshot
+        .as_ref()
+        .map_or((0, 0), |s| (s.meta.index, s.meta.term));
+    let mut stats = RecoveryStats::default();
+    let mut replay = replay_segments(fs, dir, &files.segments, &mut stats)?;
+    let needs_fresh_segment = connect_to_snapshot(
+        &mut replay.log,
+        snapshot_index,
+        snapshot_term,
+        &replay.segments,
+        newest.error,
+    )?;
+    stats.entries = replay.log.entries().len() as u64;
+    stats.elapsed = started.elapsed();
+    Ok(Recovered {
+        log: replay.log,
+        hard_state: replay.hard_state,
+        snapshot: newest.snapshot,
+        snapshot_file: newest.file,
+        segments: replay.segments,
+        next_seq: replay.next_seq,
+        needs_fresh_segment,
+        newest_lacks_hard_state: replay.newest_lacks_hard_state,
+        stats,
+    })
+}
+
+/// The snapshot and segment files of a data directory, each list sorted by the key in its names
+/// (`(index, term)` and `(seq, first_index)`), so oldest first.
+struct Files {
+    snapshots: Vec<((Index, Term), String)>,
+    segments: Vec<((u64, Index), String)>,
+}
+
+/// Step 1: lists the directory. Afterwards no unfinished snapshot (`*.snap.tmp`) or spare segment
+/// (`*.wal.tmp`) is left in it, and the snapshot and segment files are known, oldest first; any other file is
+/// ignored.
+fn list_files(fs: &dyn Fs, dir: &Path) -> Result<Files, WalError> {
     let names = fs.list_dir(dir).map_err(WalError::io("list", dir))?;
-    let mut snapshot_names = Vec::new();
-    let mut segment_names = Vec::new();
+    let mut files = Files {
+        snapshots: Vec::new(),
+        segments: Vec::new(),
+    };
     for name in names {
         if name.ends_with(TMP_SUFFIX) || name.ends_with(SPARE_SUFFIX) {
             // A snapshot whose write never finished, or a segment prepared for a roll that never came; it
@@ -51,50 +109,93 @@ pub(crate) fn recover(fs: &dyn Fs, dir: &Path) -> Result<Recovered, WalError> {
             fs.remove_file(&path)
                 .map_err(WalError::io("remove", &path))?;
         } else if let Some(key) = parse_snapshot_file_name(&name) {
-            snapshot_names.push((key, name));
+            files.snapshots.push((key, name));
         } else if let Some(key) = parse_segment_file_name(&name) {
-            segment_names.push((key, name));
+            files.segments.push((key, name));
         }
     }
-    snapshot_names.sort_unstable();
-    segment_names.sort_unstable();
+    files.snapshots.sort_unstable();
+    files.segments.sort_unstable();
+    Ok(files)
+}
 
-    let mut snapshot = None;
-    let mut snapshot_file = None;
-    let mut snapshot_error = None;
-    for (_, name) in snapshot_names.iter().rev() {
+/// The snapshot recovery starts from, if any.
+struct NewestSnapshot {
+    snapshot: Option<Snapshot>,
+    /// Path and size of `snapshot`'s file.
+    file: Option<(PathBuf, u64)>,
+    /// Why the newest snapshot file(s) skipped over failed to verify, if any did.
+    error: Option<WalError>,
+}
+
+/// Step 2: finds the newest snapshot file that verifies. Damaged newer ones are skipped (not removed), and
+/// the first such error is kept: if the log does not reach back to the older snapshot, it is what recovery
+/// reports.
+fn load_newest_snapshot(
+    fs: &dyn Fs,
+    dir: &Path,
+    names: &[((Index, Term), String)],
+) -> Result<NewestSnapshot, WalError> {
+    let mut newest = NewestSnapshot {
+        snapshot: None,
+        file: None,
+        error: None,
+    };
+    for (_, name) in names.iter().rev() {
         let path = dir.join(name);
         let bytes = Bytes::from(fs.read(&path).map_err(WalError::io("read", &path))?);
         let size = bytes.len() as u64;
         match decode_snapshot(&path, bytes) {
             Ok(decoded) => {
-                snapshot = Some(decoded);
-                snapshot_file = Some((path, size));
+                newest.snapshot = Some(decoded);
+                newest.file = Some((path, size));
                 break;
             }
             Err(error) => {
-                // An older snapshot plus the log may still cover everything; the gap check below decides.
+                // An older snapshot plus the log may still cover everything; the gap check decides.
                 tracing::warn!(%error, "skipping damaged snapshot");
-                snapshot_error.get_or_insert(error);
+                newest.error.get_or_insert(error);
             }
         }
     }
-    let (snapshot_index, snapshot_term) = snapshot
-        .as_ref()
-        .map_or((0, 0), |s| (s.meta.index, s.meta.term));
+    Ok(newest)
+}
 
-    let mut log = MemLog::new(0, 0);
-    let mut hard_state = HardState::default();
-    let mut segments = Vec::new();
-    let mut stats = RecoveryStats::default();
-    let mut next_seq = 1;
-    let mut newest_lacks_hard_state = false;
-    for (position, ((seq, first_index), name)) in segment_names.iter().enumerate() {
+/// What replaying the segments rebuilt, before it is connected to the snapshot.
+struct Replay {
+    log: MemLog,
+    /// The last hard-state record read.
+    hard_state: HardState,
+    /// The segments kept, oldest first, with their used lengths.
+    segments: Vec<SegmentInfo>,
+    /// One past the highest segment sequence number seen (even that of a removed torn segment).
+    next_seq: u64,
+    newest_lacks_hard_state: bool,
+}
+
+/// Step 3: replays every segment in sequence order. Afterwards the log and hard state are what the
+/// records say (later records overriding earlier ones at the same index); a newest segment whose header
+/// was never completely written is gone, durably; and the newest segment's interrupted final write, if any,
+/// has been zeroed durably.
+fn replay_segments(
+    fs: &dyn Fs,
+    dir: &Path,
+    names: &[((u64, Index), String)],
+    stats: &mut RecoveryStats,
+) -> Result<Replay, WalError> {
+    let mut replay = Replay {
+        log: MemLog::new(0, 0),
+        hard_state: HardState::default(),
+        segments: Vec::new(),
+        next_seq: 1,
+        newest_lacks_hard_state: false,
+    };
+    for (position, ((seq, first_index), name)) in names.iter().enumerate() {
         let (seq, first_index) = (*seq, *first_index);
-        let is_newest = position + 1 == segment_names.len();
+        let is_newest = position + 1 == names.len();
         let path = dir.join(name);
         let bytes = Bytes::from(fs.read(&path).map_err(WalError::io("read", &path))?);
-        next_seq = seq + 1;
+        replay.next_seq = seq + 1;
         stats.segments += 1;
         if check_header(&path, &bytes, seq, first_index, is_newest)? == Header::Torn {
             tracing::warn!(path = %path.display(), "removing newest segment whose first write never completed");
@@ -105,9 +206,28 @@ pub(crate) fn recover(fs: &dyn Fs, dir: &Path) -> Result<Recovered, WalError> {
             stats.truncated_torn_bytes += bytes.len() as u64;
             continue;
         }
-        cut_back_to(&mut log, first_index - 1);
+        replay.replay_segment(fs, path, &bytes, first_index, is_newest, stats)?;
+    }
+    Ok(replay)
+}
+
+impl Replay {
+    /// Applies one segment with a valid header: cuts the log back to `first_index - 1`, applies its
+    /// records in order, settles its end (see [`settle_segment_end`]) and records it as the newest segment.
+    fn replay_segment(
+        &mut self,
+        fs: &dyn Fs,
+        path: PathBuf,
+        bytes: &Bytes,
+        first_index: Index,
+        is_newest: bool,
+        stats: &mut RecoveryStats,
+    ) -> Result<(), WalError> {
+        let log = &mut self.log;
+        let hard_state = &mut self.hard_state;
+        cut_back_to(log, first_index - 1);
         let mut has_hard_state = false;
-        let end = scan_records(&path, &bytes, is_newest, |offset, record| {
+        let end = scan_records(&path, bytes, is_newest, |offset, record| {
             match record {
                 Record::Entry(entry) => {
                     if entry.index > log.last_index() + 1 {
@@ -121,61 +241,53 @@ pub(crate) fn recover(fs: &dyn Fs, dir: &Path) -> Result<Recovered, WalError> {
                             ),
                         ));
                     }
-                    cut_back_to(&mut log, entry.index - 1);
+                    cut_back_to(log, entry.index - 1);
                     log.overwrite(entry);
                 }
                 Record::HardState(recorded) => {
-                    hard_state = recorded;
+                    *hard_state = recorded;
                     has_hard_state = true;
                 }
             }
             Ok(())
         })?;
         let allocated = bytes.len() as u64;
-        let len = match end {
-            SegmentEnd::Clean => allocated,
-            SegmentEnd::ZeroTail { offset } => offset,
-            SegmentEnd::TornTail { offset, reason } => {
-                // Zeroed rather than truncated: the file keeps its pre-allocated blocks, and no byte of the
-                // torn record is left behind the next, possibly shorter, records to be misread later.
-                let damage_end = bytes
-                    .iter()
-                    .rposition(|&b| b != 0)
-                    .map_or(offset, |last| last as u64 + 1);
-                tracing::warn!(path = %path.display(), offset, damage_end, reason, "zeroing an interrupted final write");
-                zero_range(fs, &path, offset, damage_end - offset)?;
-                stats.truncated_torn_bytes += damage_end - offset;
-                offset
-            }
-        };
-        segments.push(SegmentInfo {
+        let len = settle_segment_end(fs, &path, bytes, end, stats)?;
+        self.segments.push(SegmentInfo {
             first_index,
             path,
             len,
             allocated,
         });
-        newest_lacks_hard_state = !has_hard_state;
+        self.newest_lacks_hard_state = !has_hard_state;
+        Ok(())
     }
+}
 
-    let needs_fresh_segment = connect_to_snapshot(
-        &mut log,
-        snapshot_index,
-        snapshot_term,
-        &segments,
-        snapshot_error,
-    )?;
-    stats.entries = log.entries().len() as u64;
-    stats.elapsed = started.elapsed();
-    Ok(Recovered {
-        log,
-        hard_state,
-        snapshot,
-        snapshot_file,
-        segments,
-        next_seq,
-        needs_fresh_segment,
-        newest_lacks_hard_state,
-        stats,
+/// Returns the used length of a segment that ends as `end` says. An interrupted final write is zeroed
+/// (durably) first, and its bytes counted in `stats`.
+fn settle_segment_end(
+    fs: &dyn Fs,
+    path: &Path,
+    bytes: &Bytes,
+    end: SegmentEnd,
+    stats: &mut RecoveryStats,
+) -> Result<u64, WalError> {
+    Ok(match end {
+        SegmentEnd::Clean => bytes.len() as u64,
+        SegmentEnd::ZeroTail { offset } => offset,
+        SegmentEnd::TornTail { offset, reason } => {
+            // Zeroed rather than truncated: the file keeps its pre-allocated blocks, and no byte of the
+            // torn record is left behind the next, possibly shorter, records to be misread later.
+            let damage_end = bytes
+                .iter()
+                .rposition(|&b| b != 0)
+                .map_or(offset, |last| last as u64 + 1);
+            tracing::warn!(path = %path.display(), offset, damage_end, reason, "zeroing an interrupted final write");
+            zero_range(fs, path, offset, damage_end - offset)?;
+            stats.truncated_torn_bytes += damage_end - offset;
+            offset
+        }
     })
 }
 
@@ -200,13 +312,13 @@ fn cut_back_to(log: &mut MemLog, index: Index) {
     }
 }
 
-/// After replay, the visible log is what follows the snapshot. Entries the snapshot covers are dropped; a log
-/// that disagrees with the snapshot at its index (or stops short of it) was being replaced by it when the
-/// machine died; then the answer is true: the replaced log is still on disk.
+/// Step 4: after replay, the visible log is what follows the snapshot. Entries the snapshot covers are
+/// dropped; a log that disagrees with the snapshot at its index (or stops short of it) was being replaced by
+/// it when the machine died; then the answer is true: the replaced log is still on disk.
 fn connect_to_snapshot(
     log: &mut MemLog,
     snapshot_index: Index,
-    snapshot_term: u64,
+    snapshot_term: Term,
     segments: &[SegmentInfo],
     snapshot_error: Option<WalError>,
 ) -> Result<bool, WalError> {

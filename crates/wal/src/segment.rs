@@ -8,18 +8,15 @@
 //! Segments are pre-allocated: created at their full size by writing zeros (and syncing) before any record
 //! goes in, so that appending overwrites blocks the file system already has and `fdatasync` has no size or
 //! extent metadata to journal. Only the newest segment may therefore end in zeros; a finished segment is cut
-//! to its used length before the next one is started.
+//! to its used length before the next one is started. Preparing those zero-filled files is `spare.rs`'s job.
 
-use std::io;
 use std::path::{Path, PathBuf};
 
 use bytes::Bytes;
 use raftkv_raft::Index;
 
-use crate::fs::Fs;
-
+use crate::error::WalError;
 use crate::record::{decode_at, Decoded, Record};
-use crate::WalError;
 
 pub(crate) const SEGMENT_HEADER_LEN: usize = 32;
 const MAGIC: &[u8; 8] = b"RAFTKVWL";
@@ -31,9 +28,6 @@ const SUFFIX: &str = ".wal";
 /// Any such file found at open is a leftover and is deleted.
 pub(crate) const SPARE_SUFFIX: &str = ".wal.tmp";
 pub(crate) const SPARE_FILE: &str = "next-segment.wal.tmp";
-/// Zeros written per call, and per `fdatasync`, when preparing a segment: one sync of many MiB of dirty
-/// pages would hold up the log's own small syncs on the same disk for as long.
-const ZERO_CHUNK: u64 = 1 << 20;
 
 /// A segment file as the writer tracks it.
 #[derive(Clone, Debug)]
@@ -44,24 +38,6 @@ pub(crate) struct SegmentInfo {
     pub(crate) len: u64,
     /// The file's size: `len` plus the zero-filled room left in a pre-allocated newest segment.
     pub(crate) allocated: u64,
-}
-
-/// Creates (or empties) `path` and fills it with `size` zero bytes, durably: the blocks are then written
-/// and allocated, so records written over them later need no metadata update to be synced.
-pub(crate) fn prepare_segment_file(fs: &dyn Fs, path: &Path, size: u64) -> io::Result<()> {
-    let mut file = fs.create(path)?;
-    let zeros = vec![0u8; size.clamp(1, ZERO_CHUNK) as usize];
-    let mut left = size;
-    while left > 0 {
-        let n = left.min(ZERO_CHUNK) as usize;
-        file.write_all(&zeros[..n])?;
-        file.sync_data()?;
-        left -= n as u64;
-    }
-    if size == 0 {
-        file.sync_data()?;
-    }
-    Ok(())
 }
 
 pub(crate) fn segment_file_name(seq: u64, first_index: Index) -> String {

@@ -266,31 +266,38 @@ struct SimFile {
     position: usize,
 }
 
-impl WalFile for SimFile {
-    fn write_all(&mut self, bytes: &[u8]) -> io::Result<()> {
+impl SimFile {
+    /// Counts one mutating operation (which may be the one that kills the machine), then changes
+    /// this file's inode.
+    fn mutate_inode(&self, change: impl FnOnce(&mut Inode)) -> io::Result<()> {
         let mut state = self.fs.lock();
         state.mutate()?;
         let inode = state
             .inodes
             .get_mut(&self.inode)
             .expect("open files keep their inode");
-        write_at(&mut inode.data, self.position, bytes);
-        inode.unsynced.push((self.position, bytes.to_vec()));
+        change(inode);
+        Ok(())
+    }
+}
+
+impl WalFile for SimFile {
+    fn write_all(&mut self, bytes: &[u8]) -> io::Result<()> {
+        let position = self.position;
+        self.mutate_inode(|inode| {
+            write_at(&mut inode.data, position, bytes);
+            inode.unsynced.push((position, bytes.to_vec()));
+        })?;
         self.position += bytes.len();
         Ok(())
     }
 
     fn sync_data(&mut self) -> io::Result<()> {
-        let mut state = self.fs.lock();
-        state.mutate()?;
-        let inode = state
-            .inodes
-            .get_mut(&self.inode)
-            .expect("open files keep their inode");
-        inode.durable = inode.data.clone();
-        inode.unsynced.clear();
-        inode.emptied = false;
-        Ok(())
+        self.mutate_inode(|inode| {
+            inode.durable = inode.data.clone();
+            inode.unsynced.clear();
+            inode.emptied = false;
+        })
     }
 }
 

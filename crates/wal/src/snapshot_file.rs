@@ -3,14 +3,19 @@
 //!
 //! Format: `magic "RAFTKVSN" | version: u32 | index: u64 | term: u64 | voter_count: u32 | voters: u64 each |
 //! data_len: u64 | data | crc32c of everything before it: u32`.
+//!
+//! Also the [`SnapshotWriter`], which writes these files away from the log's thread, and the
+//! [`WrittenSnapshot`] it hands back for [`crate::Wal::adopt_snapshot`].
 
+use std::fmt;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use bytes::Bytes;
 use raftkv_raft::{Index, Membership, Snapshot, SnapshotMeta, Term};
 
+use crate::error::WalError;
 use crate::fs::Fs;
-use crate::WalError;
 
 const MAGIC: &[u8; 8] = b"RAFTKVSN";
 const FORMAT_VERSION: u32 = 1;
@@ -49,15 +54,64 @@ fn encode_head(meta: &SnapshotMeta, data_len: usize) -> Vec<u8> {
     head
 }
 
-/// Writes `snapshot` durably under its final name in `dir`; returns its path and size.
 /// Bytes of a snapshot written between two fdatasyncs.
 const SYNC_EVERY_BYTES: usize = 4 << 20;
 
+/// Writes snapshot files off the log's thread. A large snapshot's fdatasync takes long enough to stall
+/// group commit if the log's own thread did it; with a writer, the file is made durable elsewhere and
+/// [`Wal::adopt_snapshot`](crate::Wal::adopt_snapshot) takes it over in a moment. Crash-safety is the same
+/// as [`Wal::save_snapshot`](crate::Wal::save_snapshot)'s: a durable snapshot file that the log never
+/// adopted is simply the newest snapshot at recovery.
+#[derive(Clone)]
+pub struct SnapshotWriter {
+    fs: Arc<dyn Fs>,
+    dir: PathBuf,
+}
+
+impl fmt::Debug for SnapshotWriter {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("SnapshotWriter")
+            .field("dir", &self.dir)
+            .finish()
+    }
+}
+
+/// A snapshot file made durable by a [`SnapshotWriter`], waiting for
+/// [`Wal::adopt_snapshot`](crate::Wal::adopt_snapshot).
+#[derive(Debug)]
+pub struct WrittenSnapshot {
+    pub(crate) path: PathBuf,
+    pub(crate) size: u64,
+    pub(crate) index: Index,
+    pub(crate) term: Term,
+}
+
+impl WrittenSnapshot {
+    pub fn index(&self) -> Index {
+        self.index
+    }
+}
+
+impl SnapshotWriter {
+    /// A writer for snapshot files in `dir` on `fs`.
+    pub(crate) fn new(fs: Arc<dyn Fs>, dir: PathBuf) -> SnapshotWriter {
+        SnapshotWriter { fs, dir }
+    }
+
+    /// Writes `snapshot` to a temporary file, fdatasyncs it, renames it into place and fsyncs the
+    /// directory.
+    pub fn write(&self, snapshot: &Snapshot) -> Result<WrittenSnapshot, WalError> {
+        write_snapshot(self.fs.as_ref(), &self.dir, snapshot)
+    }
+}
+
+/// Writes `snapshot` durably under its final name in `dir` (temporary file, fdatasyncs, rename, directory
+/// fsync); returns the file, not yet adopted by the log.
 pub(crate) fn write_snapshot(
     fs: &dyn Fs,
     dir: &Path,
     snapshot: &Snapshot,
-) -> Result<(PathBuf, u64), WalError> {
+) -> Result<WrittenSnapshot, WalError> {
     let name = snapshot_file_name(snapshot.meta.index, snapshot.meta.term);
     let path = dir.join(&name);
     let tmp = dir.join(format!("{name}.tmp"));
@@ -81,7 +135,12 @@ pub(crate) fn write_snapshot(
     fs.sync_dir(dir)
         .map_err(WalError::io("fsync directory", dir))?;
     let size = (head.len() + snapshot.data.len() + 4) as u64;
-    Ok((path, size))
+    Ok(WrittenSnapshot {
+        path,
+        size,
+        index: snapshot.meta.index,
+        term: snapshot.meta.term,
+    })
 }
 
 struct Reader<'a> {
@@ -199,7 +258,7 @@ mod tests {
             },
             data: Bytes::from_static(b"state machine"),
         };
-        let (path, size) = write_snapshot(&fs, dir, &snapshot).unwrap();
+        let WrittenSnapshot { path, size, .. } = write_snapshot(&fs, dir, &snapshot).unwrap();
         assert_eq!(
             path.file_name().unwrap().to_str().unwrap(),
             snapshot_file_name(42, 3)

@@ -1,22 +1,23 @@
-//! The write path: buffering records, group commit, segment rolling, snapshots and compaction.
+//! The write path: the [`Wal`] itself; buffering records, group commit, segment rolling,
+//! adopting snapshots and compaction.
 
 use std::fmt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::thread::JoinHandle;
 
 use raftkv_raft::{Entry, HardState, Index, InitialState, Snapshot, Term};
 
+use crate::error::WalError;
 use crate::fs::{Fs, LockGuard, RealFs, WalFile};
 use crate::mem_log::MemLog;
+use crate::options::WalOptions;
 use crate::record::{encode_entry, encode_hard_state, entry_record_len, HARD_STATE_RECORD_LEN};
-use crate::recovery::recover;
-use crate::segment::{
-    encode_header, prepare_segment_file, segment_file_name, SegmentInfo, SEGMENT_HEADER_LEN,
-    SPARE_FILE,
+use crate::recovery::{recover, RecoveryStats};
+use crate::segment::{encode_header, segment_file_name, SegmentInfo, SEGMENT_HEADER_LEN};
+use crate::snapshot_file::{
+    parse_snapshot_file_name, write_snapshot, SnapshotWriter, WrittenSnapshot,
 };
-use crate::snapshot_file::{parse_snapshot_file_name, write_snapshot};
-use crate::{RecoveryStats, WalError, WalOptions};
+use crate::spare::Spare;
 
 const LOCK_FILE: &str = "LOCK";
 /// A segment's size before its first entry: the header and the hard state every segment starts with.
@@ -30,20 +31,6 @@ struct PendingRoll {
     at: usize,
     seq: u64,
     first_index: Index,
-}
-
-/// The zero-filled file the next roll renames into place (see [`crate::segment::prepare_segment_file`]).
-#[derive(Debug)]
-enum Spare {
-    None,
-    /// Being zero-filled on a background thread; `size` bytes once done.
-    Preparing {
-        thread: JoinHandle<std::io::Result<()>>,
-        size: u64,
-    },
-    Ready {
-        size: u64,
-    },
 }
 
 /// Durable storage for one Raft node: see the crate documentation.
@@ -224,7 +211,12 @@ impl Wal {
         let result = self.write_pending();
         let result = self.poison_on_error(result);
         if result.is_ok() {
-            self.maybe_prepare_spare();
+            self.spare.maybe_prepare(
+                &self.fs,
+                &self.dir,
+                self.options.segment_bytes,
+                self.tail_segment_len,
+            );
         }
         result
     }
@@ -249,21 +241,13 @@ impl Wal {
     }
 
     fn save_snapshot_synced(&mut self, snapshot: &Snapshot) -> Result<(), WalError> {
-        let (path, size) = write_snapshot(self.fs.as_ref(), &self.dir, snapshot)?;
-        self.adopt_synced(WrittenSnapshot {
-            path,
-            size,
-            index: snapshot.meta.index,
-            term: snapshot.meta.term,
-        })
+        let written = write_snapshot(self.fs.as_ref(), &self.dir, snapshot)?;
+        self.adopt_synced(written)
     }
 
     /// A writer for snapshot files that works on another thread than the log's (see [`SnapshotWriter`]).
     pub fn snapshot_writer(&self) -> SnapshotWriter {
-        SnapshotWriter {
-            fs: Arc::clone(&self.fs),
-            dir: self.dir.clone(),
-        }
+        SnapshotWriter::new(Arc::clone(&self.fs), self.dir.clone())
     }
 
     /// Makes a snapshot file that a [`SnapshotWriter`] made durable the base of the log: exactly what
@@ -389,8 +373,8 @@ impl Wal {
     }
 
     /// Files that compaction no longer needs, for the caller to delete (only with `defer_deletes`), in
-    /// the order they must be deleted: use [`delete_in_order`], which makes each deletion durable before
-    /// the next (see `compact`). A file may be named twice or already be gone.
+    /// the order they must be deleted: use [`delete_in_order`](crate::delete_in_order), which makes each
+    /// deletion durable before the next (see `compact`). A file may be named twice or already be gone.
     pub fn take_garbage(&mut self) -> Vec<PathBuf> {
         std::mem::take(&mut self.garbage)
     }
@@ -450,15 +434,11 @@ impl Wal {
     /// Bytes in segment and snapshot files, counting files at their size: the newest segment's
     /// pre-allocated (zero-filled) room and the spare segment prepared for the next roll are included.
     pub fn disk_usage(&self) -> u64 {
-        let spare = match self.spare {
-            Spare::None => 0,
-            Spare::Preparing { size, .. } | Spare::Ready { size } => size,
-        };
         self.segments
             .iter()
             .map(|s| s.allocated.max(s.len))
             .sum::<u64>()
-            + spare
+            + self.spare.size()
             + self.snapshot_file.as_ref().map_or(0, |(_, size)| *size)
     }
 
@@ -526,7 +506,13 @@ impl Wal {
                 .map_or(pending.len(), |next| next.at);
             let bytes = &pending[roll.at..end];
             let path = self.dir.join(segment_file_name(roll.seq, roll.first_index));
-            let allocated = self.install_spare(&path, bytes.len() as u64)?;
+            let allocated = self.spare.install(
+                self.fs.as_ref(),
+                &self.dir,
+                self.options.segment_bytes,
+                &path,
+                bytes.len() as u64,
+            )?;
             let mut file = self
                 .fs
                 .open_at(&path, 0)
@@ -575,149 +561,12 @@ impl Wal {
         }
         Ok(())
     }
-
-    /// Renames the spare zero-filled file to `path` (waiting for it if it is still being prepared), or, if
-    /// there is none or it is too small for `needed` bytes, prepares one now. Returns the file's size.
-    fn install_spare(&mut self, path: &Path, needed: u64) -> Result<u64, WalError> {
-        let spare_path = self.dir.join(SPARE_FILE);
-        let ready = match std::mem::replace(&mut self.spare, Spare::None) {
-            Spare::None => None,
-            Spare::Ready { size } => Some(size),
-            Spare::Preparing { thread, size } => match thread.join() {
-                Ok(Ok(())) => Some(size),
-                Ok(Err(error)) => {
-                    tracing::warn!(%error, "preparing the next segment failed; retrying on the log's thread");
-                    None
-                }
-                Err(_) => {
-                    tracing::warn!("the thread preparing the next segment panicked; retrying on the log's thread");
-                    None
-                }
-            },
-        };
-        let size = match ready {
-            Some(size) if size >= needed => size,
-            _ => {
-                let size = self.options.segment_bytes.max(needed);
-                prepare_segment_file(self.fs.as_ref(), &spare_path, size)
-                    .map_err(WalError::io("prepare segment", &spare_path))?;
-                size
-            }
-        };
-        self.fs
-            .rename(&spare_path, path)
-            .map_err(WalError::io("rename", &spare_path))?;
-        Ok(size)
-    }
-
-    /// Once the newest segment is half full, starts preparing the file the next roll will use: on a
-    /// background thread if the file system allows it, else (the simulated one) right here. Failure only
-    /// costs speed: the roll then prepares a file itself, and reports its error.
-    fn maybe_prepare_spare(&mut self) {
-        if !matches!(self.spare, Spare::None)
-            || self.tail_segment_len.saturating_mul(2) < self.options.segment_bytes
-        {
-            return;
-        }
-        let size = self.options.segment_bytes;
-        let path = self.dir.join(SPARE_FILE);
-        if !self.fs.allows_background_work() {
-            match prepare_segment_file(self.fs.as_ref(), &path, size) {
-                Ok(()) => self.spare = Spare::Ready { size },
-                Err(error) => tracing::warn!(%error, "cannot prepare the next segment"),
-            }
-            return;
-        }
-        let fs = Arc::clone(&self.fs);
-        match std::thread::Builder::new()
-            .name("raftkv-wal-prepare".into())
-            .spawn(move || prepare_segment_file(fs.as_ref(), &path, size))
-        {
-            Ok(thread) => self.spare = Spare::Preparing { thread, size },
-            Err(error) => {
-                tracing::warn!(%error, "cannot start a thread to prepare the next segment")
-            }
-        }
-    }
 }
 
 impl Drop for Wal {
     /// Waits for a spare segment being prepared (no thread may touch the directory once its lock is
     /// released) and removes it: the next open would anyway.
     fn drop(&mut self) {
-        let had_spare = match std::mem::replace(&mut self.spare, Spare::None) {
-            Spare::None => false,
-            Spare::Ready { .. } => true,
-            Spare::Preparing { thread, .. } => {
-                let _ = thread.join();
-                true
-            }
-        };
-        if had_spare {
-            let _ = self.fs.remove_file(&self.dir.join(SPARE_FILE));
-        }
+        self.spare.discard(self.fs.as_ref(), &self.dir);
     }
-}
-
-/// Writes snapshot files off the log's thread. A large snapshot's fdatasync takes long enough to stall
-/// group commit if the log's own thread did it; with a writer, the file is made durable elsewhere and
-/// [`Wal::adopt_snapshot`] takes it over in a moment. Crash-safety is the same as [`Wal::save_snapshot`]'s:
-/// a durable snapshot file that the log never adopted is simply the newest snapshot at recovery.
-#[derive(Clone)]
-pub struct SnapshotWriter {
-    fs: Arc<dyn Fs>,
-    dir: PathBuf,
-}
-
-impl fmt::Debug for SnapshotWriter {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("SnapshotWriter")
-            .field("dir", &self.dir)
-            .finish()
-    }
-}
-
-/// A snapshot file made durable by a [`SnapshotWriter`], waiting for [`Wal::adopt_snapshot`].
-#[derive(Debug)]
-pub struct WrittenSnapshot {
-    path: PathBuf,
-    size: u64,
-    index: Index,
-    term: Term,
-}
-
-impl WrittenSnapshot {
-    pub fn index(&self) -> Index {
-        self.index
-    }
-}
-
-impl SnapshotWriter {
-    /// Writes `snapshot` to a temporary file, fdatasyncs it, renames it into place and fsyncs the
-    /// directory.
-    pub fn write(&self, snapshot: &Snapshot) -> Result<WrittenSnapshot, WalError> {
-        let (path, size) = write_snapshot(self.fs.as_ref(), &self.dir, snapshot)?;
-        Ok(WrittenSnapshot {
-            path,
-            size,
-            index: snapshot.meta.index,
-            term: snapshot.meta.term,
-        })
-    }
-}
-
-/// Deletes files handed out by [`Wal::take_garbage`] on the real file system, in order, each deletion
-/// made durable (directory fsync) before the next. Files already gone are skipped.
-pub fn delete_in_order(paths: &[PathBuf]) -> std::io::Result<()> {
-    for path in paths {
-        match std::fs::remove_file(path) {
-            Err(err) if err.kind() == std::io::ErrorKind::NotFound => continue,
-            Err(err) => return Err(err),
-            Ok(()) => {}
-        }
-        if let Some(dir) = path.parent() {
-            std::fs::File::open(dir)?.sync_all()?;
-        }
-    }
-    Ok(())
 }
