@@ -83,6 +83,25 @@
 //! machine from it before applying any later `committed` entries, and reports it with `persisted` and
 //! `applied` at the snapshot's index. The voter set ([`Membership`]) travels in the snapshot.
 //!
+//! ## Where each rule of the paper's Figure 2 lives
+//!
+//! | Figure 2 rule | function |
+//! |---|---|
+//! | State: `currentTerm`, `votedFor`, `log[]` persisted before responding | [`HardState`] and `entries` in [`Ready`]; responses in [`Ready::messages_after_persist`] |
+//! | State: `commitIndex`, `lastApplied` | `RaftLog::commit` (`log.rs`); [`Raft::applied`] |
+//! | State: `nextIndex[]`, `matchIndex[]` (leaders) | `Progress` (`progress.rs`), set up by `become_leader` (`raft/election.rs`) |
+//! | AppendEntries receiver, rules 1–5 | `check_term` (rule 1), `handle_append` (rules 2–5) in `raft/replication.rs` |
+//! | RequestVote receiver, rules 1–2 | `check_term` (rule 1), `handle_vote_request` (rule 2) in `raft/election.rs` |
+//! | All servers: apply entries up to `commitIndex` | [`Ready::committed`], applied by the driver |
+//! | All servers: a higher term in any RPC → follower | `check_term`, `become_follower` (`raft/election.rs`) |
+//! | Followers: respond to RPCs; election timeout → candidate | `step`, `tick_election` (`raft/election.rs`) |
+//! | Candidates: new term, vote for self, reset timer, send RequestVote | `campaign`, `start_election`, `request_votes` |
+//! | Candidates: majority of votes → leader; AppendEntries from a leader → follower; timeout → new election | `record_vote`, `step_from_leader`, `tick_election` |
+//! | Leaders: initial empty AppendEntries, heartbeats while idle | `become_leader` (its no-op, §8), `tick_leader`, `broadcast_heartbeat` |
+//! | Leaders: client command → append, respond after applied | [`Raft::propose`] → `append_entry`; the driver answers once applied |
+//! | Leaders: last log index ≥ nextIndex → AppendEntries; success/failure update | `send_append`, `handle_append_response` (`raft/replication.rs`) |
+//! | Leaders: commit the highest index on a majority, if of the current term | `maybe_commit` (§5.3, §5.4.2) |
+//!
 //! ## Determinism
 //!
 //! The only random choice Raft makes — the election timeout jitter, drawn uniformly from

@@ -73,14 +73,10 @@ impl ReadIndexQueue {
         !self.unsent.is_empty()
     }
 
-    /// Forgets every read (leadership lost). Returns how many were dropped.
-    pub(crate) fn clear(&mut self) -> usize {
-        let dropped = self.awaiting_leader_commit.len()
-            + self.unsent.len()
-            + self.rounds.iter().map(|(_, _, r)| r.len()).sum::<usize>();
+    /// Forgets every read (leadership lost); the driver fails the requests it still holds.
+    pub(crate) fn clear(&mut self) {
         self.awaiting_leader_commit.clear();
         self.unsent.clear();
         self.rounds.clear();
-        dropped
     }
 }

@@ -8,6 +8,8 @@ use super::*;
 impl Raft {
     // ----- Time --------------------------------------------------------------------------------
 
+    /// Figure 2, Rules for Servers, Followers and Candidates: an election timeout without hearing from
+    /// a leader starts an election (§5.2).
     pub(super) fn tick_election(&mut self) {
         self.election_elapsed += 1;
         if self.election_elapsed >= self.randomized_election_timeout
@@ -193,6 +195,7 @@ impl Raft {
     }
 
     /// Counts a (pre-)vote. Returns true if the campaign ended (won or lost).
+    /// Figure 2, Rules for Servers, Candidates: votes received from a majority make us leader (§5.2).
     pub(super) fn record_vote(&mut self, from: NodeId, granted: bool) -> bool {
         self.votes.entry(from).or_insert(granted);
         let granted_count = self.votes.values().filter(|g| **g).count();
@@ -213,6 +216,11 @@ impl Raft {
         false
     }
 
+    /// Figure 2, RequestVote RPC, receiver implementation (§5.2, §5.4.1): grant the vote if we have not
+    /// voted for someone else this term and the candidate's log is at least as up-to-date as ours
+    /// (rule 1, a stale term, is [`Raft::check_term`]'s). With `pre`, answers a pre-vote (§9.6) without
+    /// recording anything. A granted vote is answered only after it is durable
+    /// (`messages_after_persist`), since "persistent state" must be saved before responding.
     pub(super) fn handle_vote_request(
         &mut self,
         msg: &Message,
@@ -248,6 +256,9 @@ impl Raft {
         self.messages_after_persist.push(response);
     }
 
+    /// Figure 2, Rules for Servers, Leaders: on election, initialise `nextIndex` (last log index + 1)
+    /// and `matchIndex` (0) for each follower, and append a no-op of the new term (§8), whose first
+    /// Append doubles as the initial heartbeat.
     pub(super) fn become_leader(&mut self) {
         self.role = Role::Leader;
         self.leader = Some(self.id);

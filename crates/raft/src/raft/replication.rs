@@ -119,15 +119,24 @@ impl Raft {
         }
     }
 
-    pub(super) fn handle_append_response(&mut self, from: NodeId, result: AppendResult) {
+    /// The progress of follower `from`, marked active for check-quorum (§6.2), if we lead and know it.
+    fn responding_follower(&mut self, from: NodeId) -> Option<&mut Progress> {
         if self.role != Role::Leader {
-            return;
+            return None;
         }
+        let progress = self.progress.get_mut(&from)?;
+        progress.recent_active = true;
+        Some(progress)
+    }
+
+    /// Figure 2, Rules for Servers, Leaders: on success update the follower's `matchIndex` and
+    /// `nextIndex`; on a rejection decrement `nextIndex` (here: skip the follower's conflicting term at
+    /// once, §5.3's optimisation) and retry.
+    pub(super) fn handle_append_response(&mut self, from: NodeId, result: AppendResult) {
         let last_index = self.log.last_index();
-        let Some(progress) = self.progress.get_mut(&from) else {
+        let Some(progress) = self.responding_follower(from) else {
             return;
         };
-        progress.recent_active = true;
         match result {
             AppendResult::Accepted { last_index: acked } => {
                 let acked = acked.min(last_index);
@@ -179,22 +188,19 @@ impl Raft {
     }
 
     pub(super) fn handle_heartbeat_response(&mut self, from: NodeId, read_round: u64) {
-        if self.role != Role::Leader {
-            return;
-        }
         let last_index = self.log.last_index();
-        let Some(progress) = self.progress.get_mut(&from) else {
+        let (max_msgs, max_bytes) = (
+            self.config.max_inflight_msgs,
+            max_inflight_bytes(&self.config),
+        );
+        let Some(progress) = self.responding_follower(from) else {
             return;
         };
-        progress.recent_active = true;
         progress.probe_sent = false;
         progress.read_round_acked = progress.read_round_acked.max(read_round);
         // If every answer to a full window of Appends was lost, the window would never drain: free a
         // slot so the next Append (or an empty one) goes out and its answer resynchronises us.
-        progress.free_one_if_window_full(
-            self.config.max_inflight_msgs,
-            max_inflight_bytes(&self.config),
-        );
+        progress.free_one_if_window_full(max_msgs, max_bytes);
         if progress.match_index < last_index {
             // An empty Append detects a lost one: the follower rejects it if it misses entries.
             self.send_append(from, true);
@@ -288,6 +294,11 @@ impl Raft {
         }
     }
 
+    /// Figure 2, AppendEntries RPC, receiver implementation (§5.3): reject if the log has no entry at
+    /// `prev_index` with `prev_term` (rule 2; rule 1, a stale term, is [`Raft::check_term`]'s); delete a
+    /// conflicting entry and all that follow it (rule 3); append new entries (rule 4); advance the
+    /// commit index to min(leader commit, index of the last new entry) (rule 5). The acknowledgement
+    /// waits until the entries are durable (`messages_after_persist`).
     pub(super) fn handle_append(
         &mut self,
         leader: NodeId,
@@ -337,6 +348,9 @@ impl Raft {
         self.reply_after_persist(leader, MessageBody::AppendResponse(result));
     }
 
+    /// InstallSnapshot RPC, receiver implementation (§7, Figure 13): keep the log after the snapshot if
+    /// it holds the snapshot's last entry with the same term, otherwise discard it; reset the state
+    /// machine from the snapshot.
     pub(super) fn handle_snapshot(&mut self, leader: NodeId, snapshot: Snapshot) {
         let (index, term) = (snapshot.meta.index, snapshot.meta.term);
         if index <= self.log.commit {
