@@ -5,7 +5,7 @@
 //! naming the field or flag at fault, so a misconfigured node never half-starts.
 
 use anyhow::{anyhow, Context};
-use raftkv_server::config::ClusterConfig;
+use raftkv_server::config::{ClusterConfig, InvalidConfig};
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -88,7 +88,18 @@ fn init_logging() {
 /// Loads the file, applies the flags, and validates the result.
 pub fn load_config(args: &Args) -> anyhow::Result<ClusterConfig> {
     let mut config = ClusterConfig::load(&args.config)?;
-    let index = config
+    let index = node_index(&config, args)?;
+    let overrides = apply_overrides(&mut config, index, args);
+    config
+        .validate()
+        .map_err(|err| blame_overrides(err, &overrides))
+        .with_context(|| format!("config {}", args.config.display()))?;
+    Ok(config)
+}
+
+/// The position of node `--id` in the file.
+fn node_index(config: &ClusterConfig, args: &Args) -> anyhow::Result<usize> {
+    config
         .nodes
         .iter()
         .position(|node| node.id == args.id)
@@ -104,87 +115,118 @@ pub fn load_config(args: &Args) -> anyhow::Result<ClusterConfig> {
                 args.config.display(),
                 ids.join(", ")
             )
-        })?;
+        })
+}
 
-    // (field path as validation reports it, flag that set it) so an error caused by a flag names the flag.
-    let mut overridden: Vec<(String, String)> = Vec::new();
+/// A flag that replaced a value from the file.
+struct Override {
+    /// The field's path as validation reports it (`nodes[0].client_addr`, `tunables.tick_ms`).
+    field: String,
+    /// The flag as given, e.g. `--tick-ms 5`.
+    flag: String,
+}
+
+/// Writes each flag given into its field of `config` (node `index` for per-node flags), in flag order.
+fn apply_overrides(config: &mut ClusterConfig, index: usize, args: &Args) -> Vec<Override> {
+    let mut applied = Vec::new();
     let node = &mut config.nodes[index];
-    if let Some(addr) = &args.client_addr {
-        node.client_addr = addr.clone();
-        overridden.push((
-            format!("nodes[{index}].client_addr"),
-            format!("--client-addr {addr}"),
-        ));
-    }
-    if let Some(addr) = &args.peer_addr {
-        node.peer_addr = addr.clone();
-        overridden.push((
-            format!("nodes[{index}].peer_addr"),
-            format!("--peer-addr {addr}"),
-        ));
-    }
+    let node_field = |name: &str| format!("nodes[{index}].{name}");
+    set(
+        &mut applied,
+        &mut node.client_addr,
+        &args.client_addr,
+        node_field("client_addr"),
+        "--client-addr",
+    );
+    set(
+        &mut applied,
+        &mut node.peer_addr,
+        &args.peer_addr,
+        node_field("peer_addr"),
+        "--peer-addr",
+    );
     if let Some(dir) = &args.data_dir {
         node.data_dir = dir.clone();
-        overridden.push((
-            format!("nodes[{index}].data_dir"),
-            format!("--data-dir {}", dir.display()),
-        ));
+        applied.push(Override {
+            field: node_field("data_dir"),
+            flag: format!("--data-dir {}", dir.display()),
+        });
     }
-    let tunables = &mut config.tunables;
-    let mut set = |field: &mut u64, value: Option<u64>, name: &str, flag: &str| {
-        if let Some(value) = value {
-            *field = value;
-            overridden.push((format!("tunables.{name}"), format!("{flag} {value}")));
-        }
-    };
-    set(&mut tunables.tick_ms, args.tick_ms, "tick_ms", "--tick-ms");
+    let t = &mut config.tunables;
     set(
-        &mut tunables.heartbeat_ms,
-        args.heartbeat_ms,
-        "heartbeat_ms",
+        &mut applied,
+        &mut t.tick_ms,
+        &args.tick_ms,
+        "tunables.tick_ms".into(),
+        "--tick-ms",
+    );
+    set(
+        &mut applied,
+        &mut t.heartbeat_ms,
+        &args.heartbeat_ms,
+        "tunables.heartbeat_ms".into(),
         "--heartbeat-ms",
     );
     set(
-        &mut tunables.election_timeout_ms,
-        args.election_timeout_ms,
-        "election_timeout_ms",
+        &mut applied,
+        &mut t.election_timeout_ms,
+        &args.election_timeout_ms,
+        "tunables.election_timeout_ms".into(),
         "--election-timeout-ms",
     );
-    if let Some(size) = args.max_value_size {
-        tunables.max_value_size = size;
-        overridden.push((
-            "tunables.max_value_size".into(),
-            format!("--max-value-size {size}"),
-        ));
-    }
-    if let Some(count) = args.max_connections {
-        tunables.max_connections = count;
-        overridden.push((
-            "tunables.max_connections".into(),
-            format!("--max-connections {count}"),
-        ));
-    }
+    set(
+        &mut applied,
+        &mut t.max_value_size,
+        &args.max_value_size,
+        "tunables.max_value_size".into(),
+        "--max-value-size",
+    );
+    set(
+        &mut applied,
+        &mut t.max_connections,
+        &args.max_connections,
+        "tunables.max_connections".into(),
+        "--max-connections",
+    );
+    applied
+}
 
-    if let Err(err) = config.validate() {
-        let message = format!("{err:#}");
-        // Tunables are matched by bare name because a rule between two of them (heartbeat below the
-        // election timeout) is reported under one field but may have been broken by either flag.
-        let culprits: Vec<&str> = overridden
-            .iter()
-            .filter(|(field, _)| message.contains(field.strip_prefix("tunables.").unwrap_or(field)))
-            .map(|(_, flag)| flag.as_str())
-            .collect();
-        let err = if culprits.is_empty() {
-            err
-        } else {
-            err.context(format!(
-                "invalid command-line override ({})",
-                culprits.join(", ")
-            ))
-        };
-        return Err(err).with_context(|| format!("config {}", args.config.display()));
+/// If `value` was given (as `flag`), writes it into `target` and records that it overrode `field`.
+fn set<T: Clone + std::fmt::Display>(
+    applied: &mut Vec<Override>,
+    target: &mut T,
+    value: &Option<T>,
+    field: String,
+    flag: &str,
+) {
+    if let Some(value) = value {
+        *target = value.clone();
+        applied.push(Override {
+            field,
+            flag: format!("{flag} {value}"),
+        });
     }
-    Ok(config)
+}
+
+/// Names the flags that set a field the broken rule reads (a rule between two fields, such as the
+/// heartbeat below the election timeout, is reported under one of them but may be broken by either).
+fn blame_overrides(err: anyhow::Error, overrides: &[Override]) -> anyhow::Error {
+    let Some(invalid) = err.downcast_ref::<InvalidConfig>() else {
+        return err;
+    };
+    let culprits: Vec<&str> = overrides
+        .iter()
+        .filter(|o| invalid.involves(&o.field))
+        .map(|o| o.flag.as_str())
+        .collect();
+    if culprits.is_empty() {
+        err
+    } else {
+        err.context(format!(
+            "invalid command-line override ({})",
+            culprits.join(", ")
+        ))
+    }
 }
 
 /// One thread runs the whole node (peers, clients, the Raft loop); the disk has its own. With several

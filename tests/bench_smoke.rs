@@ -1,12 +1,11 @@
 //! `raftkv bench` end to end: a short run gives a well-formed table and JSON, with requests done
 //! and no errors.
 
-#[path = "client_support.rs"]
 mod support;
 
 use std::process::Command;
 
-use support::{Cluster, RAFTKV};
+use support::spawner::{Cluster, RAFTKV};
 
 fn bench(cluster: &Cluster, args: &[&str]) -> std::process::Output {
     Command::new(RAFTKV)

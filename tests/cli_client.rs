@@ -1,13 +1,12 @@
 //! `raftkv client` end to end: every command, its output and its exit code.
 
-#[path = "client_support.rs"]
 mod support;
 
 use std::io::{Read, Write};
 use std::net::TcpListener;
 use std::process::{Command, Output, Stdio};
 
-use support::{Cluster, RAFTKV};
+use support::spawner::{Cluster, RAFTKV};
 
 fn client(addr: &str, args: &[&str], stdin: &[u8]) -> Output {
     let mut child = Command::new(RAFTKV)

@@ -1,12 +1,11 @@
 //! The client library against a real local cluster: redirects, pipelining, leader failure.
 
-#[path = "client_support.rs"]
 mod support;
 
 use std::time::Duration;
 
 use raftkv_client::{Client, Config, Error};
-use support::Cluster;
+use support::spawner::Cluster;
 
 fn runtime() -> tokio::runtime::Runtime {
     tokio::runtime::Builder::new_multi_thread()

@@ -1,4 +1,4 @@
-//! Issue 5, test group 8: a bad config, bad flags, an occupied port (client and peer), a second
+//! Start-up refusals: a bad config, bad flags, an occupied port (client and peer), a second
 //! server on the same data directory. Each is refused with a clear message naming the culprit and a
 //! non-zero exit status; a server already running is not disturbed and its data is not corrupted.
 

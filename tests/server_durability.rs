@@ -1,4 +1,4 @@
-//! Issue 5, test group 5: the whole cluster is killed with `kill -9` (under write load) and restarted
+//! Durability across whole-cluster crashes: the whole cluster is killed with `kill -9` (under write load) and restarted
 //! from its data directories with the same config: every acknowledged write is there. Then the same
 //! after a clean stop (SIGTERM, exit status 0).
 

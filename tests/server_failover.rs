@@ -1,4 +1,4 @@
-//! Issue 5, test groups 3, 4 and 6: nodes crash (`kill -9`) or stop (SIGTERM) under write load, and no
+//! Failover: nodes crash (`kill -9`) or stop (SIGTERM) under write load, and no
 //! acknowledged write is ever lost.
 
 mod support;
@@ -10,7 +10,7 @@ fn acked_after(acked: &[Acked], at: Instant) -> usize {
     acked.iter().filter(|a| a.at > at).count()
 }
 
-/// Group 3: the leader is killed while four writers keep writing. A new leader is elected, every
+/// The leader is killed while four writers keep writing. A new leader is elected, every
 /// acknowledged write is readable with its exact value and version, and writes resume.
 #[test]
 fn leader_killed_under_write_load() {
@@ -85,7 +85,7 @@ fn leader_killed_under_write_load() {
     );
 }
 
-/// Group 4: with two of five nodes down (the leader among them) the cluster keeps serving; with three
+/// With two of five nodes down (the leader among them) the cluster keeps serving; with three
 /// down no write succeeds, and once they return every acknowledged write is there.
 #[test]
 fn minority_down_serves_majority_down_does_not() {
@@ -175,7 +175,7 @@ fn minority_down_serves_majority_down_does_not() {
     );
 }
 
-/// Group 6: a follower stopped during writes and restarted catches up. Proof: afterwards the *other*
+/// A follower stopped during writes and restarted catches up. Proof: afterwards the *other*
 /// follower is killed, so every new write needs the restarted one to accept the leader's appends;
 /// then the leader is killed and the other follower restarted, and the restarted follower must win
 /// the election (the election restriction lets only a node holding every committed entry win) and

@@ -1,4 +1,4 @@
-//! Issue 5, test groups 1 and 2: every protocol command against real 3- and 5-node clusters, checked
+//! The protocol end to end: every protocol command against real 3- and 5-node clusters, checked
 //! byte for byte over raw TCP (docs/protocol.md is the contract), and followers' redirects.
 
 mod support;
@@ -376,7 +376,7 @@ fn every_command_five_nodes() {
     suite(5);
 }
 
-/// Group 2: every follower answers `ERR_REDIRECT <host> <port>` naming the leader's client address,
+/// Every follower answers `ERR_REDIRECT <host> <port>` naming the leader's client address,
 /// for reads and writes (noreply does not silence it), executes nothing, and following it works.
 #[test]
 fn followers_redirect_to_the_leader() {
@@ -427,7 +427,7 @@ fn followers_redirect_to_the_leader() {
     }
 }
 
-/// Group 7: 50 concurrent clients increment one counter with getm + cas, retrying on ERR_VERSION.
+/// 50 concurrent clients increment one counter with getm + cas, retrying on ERR_VERSION.
 /// Every acknowledged cas is one increment: the final value equals the number of `OK`s.
 #[test]
 fn concurrent_cas_increments() {

@@ -1,4 +1,4 @@
-//! Issue 6: snapshots, log compaction and InstallSnapshot, end to end with real `raftkv server`
+//! Snapshots, log compaction and InstallSnapshot, end to end with real `raftkv server`
 //! processes.
 //!
 //! 1. A follower that was down while 100k keys were written (several snapshots taken, the log

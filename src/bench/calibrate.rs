@@ -9,7 +9,7 @@ use hdrhistogram::Histogram;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-use super::report::{json_object, new_histogram, record};
+use super::stats::{json_object, new_histogram, record};
 
 /// The machine's floor: no replicated durable write beats one fsync plus one round trip.
 pub(super) struct Calibration {

@@ -12,11 +12,13 @@
 //! preload, the measured run); the rest lives in:
 //! - [`workload`]: the `--op` workloads and which keys each connection uses;
 //! - [`worker`]: the task driving one connection, and the state the tasks share;
-//! - [`report`]: error kinds, latency histograms and the summary table or JSON;
+//! - [`stats`]: error kinds, latency histograms and figures as JSON, shared by the modules below;
+//! - [`report`]: the summary table or JSON;
 //! - [`calibrate`]: the `--calibrate` measurement of the machine's fdatasync and loopback floors.
 
 mod calibrate;
 mod report;
+mod stats;
 mod worker;
 mod workload;
 

@@ -1,62 +1,14 @@
-//! What a run reports: the kinds of failed requests, the latency histograms, and the summary
-//! printed at the end as a table or as one JSON object.
+//! What a run reports: the summary of every worker's results (and the calibration, if any), printed
+//! at the end as a table or as one JSON object.
 
 use std::time::Duration;
 
 use hdrhistogram::Histogram;
 
 use super::calibrate::Calibration;
+use super::stats::{json_object, new_histogram, ERROR_KINDS};
 use super::worker::WorkerResult;
 use super::Args;
-
-/// Kinds of failed requests, in report order.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(super) enum ErrorKind {
-    NotFound,
-    VersionMismatch,
-    Redirect,
-    Internal,
-    CommandError,
-    ConnectionLost,
-    Protocol,
-    Timeout,
-}
-
-pub(super) const ERROR_KINDS: [ErrorKind; 8] = [
-    ErrorKind::NotFound,
-    ErrorKind::VersionMismatch,
-    ErrorKind::Redirect,
-    ErrorKind::Internal,
-    ErrorKind::CommandError,
-    ErrorKind::ConnectionLost,
-    ErrorKind::Protocol,
-    ErrorKind::Timeout,
-];
-
-impl ErrorKind {
-    fn name(self) -> &'static str {
-        match self {
-            ErrorKind::NotFound => "not_found",
-            ErrorKind::VersionMismatch => "version_mismatch",
-            ErrorKind::Redirect => "redirect",
-            ErrorKind::Internal => "internal",
-            ErrorKind::CommandError => "cmd_err",
-            ErrorKind::ConnectionLost => "connection_lost",
-            ErrorKind::Protocol => "protocol",
-            ErrorKind::Timeout => "timeout",
-        }
-    }
-}
-
-/// Latencies from 1 µs to 60 s at 3 significant digits.
-pub(super) fn new_histogram() -> Histogram<u64> {
-    Histogram::new_with_bounds(1, 60_000_000, 3).expect("constant histogram bounds are valid")
-}
-
-/// Records one latency, in microseconds and at least 1.
-pub(super) fn record(histogram: &mut Histogram<u64>, latency: Duration) {
-    histogram.saturating_record(latency.as_micros().max(1) as u64);
-}
 
 pub(super) struct Summary {
     workload: String,
@@ -201,13 +153,4 @@ fn pairs(figures: &[(&str, u64)]) -> String {
         .map(|(name, value)| format!("{name} {value}"))
         .collect();
     parts.join("  ")
-}
-
-/// Named figures as a JSON object.
-pub(super) fn json_object(figures: &[(&str, u64)]) -> serde_json::Value {
-    figures
-        .iter()
-        .map(|(name, value)| (name.to_string(), serde_json::Value::from(*value)))
-        .collect::<serde_json::Map<_, _>>()
-        .into()
 }

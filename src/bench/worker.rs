@@ -13,7 +13,7 @@ use raftkv_client::proto::{self, Parsed, Reply, ReplyKind};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-use super::report::{new_histogram, record, ErrorKind, ERROR_KINDS};
+use super::stats::{new_histogram, record, ErrorKind, ERROR_KINDS};
 use super::workload::{KeySource, Workload};
 use super::{Args, Layout, Leader};
 
@@ -245,18 +245,20 @@ impl Worker {
             self.last_reply = arrived;
             incoming.advance(consumed);
             let outcome = match reply {
-                Reply::Ok(version) => {
+                Reply::Ok { version } => {
                     self.remember_version(request.key, version);
                     Ok(())
                 }
-                Reply::Value(_) | Reply::ValueMeta { .. } | Reply::Deleted => Ok(()),
+                Reply::Value { .. } | Reply::ValueMeta { .. } | Reply::Deleted => Ok(()),
                 Reply::ErrNotFound => Err(ErrorKind::NotFound),
                 Reply::ErrVersion => Err(ErrorKind::VersionMismatch),
-                Reply::ErrCmd => Err(ErrorKind::CommandError),
+                Reply::ErrCmdErr => Err(ErrorKind::CommandError),
                 Reply::ErrInternal => Err(ErrorKind::Internal),
-                Reply::Redirect(address) => {
+                redirect @ Reply::ErrRedirect { .. } => {
                     // Leadership moved: finish what is outstanding, then reconnect there.
-                    self.run.leader.set_hint(address);
+                    self.run
+                        .leader
+                        .set_hint(redirect.redirect_address().unwrap_or_default());
                     self.draining = true;
                     Err(ErrorKind::Redirect)
                 }

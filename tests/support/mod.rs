@@ -1,11 +1,14 @@
-//! Shared helpers for the `server_*` integration tests: a cluster of real `raftkv server` processes
-//! on loopback that a test starts, kills (SIGKILL) and stops (SIGTERM) node by node, and a raw-TCP
-//! client that reads replies byte for byte.
+//! The one harness of the process tests: a cluster of real `raftkv server` processes on loopback
+//! that a test starts, kills (SIGKILL) and stops (SIGTERM) node by node, and a raw-TCP client that
+//! reads replies byte for byte; [`spawner`] starts a whole cluster with `raftkv cluster` instead (for
+//! the client, CLI and bench tests).
 //!
 //! Every process a [`Cluster`] starts is killed and reaped when it is dropped (also on panic, when
 //! the tail of every node's log is printed to help diagnose the failure). Every socket operation has
 //! a timeout, so no test can hang on a silent server.
 #![allow(dead_code)]
+
+pub mod spawner;
 
 use std::collections::HashSet;
 use std::hash::{BuildHasher, Hasher};

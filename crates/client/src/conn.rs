@@ -19,24 +19,6 @@ use tokio::sync::{mpsc, oneshot, Notify, OwnedSemaphorePermit, Semaphore};
 
 use crate::proto::{self, Parsed, Reply, ReplyKind};
 
-/// A reply with its value copied out of the connection's buffer.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) enum Response {
-    Ok(u64),
-    Value(Bytes),
-    ValueMeta {
-        version: u64,
-        exptime: u64,
-        value: Bytes,
-    },
-    Deleted,
-    ErrVersion,
-    ErrNotFound,
-    ErrCmd,
-    ErrInternal,
-    Redirect(String),
-}
-
 /// Why a call got no reply.
 #[derive(Debug, Clone)]
 pub(crate) enum CallError {
@@ -57,7 +39,7 @@ struct Request {
 
 struct Pending {
     kind: ReplyKind,
-    reply: oneshot::Sender<Result<Response, CallError>>,
+    reply: oneshot::Sender<Result<Reply, CallError>>,
     // Held until the reply is delivered: this is what bounds the requests in flight.
     _permit: OwnedSemaphorePermit,
 }
@@ -119,7 +101,7 @@ impl Connection {
     }
 
     /// Sends one request and waits for its reply.
-    pub(crate) async fn call(&self, bytes: Bytes, kind: ReplyKind) -> Result<Response, CallError> {
+    pub(crate) async fn call(&self, bytes: Bytes, kind: ReplyKind) -> Result<Reply, CallError> {
         let not_sent = || CallError::NotSent(format!("connection to {} is closed", self.address));
         if self.is_dead() {
             return Err(not_sent());
@@ -194,14 +176,16 @@ async fn run_reader(
     let mut writer_done = false;
     // A reply can arrive before its request is taken from the channel, so unmatched bytes are
     // allowed, but only as many as one reply can hold.
-    let unmatched_limit = max_value_size + proto::MAX_REPLY_LINE + 2;
+    let unmatched_limit = max_value_size + proto::limits::MAX_REPLY_LINE + 2;
     let failure = 'connection: loop {
         while let Some(front) = waiting.front() {
             match proto::parse_reply(&buffer, front.kind, max_value_size) {
                 Ok(Parsed::Complete { reply, consumed }) => {
                     let frame = buffer.split_to(consumed).freeze();
                     if let Some(pending) = waiting.pop_front() {
-                        let _ = pending.reply.send(Ok(to_response(reply, &frame)));
+                        let _ = pending
+                            .reply
+                            .send(Ok(reply.map_value(|value| frame.slice(value))));
                     }
                 }
                 Ok(Parsed::Incomplete) => break,
@@ -237,28 +221,6 @@ async fn run_reader(
     from_writer.close();
     while let Ok(pending) = from_writer.try_recv() {
         let _ = pending.reply.send(Err(lost()));
-    }
-}
-
-fn to_response(reply: Reply, frame: &Bytes) -> Response {
-    match reply {
-        Reply::Ok(version) => Response::Ok(version),
-        Reply::Value(range) => Response::Value(frame.slice(range)),
-        Reply::ValueMeta {
-            version,
-            exptime,
-            value,
-        } => Response::ValueMeta {
-            version,
-            exptime,
-            value: frame.slice(value),
-        },
-        Reply::Deleted => Response::Deleted,
-        Reply::ErrVersion => Response::ErrVersion,
-        Reply::ErrNotFound => Response::ErrNotFound,
-        Reply::ErrCmd => Response::ErrCmd,
-        Reply::ErrInternal => Response::ErrInternal,
-        Reply::Redirect(address) => Response::Redirect(address),
     }
 }
 

@@ -49,7 +49,8 @@
 //! # }
 //! ```
 
-pub mod proto;
+/// The wire format (`raftkv-protocol`): request encoders, the reply type and its parser, the limits.
+pub use raftkv_protocol as proto;
 
 mod conn;
 
@@ -62,7 +63,8 @@ use std::time::Duration;
 use bytes::Bytes;
 use tokio::time::Instant;
 
-use conn::{CallError, Connection, Response};
+use conn::{CallError, Connection};
+use proto::Reply;
 use proto::ReplyKind;
 
 /// Tuning knobs; [`Config::default`] suits most uses.
@@ -210,7 +212,7 @@ impl Client {
         let mut request = Vec::with_capacity(key.len() + value.len() + 32);
         proto::encode_set(&mut request, key.as_bytes(), exptime, value);
         match self.execute(request, ReplyKind::Set).await? {
-            Response::Ok(version) => Ok(version),
+            Reply::Ok { version } => Ok(version),
             other => Err(unexpected(other)),
         }
     }
@@ -221,8 +223,8 @@ impl Client {
         let mut request = Vec::with_capacity(key.len() + 8);
         proto::encode_get(&mut request, key.as_bytes());
         match self.execute(request, ReplyKind::Get).await? {
-            Response::Value(value) => Ok(Some(value)),
-            Response::ErrNotFound => Ok(None),
+            Reply::Value { value } => Ok(Some(value)),
+            Reply::ErrNotFound => Ok(None),
             other => Err(unexpected(other)),
         }
     }
@@ -233,7 +235,7 @@ impl Client {
         let mut request = Vec::with_capacity(key.len() + 8);
         proto::encode_getm(&mut request, key.as_bytes());
         match self.execute(request, ReplyKind::Getm).await? {
-            Response::ValueMeta {
+            Reply::ValueMeta {
                 version,
                 exptime,
                 value,
@@ -242,7 +244,7 @@ impl Client {
                 exptime,
                 value,
             })),
-            Response::ErrNotFound => Ok(None),
+            Reply::ErrNotFound => Ok(None),
             other => Err(unexpected(other)),
         }
     }
@@ -259,9 +261,9 @@ impl Client {
         let mut request = Vec::with_capacity(key.len() + value.len() + 48);
         proto::encode_cas(&mut request, key.as_bytes(), exptime, version, value);
         match self.execute(request, ReplyKind::Cas).await? {
-            Response::Ok(version) => Ok(CasOutcome::Swapped { version }),
-            Response::ErrVersion => Ok(CasOutcome::VersionMismatch),
-            Response::ErrNotFound => Ok(CasOutcome::NotFound),
+            Reply::Ok { version } => Ok(CasOutcome::Swapped { version }),
+            Reply::ErrVersion => Ok(CasOutcome::VersionMismatch),
+            Reply::ErrNotFound => Ok(CasOutcome::NotFound),
             other => Err(unexpected(other)),
         }
     }
@@ -272,8 +274,8 @@ impl Client {
         let mut request = Vec::with_capacity(key.len() + 10);
         proto::encode_delete(&mut request, key.as_bytes());
         match self.execute(request, ReplyKind::Delete).await? {
-            Response::Deleted => Ok(true),
-            Response::ErrNotFound => Ok(false),
+            Reply::Deleted => Ok(true),
+            Reply::ErrNotFound => Ok(false),
             other => Err(unexpected(other)),
         }
     }
@@ -303,7 +305,7 @@ impl Client {
     }
 
     /// Sends one request to the leader, retrying whatever is safe to retry until the deadline.
-    async fn execute(&self, request: Vec<u8>, kind: ReplyKind) -> Result<Response> {
+    async fn execute(&self, request: Vec<u8>, kind: ReplyKind) -> Result<Reply> {
         let config = &self.inner.config;
         let deadline = Instant::now() + config.deadline;
         let request = Bytes::from(request);
@@ -336,7 +338,8 @@ impl Client {
                                 Error::Unavailable(why)
                             });
                         }
-                        Ok(Ok(Response::Redirect(leader))) => {
+                        Ok(Ok(reply @ Reply::ErrRedirect { .. })) => {
+                            let leader = reply.redirect_address().unwrap_or_default();
                             // The node did not execute the command: safe to send it to the leader.
                             last_problem =
                                 format!("{} redirected to {leader}", connection.address());
@@ -345,19 +348,19 @@ impl Client {
                             // During an election nodes may point at each other; slow down then.
                             redirects_in_a_row > self.inner.addrs.len()
                         }
-                        Ok(Ok(Response::ErrInternal)) if kind.is_write() => {
+                        Ok(Ok(Reply::ErrInternal)) if kind.is_write() => {
                             self.forget(&connection, None);
                             return Err(Error::OutcomeUnknown(format!(
                                 "{} answered ERR_INTERNAL",
                                 connection.address()
                             )));
                         }
-                        Ok(Ok(Response::ErrInternal)) => {
+                        Ok(Ok(Reply::ErrInternal)) => {
                             last_problem = format!("{} has no leader", connection.address());
                             self.forget(&connection, None);
                             true
                         }
-                        Ok(Ok(Response::ErrCmd)) => return Err(Error::Rejected),
+                        Ok(Ok(Reply::ErrCmdErr)) => return Err(Error::Rejected),
                         Ok(Ok(response)) => return Ok(response),
                         Ok(Err(CallError::NotSent(problem))) => {
                             last_problem = problem;
@@ -446,7 +449,7 @@ impl Client {
     }
 }
 
-fn unexpected(response: Response) -> Error {
+fn unexpected(response: Reply) -> Error {
     Error::UnexpectedReply(format!("{response:?}"))
 }
 

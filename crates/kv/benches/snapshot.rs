@@ -1,4 +1,4 @@
-//! Snapshot benchmark (issue 6): with 1M keys of 256-byte values, how long `Store::clone()` takes
+//! Snapshot benchmark: with 1M keys of 256-byte values, how long `Store::clone()` takes
 //! (the node's event loop pays it), the longest single `apply` right after a clone (the
 //! copy-on-write cost, paid by writes while the snapshot is serialised), snapshot serialisation
 //! time and size, restore time, and memory (resident-set growth, `/proc/self/statm`) of the built

@@ -3,7 +3,7 @@
 
 use std::ops::Range;
 
-use crate::command::DecodeError;
+use crate::decode_error::DecodeError;
 
 pub struct ByteReader<'a> {
     data: &'a [u8],

@@ -12,6 +12,7 @@
 use bytes::{BufMut, Bytes, BytesMut};
 
 use crate::byte_reader::ByteReader;
+pub use crate::decode_error::DecodeError;
 use crate::limits::{is_valid_exptime, is_valid_key};
 use crate::protocol::Request;
 
@@ -48,30 +49,6 @@ pub enum Command {
 pub struct Proposal {
     pub stamp_ms: u64,
     pub command: Command,
-}
-
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum DecodeError {
-    #[error("data ends before the encoded structure does")]
-    Truncated,
-    #[error("unknown format version {0}")]
-    UnknownFormat(u8),
-    #[error("unknown command tag {0}")]
-    UnknownCommand(u8),
-    #[error("invalid key")]
-    InvalidKey,
-    #[error("exptime out of range")]
-    InvalidExptime,
-    #[error("unexpected bytes after the encoded structure")]
-    TrailingBytes,
-    #[error("checksum mismatch")]
-    Checksum,
-    #[error("bad magic number")]
-    BadMagic,
-    #[error("key appears twice in snapshot")]
-    DuplicateKey,
-    #[error("invalid entry metadata")]
-    InvalidEntry,
 }
 
 impl Command {

@@ -1,8 +1,6 @@
-//! raftkv's key-value state machine and the CS733 text protocol codec.
+//! raftkv's key-value state machine and its replicated command format.
 //!
 //! This crate owns:
-//! - the client protocol: [`Parser`] turns a byte stream into [`Request`]s (incrementally, zero-copy,
-//!   surviving any input) and [`Reply::encode`] writes the exact reply bytes;
 //! - the replicated command format: [`Proposal`] (a [`Command`] plus the leader's wall-clock stamp)
 //!   and its compact, versioned binary encoding carried in Raft log entries;
 //! - the state machine: [`Store`] applies committed commands deterministically, serves reads without
@@ -15,13 +13,14 @@
 
 mod byte_reader;
 pub mod command;
-pub mod limits;
-pub mod protocol;
+mod decode_error;
 pub mod store;
 
 pub use command::{Command, DecodeError, Proposal};
-pub use protocol::{ParseError, ParseOutcome, Parser, Reply, Request};
-pub use store::{ReadReply, Store};
-
-/// Largest value a `set` or `cas` may carry unless the server configures otherwise.
-pub const DEFAULT_MAX_VALUE_SIZE: usize = 1 << 20;
+/// The client protocol (`raftkv-protocol`), re-exported so that the state machine's users name one
+/// crate: requests, the reply type, the limits.
+pub use raftkv_protocol::{self as protocol, limits};
+pub use raftkv_protocol::{
+    ParseError, ParseOutcome, Parser, Reply, Request, DEFAULT_MAX_VALUE_SIZE,
+};
+pub use store::Store;

@@ -22,13 +22,14 @@
 pub mod clock;
 pub mod mutation;
 mod replica;
-mod requests;
+mod request;
+mod routing;
 pub mod snapshot;
 pub mod storage;
 
 pub use clock::Now;
 pub use mutation::Mutation;
 pub use replica::{Outputs, Replica, ReplicaConfig, ReplicaError};
-pub use requests::{ClientRequest, Op};
+pub use request::{ClientRequest, Op};
 pub use snapshot::{BuiltSnapshot, SnapshotPolicy, SnapshotTask};
 pub use storage::{Durable, PersistJob};

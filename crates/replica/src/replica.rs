@@ -4,7 +4,7 @@
 //! [`Replica::persisted`], [`Replica::snapshot_built`]); after a batch of them the driver calls
 //! [`Replica::advance`], which turns every Ready of the core into outputs in the order the core's
 //! contract requires: messages and persist jobs first, then the snapshot and committed entries applied to
-//! the store, then the reads they unblock. Client requests are routed in `requests.rs`.
+//! the store, then the reads they unblock. Client requests are routed in `routing.rs`.
 
 use std::collections::{BTreeMap, VecDeque};
 
@@ -18,7 +18,7 @@ use tracing::{error, info, warn};
 
 use crate::clock::Now;
 use crate::mutation::Mutation;
-use crate::requests::{ClientRequest, PendingRead, PendingWrite};
+use crate::request::{ClientRequest, PendingRead, PendingWrite};
 use crate::snapshot::{BuiltSnapshot, SnapshotPolicy, SnapshotTask};
 use crate::storage::{Durable, PersistJob};
 

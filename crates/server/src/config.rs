@@ -4,11 +4,13 @@
 //! Loading always validates, so the rest of the server may rely on what [`ClusterConfig::validate`]
 //! checks (unique non-zero ids, parseable distinct addresses, coherent timeouts) without re-checking.
 //! Every validation error starts with the path of the offending field (`nodes[2].peer_addr: ...`) so an
-//! operator can find it in the file.
+//! operator can find it in the file, and is an [`InvalidConfig`] that lists every field the broken rule
+//! reads, so a caller that set some fields itself can tell whether it is to blame.
 
-use anyhow::{bail, Context};
+use anyhow::Context;
 use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
+use std::fmt;
 use std::path::{Path, PathBuf};
 
 /// Largest value size a configuration may allow. A value travels inside one Raft entry inside one peer
@@ -17,6 +19,50 @@ pub const MAX_VALUE_SIZE_LIMIT: usize = 64 << 20;
 
 /// Longest accepted cluster id; it is sent in every peer handshake.
 pub const MAX_CLUSTER_ID_LEN: usize = 128;
+
+/// A validation rule that does not hold. Shown as `<field>: <why>`, `field` being the path of the field
+/// it is reported under; [`InvalidConfig::involves`] also knows the other fields the rule compares it with.
+#[derive(Debug)]
+pub struct InvalidConfig {
+    field: String,
+    others: Vec<String>,
+    why: String,
+}
+
+impl InvalidConfig {
+    fn new(field: impl Into<String>, why: impl Into<String>) -> InvalidConfig {
+        InvalidConfig {
+            field: field.into(),
+            others: Vec::new(),
+            why: why.into(),
+        }
+    }
+
+    /// Records that the broken rule also reads the field at `path`.
+    fn and(mut self, path: impl Into<String>) -> InvalidConfig {
+        self.others.push(path.into());
+        self
+    }
+
+    /// Whether the broken rule reads the field at `path` (`tunables.tick_ms`, `nodes[0].data_dir`...), so
+    /// changing that field may have caused the error.
+    pub fn involves(&self, path: &str) -> bool {
+        self.field == path || self.others.iter().any(|other| other == path)
+    }
+}
+
+impl fmt::Display for InvalidConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: {}", self.field, self.why)
+    }
+}
+
+impl std::error::Error for InvalidConfig {}
+
+/// Fails validation with `error`.
+fn reject(error: InvalidConfig) -> anyhow::Result<()> {
+    Err(error.into())
+}
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
@@ -99,17 +145,20 @@ impl ClusterConfig {
         Ok(config)
     }
 
-    /// Checks everything the server relies on. The error names the first bad field.
+    /// Checks everything the server relies on. The error, an [`InvalidConfig`], names the first bad field.
     pub fn validate(&self) -> anyhow::Result<()> {
         if self.cluster_id.trim().is_empty() {
-            bail!("cluster_id: must not be empty");
+            return reject(InvalidConfig::new("cluster_id", "must not be empty"));
         }
         if self.cluster_id.len() > MAX_CLUSTER_ID_LEN {
-            bail!("cluster_id: longer than {MAX_CLUSTER_ID_LEN} bytes");
+            return reject(InvalidConfig::new(
+                "cluster_id",
+                format!("longer than {MAX_CLUSTER_ID_LEN} bytes"),
+            ));
         }
         self.tunables.validate()?;
         if self.nodes.is_empty() {
-            bail!("nodes: at least one node is required");
+            return reject(InvalidConfig::new("nodes", "at least one node is required"));
         }
 
         let mut ids: HashMap<u64, usize> = HashMap::new();
@@ -117,12 +166,18 @@ impl ClusterConfig {
         let mut data_dirs: HashMap<&Path, usize> = HashMap::new();
         for (i, node) in self.nodes.iter().enumerate() {
             if node.id == 0 {
-                bail!("nodes[{i}].id: must be non-zero");
+                return reject(InvalidConfig::new(
+                    format!("nodes[{i}].id"),
+                    "must be non-zero",
+                ));
             }
             if let Some(first) = ids.insert(node.id, i) {
-                bail!(
-                    "nodes[{i}].id: duplicate id {} (also nodes[{first}].id)",
-                    node.id
+                return reject(
+                    InvalidConfig::new(
+                        format!("nodes[{i}].id"),
+                        format!("duplicate id {} (also nodes[{first}].id)", node.id),
+                    )
+                    .and(format!("nodes[{first}].id")),
                 );
             }
             for (field, addr) in [
@@ -130,19 +185,41 @@ impl ClusterConfig {
                 ("peer_addr", &node.peer_addr),
             ] {
                 let path = format!("nodes[{i}].{field}");
-                let canonical = parse_host_port(addr)
-                    .map_err(|why| anyhow::anyhow!("{path}: invalid address '{addr}': {why}"))?;
+                let canonical = match parse_host_port(addr) {
+                    Ok(canonical) => canonical,
+                    Err(why) => {
+                        return reject(InvalidConfig::new(
+                            path,
+                            format!("invalid address '{addr}': {why}"),
+                        ))
+                    }
+                };
                 if let Some(other) = addrs.insert(canonical, path.clone()) {
-                    bail!("{path}: address '{addr}' is already used by {other}");
+                    return reject(
+                        InvalidConfig::new(
+                            path,
+                            format!("address '{addr}' is already used by {other}"),
+                        )
+                        .and(other),
+                    );
                 }
             }
             if node.data_dir.as_os_str().is_empty() {
-                bail!("nodes[{i}].data_dir: must not be empty");
+                return reject(InvalidConfig::new(
+                    format!("nodes[{i}].data_dir"),
+                    "must not be empty",
+                ));
             }
             if let Some(first) = data_dirs.insert(node.data_dir.as_path(), i) {
-                bail!(
-                    "nodes[{i}].data_dir: '{}' is also the data_dir of nodes[{first}]",
-                    node.data_dir.display()
+                return reject(
+                    InvalidConfig::new(
+                        format!("nodes[{i}].data_dir"),
+                        format!(
+                            "'{}' is also the data_dir of nodes[{first}]",
+                            node.data_dir.display()
+                        ),
+                    )
+                    .and(format!("nodes[{first}].data_dir")),
                 );
             }
         }
@@ -175,54 +252,78 @@ impl ClusterConfig {
 }
 
 impl Tunables {
+    /// Checks the tunables on their own. The error, an [`InvalidConfig`], names the first bad field.
     pub fn validate(&self) -> anyhow::Result<()> {
+        const TICK: &str = "tunables.tick_ms";
+        const HEARTBEAT: &str = "tunables.heartbeat_ms";
+        const ELECTION: &str = "tunables.election_timeout_ms";
+        const MAX_VALUE_SIZE: &str = "tunables.max_value_size";
         let t = self;
         if t.tick_ms == 0 {
-            bail!("tunables.tick_ms: must be at least 1");
+            return reject(InvalidConfig::new(TICK, "must be at least 1"));
         }
         if t.heartbeat_ms < t.tick_ms {
-            bail!(
-                "tunables.heartbeat_ms: {} is below tick_ms ({}); a heartbeat needs at least one tick",
-                t.heartbeat_ms,
-                t.tick_ms
+            return reject(
+                InvalidConfig::new(
+                    HEARTBEAT,
+                    format!(
+                        "{} is below tick_ms ({}); a heartbeat needs at least one tick",
+                        t.heartbeat_ms, t.tick_ms
+                    ),
+                )
+                .and(TICK),
             );
         }
         if t.election_timeout_ms <= t.heartbeat_ms {
-            bail!(
-                "tunables.election_timeout_ms: {} must exceed heartbeat_ms ({}), or followers campaign \
-                 against a live leader",
-                t.election_timeout_ms,
-                t.heartbeat_ms
+            return reject(
+                InvalidConfig::new(
+                    ELECTION,
+                    format!(
+                        "{} must exceed heartbeat_ms ({}), or followers campaign against a \
+                         live leader",
+                        t.election_timeout_ms, t.heartbeat_ms
+                    ),
+                )
+                .and(HEARTBEAT),
             );
         }
         // The core counts in ticks; keep the tick counts representable and the ratio meaningful.
         if t.election_timeout_ms / t.tick_ms > u64::from(u32::MAX / 2) {
-            bail!(
-                "tunables.election_timeout_ms: too many ticks ({} / tick_ms {})",
-                t.election_timeout_ms,
-                t.tick_ms
+            return reject(
+                InvalidConfig::new(
+                    ELECTION,
+                    format!(
+                        "too many ticks ({} / tick_ms {})",
+                        t.election_timeout_ms, t.tick_ms
+                    ),
+                )
+                .and(TICK),
             );
         }
         if t.max_value_size == 0 {
-            bail!("tunables.max_value_size: must be at least 1");
+            return reject(InvalidConfig::new(MAX_VALUE_SIZE, "must be at least 1"));
         }
         if t.max_value_size > MAX_VALUE_SIZE_LIMIT {
-            bail!(
-                "tunables.max_value_size: {} exceeds the limit of {MAX_VALUE_SIZE_LIMIT} bytes",
-                t.max_value_size
-            );
+            return reject(InvalidConfig::new(
+                MAX_VALUE_SIZE,
+                format!(
+                    "{} exceeds the limit of {MAX_VALUE_SIZE_LIMIT} bytes",
+                    t.max_value_size
+                ),
+            ));
         }
-        if t.max_connections == 0 {
-            bail!("tunables.max_connections: must be at least 1");
-        }
-        if t.max_request_bytes_in_flight == 0 {
-            bail!("tunables.max_request_bytes_in_flight: must be at least 1");
-        }
-        if t.snapshot_entries == 0 {
-            bail!("tunables.snapshot_entries: must be at least 1");
-        }
-        if t.snapshot_bytes == 0 {
-            bail!("tunables.snapshot_bytes: must be at least 1");
+        for (field, value) in [
+            ("tunables.max_connections", t.max_connections as u64),
+            (
+                "tunables.max_request_bytes_in_flight",
+                t.max_request_bytes_in_flight as u64,
+            ),
+            ("tunables.snapshot_entries", t.snapshot_entries),
+            ("tunables.snapshot_bytes", t.snapshot_bytes),
+        ] {
+            if value == 0 {
+                return reject(InvalidConfig::new(field, "must be at least 1"));
+            }
         }
         Ok(())
     }

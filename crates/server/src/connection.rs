@@ -104,7 +104,7 @@ async fn read_requests(
     }
 }
 
-/// Hands a parsed request to the node loop. `None` if the node is shutting down.
+/// Bytes of keys and values a request carries: its cost against the connection's in-flight budget.
 fn request_bytes(request: &Request) -> usize {
     match request {
         Request::Set { key, value, .. } | Request::Cas { key, value, .. } => {
@@ -114,6 +114,7 @@ fn request_bytes(request: &Request) -> usize {
     }
 }
 
+/// Hands a parsed request to the node loop. `None` if the node is shutting down.
 async fn submit(
     request: Request,
     permit: OwnedSemaphorePermit,
@@ -163,7 +164,7 @@ async fn write_replies(mut writer: OwnedWriteHalf, mut slots: mpsc::Receiver<Slo
                         }
                         Err(oneshot::error::TryRecvError::Closed) => Reply::ErrInternal,
                     };
-                    if !(noreply && is_suppressed_by_noreply(&answer)) {
+                    if !(noreply && answer.suppressed_by_noreply()) {
                         answer.encode(&mut out);
                     }
                     false
@@ -188,14 +189,6 @@ async fn write_replies(mut writer: OwnedWriteHalf, mut slots: mpsc::Receiver<Slo
         }
     }
     let _ = writer.shutdown().await;
-}
-
-/// noreply silences the outcomes of the command itself, never errors about the request or the cluster.
-fn is_suppressed_by_noreply(reply: &Reply) -> bool {
-    matches!(
-        reply,
-        Reply::Ok { .. } | Reply::ErrVersion | Reply::ErrNotFound
-    )
 }
 
 async fn flush(writer: &mut OwnedWriteHalf, out: &mut BytesMut) -> std::io::Result<()> {

@@ -24,6 +24,7 @@ pub mod node;
 pub mod persist;
 pub mod request;
 pub mod snapshot_stream;
+mod sync;
 pub mod transport;
 pub mod wire;
 

@@ -30,7 +30,9 @@
 //!   failed transfer from the start a few times ([`SEND_ATTEMPTS`]); after that the core's own re-send
 //!   starts it again. Restarting is always clean because nothing is delivered before the end.
 
-use crate::transport::{dial, encode_frame, read_frame, WRITE_TIMEOUT};
+use crate::sync::lock;
+use crate::transport::dial::{dial, WRITE_TIMEOUT};
+use crate::transport::framing::{encode_frame, read_frame};
 use crate::wire::{Handshake, SnapshotHeader};
 use anyhow::{anyhow, bail, Context};
 use bytes::{Bytes, BytesMut};
@@ -91,12 +93,6 @@ impl SnapshotSlot {
     fn take(&self) -> Option<Message> {
         lock(&self.pending).take()
     }
-}
-
-fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    mutex
-        .lock()
-        .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 /// Whether two InstallSnapshot messages carry the same snapshot for the same leader term, so a transfer

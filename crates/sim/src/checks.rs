@@ -10,7 +10,7 @@ use std::collections::BTreeMap;
 use bytes::Bytes;
 use raftkv_raft::{Entry, EntryKind, HardState, Index, NodeId, Role, Status, Term};
 
-use crate::node::written_value;
+use raftkv_kv::{Command, Proposal};
 
 /// An entry's identity and content, as far as the checks care.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -322,5 +322,17 @@ impl Checks {
                 ),
             );
         }
+    }
+}
+
+/// The client operation a committed entry carries, by the value it writes (values are unique per
+/// operation), for the check that no operation commits twice.
+fn written_value(entry: &Entry) -> Option<bytes::Bytes> {
+    if entry.kind != EntryKind::Normal {
+        return None;
+    }
+    match Proposal::decode(&entry.data).ok()?.command {
+        Command::Set { value, .. } | Command::Cas { value, .. } => Some(value),
+        _ => None,
     }
 }

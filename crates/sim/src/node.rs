@@ -3,8 +3,7 @@
 
 use std::collections::BTreeMap;
 
-use raftkv_kv::{Command, Proposal};
-use raftkv_raft::{Entry, EntryKind, Index, NodeId, Role, SnapshotMeta, Term};
+use raftkv_raft::{Entry, Index, NodeId, Role, SnapshotMeta, Term};
 use raftkv_replica::{
     ClientRequest, Mutation, Now, Op, PersistJob, Replica, ReplicaConfig, SnapshotTask,
 };
@@ -293,16 +292,4 @@ fn early_durable(replica: &mut Replica<OpId>, index: Index, term: Term) {
         term,
         ..Default::default()
     });
-}
-
-/// The client operation a committed entry carries, by the value it writes (values are unique per
-/// operation), for the check that no operation commits twice.
-pub fn written_value(entry: &Entry) -> Option<bytes::Bytes> {
-    if entry.kind != EntryKind::Normal {
-        return None;
-    }
-    match Proposal::decode(&entry.data).ok()?.command {
-        Command::Set { value, .. } | Command::Cas { value, .. } => Some(value),
-        _ => None,
-    }
 }

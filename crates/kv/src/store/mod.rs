@@ -15,9 +15,6 @@ use digest::DigestHasher;
 use entry::{Entry, NEVER};
 use table::KeyTable;
 
-/// Replies of the read path are ordinary replies (`Value`, `ValueMeta` or `ErrNotFound`).
-pub type ReadReply = Reply;
-
 /// The key-value state. Deterministic: its state is a function of the sequence of
 /// `(index, stamp_ms, command)` applied, never of the local clock or of hash-table order.
 ///
@@ -82,7 +79,7 @@ impl Store {
 
     /// Answers `get` and `getm` as of the leader's `now_ms`, without writing anything. Any other
     /// request gets `ErrCmdErr`, since writes must go through the log.
-    pub fn read(&self, request: &Request, now_ms: u64) -> ReadReply {
+    pub fn read(&self, request: &Request, now_ms: u64) -> Reply {
         let now_ms = now_ms.max(self.clock_ms);
         match request {
             Request::Get { key } => match self.live(key, now_ms) {

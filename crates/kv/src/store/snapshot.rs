@@ -10,7 +10,7 @@ use super::entry::Entry;
 use super::table;
 use super::Store;
 use crate::byte_reader::ByteReader;
-use crate::command::DecodeError;
+use crate::decode_error::DecodeError;
 use crate::limits::is_valid_key;
 
 const MAGIC: &[u8; 4] = b"RKVS";

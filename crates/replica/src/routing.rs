@@ -1,5 +1,6 @@
-//! Client requests: proposing writes, reading through ReadIndex at the replicated clock, holding
-//! requests back to keep each connection's order, parking them while no leader is known, redirecting.
+//! Routing client requests: proposing writes, reading through ReadIndex at the replicated clock,
+//! holding requests back to keep each connection's order, parking them while no leader is known,
+//! redirecting.
 
 use raftkv_kv::{Command, Proposal, Reply, Request};
 use raftkv_raft::{Index, NodeId, ProposeError, Role, Term};
@@ -7,41 +8,12 @@ use raftkv_raft::{Index, NodeId, ProposeError, Role, Term};
 use crate::clock::{read_needs_clock, Now};
 use crate::mutation::Mutation;
 use crate::replica::Replica;
+use crate::request::{ClientRequest, Op, PendingRead, PendingWrite};
 
 /// Requests parked while no leader is known.
 const MAX_WAITING_FOR_LEADER: usize = 65_536;
 /// Requests held back to keep one connection's pipeline in order (see `Replica::held`).
 const MAX_HELD: usize = 65_536;
-
-/// One client command and the driver's handle for its answer. A connection keeps its requests'
-/// answers in request order, which is how pipelined replies stay in order.
-#[derive(Debug)]
-pub struct ClientRequest<H> {
-    pub op: Op,
-    pub handle: H,
-}
-
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Op {
-    /// A write, validated by the parser, to go through the log.
-    Write(Command),
-    /// `get` or `getm`, served through ReadIndex.
-    Read(Request),
-}
-
-pub(crate) struct PendingWrite<H> {
-    pub(crate) term: Term,
-    pub(crate) handle: H,
-}
-
-pub(crate) struct PendingRead<H> {
-    pub(crate) request: Request,
-    pub(crate) handle: H,
-    /// The log's last index when the read arrived. Serving only after it is applied makes a pipelined
-    /// `set` followed by `get` on one connection read its own write, as a client would expect, even
-    /// though linearizability alone would allow ordering the concurrent read first.
-    pub(crate) floor: Index,
-}
 
 impl<H> Replica<H> {
     /// Whether the driver may hand over more requests now (false while too many are held back).
@@ -148,8 +120,7 @@ impl<H> Replica<H> {
     fn propose_write(&mut self, command: Command, handle: H) {
         match self.propose_command(command) {
             Ok((index, term)) => {
-                self.writes
-                    .insert(index, crate::requests::PendingWrite { term, handle });
+                self.writes.insert(index, PendingWrite { term, handle });
             }
             Err((ProposeError::Transferring, command)) => {
                 // Leadership is moving away; the new leader will take it.

@@ -3,9 +3,9 @@
 
 use bytes::{Buf, Bytes, BytesMut};
 
-use super::fields::{parse_decimal, tokens, Number};
-use super::request::Request;
+use crate::fields::{parse_decimal, tokens, Number};
 use crate::limits::{is_valid_exptime, is_valid_key, MAX_LINE_LEN};
+use crate::request::Request;
 
 /// Why a request was rejected. Either way the client gets `ERR_CMD_ERR`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -1,7 +1,5 @@
-//! A local cluster for end-to-end tests of the client, the CLI and the bench.
-//!
-//! The other test files include this one with `#[path]`; compiled alone it only checks itself.
-#![allow(dead_code)]
+//! A local cluster started by `raftkv cluster` (the spawner), for end-to-end tests of the client, the
+//! CLI and the bench; the parent module starts `raftkv server` processes one by one instead.
 
 use std::io::{BufRead, BufReader};
 use std::net::TcpListener;
@@ -10,7 +8,7 @@ use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-pub const RAFTKV: &str = env!("CARGO_BIN_EXE_raftkv");
+pub use super::RAFTKV;
 
 /// How long a fresh cluster may take to elect a leader.
 const STARTUP_LIMIT: Duration = Duration::from_secs(30);

@@ -1,24 +1,28 @@
+//! The one reply type of the protocol: what the server encodes and what a client parses.
+
 use std::io::Write as _;
 
 use bytes::{BufMut, Bytes, BytesMut};
 
-/// A reply to one request, encoded by [`Reply::encode`] into the exact protocol bytes.
+/// A reply to one request, encoded by [`Reply::encode`] into the exact protocol bytes. `V` is how a
+/// value is held: `Bytes` everywhere, except in [`crate::parse_reply`]'s result, which holds the
+/// value's byte range in the parsed buffer so that parsing never copies.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Reply {
+pub enum Reply<V = Bytes> {
     /// `OK <version>` after a set or cas.
     Ok {
         version: u64,
     },
     /// `VALUE <numbytes>` + value, for get.
     Value {
-        value: Bytes,
+        value: V,
     },
     /// `VALUE <version> <exptime> <numbytes>` + value, for getm; exptime is the remaining lifetime
     /// in whole seconds rounded up, 0 for a key that never expires.
     ValueMeta {
         version: u64,
         exptime: u64,
-        value: Bytes,
+        value: V,
     },
     Deleted,
     ErrVersion,
@@ -32,34 +36,29 @@ pub enum Reply {
     },
 }
 
-impl Reply {
-    /// Appends the reply, CR LF terminated, to `out`.
-    pub fn encode(&self, out: &mut BytesMut) {
+impl<V> Reply<V> {
+    /// The same reply with its value (if any) converted by `convert`.
+    pub fn map_value<W>(self, convert: impl FnOnce(V) -> W) -> Reply<W> {
         match self {
-            Reply::Ok { version } => write_line(out, format_args!("OK {version}")),
-            Reply::Value { value } => {
-                write_line(out, format_args!("VALUE {}", value.len()));
-                put_block(out, value);
-            }
+            Reply::Ok { version } => Reply::Ok { version },
+            Reply::Value { value } => Reply::Value {
+                value: convert(value),
+            },
             Reply::ValueMeta {
                 version,
                 exptime,
                 value,
-            } => {
-                write_line(
-                    out,
-                    format_args!("VALUE {version} {exptime} {}", value.len()),
-                );
-                put_block(out, value);
-            }
-            Reply::Deleted => out.put_slice(b"DELETED\r\n"),
-            Reply::ErrVersion => out.put_slice(b"ERR_VERSION\r\n"),
-            Reply::ErrNotFound => out.put_slice(b"ERR_NOT_FOUND\r\n"),
-            Reply::ErrCmdErr => out.put_slice(b"ERR_CMD_ERR\r\n"),
-            Reply::ErrInternal => out.put_slice(b"ERR_INTERNAL\r\n"),
-            Reply::ErrRedirect { host, port } => {
-                write_line(out, format_args!("ERR_REDIRECT {host} {port}"))
-            }
+            } => Reply::ValueMeta {
+                version,
+                exptime,
+                value: convert(value),
+            },
+            Reply::Deleted => Reply::Deleted,
+            Reply::ErrVersion => Reply::ErrVersion,
+            Reply::ErrNotFound => Reply::ErrNotFound,
+            Reply::ErrCmdErr => Reply::ErrCmdErr,
+            Reply::ErrInternal => Reply::ErrInternal,
+            Reply::ErrRedirect { host, port } => Reply::ErrRedirect { host, port },
         }
     }
 
@@ -70,6 +69,50 @@ impl Reply {
             self,
             Reply::Ok { .. } | Reply::ErrVersion | Reply::ErrNotFound
         )
+    }
+
+    /// For `ERR_REDIRECT`, the leader's address as a socket address string (`host:port`, or
+    /// `[v6]:port` for an IPv6 literal).
+    pub fn redirect_address(&self) -> Option<String> {
+        match self {
+            Reply::ErrRedirect { host, port } if host.contains(':') && !host.starts_with('[') => {
+                Some(format!("[{host}]:{port}"))
+            }
+            Reply::ErrRedirect { host, port } => Some(format!("{host}:{port}")),
+            _ => None,
+        }
+    }
+}
+
+impl<V: AsRef<[u8]>> Reply<V> {
+    /// Appends the reply, CR LF terminated, to `out`.
+    pub fn encode(&self, out: &mut BytesMut) {
+        match self {
+            Reply::Ok { version } => write_line(out, format_args!("OK {version}")),
+            Reply::Value { value } => {
+                write_line(out, format_args!("VALUE {}", value.as_ref().len()));
+                put_block(out, value.as_ref());
+            }
+            Reply::ValueMeta {
+                version,
+                exptime,
+                value,
+            } => {
+                write_line(
+                    out,
+                    format_args!("VALUE {version} {exptime} {}", value.as_ref().len()),
+                );
+                put_block(out, value.as_ref());
+            }
+            Reply::Deleted => out.put_slice(b"DELETED\r\n"),
+            Reply::ErrVersion => out.put_slice(b"ERR_VERSION\r\n"),
+            Reply::ErrNotFound => out.put_slice(b"ERR_NOT_FOUND\r\n"),
+            Reply::ErrCmdErr => out.put_slice(b"ERR_CMD_ERR\r\n"),
+            Reply::ErrInternal => out.put_slice(b"ERR_INTERNAL\r\n"),
+            Reply::ErrRedirect { host, port } => {
+                write_line(out, format_args!("ERR_REDIRECT {host} {port}"))
+            }
+        }
     }
 }
 
@@ -135,15 +178,38 @@ mod tests {
 
     #[test]
     fn noreply_suppresses_only_predictable_outcomes() {
-        assert!(Reply::Ok { version: 1 }.suppressed_by_noreply());
-        assert!(Reply::ErrVersion.suppressed_by_noreply());
-        assert!(Reply::ErrNotFound.suppressed_by_noreply());
-        assert!(!Reply::ErrCmdErr.suppressed_by_noreply());
-        assert!(!Reply::ErrInternal.suppressed_by_noreply());
-        assert!(!Reply::ErrRedirect {
+        assert!(Reply::<Bytes>::Ok { version: 1 }.suppressed_by_noreply());
+        assert!(Reply::<Bytes>::ErrVersion.suppressed_by_noreply());
+        assert!(Reply::<Bytes>::ErrNotFound.suppressed_by_noreply());
+        assert!(!Reply::<Bytes>::ErrCmdErr.suppressed_by_noreply());
+        assert!(!Reply::<Bytes>::ErrInternal.suppressed_by_noreply());
+        assert!(!Reply::<Bytes>::ErrRedirect {
             host: "h".into(),
             port: 1
         }
         .suppressed_by_noreply());
+    }
+}
+
+#[cfg(test)]
+mod redirect_tests {
+    use super::*;
+
+    #[test]
+    fn redirect_addresses_bracket_ipv6_literals() {
+        let to = |host: &str| Reply::<Bytes>::ErrRedirect {
+            host: host.into(),
+            port: 9001,
+        };
+        assert_eq!(
+            to("10.0.0.2").redirect_address().as_deref(),
+            Some("10.0.0.2:9001")
+        );
+        assert_eq!(to("::1").redirect_address().as_deref(), Some("[::1]:9001"));
+        assert_eq!(
+            to("node-1.local").redirect_address().as_deref(),
+            Some("node-1.local:9001")
+        );
+        assert_eq!(Reply::<Bytes>::Deleted.redirect_address(), None);
     }
 }

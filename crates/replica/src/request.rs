@@ -1,0 +1,34 @@
+//! A client request as the replica receives it, and the bookkeeping of one in progress.
+
+use raftkv_kv::{Command, Request};
+use raftkv_raft::{Index, Term};
+
+/// One client command and the driver's handle for its answer. A connection keeps its requests'
+/// answers in request order, which is how pipelined replies stay in order.
+#[derive(Debug)]
+pub struct ClientRequest<H> {
+    pub op: Op,
+    pub handle: H,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Op {
+    /// A write, validated by the parser, to go through the log.
+    Write(Command),
+    /// `get` or `getm`, served through ReadIndex.
+    Read(Request),
+}
+
+pub(crate) struct PendingWrite<H> {
+    pub(crate) term: Term,
+    pub(crate) handle: H,
+}
+
+pub(crate) struct PendingRead<H> {
+    pub(crate) request: Request,
+    pub(crate) handle: H,
+    /// The log's last index when the read arrived. Serving only after it is applied makes a pipelined
+    /// `set` followed by `get` on one connection read its own write, as a client would expect, even
+    /// though linearizability alone would allow ordering the concurrent read first.
+    pub(crate) floor: Index,
+}

@@ -1,0 +1,243 @@
+//! Inbound peer connections: the acceptor checks each dialler's handshake, then runs one reader per
+//! connection (message stream or snapshot stream), keeping at most one live reader of each kind per peer.
+
+use super::framing::{decode_frame, read_frame, MAX_FRAME_BYTES};
+use super::handshake::{read_handshake, write_handshake, HANDSHAKE_TIMEOUT};
+use super::lock;
+use crate::snapshot_stream::{receive_snapshot, MAX_SNAPSHOT_BYTES};
+use crate::wire::{Handshake, StreamKind, PROTOCOL_VERSION};
+use anyhow::{anyhow, bail};
+use bytes::BytesMut;
+use raftkv_raft::Message;
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{mpsc, Semaphore};
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, info, warn};
+
+/// Most simultaneous inbound connections, legitimate or not; a legitimate cluster needs one per peer
+/// (briefly two while a peer reconnects).
+const MAX_INBOUND_CONNECTIONS: usize = 256;
+
+/// Accepts peer connections and runs one reader per connection.
+pub(super) struct Acceptor {
+    hello: Handshake,
+    known_peers: Vec<u64>,
+    inbound: mpsc::Sender<Vec<Message>>,
+    /// The live reader per peer, so a reconnecting peer replaces its stale connection at once instead of
+    /// leaving it to time out.
+    readers: Mutex<HashMap<u64, (u64, CancellationToken)>>,
+    /// The same for snapshot streams: at most one per peer, the newest (so at most one partial snapshot
+    /// per peer is ever buffered).
+    snapshot_readers: Mutex<HashMap<u64, (u64, CancellationToken)>>,
+    next_generation: AtomicU64,
+    max_snapshot_bytes: u64,
+}
+
+impl Acceptor {
+    /// An acceptor answering with `hello` (this node's handshake) to the nodes in `known_peers`, and
+    /// delivering what they send to `inbound`.
+    pub(super) fn new(
+        hello: Handshake,
+        known_peers: Vec<u64>,
+        inbound: mpsc::Sender<Vec<Message>>,
+    ) -> Acceptor {
+        Acceptor {
+            hello,
+            known_peers,
+            inbound,
+            readers: Mutex::new(HashMap::new()),
+            snapshot_readers: Mutex::new(HashMap::new()),
+            next_generation: AtomicU64::new(0),
+            max_snapshot_bytes: MAX_SNAPSHOT_BYTES,
+        }
+    }
+
+    pub(super) async fn run(self, listener: TcpListener, shutdown: CancellationToken) {
+        let this = Arc::new(self);
+        let limit = Arc::new(Semaphore::new(MAX_INBOUND_CONNECTIONS));
+        let mut connections = JoinSet::new();
+        loop {
+            tokio::select! {
+                _ = shutdown.cancelled() => break,
+                Some(_) = connections.join_next(), if !connections.is_empty() => {}
+                accepted = listener.accept() => match accepted {
+                    Ok((stream, remote)) => match limit.clone().try_acquire_owned() {
+                        Ok(permit) => {
+                            let this = this.clone();
+                            let shutdown = shutdown.clone();
+                            connections.spawn(async move {
+                                this.serve(stream, remote, shutdown).await;
+                                drop(permit);
+                            });
+                        }
+                        Err(_) => warn!(%remote, "too many peer connections; refusing one"),
+                    },
+                    Err(err) => {
+                        // Typically out of file descriptors: back off rather than spin.
+                        warn!("accepting a peer connection failed: {err}");
+                        tokio::time::sleep(Duration::from_millis(100)).await;
+                    }
+                },
+            }
+        }
+        drop(listener);
+        connections.shutdown().await;
+    }
+
+    async fn serve(&self, mut stream: TcpStream, remote: SocketAddr, shutdown: CancellationToken) {
+        let me = self.hello.node_id;
+        let _ = stream.set_nodelay(true);
+        let mut buf = BytesMut::new();
+        let (peer_id, kind) =
+            match tokio::time::timeout(HANDSHAKE_TIMEOUT, self.handshake(&mut stream, &mut buf))
+                .await
+            {
+                Ok(Ok(hello)) => (hello.node_id, hello.stream),
+                Ok(Err(err)) => {
+                    warn!(node = me, %remote, "rejected peer connection: {err:#}");
+                    return;
+                }
+                Err(_) => {
+                    warn!(node = me, %remote, "rejected peer connection: handshake timed out");
+                    return;
+                }
+            };
+        let registry = match kind {
+            StreamKind::Messages => {
+                info!(node = me, peer = peer_id, %remote, "peer connected");
+                &self.readers
+            }
+            StreamKind::Snapshot => {
+                debug!(node = me, peer = peer_id, %remote, "snapshot stream opened");
+                &self.snapshot_readers
+            }
+        };
+
+        let generation = self.next_generation.fetch_add(1, Ordering::Relaxed);
+        let connection = shutdown.child_token();
+        if let Some((_, stale)) = lock(registry).insert(peer_id, (generation, connection.clone())) {
+            stale.cancel();
+        }
+        let outcome = match kind {
+            StreamKind::Messages => {
+                self.receive(&mut stream, &mut buf, peer_id, &connection)
+                    .await
+            }
+            StreamKind::Snapshot => {
+                let received = receive_snapshot(
+                    &mut stream,
+                    &mut buf,
+                    peer_id,
+                    me,
+                    self.max_snapshot_bytes,
+                    &self.inbound,
+                );
+                tokio::select! {
+                    _ = connection.cancelled() => Err(anyhow!("replaced by a newer snapshot stream or shut down")),
+                    received = received => received,
+                }
+            }
+        };
+        {
+            let mut registry = lock(registry);
+            if registry
+                .get(&peer_id)
+                .is_some_and(|(current, _)| *current == generation)
+            {
+                registry.remove(&peer_id);
+            }
+        }
+        if kind == StreamKind::Snapshot {
+            if let Err(err) = outcome {
+                warn!(node = me, peer = peer_id, "snapshot not received: {err:#}");
+            }
+            return;
+        }
+        match outcome {
+            Ok(()) => info!(node = me, peer = peer_id, "peer disconnected"),
+            Err(err) => warn!(node = me, peer = peer_id, "peer disconnected: {err:#}"),
+        }
+    }
+
+    /// Checks the dialler's handshake and answers it. Returns the dialler's handshake.
+    async fn handshake(
+        &self,
+        stream: &mut TcpStream,
+        buf: &mut BytesMut,
+    ) -> anyhow::Result<Handshake> {
+        let hello = read_handshake(stream, buf)
+            .await?
+            .ok_or_else(|| anyhow!("closed before the handshake"))?;
+        if hello.protocol_version != PROTOCOL_VERSION {
+            bail!(
+                "protocol version {} (we speak {PROTOCOL_VERSION})",
+                hello.protocol_version
+            );
+        }
+        if hello.cluster_id != self.hello.cluster_id {
+            bail!(
+                "wrong cluster '{}' (we are '{}')",
+                hello.cluster_id,
+                self.hello.cluster_id
+            );
+        }
+        if !self.known_peers.contains(&hello.node_id) {
+            bail!("unknown node id {}", hello.node_id);
+        }
+        let answer = Handshake {
+            stream: hello.stream,
+            ..self.hello.clone()
+        };
+        write_handshake(stream, &answer).await?;
+        Ok(hello)
+    }
+
+    /// Forwards frames from `peer_id` until it disconnects, misbehaves, or `connection` is cancelled.
+    async fn receive(
+        &self,
+        stream: &mut TcpStream,
+        buf: &mut BytesMut,
+        peer_id: u64,
+        connection: &CancellationToken,
+    ) -> anyhow::Result<()> {
+        let me = self.hello.node_id;
+        loop {
+            let frame = tokio::select! {
+                _ = connection.cancelled() => return Ok(()),
+                frame = read_frame(stream, buf, MAX_FRAME_BYTES) => match frame? {
+                    Some(frame) => frame,
+                    None => return Ok(()),
+                },
+            };
+            let messages = decode_frame(frame)?;
+            if let Some(bad) = messages
+                .iter()
+                .find(|msg| msg.from != peer_id || msg.to != me)
+            {
+                bail!(
+                    "message from {} to {} on the connection of node {peer_id} to node {me}",
+                    bad.from,
+                    bad.to
+                );
+            }
+            if messages.is_empty() {
+                continue;
+            }
+            tokio::select! {
+                _ = connection.cancelled() => return Ok(()),
+                sent = self.inbound.send(messages) => {
+                    if sent.is_err() {
+                        // The node stopped consuming: it is shutting down.
+                        return Ok(());
+                    }
+                }
+            }
+        }
+    }
+}

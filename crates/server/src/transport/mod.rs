@@ -1,0 +1,229 @@
+//! Peer transport: the [`Transport`] handle that carries Raft messages between the nodes of one cluster
+//! over persistent TCP connections.
+//!
+//! Each node listens on its `peer_addr` and dials every other node. Traffic is one-directional per
+//! connection: the dialler's writer task sends, the acceptor's reader task receives. So a node has one
+//! outgoing connection per peer, owned by that peer's writer task, and one incoming connection per peer.
+//!
+//! Guarantees the node relies on:
+//! - [`Transport::send`] never blocks and never waits for the network. Each peer has its own bounded queue;
+//!   when it is full (peer slow or down) the message is dropped and counted. Raft tolerates loss and
+//!   retransmits, so losing a message is always safe, while blocking would let one bad peer stall all.
+//! - Inbound messages are delivered decoded, one `Vec` per received frame, into a bounded channel; when the
+//!   node is behind, readers wait, which stops reading from the socket and pushes back on the sender.
+//! - Only nodes of the same cluster, known by id, speaking the same protocol version get through the
+//!   handshake; anything else is logged and disconnected.
+//!
+//! - An `InstallSnapshot` does not use the peer's queue or message connection: it goes to that peer's
+//!   snapshot sender, which streams it on a connection of its own (see [`crate::snapshot_stream`]), so a
+//!   snapshot of hundreds of MiB neither delays heartbeats and appends nor gets copied into a frame. The
+//!   receiver delivers it, checked and whole, as a batch of one message.
+//!
+//! Framing: `len u32 LE | crc32c u32 LE | payload[len]` (see `framing`). A data frame's payload is one
+//! or more messages back to back (see [`crate::wire`]); the first frame in each direction of a connection
+//! is a [`Handshake`].
+//!
+//! Where things live: `framing` (frames), `handshake` (the first frame each way) and `dial` (outbound
+//! connections) depend on nothing else in the transport, so [`crate::snapshot_stream`] uses them without
+//! depending back on this module; `writer` runs the sending task per peer, `accept` the acceptor and its
+//! readers. This module only wires them together behind [`Transport`].
+
+mod accept;
+pub(crate) mod dial;
+pub(crate) mod framing;
+mod handshake;
+mod writer;
+
+pub use framing::{decode_frame, encode_batch, encode_frame, FRAME_HEADER_LEN, MAX_FRAME_BYTES};
+
+use crate::config::ClusterConfig;
+use crate::snapshot_stream::{SnapshotSender, SnapshotSlot};
+use crate::sync::lock;
+use crate::wire::{Handshake, StreamKind, PROTOCOL_VERSION};
+use accept::Acceptor;
+use anyhow::{anyhow, Context};
+use raftkv_raft::{Message, MessageBody};
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use tokio::net::TcpListener;
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, info};
+use writer::PeerWriter;
+
+/// Messages waiting for one peer. Sized above the core's pipelining window (256 in-flight appends plus
+/// heartbeats and responses) so normal operation never drops.
+pub const PEER_QUEUE_CAPACITY: usize = 1024;
+
+/// Handle to the running transport. Cheap to clone; every clone talks to the same tasks.
+#[derive(Clone)]
+pub struct Transport {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    my_id: u64,
+    local_addr: SocketAddr,
+    peers: HashMap<u64, PeerQueue>,
+    /// Messages addressed to a node that is not in the configuration.
+    dropped_unknown: AtomicU64,
+    shutdown: CancellationToken,
+    tasks: Mutex<Vec<JoinHandle<()>>>,
+}
+
+struct PeerQueue {
+    sender: mpsc::Sender<Message>,
+    /// The InstallSnapshot waiting for this peer's snapshot sender.
+    snapshots: Arc<SnapshotSlot>,
+    dropped: Arc<AtomicU64>,
+}
+
+impl Drop for Inner {
+    fn drop(&mut self) {
+        // The tasks hold no reference to `Inner`, so without this they would outlive every handle.
+        self.shutdown.cancel();
+    }
+}
+
+impl Transport {
+    /// Binds the peer listener on this node's peer_addr (error if the port is taken), accepts peers, and
+    /// starts one writer task per other node. Inbound messages (already decoded, batched per frame) go to
+    /// `inbound`; when `inbound` is full the reader awaits (back-pressure on that TCP connection).
+    pub async fn start(
+        config: &ClusterConfig,
+        my_id: u64,
+        inbound: mpsc::Sender<Vec<Message>>,
+    ) -> anyhow::Result<Transport> {
+        let me = config
+            .node(my_id)
+            .ok_or_else(|| anyhow!("node {my_id} is not in the cluster configuration"))?;
+        let listener = TcpListener::bind(&me.peer_addr).await.with_context(|| {
+            format!(
+                "cannot listen for peers on peer_addr {} of node {my_id}",
+                me.peer_addr
+            )
+        })?;
+        let local_addr = listener.local_addr()?;
+        let shutdown = CancellationToken::new();
+        let hello = Handshake {
+            protocol_version: PROTOCOL_VERSION,
+            cluster_id: config.cluster_id.clone(),
+            node_id: my_id,
+            stream: StreamKind::Messages,
+        };
+
+        let mut tasks = Vec::new();
+        let mut peers = HashMap::new();
+        for node in config.nodes.iter().filter(|node| node.id != my_id) {
+            let (sender, queue) = mpsc::channel(PEER_QUEUE_CAPACITY);
+            let dropped = Arc::new(AtomicU64::new(0));
+            let writer = PeerWriter {
+                peer_id: node.id,
+                peer_addr: node.peer_addr.clone(),
+                hello: hello.clone(),
+                queue,
+                dropped: dropped.clone(),
+                shutdown: shutdown.clone(),
+            };
+            tasks.push(tokio::spawn(writer.run()));
+            let snapshots = Arc::new(SnapshotSlot::default());
+            let snapshot_sender = SnapshotSender {
+                peer_id: node.id,
+                peer_addr: node.peer_addr.clone(),
+                hello: Handshake {
+                    stream: StreamKind::Snapshot,
+                    ..hello.clone()
+                },
+                slot: snapshots.clone(),
+                dropped: dropped.clone(),
+                shutdown: shutdown.clone(),
+            };
+            tasks.push(tokio::spawn(snapshot_sender.run()));
+            peers.insert(
+                node.id,
+                PeerQueue {
+                    sender,
+                    snapshots,
+                    dropped,
+                },
+            );
+        }
+
+        let known_peers = config
+            .nodes
+            .iter()
+            .map(|node| node.id)
+            .filter(|&id| id != my_id)
+            .collect();
+        let acceptor = Acceptor::new(hello, known_peers, inbound);
+        tasks.push(tokio::spawn(acceptor.run(listener, shutdown.clone())));
+        info!(node = my_id, addr = %local_addr, "peer transport listening");
+
+        Ok(Transport {
+            inner: Arc::new(Inner {
+                my_id,
+                local_addr,
+                peers,
+                dropped_unknown: AtomicU64::new(0),
+                shutdown,
+                tasks: Mutex::new(tasks),
+            }),
+        })
+    }
+
+    /// Queues a message for its `to` node. Never blocks: if that peer's bounded queue is full (peer slow or
+    /// down), the message is dropped (Raft retransmits) and a counter is bumped. An `InstallSnapshot` goes
+    /// to the peer's snapshot sender instead, replacing any snapshot still waiting there.
+    pub fn send(&self, msg: Message) {
+        let Some(peer) = self.inner.peers.get(&msg.to) else {
+            self.inner.dropped_unknown.fetch_add(1, Ordering::Relaxed);
+            debug!(
+                node = self.inner.my_id,
+                to = msg.to,
+                "dropping message to a node outside the cluster"
+            );
+            return;
+        };
+        if let MessageBody::InstallSnapshot { .. } = msg.body {
+            if peer.snapshots.offer(msg) {
+                peer.dropped.fetch_add(1, Ordering::Relaxed);
+            }
+            return;
+        }
+        if peer.sender.try_send(msg).is_err() {
+            peer.dropped.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    /// Stops every task. Returns at once; [`Transport::closed`] waits for the tasks to finish.
+    pub fn shutdown(&self) {
+        self.inner.shutdown.cancel();
+    }
+
+    /// Waits until every task has stopped and the listener is closed (after [`Transport::shutdown`]).
+    pub async fn closed(&self) {
+        let tasks = std::mem::take(&mut *lock(&self.inner.tasks));
+        for task in tasks {
+            let _ = task.await;
+        }
+    }
+
+    /// The address the peer listener is bound to.
+    pub fn local_addr(&self) -> SocketAddr {
+        self.inner.local_addr
+    }
+
+    /// Messages dropped so far: queue full, peer down, unknown destination, or too big to send.
+    pub fn dropped_messages(&self) -> u64 {
+        let per_peer: u64 = self
+            .inner
+            .peers
+            .values()
+            .map(|peer| peer.dropped.load(Ordering::Relaxed))
+            .sum();
+        per_peer + self.inner.dropped_unknown.load(Ordering::Relaxed)
+    }
+}

@@ -1,0 +1,480 @@
+//! The whole cluster in one thread, in virtual time (1 step = 1 virtual ms), from one seed.
+//!
+//! A run has two phases. During the fault phase (`Options::steps` ms) the nemesis crashes and restarts
+//! nodes, fails their disks, partitions and heals the network, slows disks, jumps clocks and moves
+//! leadership, while clients run their workload; the safety checks run after every step. Then the
+//! liveness phase heals everything and requires, within `LIVENESS_MS`, one leader known to all, every
+//! client finishing new operations, and every node applying everything committed. Finally the history is
+//! checked for linearizability.
+
+use std::collections::{BTreeMap, VecDeque};
+use std::fmt;
+
+use raftkv_raft::{Config, Index, NodeId, Role, Term};
+use raftkv_replica::{Mutation, ReplicaConfig};
+
+use crate::checks::Checks;
+use crate::client::{Client, Fate, History};
+use crate::clock::NodeClock;
+use crate::disk::Disk;
+use crate::linearizability::{self, Verdict};
+use crate::network::{Network, NetworkFaults, NetworkStats};
+use crate::node::{Env, Node, OpId};
+use crate::rng::Rng;
+
+mod clients;
+mod nemesis;
+mod params;
+
+pub use params::Params;
+
+/// After the faults stop, the cluster must settle within this bound.
+const LIVENESS_MS: u64 = 15_000;
+/// Operations each client must complete after the faults stop.
+const LIVENESS_OPS: u64 = 3;
+/// Search steps the linearizability checker may spend on one key.
+const CHECK_BUDGET: u64 = 20_000_000;
+/// More messages than this due in one virtual ms is a message storm (a 5-node cluster under load
+/// sends a few dozen).
+const MAX_DUE_MESSAGES: usize = 5_000;
+/// Client ports are `BASE_PORT + node id`, so a redirect names its node.
+const BASE_PORT: u16 = 9000;
+
+pub const DEFAULT_STEPS: u64 = 10_000;
+
+#[derive(Clone, Debug)]
+pub struct Options {
+    /// Virtual ms of the fault phase.
+    pub steps: u64,
+    /// Print what happens to stderr (for replaying one seed).
+    pub trace: bool,
+    /// A deliberate bug in every node (tests that the simulator finds bugs).
+    pub mutation: Option<Mutation>,
+}
+
+impl Default for Options {
+    fn default() -> Options {
+        Options {
+            steps: DEFAULT_STEPS,
+            trace: false,
+            mutation: None,
+        }
+    }
+}
+
+#[derive(Clone, Debug, Default)]
+pub struct Stats {
+    pub virtual_ms: u64,
+    pub ops_ok: usize,
+    pub ops_unknown: usize,
+    pub ops_dropped: usize,
+    pub committed: u64,
+    pub max_term: u64,
+    pub crashes: u64,
+    pub storage_failures: u64,
+    pub clock_jumps: u64,
+    pub net: NetworkStats,
+}
+
+/// The result of one seed.
+#[derive(Clone, Debug)]
+pub struct Report {
+    pub seed: u64,
+    pub options: Options,
+    pub params: Option<Params>,
+    /// Safety or liveness violations, and panics (of the code under test or of the simulator).
+    pub violations: Vec<String>,
+    pub linearizability: Verdict,
+    pub stats: Stats,
+}
+
+impl Report {
+    pub fn non_linearizable(&self) -> bool {
+        self.linearizability.illegal()
+    }
+
+    pub fn inconclusive(&self) -> bool {
+        self.linearizability.inconclusive()
+    }
+
+    pub fn failed(&self) -> bool {
+        !self.violations.is_empty() || self.non_linearizable() || self.inconclusive()
+    }
+
+    pub fn replay_command(&self) -> String {
+        let mutation = self
+            .options
+            .mutation
+            .map(|m| format!(" --mutation {m:?}"))
+            .unwrap_or_default();
+        format!(
+            "cargo run --release -p raftkv-sim -- --seed {} --steps {}{mutation} --trace",
+            self.seed, self.options.steps
+        )
+    }
+}
+
+impl fmt::Display for Report {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        writeln!(f, "seed {}: {:?}", self.seed, self.params)?;
+        writeln!(f, "  stats: {:?}", self.stats)?;
+        for v in &self.violations {
+            writeln!(f, "  violation: {v}")?;
+        }
+        writeln!(f, "  history: {}", self.linearizability)
+    }
+}
+
+/// Runs one seed. Panics inside (the replica's, the core's or the simulator's own assertions) become
+/// violations.
+pub fn run_seed(seed: u64, options: &Options) -> Report {
+    let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        Simulator::new(seed, options).run()
+    }));
+    outcome.unwrap_or_else(|payload| {
+        let message = crate::panic_message(payload.as_ref());
+        Report {
+            seed,
+            options: options.clone(),
+            params: Some(Params::draw(&mut Rng::new(seed))),
+            violations: vec![format!("panic: {message}")],
+            linearizability: Verdict {
+                outcome: linearizability::Outcome::Linearizable,
+                inconclusive_keys: Vec::new(),
+            },
+            stats: Stats::default(),
+        }
+    })
+}
+
+struct Simulator {
+    seed: u64,
+    options: Options,
+    params: Params,
+    rng: Rng,
+    now: u64,
+    nodes: Vec<Node>,
+    net: Network,
+    checks: Checks,
+    clients: Vec<Client>,
+    history: History,
+    replies: Vec<(OpId, raftkv_kv::Reply)>,
+    /// Which client sent each request in flight.
+    owner: BTreeMap<OpId, usize>,
+    /// The index and term each write was proposed at, as seen in the replicas' pending writes.
+    proposals: BTreeMap<OpId, (Index, Term)>,
+    next_op_id: u64,
+    next_conn: u64,
+    stats: Stats,
+    /// Set once the faults stop: (time, completed ops per client at that time).
+    healed: Option<(u64, Vec<u64>)>,
+}
+
+impl Simulator {
+    fn new(seed: u64, options: &Options) -> Simulator {
+        let mut rng = Rng::new(seed);
+        let params = Params::draw(&mut rng);
+        let voters: Vec<NodeId> = (1..=params.nodes as NodeId).collect();
+        let client_addrs: BTreeMap<NodeId, String> = voters
+            .iter()
+            .map(|&id| (id, format!("node{id}:{}", BASE_PORT + id as u16)))
+            .collect();
+        let mut checks = Checks::new(params.nodes);
+        let nodes = voters
+            .iter()
+            .map(|&id| {
+                let mut raft = Config::new(id, voters.clone());
+                raft.election_ticks = params.election_ticks;
+                raft.heartbeat_ticks = params.heartbeat_ticks;
+                raft.pre_vote = params.pre_vote;
+                raft.check_quorum = params.check_quorum;
+                raft.max_entries_per_msg = params.max_entries_per_msg;
+                raft.max_inflight_msgs = params.max_inflight_msgs;
+                raft.seed = rng.next_u64();
+                let config = ReplicaConfig {
+                    raft,
+                    client_addrs: client_addrs.clone(),
+                    leader_wait_ms: u64::from(params.election_ticks) * params.tick_ms * 2,
+                    snapshot_entries: params.snapshot_entries,
+                    snapshot_bytes: params.snapshot_bytes,
+                    mutation: options.mutation,
+                    record_applied: true,
+                };
+                let disk = Disk::new(
+                    params.disk_latency,
+                    params.slow_disk_latency,
+                    params.segment_bytes,
+                );
+                let clock = NodeClock::draw(&mut rng, params.max_skew_ms, params.max_drift_ppm);
+                let mut node =
+                    Node::new(config, disk, clock, params.tick_ms, params.snapshot_delay);
+                node.start(0, &mut checks);
+                node
+            })
+            .collect();
+        let clients = (0..params.clients)
+            .map(|i| Client {
+                id: i as u64 + 1,
+                conn: i as u64 + 1,
+                target: rng.range(1, params.nodes as u64),
+                in_flight: VecDeque::new(),
+                deadline: 0,
+                next_at: 0,
+                completed: 0,
+                versions: BTreeMap::new(),
+            })
+            .collect();
+        Simulator {
+            seed,
+            options: options.clone(),
+            net: Network::new(params.nodes, params.net),
+            checks,
+            next_conn: params.clients as u64 + 1,
+            params,
+            rng,
+            now: 0,
+            nodes,
+            clients,
+            history: History::default(),
+            replies: Vec::new(),
+            owner: BTreeMap::new(),
+            proposals: BTreeMap::new(),
+            next_op_id: 1,
+            stats: Stats::default(),
+            healed: None,
+        }
+    }
+
+    fn trace(&self, what: impl FnOnce() -> String) {
+        if self.options.trace {
+            eprintln!("[{:>6}ms] {}", self.now, what());
+        }
+    }
+
+    fn run(mut self) -> Report {
+        self.trace(|| format!("seed {} params {:?}", self.seed, self.params));
+        while self.now < self.options.steps && self.checks.violations.is_empty() {
+            if self.rng.chance(self.params.nemesis_ppm) {
+                self.nemesis();
+            }
+            if self.rng.chance(self.params.clock_jump_ppm) {
+                self.jump_a_clock();
+            }
+            self.step();
+        }
+        if self.checks.violations.is_empty() {
+            self.heal_everything();
+            let deadline = self.now + LIVENESS_MS;
+            while !self.settled() && self.now < deadline && self.checks.violations.is_empty() {
+                self.step();
+            }
+            if !self.settled() && self.checks.violations.is_empty() {
+                let why = self.unsettled_reason();
+                self.checks.fail(
+                    0,
+                    format!(
+                        "liveness: not settled {LIVENESS_MS}ms after the faults stopped: {why}"
+                    ),
+                );
+            }
+        }
+        let (history, contradictions) = self.history.for_checker(|record| self.effect_of(record));
+        for what in contradictions {
+            self.checks.fail(0, what);
+        }
+        let linearizability = linearizability::check(&history, CHECK_BUDGET);
+        self.trace(|| {
+            let optional = history.iter().filter(|op| op.ret.is_none()).count();
+            format!(
+                "history of {} ops ({} checked, {optional} of unknown outcome): {linearizability}",
+                self.history.records.len(),
+                history.len(),
+            )
+        });
+        let mut stats = std::mem::take(&mut self.stats);
+        stats.virtual_ms = self.now;
+        stats.ops_ok = self.history.count(Fate::Ok);
+        stats.ops_unknown = self.history.count(Fate::Unknown);
+        stats.ops_dropped = self.history.count(Fate::Dropped);
+        stats.committed = self.checks.committed_len();
+        stats.max_term = self
+            .nodes
+            .iter()
+            .filter_map(|n| n.replica.as_ref())
+            .map(|r| r.raft().status().term)
+            .max()
+            .unwrap_or(0);
+        stats.crashes = self.nodes.iter().map(|n| n.crashes).sum();
+        stats.net = self.net.stats;
+        Report {
+            seed: self.seed,
+            options: self.options,
+            params: Some(self.params),
+            violations: self.checks.violations,
+            linearizability,
+            stats,
+        }
+    }
+
+    fn step(&mut self) {
+        self.now += 1;
+        self.checks.now = self.now;
+        let now = self.now;
+        let due = self.net.deliver_due(now);
+        if due.len() > MAX_DUE_MESSAGES {
+            // Nothing in a healthy cluster comes close: the nodes amplify their own traffic.
+            self.checks.fail(
+                0,
+                format!("message storm: {} messages due in one ms", due.len()),
+            );
+            return;
+        }
+        for msg in due {
+            if let Some(replica) = self.nodes[(msg.to - 1) as usize].replica.as_mut() {
+                replica.step(msg);
+            }
+        }
+        // Disk completions, snapshot work and ticks, then what they produced; then the clients'
+        // requests, and what those produced.
+        self.drive_nodes(true);
+        self.run_clients();
+        self.drive_nodes(false);
+        self.handle_replies();
+        self.checks.stamp_applied(self.history.clock());
+        for node in &self.nodes {
+            if let Some(replica) = &node.replica {
+                for (index, term, op_id) in replica.pending_writes() {
+                    self.proposals.entry(*op_id).or_insert((index, term));
+                }
+            }
+        }
+        for node in &self.nodes {
+            if let Some(replica) = &node.replica {
+                let status = replica.raft().status();
+                if self.options.trace
+                    && status.role == Role::Leader
+                    && !self.checks.is_known_leader(status.term)
+                {
+                    eprintln!("[{now:>6}ms] node {} leads term {}", node.id, status.term);
+                }
+                self.checks.after_step(
+                    &status,
+                    replica.store().applied_index(),
+                    replica.raft().entries(),
+                );
+            }
+        }
+    }
+
+    /// Runs every node's driver for this ms (`step`: its disk, snapshot work and tick too) and carries
+    /// out its outputs.
+    fn drive_nodes(&mut self, step: bool) {
+        for i in 0..self.nodes.len() {
+            let was_up = self.nodes[i].is_up();
+            let mut env = Env {
+                now: self.now,
+                rng: &mut self.rng,
+                net: &mut self.net,
+                checks: &mut self.checks,
+                replies: &mut self.replies,
+            };
+            if step {
+                self.nodes[i].step(&mut env);
+            }
+            self.nodes[i].flush(&mut env);
+            if was_up && !self.nodes[i].is_up() {
+                self.on_node_stopped(i as NodeId + 1);
+            }
+        }
+    }
+
+    /// A node stopped by itself (its storage failed): its connections break like a crash's.
+    fn on_node_stopped(&mut self, id: NodeId) {
+        self.stats.storage_failures += 1;
+        let why = self.nodes[(id - 1) as usize].stopped.clone();
+        self.trace(|| format!("node {id} stopped: {why:?}"));
+        self.break_connections_to(id);
+    }
+
+    fn heal_everything(&mut self) {
+        self.trace(|| "faults stop: heal network, restart stopped nodes, disks normal".into());
+        self.net.heal();
+        self.net.faults = NetworkFaults::calm(self.params.net.delay);
+        for i in 0..self.nodes.len() {
+            self.nodes[i].disk.slow = false;
+            self.nodes[i].disk.fs.cancel_failure();
+            if self.nodes[i].is_up() && self.nodes[i].disk.fs.is_dead() {
+                // Its disk already failed; it would stop at its next write.
+                self.crash(i as NodeId + 1);
+            }
+            if !self.nodes[i].is_up() {
+                self.restart(i as NodeId + 1);
+            }
+        }
+        self.healed = Some((self.now, self.clients.iter().map(|c| c.completed).collect()));
+    }
+
+    fn client_quota_met(&self, client: usize) -> bool {
+        self.healed
+            .as_ref()
+            .is_some_and(|(_, base)| self.clients[client].completed >= base[client] + LIVENESS_OPS)
+    }
+
+    fn settled(&self) -> bool {
+        self.unsettled_reason().is_empty()
+    }
+
+    /// Empty when the cluster has settled; otherwise what is still missing.
+    fn unsettled_reason(&self) -> String {
+        let mut why = Vec::new();
+        for (i, client) in self.clients.iter().enumerate() {
+            if !self.client_quota_met(i) || !client.in_flight.is_empty() {
+                why.push(format!(
+                    "client {} has completed {} ops ({} in flight)",
+                    client.id,
+                    client.completed,
+                    client.in_flight.len()
+                ));
+            }
+        }
+        let statuses: Vec<_> = self
+            .nodes
+            .iter()
+            .filter_map(|n| {
+                n.replica
+                    .as_ref()
+                    .map(|r| (r.raft().status(), r.store().applied_index()))
+            })
+            .collect();
+        if statuses.len() < self.nodes.len() {
+            why.push(format!("{} nodes down", self.nodes.len() - statuses.len()));
+        }
+        let leaders: Vec<_> = statuses
+            .iter()
+            .filter(|(s, _)| s.role == Role::Leader)
+            .collect();
+        match leaders.as_slice() {
+            [(leader, _)] => {
+                for (s, applied) in &statuses {
+                    if s.term != leader.term
+                        || s.leader != Some(leader.id)
+                        || *applied != leader.commit
+                    {
+                        why.push(format!(
+                            "node {} not caught up with leader {}: {s:?} applied {applied}",
+                            s.id, leader.id
+                        ));
+                    }
+                }
+                if leader.commit != leader.last_index {
+                    why.push(format!(
+                        "leader {} has uncommitted entries: {leader:?}",
+                        leader.id
+                    ));
+                }
+            }
+            _ => why.push(format!("{} leaders: {statuses:?}", leaders.len())),
+        }
+        why.join("; ")
+    }
+}
