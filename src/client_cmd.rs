@@ -42,7 +42,7 @@ pub struct Args {
     #[arg(
         long,
         value_delimiter = ',',
-        default_value = "127.0.0.1:9000,127.0.0.1:9001,127.0.0.1:9002,127.0.0.1:9003,127.0.0.1:9004"
+        default_value = crate::DEFAULT_ADDRS
     )]
     addr: Vec<String>,
     /// Seconds one command may take, leader search and retries included.

@@ -1,5 +1,9 @@
 //! `raftkv`: one binary for the server, the local cluster spawner, the client CLI and the load generator.
 
+/// Where `raftkv cluster`'s default five nodes take clients, for the client and bench commands.
+const DEFAULT_ADDRS: &str =
+    "127.0.0.1:9000,127.0.0.1:9001,127.0.0.1:9002,127.0.0.1:9003,127.0.0.1:9004";
+
 mod bench;
 mod client_cmd;
 mod cluster;

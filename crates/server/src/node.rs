@@ -119,6 +119,15 @@ impl NodeLoop {
         for msg in out.messages.drain(..) {
             self.transport.send(msg);
         }
+        // The disk first: the leader's fsync runs while the replies below are written.
+        let jobs = std::mem::take(&mut out.persist);
+        for job in jobs {
+            self.persist
+                .send(job)
+                .await
+                .map_err(|_| anyhow::anyhow!("the storage thread stopped"))?;
+        }
+        let out = self.replica.outputs();
         for (handle, reply) in out.replies.drain(..) {
             let _ = handle.send(reply);
         }
@@ -127,15 +136,7 @@ impl NodeLoop {
             let released = std::mem::take(&mut out.released);
             tokio::task::spawn_blocking(move || drop(released));
         }
-        let task = out.snapshot.take();
-        let jobs = std::mem::take(&mut out.persist);
-        for job in jobs {
-            self.persist
-                .send(job)
-                .await
-                .map_err(|_| anyhow::anyhow!("the storage thread stopped"))?;
-        }
-        if let Some(task) = task {
+        if let Some(task) = out.snapshot.take() {
             self.spawn_snapshot(task);
         }
         Ok(())
