@@ -6,7 +6,8 @@
 //! back-pressure rather than by our memory.
 
 use bytes::BytesMut;
-use raftkv_kv::{Command, ParseError, ParseOutcome, Parser, Reply, Request};
+use raftkv_kv::Command;
+use raftkv_protocol::{ParseError, ParseOutcome, Parser, Reply, Request};
 use std::sync::Arc;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};

@@ -9,7 +9,7 @@
 
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use raftkv_kv::Reply;
+use raftkv_protocol::Reply;
 use raftkv_raft::Message;
 use raftkv_replica::{BuiltSnapshot, Now, Replica, SnapshotTask};
 use raftkv_wal::SnapshotWriter;

@@ -1,7 +1,7 @@
 //! What a client connection asks of the node loop, and how the answer comes back: the replica's
 //! request with a oneshot channel as its handle.
 
-use raftkv_kv::Reply;
+use raftkv_protocol::Reply;
 use tokio::sync::oneshot;
 
 pub use raftkv_replica::Op;
