@@ -188,6 +188,18 @@ fn value_block_must_end_with_crlf() {
     );
 }
 
+/// A wrong byte where the value's CR LF must be is reported at once, without waiting for a second byte
+/// (which a stalled client would never send).
+#[test]
+fn a_wrong_terminator_byte_is_an_error_at_once() {
+    assert_eq!(parse_all(b"set e 0 3\r\nabcX"), vec![FATAL]);
+    assert_eq!(parse_all(b"set e 0 3\r\nabc\rX"), vec![FATAL]);
+    assert_eq!(parse_all(b"set e 0 3\r\nabc\r"), Vec::<ParseOutcome>::new());
+    assert_eq!(parse_all(b"set e 0 3\r\nabc"), Vec::<ParseOutcome>::new());
+    // The same for the value of a malformed command, which is skipped.
+    assert_eq!(parse_all(b"set bad\x01key 0 3\r\nabcX"), vec![FATAL]);
+}
+
 #[test]
 fn short_and_unknown_commands_are_recoverable() {
     let outcomes = parse_all(b"set k 0\r\nfoo\r\n\r\nGET k\r\nget\r\nget k\r\n");

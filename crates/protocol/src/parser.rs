@@ -128,6 +128,12 @@ impl Parser {
     }
 
     /// Consumes at most one request (or one malformed request) from the front of `buf`.
+    /// Whether the parser is inside a request (its header was read, its value block is not complete),
+    /// so that a connection can tell a stalled request from an idle one.
+    pub fn mid_request(&self) -> bool {
+        matches!(self.state, State::Value { .. } | State::Skip { .. })
+    }
+
     pub fn parse(&mut self, buf: &mut BytesMut) -> ParseOutcome {
         match std::mem::replace(&mut self.state, State::Line) {
             State::Line => self.parse_line(buf),
@@ -169,6 +175,10 @@ impl Parser {
         // len <= max_value_size <= u32::MAX, so this cannot overflow.
         let block_len = len + 2;
         if buf.len() < block_len {
+            // A wrong byte where the CR LF must be is an error at once, not after a second byte.
+            if !is_terminator_prefix(&buf[buf.len().min(len)..]) {
+                return self.fail();
+            }
             self.state = State::Value { write, len };
             return ParseOutcome::NeedMore;
         }
@@ -184,6 +194,9 @@ impl Parser {
         let skipped = remaining.min(buf.len());
         buf.advance(skipped);
         let remaining = remaining - skipped;
+        if remaining == 0 && !is_terminator_prefix(&buf[..buf.len().min(2)]) {
+            return self.fail();
+        }
         if remaining > 0 || buf.len() < 2 {
             self.state = State::Skip { remaining };
             return ParseOutcome::NeedMore;
@@ -278,4 +291,8 @@ impl Parser {
             _ => recoverable,
         }
     }
+}
+/// Whether `bytes` (at most two) can still become the CR LF that ends a value block.
+fn is_terminator_prefix(bytes: &[u8]) -> bool {
+    b"\r\n".starts_with(bytes)
 }

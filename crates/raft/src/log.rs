@@ -204,7 +204,7 @@ impl RaftLog {
         self.entries.drain(..drop.min(self.entries.len()));
         self.base = snapshot.meta.clone();
         self.snapshot = Some(snapshot);
-        self.unstable = self.unstable.max(index + 1);
+        self.unstable = self.unstable.max(index.saturating_add(1));
     }
 
     /// Replaces the whole log with a leader's snapshot (§7).
@@ -217,6 +217,6 @@ impl RaftLog {
         self.handed_to_apply = index;
         // Durable only once the driver reports the snapshot persisted.
         self.persisted = self.persisted.min(index.saturating_sub(1));
-        self.unstable = index + 1;
+        self.unstable = index.saturating_add(1);
     }
 }

@@ -106,6 +106,11 @@ pub struct Tunables {
     pub snapshot_entries: u64,
     /// Log bytes since the last snapshot that trigger a new one.
     pub snapshot_bytes: u64,
+    /// A client that has sent part of a request and then nothing for this long is disconnected.
+    pub client_request_timeout_s: u64,
+    /// A client connection with nothing to read for this long is closed; 0 = never (Redis's
+    /// `timeout`).
+    pub client_idle_timeout_s: u64,
 }
 
 impl Default for Tunables {
@@ -121,6 +126,8 @@ impl Default for Tunables {
             max_request_bytes_in_flight: 4 << 20,
             snapshot_entries: 100_000,
             snapshot_bytes: 8 << 20,
+            client_request_timeout_s: 30,
+            client_idle_timeout_s: 0,
         }
     }
 }
@@ -320,6 +327,10 @@ impl Tunables {
             ),
             ("tunables.snapshot_entries", t.snapshot_entries),
             ("tunables.snapshot_bytes", t.snapshot_bytes),
+            (
+                "tunables.client_request_timeout_s",
+                t.client_request_timeout_s,
+            ),
         ] {
             if value == 0 {
                 return reject(InvalidConfig::new(field, "must be at least 1"));

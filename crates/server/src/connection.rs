@@ -9,6 +9,7 @@ use bytes::BytesMut;
 use raftkv_kv::Command;
 use raftkv_protocol::{ParseError, ParseOutcome, Parser, Reply, Request};
 use std::sync::Arc;
+use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::TcpStream;
@@ -40,6 +41,10 @@ pub struct Limits {
     pub max_value_size: usize,
     /// Bytes of requests (keys and values) whose replies are still owed; past it the reader waits.
     pub max_bytes_in_flight: usize,
+    /// A request begun and then stalled for this long closes the connection.
+    pub request_timeout: Duration,
+    /// Nothing received for this long closes the connection (`None`: never).
+    pub idle_timeout: Option<Duration>,
 }
 
 pub async fn serve(socket: TcpStream, limits: Limits, node: mpsc::Sender<ClientRequest>) {
@@ -98,7 +103,28 @@ async fn read_requests(
         if buf.capacity() - buf.len() < 4096 {
             buf.reserve(16 * 1024);
         }
-        match reader.read_buf(&mut buf).await {
+        // A stalled request holds a buffer and a connection slot: give it a bounded time. An idle
+        // connection holds little, and is closed only if the operator asked for it.
+        let limit = if !buf.is_empty() || parser.mid_request() {
+            Some(limits.request_timeout)
+        } else {
+            limits.idle_timeout
+        };
+        let read = reader.read_buf(&mut buf);
+        let read = match limit {
+            Some(limit) => match tokio::time::timeout(limit, read).await {
+                Ok(read) => read,
+                Err(_) => {
+                    debug!(
+                        ?limit,
+                        "closing a client connection that sent nothing in time"
+                    );
+                    return;
+                }
+            },
+            None => read.await,
+        };
+        match read {
             Ok(0) | Err(_) => return,
             Ok(_) => {}
         }

@@ -104,6 +104,11 @@ pub async fn run_node(config: ClusterConfig, id: u64) -> anyhow::Result<()> {
         connection::Limits {
             max_value_size: config.tunables.max_value_size,
             max_bytes_in_flight: config.tunables.max_request_bytes_in_flight,
+            request_timeout: std::time::Duration::from_secs(
+                config.tunables.client_request_timeout_s,
+            ),
+            idle_timeout: (config.tunables.client_idle_timeout_s > 0)
+                .then(|| std::time::Duration::from_secs(config.tunables.client_idle_timeout_s)),
         },
         shutdown_rx.clone(),
     ));

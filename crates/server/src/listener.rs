@@ -1,13 +1,18 @@
 //! Accepting client connections, within a limit, and turning signals into a shutdown request.
 
 use std::sync::Arc;
+use std::time::Duration;
 
-use tokio::net::TcpListener;
+use tokio::io::AsyncWriteExt;
+use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, watch, Semaphore};
 use tracing::{info, warn};
 
 use crate::connection;
 use crate::request::ClientRequest;
+
+/// The one line a client over the connection limit gets before the server closes its connection.
+pub const TOO_MANY_CONNECTIONS: &[u8] = b"ERR_INTERNAL too many connections\r\n";
 
 pub async fn accept_clients(
     listener: TcpListener,
@@ -18,24 +23,23 @@ pub async fn accept_clients(
 ) {
     let slots = Arc::new(Semaphore::new(max_connections));
     loop {
-        let permit = tokio::select! {
-            permit = slots.clone().acquire_owned() => match permit {
-                Ok(permit) => permit,
-                Err(_) => return,
-            },
-            _ = shutdown.changed() => return,
-        };
+        // Accepting never waits for a free slot: at the limit a newcomer is told so and closed, so a
+        // crowd of idle sockets cannot hold the accept queue (and every later client) hostage.
         let socket = tokio::select! {
             accepted = listener.accept() => match accepted {
                 Ok((socket, _)) => socket,
                 Err(err) => {
                     // Typically out of file descriptors: back off briefly rather than spin.
                     warn!("accept failed: {err}");
-                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                    tokio::time::sleep(Duration::from_millis(50)).await;
                     continue;
                 }
             },
             _ = shutdown.changed() => return,
+        };
+        let Ok(permit) = slots.clone().try_acquire_owned() else {
+            tokio::spawn(refuse(socket));
+            continue;
         };
         let node = node.clone();
         tokio::spawn(async move {
@@ -43,6 +47,17 @@ pub async fn accept_clients(
             drop(permit);
         });
     }
+}
+
+/// Tells a client over the connection limit why it is being closed (within a second: a refused client
+/// that does not read gets nothing more).
+async fn refuse(mut socket: TcpStream) {
+    let _ = tokio::time::timeout(
+        Duration::from_secs(1),
+        socket.write_all(TOO_MANY_CONNECTIONS),
+    )
+    .await;
+    let _ = socket.shutdown().await;
 }
 
 /// SIGTERM or SIGINT starts a graceful shutdown.

@@ -8,16 +8,20 @@
 //! sides can never wait on each other.
 
 use std::path::PathBuf;
-use std::sync::mpsc::SyncSender;
+use std::sync::mpsc::{RecvTimeoutError, SyncSender};
 use std::thread::JoinHandle;
+use std::time::Duration;
 
 use raftkv_replica::storage::write_batches;
+use raftkv_wal::fs::RealFs;
 use raftkv_wal::Wal;
 use tokio::sync::{mpsc, watch};
 use tracing::error;
 
 use crate::transport::Transport;
 
+/// How long the janitor waits before retrying a deletion that failed.
+const JANITOR_RETRY: Duration = Duration::from_secs(1);
 /// Batches taken in one group commit at most (bounds the latency of the first one).
 const MAX_BATCHES_PER_SYNC: usize = 256;
 /// Batches waiting for the disk before the node loop feels back-pressure.
@@ -69,15 +73,26 @@ fn spawn_janitor() -> std::io::Result<SyncSender<Vec<PathBuf>>> {
         .name("raftkv-janitor".into())
         .spawn(move || {
             crate::background::lower_this_thread_priority();
-            for files in rx {
-                delete_files(files);
+            let mut deletions = raftkv_wal::OrderedDeletions::default();
+            loop {
+                // While a deletion keeps failing, retry it now and then; newer files wait behind it.
+                let next = if deletions.is_empty() {
+                    rx.recv().map_err(|_| RecvTimeoutError::Disconnected)
+                } else {
+                    rx.recv_timeout(JANITOR_RETRY)
+                };
+                match next {
+                    Ok(files) => deletions.push(files),
+                    Err(RecvTimeoutError::Timeout) => {}
+                    Err(RecvTimeoutError::Disconnected) => return,
+                }
+                if let Err(err) = deletions.run(&RealFs) {
+                    tracing::warn!(
+                        waiting = deletions.len(),
+                        "cannot delete compacted files, will retry in order: {err}"
+                    );
+                }
             }
         })?;
     Ok(tx)
-}
-
-fn delete_files(files: Vec<PathBuf>) {
-    if let Err(err) = raftkv_wal::delete_in_order(&files) {
-        tracing::warn!("cannot delete compacted files: {err}");
-    }
 }

@@ -36,7 +36,7 @@ mod snapshot_file;
 mod spare;
 mod wal;
 
-pub use delete::delete_in_order;
+pub use delete::{delete_in_order, OrderedDeletions};
 pub use error::WalError;
 pub use options::WalOptions;
 pub use raftkv_raft::{Entry, HardState, Index, InitialState, Snapshot, Term};

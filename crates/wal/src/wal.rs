@@ -96,6 +96,11 @@ impl Wal {
     ) -> Result<(Wal, InitialState, RecoveryStats), WalError> {
         fs.create_dir_all(dir)
             .map_err(WalError::io("create directory", dir))?;
+        // A directory just created is durable only once its parent's entry for it is.
+        if let Some(parent) = dir.parent().filter(|p| !p.as_os_str().is_empty()) {
+            fs.sync_dir(parent)
+                .map_err(WalError::io("fsync directory", parent))?;
+        }
         let lock_path = dir.join(LOCK_FILE);
         let lock = fs
             .try_lock(&lock_path)

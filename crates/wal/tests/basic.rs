@@ -588,3 +588,45 @@ fn an_install_after_undeleted_garbage_keeps_the_entries_appended_after_it() {
         "durable entries after the install survive"
     );
 }
+
+/// The janitor's error path: a deletion that fails keeps its file and every newer one waiting (a
+/// crash must leave a suffix of the segment chain); once the disk recovers, they go in order.
+#[test]
+fn ordered_deletions_stop_at_the_first_failure_and_resume_in_order() {
+    use raftkv_wal::fs::Fs;
+    use raftkv_wal::sim_fs::SimFs;
+    use raftkv_wal::OrderedDeletions;
+    let fs = SimFs::new();
+    let dir = Path::new("/data");
+    fs.create_dir_all(dir).unwrap();
+    let names = ["a.wal", "b.wal", "c.wal"];
+    for name in names {
+        let mut file = fs.create(&dir.join(name)).unwrap();
+        file.write_all(b"x").unwrap();
+        file.sync_data().unwrap();
+    }
+    fs.sync_dir(dir).unwrap();
+    let mut deletions = OrderedDeletions::default();
+    deletions.push(vec![dir.join("a.wal"), dir.join("b.wal")]);
+    deletions.push(vec![dir.join("c.wal")]);
+    fs.fail_after(1);
+    assert!(deletions.run(&fs).is_err());
+    assert_eq!(
+        deletions.len(),
+        3,
+        "nothing after the failed file was deleted"
+    );
+    fs.crash(7);
+    let left = fs.list_dir(dir).unwrap();
+    assert!(
+        names.iter().all(|n| left.contains(&n.to_string())),
+        "{left:?}"
+    );
+    deletions.run(&fs).unwrap();
+    assert!(deletions.is_empty());
+    let left = fs.list_dir(dir).unwrap();
+    assert!(
+        names.iter().all(|n| !left.contains(&n.to_string())),
+        "{left:?}"
+    );
+}

@@ -165,7 +165,9 @@ impl Raft {
             } => {
                 let stale = match progress.state {
                     ReplicationState::Replicate => prev_index <= progress.match_index,
-                    ReplicationState::Probe => prev_index + 1 != progress.next_index,
+                    ReplicationState::Probe => {
+                        prev_index.checked_add(1) != Some(progress.next_index)
+                    }
                     ReplicationState::Snapshot { .. } => true,
                 };
                 if stale {
@@ -181,7 +183,12 @@ impl Raft {
                     return;
                 };
                 progress.become_probe();
-                progress.next_index = resume.min(prev_index).max(progress.match_index + 1);
+                // Indexes in a rejection come from the peer: never resume past our own log, or a
+                // bogus hint would stall replication to that follower.
+                progress.next_index = resume
+                    .min(prev_index)
+                    .min(last_index + 1)
+                    .max(progress.match_index + 1);
                 self.send_append(from, true);
             }
         }
@@ -318,7 +325,7 @@ impl Raft {
         let contiguous = entries
             .iter()
             .enumerate()
-            .all(|(i, e)| e.index == prev_index + 1 + i as u64);
+            .all(|(i, e)| prev_index.checked_add(1 + i as u64) == Some(e.index));
         if !contiguous {
             return;
         }
