@@ -2,27 +2,33 @@
 //! connection (message stream or snapshot stream), keeping at most one live reader of each kind per peer.
 
 use super::framing::{decode_frame, read_frame, MAX_FRAME_BYTES};
-use super::handshake::{read_handshake, write_handshake, HANDSHAKE_TIMEOUT};
+use super::handshake::{read_handshake, write_handshake};
 use super::lock;
 use crate::snapshot_stream::{receive_snapshot, MAX_SNAPSHOT_BYTES};
 use crate::wire::{Handshake, StreamKind, PROTOCOL_VERSION};
 use anyhow::{anyhow, bail};
 use bytes::BytesMut;
 use raftkv_raft::Message;
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, Semaphore};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
-/// Most simultaneous inbound connections, legitimate or not; a legitimate cluster needs one per peer
-/// (briefly two while a peer reconnects).
+/// Most simultaneous inbound connections past their handshake; a legitimate cluster needs two per peer
+/// (messages and a snapshot stream), briefly more while a peer reconnects.
 const MAX_INBOUND_CONNECTIONS: usize = 256;
+/// Most connections still in their handshake. Past it the oldest is dropped: a real peer completes its
+/// handshake within a round trip of connecting, so a crowd of strangers that never finish theirs cannot
+/// keep it out (they would have to open this many connections within that round trip).
+const MAX_PENDING_HANDSHAKES: usize = 32;
+/// How long a dialler has to complete its handshake here.
+const INBOUND_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// Accepts peer connections and runs one reader per connection.
 pub(super) struct Acceptor {
@@ -37,6 +43,15 @@ pub(super) struct Acceptor {
     snapshot_readers: Mutex<HashMap<u64, (u64, CancellationToken)>>,
     next_generation: AtomicU64,
     max_snapshot_bytes: u64,
+    /// Connections in their handshake, oldest first, each with the token that drops it.
+    pending: Mutex<VecDeque<(u64, CancellationToken)>>,
+    /// When each peer's live message connection last delivered a frame (ms since `started`).
+    last_heard: Mutex<HashMap<u64, Arc<AtomicU64>>>,
+    /// A live message connection that delivered a frame this recently is not replaced by a second one
+    /// claiming the same node: only a connection gone quiet (its peer restarted, or the path broke)
+    /// gives way to a newcomer.
+    replace_after: Duration,
+    started: Instant,
 }
 
 impl Acceptor {
@@ -46,6 +61,7 @@ impl Acceptor {
         hello: Handshake,
         known_peers: Vec<u64>,
         inbound: mpsc::Sender<Vec<Message>>,
+        replace_after: Duration,
     ) -> Acceptor {
         Acceptor {
             hello,
@@ -55,6 +71,10 @@ impl Acceptor {
             snapshot_readers: Mutex::new(HashMap::new()),
             next_generation: AtomicU64::new(0),
             max_snapshot_bytes: MAX_SNAPSHOT_BYTES,
+            pending: Mutex::new(VecDeque::new()),
+            last_heard: Mutex::new(HashMap::new()),
+            replace_after,
+            started: Instant::now(),
         }
     }
 
@@ -67,17 +87,14 @@ impl Acceptor {
                 _ = shutdown.cancelled() => break,
                 Some(_) = connections.join_next(), if !connections.is_empty() => {}
                 accepted = listener.accept() => match accepted {
-                    Ok((stream, remote)) => match limit.clone().try_acquire_owned() {
-                        Ok(permit) => {
-                            let this = this.clone();
-                            let shutdown = shutdown.clone();
-                            connections.spawn(async move {
-                                this.serve(stream, remote, shutdown).await;
-                                drop(permit);
-                            });
-                        }
-                        Err(_) => warn!(%remote, "too many peer connections; refusing one"),
-                    },
+                    Ok((stream, remote)) => {
+                        let this = this.clone();
+                        let shutdown = shutdown.clone();
+                        let limit = limit.clone();
+                        connections.spawn(async move {
+                            this.serve(stream, remote, shutdown, limit).await;
+                        });
+                    }
                     Err(err) => {
                         // Typically out of file descriptors: back off rather than spin.
                         warn!("accepting a peer connection failed: {err}");
@@ -90,24 +107,47 @@ impl Acceptor {
         connections.shutdown().await;
     }
 
-    async fn serve(&self, mut stream: TcpStream, remote: SocketAddr, shutdown: CancellationToken) {
+    async fn serve(
+        &self,
+        mut stream: TcpStream,
+        remote: SocketAddr,
+        shutdown: CancellationToken,
+        limit: Arc<Semaphore>,
+    ) {
         let me = self.hello.node_id;
         let _ = stream.set_nodelay(true);
         let mut buf = BytesMut::new();
-        let (peer_id, kind) =
-            match tokio::time::timeout(HANDSHAKE_TIMEOUT, self.handshake(&mut stream, &mut buf))
-                .await
-            {
-                Ok(Ok(hello)) => (hello.node_id, hello.stream),
-                Ok(Err(err)) => {
-                    warn!(node = me, %remote, "rejected peer connection: {err:#}");
-                    return;
-                }
-                Err(_) => {
-                    warn!(node = me, %remote, "rejected peer connection: handshake timed out");
-                    return;
-                }
-            };
+        let ticket = self.next_generation.fetch_add(1, Ordering::Relaxed);
+        let evicted = self.enter_handshake(ticket);
+        let handshake = tokio::time::timeout(
+            INBOUND_HANDSHAKE_TIMEOUT,
+            self.handshake(&mut stream, &mut buf),
+        );
+        let outcome = tokio::select! {
+            _ = evicted.cancelled() => Err(anyhow!("dropped: too many connections in their handshake")),
+            done = handshake => done.unwrap_or_else(|_| Err(anyhow!("handshake timed out"))),
+        };
+        self.leave_handshake(ticket);
+        let (peer_id, kind) = match outcome {
+            Ok(hello) => (hello.node_id, hello.stream),
+            Err(err) => {
+                warn!(node = me, %remote, "rejected peer connection: {err:#}");
+                return;
+            }
+        };
+        let Ok(_permit) = limit.try_acquire_owned() else {
+            warn!(node = me, %remote, "too many peer connections; refusing one");
+            return;
+        };
+        if kind == StreamKind::Messages && self.active(peer_id) {
+            warn!(
+                node = me,
+                peer = peer_id,
+                %remote,
+                "rejected a second connection claiming node {peer_id}: its current one is active"
+            );
+            return;
+        }
         let registry = match kind {
             StreamKind::Messages => {
                 info!(node = me, peer = peer_id, %remote, "peer connected");
@@ -119,14 +159,16 @@ impl Acceptor {
             }
         };
 
-        let generation = self.next_generation.fetch_add(1, Ordering::Relaxed);
+        let generation = ticket;
         let connection = shutdown.child_token();
         if let Some((_, stale)) = lock(registry).insert(peer_id, (generation, connection.clone())) {
             stale.cancel();
         }
         let outcome = match kind {
             StreamKind::Messages => {
-                self.receive(&mut stream, &mut buf, peer_id, &connection)
+                let heard = Arc::new(AtomicU64::new(self.elapsed_ms()));
+                lock(&self.last_heard).insert(peer_id, heard.clone());
+                self.receive(&mut stream, &mut buf, peer_id, &connection, &heard)
                     .await
             }
             StreamKind::Snapshot => {
@@ -198,6 +240,39 @@ impl Acceptor {
         Ok(hello)
     }
 
+    fn elapsed_ms(&self) -> u64 {
+        self.started.elapsed().as_millis() as u64
+    }
+
+    /// Registers a connection entering its handshake; past the limit the oldest one is dropped. The
+    /// returned token is cancelled if this one is dropped in turn.
+    fn enter_handshake(&self, ticket: u64) -> CancellationToken {
+        let token = CancellationToken::new();
+        let mut pending = lock(&self.pending);
+        pending.push_back((ticket, token.clone()));
+        while pending.len() > MAX_PENDING_HANDSHAKES {
+            if let Some((_, oldest)) = pending.pop_front() {
+                oldest.cancel();
+            }
+        }
+        token
+    }
+
+    fn leave_handshake(&self, ticket: u64) {
+        lock(&self.pending).retain(|(t, _)| *t != ticket);
+    }
+
+    /// Whether `peer_id` has a message connection that delivered a frame within `replace_after`.
+    fn active(&self, peer_id: u64) -> bool {
+        let live = lock(&self.readers).contains_key(&peer_id);
+        let heard = lock(&self.last_heard)
+            .get(&peer_id)
+            .map(|at| at.load(Ordering::Relaxed));
+        live && heard.is_some_and(|at| {
+            self.elapsed_ms().saturating_sub(at) < self.replace_after.as_millis() as u64
+        })
+    }
+
     /// Forwards frames from `peer_id` until it disconnects, misbehaves, or `connection` is cancelled.
     async fn receive(
         &self,
@@ -205,6 +280,7 @@ impl Acceptor {
         buf: &mut BytesMut,
         peer_id: u64,
         connection: &CancellationToken,
+        heard: &AtomicU64,
     ) -> anyhow::Result<()> {
         let me = self.hello.node_id;
         loop {
@@ -215,6 +291,7 @@ impl Acceptor {
                     None => return Ok(()),
                 },
             };
+            heard.store(self.elapsed_ms(), Ordering::Relaxed);
             let messages = decode_frame(frame)?;
             if let Some(bad) = messages
                 .iter()

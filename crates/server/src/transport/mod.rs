@@ -158,7 +158,10 @@ impl Transport {
             .map(|node| node.id)
             .filter(|&id| id != my_id)
             .collect();
-        let acceptor = Acceptor::new(hello, known_peers, inbound);
+        // A live peer connection gives way to a newcomer claiming the same node only after this long
+        // without a frame: long enough for a leader's heartbeats, short enough for a real reconnect.
+        let replace_after = std::time::Duration::from_millis(config.tunables.election_timeout_ms);
+        let acceptor = Acceptor::new(hello, known_peers, inbound, replace_after);
         tasks.push(tokio::spawn(acceptor.run(listener, shutdown.clone())));
         info!(node = my_id, addr = %local_addr, "peer transport listening");
 
