@@ -127,13 +127,13 @@ impl Parser {
         (MAX_LINE_LEN + 2).max(self.max_value_size + 2)
     }
 
-    /// Consumes at most one request (or one malformed request) from the front of `buf`.
     /// Whether the parser is inside a request (its header was read, its value block is not complete),
     /// so that a connection can tell a stalled request from an idle one.
     pub fn mid_request(&self) -> bool {
         matches!(self.state, State::Value { .. } | State::Skip { .. })
     }
 
+    /// Consumes at most one request (or one malformed request) from the front of `buf`.
     pub fn parse(&mut self, buf: &mut BytesMut) -> ParseOutcome {
         match std::mem::replace(&mut self.state, State::Line) {
             State::Line => self.parse_line(buf),

@@ -31,4 +31,8 @@ pub(crate) struct PendingRead<H> {
     /// `set` followed by `get` on one connection read its own write, as a client would expect, even
     /// though linearizability alone would allow ordering the concurrent read first.
     pub(crate) floor: Index,
+    /// The leader's wall clock when the read was found to need a clock entry. Judged again after the
+    /// entry is applied, it is at that same time, which the entry's stamp has reached: one clock entry
+    /// per read at most, however long the commit took.
+    pub(crate) judged_at_ms: Option<u64>,
 }

@@ -163,6 +163,7 @@ impl<H> Replica<H> {
                         request,
                         handle,
                         floor,
+                        judged_at_ms: None,
                     },
                 );
             }
@@ -187,8 +188,8 @@ impl<H> Replica<H> {
         }
     }
 
-    fn serve_read(&mut self, read: PendingRead<H>) {
-        let wall = self.now.wall_ms;
+    fn serve_read(&mut self, mut read: PendingRead<H>) {
+        let wall = read.judged_at_ms.unwrap_or(self.now.wall_ms);
         if self.config.mutation == Some(Mutation::ExpiryAtLocalClock) {
             let reply = self.store.read(&read.request, wall);
             self.out.replies.push((read.handle, reply));
@@ -209,6 +210,8 @@ impl<H> Replica<H> {
             self.out.replies.push((read.handle, reply));
             return;
         }
+        // The entry's stamp is at least `wall` (stamps never run behind the clock that asked).
+        read.judged_at_ms = Some(wall);
         let index = match self.propose_command(Command::Expire) {
             Ok((index, _)) => {
                 self.clock_entry = Some(index);

@@ -15,7 +15,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{mpsc, Semaphore};
+use tokio::sync::{mpsc, OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
@@ -121,33 +121,20 @@ impl Acceptor {
         let evicted = self.enter_handshake(ticket);
         let handshake = tokio::time::timeout(
             INBOUND_HANDSHAKE_TIMEOUT,
-            self.handshake(&mut stream, &mut buf),
+            self.handshake(&mut stream, &mut buf, &limit),
         );
         let outcome = tokio::select! {
             _ = evicted.cancelled() => Err(anyhow!("dropped: too many connections in their handshake")),
             done = handshake => done.unwrap_or_else(|_| Err(anyhow!("handshake timed out"))),
         };
         self.leave_handshake(ticket);
-        let (peer_id, kind) = match outcome {
-            Ok(hello) => (hello.node_id, hello.stream),
+        let (peer_id, kind, _permit) = match outcome {
+            Ok((hello, permit)) => (hello.node_id, hello.stream, permit),
             Err(err) => {
                 warn!(node = me, %remote, "rejected peer connection: {err:#}");
                 return;
             }
         };
-        let Ok(_permit) = limit.try_acquire_owned() else {
-            warn!(node = me, %remote, "too many peer connections; refusing one");
-            return;
-        };
-        if kind == StreamKind::Messages && self.active(peer_id) {
-            warn!(
-                node = me,
-                peer = peer_id,
-                %remote,
-                "rejected a second connection claiming node {peer_id}: its current one is active"
-            );
-            return;
-        }
         let registry = match kind {
             StreamKind::Messages => {
                 info!(node = me, peer = peer_id, %remote, "peer connected");
@@ -207,12 +194,15 @@ impl Acceptor {
         }
     }
 
-    /// Checks the dialler's handshake and answers it. Returns the dialler's handshake.
+    /// Checks the dialler's handshake and, if it may connect, answers it. Returns the dialler's
+    /// handshake and its share of the connection limit. A dialler refused here gets no answer, so it
+    /// sees a failed connect and backs off.
     async fn handshake(
         &self,
         stream: &mut TcpStream,
         buf: &mut BytesMut,
-    ) -> anyhow::Result<Handshake> {
+        limit: &Arc<Semaphore>,
+    ) -> anyhow::Result<(Handshake, OwnedSemaphorePermit)> {
         let hello = read_handshake(stream, buf)
             .await?
             .ok_or_else(|| anyhow!("closed before the handshake"))?;
@@ -232,12 +222,21 @@ impl Acceptor {
         if !self.known_peers.contains(&hello.node_id) {
             bail!("unknown node id {}", hello.node_id);
         }
+        if hello.stream == StreamKind::Messages && self.active(hello.node_id) {
+            bail!(
+                "a second connection claiming node {}: its current one is active",
+                hello.node_id
+            );
+        }
+        let Ok(permit) = limit.clone().try_acquire_owned() else {
+            bail!("too many peer connections");
+        };
         let answer = Handshake {
             stream: hello.stream,
             ..self.hello.clone()
         };
         write_handshake(stream, &answer).await?;
-        Ok(hello)
+        Ok((hello, permit))
     }
 
     fn elapsed_ms(&self) -> u64 {
