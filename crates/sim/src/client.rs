@@ -233,10 +233,11 @@ pub fn draw_op(
             )
         };
     }
-    let ttl_s = if rng.chance(ttl_ppm) {
-        rng.range(1, 3) as u32
-    } else {
-        0
+    // Mostly lifetimes that run out during the run; some that outlive it.
+    let ttl_s = match rng.chance(ttl_ppm) {
+        false => 0,
+        true if rng.chance(200_000) => rng.range(30, 100) as u32,
+        true => rng.range(1, 3) as u32,
     };
     let noreply = rng.chance(50_000);
     let value = value_bytes(op_id);

@@ -87,6 +87,11 @@ impl Disk {
         self.wal.as_ref().map(Wal::snapshot_writer)
     }
 
+    /// Every later write takes `latency` (a range of virtual ms).
+    pub fn set_latency(&mut self, latency: (u64, u64)) {
+        self.latency = latency;
+    }
+
     pub fn is_idle(&self) -> bool {
         self.queue.is_empty()
     }

@@ -72,16 +72,21 @@ fn a_seed_replays_bit_for_bit() {
     }
 }
 
-/// Seeds that found bugs, each kept passing:
+/// Seeds that found bugs, each kept passing. (Each number is the seed as the simulator drew it when the
+/// bug was found; the draws have changed since, so 242 and 2801 now run other scenarios: the WAL bug
+/// has its own unit test, the ordering rule is checked on every seed by the per-connection order in the
+/// checker.)
 /// - 242: adopting a snapshot removed a newer snapshot file written meanwhile, leaving a compacted log
 ///   with no snapshot (the node could not recover); see the WAL's
 ///   `adopting_a_snapshot_keeps_a_newer_one_written_meanwhile`.
 /// - 2801: a read waiting for a clock entry let a later pipelined read of the same connection take
 ///   effect first (`getm` answered "expired", the `get` sent after it answered the old value).
+/// - 20: with disks slower than the read clock slack, a `getm` of a long-lived expiring key was judged
+///   again after each clock entry and never answered (a liveness failure: the clients stall).
 #[test]
 fn regression_seeds_pass() {
     quiet_panics();
-    for seed in [242, 2801] {
+    for seed in [20, 242, 2801] {
         let report = run_seed(seed, &Options::default());
         assert!(!report.failed(), "{report}");
     }

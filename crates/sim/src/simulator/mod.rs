@@ -402,6 +402,9 @@ impl Simulator {
         self.net.faults = NetworkFaults::calm(self.params.net.delay);
         for i in 0..self.nodes.len() {
             self.nodes[i].disk.slow = false;
+            if self.params.slow_disks_after_heal {
+                self.nodes[i].disk.set_latency((250, 350));
+            }
             self.nodes[i].disk.fs.cancel_failure();
             if self.nodes[i].is_up() && self.nodes[i].disk.fs.is_dead() {
                 // Its disk already failed; it would stop at its next write.

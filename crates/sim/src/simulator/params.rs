@@ -28,6 +28,9 @@ pub struct Params {
     pub max_drift_ppm: u64,
     /// Chance (per million, per ms) of a wall-clock step on some node, besides the nemesis's.
     pub clock_jump_ppm: u32,
+    /// Keep every disk slow (250–350 ms per write) after the faults stop: commits then take longer
+    /// than the read clock slack, and the clients must still get their answers.
+    pub slow_disks_after_heal: bool,
     pub tick_ms: u64,
     pub election_ticks: u32,
     pub heartbeat_ticks: u32,
@@ -75,6 +78,7 @@ impl Params {
             max_skew_ms: [0, 50, 1_000, 5_000][rng.index(4)],
             max_drift_ppm: [0, 1_000, 20_000][rng.index(3)],
             clock_jump_ppm: 0,
+            slow_disks_after_heal: false,
             tick_ms: 10,
             election_ticks,
             heartbeat_ticks: rng.range(1, u64::from(election_ticks / 3)) as u32,
@@ -88,6 +92,13 @@ impl Params {
             params.ttl_ppm = 800_000;
             params.max_skew_ms = [3_000, 10_000][rng.index(2)];
             params.clock_jump_ppm = 5_000;
+            if rng.chance(500_000) {
+                // Elections must outlast a slow fsync, as a real deployment's do.
+                params.slow_disks_after_heal = true;
+                params.election_ticks = rng.range(80, 120) as u32;
+                params.heartbeat_ticks = rng.range(5, 20) as u32;
+                params.op_timeout_ms = rng.range(3_000, 5_000);
+            }
         }
         params
     }
