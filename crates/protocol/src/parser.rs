@@ -127,6 +127,15 @@ impl Parser {
         (MAX_LINE_LEN + 2).max(self.max_value_size + 2)
     }
 
+    /// The size of the value block being awaited, once its header has been read: a connection can
+    /// reserve memory for it before reading it.
+    pub fn pending_value_len(&self) -> Option<usize> {
+        match self.state {
+            State::Value { len, .. } => Some(len),
+            _ => None,
+        }
+    }
+
     /// Whether the parser is inside a request (its header was read, its value block is not complete),
     /// so that a connection can tell a stalled request from an idle one.
     pub fn mid_request(&self) -> bool {

@@ -106,6 +106,9 @@ pub struct Tunables {
     pub snapshot_entries: u64,
     /// Log bytes since the last snapshot that trigger a new one.
     pub snapshot_bytes: u64,
+    /// Bytes of client requests (keys and values) a node buffers in total, over all connections, before
+    /// it stops reading from clients until replies free some.
+    pub max_buffered_request_bytes: usize,
     /// A client that has sent part of a request and then nothing for this long is disconnected.
     pub client_request_timeout_s: u64,
     /// A client connection with nothing to read for this long is closed; 0 = never (Redis's
@@ -126,6 +129,7 @@ impl Default for Tunables {
             max_request_bytes_in_flight: 4 << 20,
             snapshot_entries: 100_000,
             snapshot_bytes: 8 << 20,
+            max_buffered_request_bytes: 256 << 20,
             client_request_timeout_s: 30,
             client_idle_timeout_s: 0,
         }

@@ -30,13 +30,13 @@ enum Slot {
     Pending {
         reply: oneshot::Receiver<Reply>,
         noreply: bool,
-        /// The request's share of the connection's in-flight byte budget, returned with the reply.
-        _permit: OwnedSemaphorePermit,
+        /// The request's share of the connection's and the node's byte budgets, returned with the reply.
+        _permits: (OwnedSemaphorePermit, OwnedSemaphorePermit),
     },
 }
 
 /// What bounds one connection's appetite.
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Debug)]
 pub struct Limits {
     pub max_value_size: usize,
     /// Bytes of requests (keys and values) whose replies are still owed; past it the reader waits.
@@ -45,6 +45,9 @@ pub struct Limits {
     pub request_timeout: Duration,
     /// Nothing received for this long closes the connection (`None`: never).
     pub idle_timeout: Option<Duration>,
+    /// The node-wide budget of buffered request bytes, shared by every connection, and its size.
+    pub node_budget: Arc<Semaphore>,
+    pub node_budget_bytes: usize,
 }
 
 pub async fn serve(socket: TcpStream, limits: Limits, node: mpsc::Sender<ClientRequest>) {
@@ -66,6 +69,15 @@ async fn read_requests(
     // Permits are bytes; a request holds its own until its reply is written.
     let budget = limits.max_bytes_in_flight.clamp(1, u32::MAX as usize);
     let in_flight = Arc::new(Semaphore::new(budget));
+    let node_budget = limits.node_budget.clone();
+    let node_cost = |bytes: usize| {
+        bytes
+            .max(1)
+            .min(limits.node_budget_bytes.max(1))
+            .min(u32::MAX as usize) as u32
+    };
+    // The node-wide share reserved for a value being read, before its bytes are buffered.
+    let mut reserved: Option<OwnedSemaphorePermit> = None;
     let mut buf = BytesMut::with_capacity(16 * 1024);
     loop {
         loop {
@@ -77,7 +89,21 @@ async fn read_requests(
                     let Ok(permit) = in_flight.clone().acquire_many_owned(cost).await else {
                         return;
                     };
-                    match submit(request, permit, &node).await {
+                    let node_permit = match reserved.take() {
+                        Some(permit) => permit,
+                        None => {
+                            let bytes = request_bytes(&request);
+                            let Ok(permit) = node_budget
+                                .clone()
+                                .acquire_many_owned(node_cost(bytes))
+                                .await
+                            else {
+                                return;
+                            };
+                            permit
+                        }
+                    };
+                    match submit(request, (permit, node_permit), &node).await {
                         Some(slot) => slot,
                         None => return,
                     }
@@ -102,6 +128,17 @@ async fn read_requests(
         }
         if buf.capacity() - buf.len() < 4096 {
             buf.reserve(16 * 1024);
+        }
+        // A value is buffered only within the node's budget: reserve its share before reading it, so
+        // that a thousand connections sending large values cannot buffer a thousand values at once.
+        if reserved.is_none() {
+            if let Some(len) = parser.pending_value_len() {
+                let Ok(permit) = node_budget.clone().acquire_many_owned(node_cost(len)).await
+                else {
+                    return;
+                };
+                reserved = Some(permit);
+            }
         }
         // A stalled request holds a buffer and a connection slot: give it a bounded time. An idle
         // connection holds little, and is closed only if the operator asked for it.
@@ -144,7 +181,7 @@ fn request_bytes(request: &Request) -> usize {
 /// Hands a parsed request to the node loop. `None` if the node is shutting down.
 async fn submit(
     request: Request,
-    permit: OwnedSemaphorePermit,
+    permits: (OwnedSemaphorePermit, OwnedSemaphorePermit),
     node: &mpsc::Sender<ClientRequest>,
 ) -> Option<Slot> {
     let (op, noreply) = match request {
@@ -164,7 +201,7 @@ async fn submit(
     Some(Slot::Pending {
         reply: rx,
         noreply,
-        _permit: permit,
+        _permits: permits,
     })
 }
 

@@ -107,6 +107,13 @@ pub async fn run_node(config: ClusterConfig, id: u64) -> anyhow::Result<()> {
             request_timeout: std::time::Duration::from_secs(
                 config.tunables.client_request_timeout_s,
             ),
+            node_budget: std::sync::Arc::new(tokio::sync::Semaphore::new(
+                config
+                    .tunables
+                    .max_buffered_request_bytes
+                    .min(tokio::sync::Semaphore::MAX_PERMITS),
+            )),
+            node_budget_bytes: config.tunables.max_buffered_request_bytes,
             idle_timeout: (config.tunables.client_idle_timeout_s > 0)
                 .then(|| std::time::Duration::from_secs(config.tunables.client_idle_timeout_s)),
         },

@@ -42,6 +42,7 @@ pub async fn accept_clients(
             continue;
         };
         let node = node.clone();
+        let limits = limits.clone();
         tokio::spawn(async move {
             connection::serve(socket, limits, node).await;
             drop(permit);
