@@ -30,6 +30,9 @@ pub use params::Params;
 
 /// After the faults stop, the cluster must settle within this bound.
 const LIVENESS_MS: u64 = 15_000;
+/// A leader re-offers a snapshot whose acknowledgement was lost after this many heartbeats (the core's
+/// `SNAPSHOT_RETRY_HEARTBEATS`), so settling may take that long with slow heartbeats.
+const SNAPSHOT_RETRY_HEARTBEATS: u64 = 100;
 /// Operations each client must complete after the faults stop.
 const LIVENESS_OPS: u64 = 3;
 /// Search steps the linearizability checker may spend on one key.
@@ -264,7 +267,8 @@ impl Simulator {
         }
         if self.checks.violations.is_empty() {
             self.heal_everything();
-            let deadline = self.now + LIVENESS_MS;
+            let liveness_ms = self.liveness_ms();
+            let deadline = self.now + liveness_ms;
             while !self.settled() && self.now < deadline && self.checks.violations.is_empty() {
                 self.step();
             }
@@ -273,7 +277,7 @@ impl Simulator {
                 self.checks.fail(
                     0,
                     format!(
-                        "liveness: not settled {LIVENESS_MS}ms after the faults stopped: {why}"
+                        "liveness: not settled {liveness_ms}ms after the faults stopped: {why}"
                     ),
                 );
             }
@@ -415,6 +419,13 @@ impl Simulator {
             }
         }
         self.healed = Some((self.now, self.clients.iter().map(|c| c.completed).collect()));
+    }
+
+    /// How long the cluster may take to settle once the faults stop: 15 s, or longer when heartbeats
+    /// are so slow that a lost snapshot acknowledgement takes longer to be retried.
+    fn liveness_ms(&self) -> u64 {
+        let heartbeat_ms = u64::from(self.params.heartbeat_ticks) * self.params.tick_ms;
+        LIVENESS_MS.max(SNAPSHOT_RETRY_HEARTBEATS * heartbeat_ms + 5_000)
     }
 
     fn client_quota_met(&self, client: usize) -> bool {
