@@ -188,6 +188,11 @@ impl<H> Replica<H> {
         self.set_now(now);
         self.raft.tick();
         self.expire_waiting();
+        if !self.waiting_for_leader.is_empty() && self.raft.status().role == Role::Leader {
+            // A leadership transfer that ended without a change of leader leaves no other cue.
+            self.route_waiting();
+            self.release_held();
+        }
         if now.mono_ms >= self.next_expire_ms {
             self.next_expire_ms = now.mono_ms + EXPIRE_EVERY_MS;
             self.maybe_propose_expire();

@@ -30,6 +30,12 @@ impl<H> Replica<H> {
     fn handle_request(&mut self, request: ClientRequest<H>) {
         let status = self.raft.status();
         if status.role == Role::Leader {
+            // Requests parked during a leadership transfer keep their place: everything after them
+            // waits with them (a connection's requests take effect in the order sent).
+            if !self.waiting_for_leader.is_empty() {
+                self.park(request);
+                return;
+            }
             let is_write = matches!(request.op, Op::Write(_));
             if !self.held.is_empty() || (is_write && self.reads_pending()) {
                 self.held.push_back(request);
@@ -60,6 +66,13 @@ impl<H> Replica<H> {
 
     /// Lets held requests go, in order, as far as the reads in progress allow.
     pub(crate) fn release_held(&mut self) {
+        if !self.waiting_for_leader.is_empty() && self.raft.status().role == Role::Leader {
+            // Something ahead of them is parked: they queue behind it, in order.
+            while let Some(request) = self.held.pop_front() {
+                self.park(request);
+            }
+            return;
+        }
         while let Some(request) = self.held.front() {
             let is_write = matches!(request.op, Op::Write(_));
             let leader = self.raft.status().role == Role::Leader;

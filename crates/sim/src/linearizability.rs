@@ -163,6 +163,38 @@ pub fn check(history: &[Op], budget: u64) -> Verdict {
     verdict
 }
 
+/// A smallest-found illegal sub-history of one key's `ops` (greedily drops each operation whose removal
+/// keeps the history illegal), for reading a failure.
+pub fn shrink(ops: &[Op], budget: u64) -> Vec<Op> {
+    // A read of a write that is no longer in the history would be illegal trivially: keep writes read.
+    let self_contained = |ops: &[Op]| {
+        ops.iter().all(|op| match op.kind {
+            OpKind::Get { value: Some(w) } | OpKind::Getm { value: Some((w, _, _)) } => {
+                ops.iter().any(|o| {
+                    matches!(o.kind, OpKind::Set { write, .. } | OpKind::Cas { write, .. } if write == w)
+                })
+            }
+            _ => true,
+        })
+    };
+    let illegal = |ops: &[Op]| {
+        self_contained(ops)
+            && Facts::gather(ops).map_or(true, |facts| search(ops, &facts, budget) == Some(false))
+    };
+    let mut kept = ops.to_vec();
+    let mut i = 0;
+    while i < kept.len() {
+        let mut candidate = kept.clone();
+        candidate.remove(i);
+        if illegal(&candidate) {
+            kept = candidate;
+        } else {
+            i += 1;
+        }
+    }
+    kept
+}
+
 /// What the whole sub-history of a key says about its writes, independent of order.
 struct Facts {
     /// The version (log index) of each write, where some reply told it.

@@ -82,6 +82,14 @@ fn main() -> ExitCode {
         );
         if cli.verbose || single {
             println!("{report}");
+            if let raftkv_sim::linearizability::Outcome::Illegal { ops, .. } =
+                &report.linearizability.outcome
+            {
+                println!("  a smallest illegal part of that history:");
+                for op in raftkv_sim::linearizability::shrink(ops, 20_000_000) {
+                    println!("    {op:?}");
+                }
+            }
         }
     });
     if single && summary.passed() {
