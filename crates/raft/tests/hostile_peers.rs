@@ -9,18 +9,9 @@ use raftkv_raft::*;
 
 const MAX: u64 = u64::MAX;
 
+/// An Append from node 2 to node 1 in term 1.
 fn append(prev: (Index, Term), entries: Vec<Entry>, commit: Index) -> Message {
-    msg(
-        2,
-        1,
-        1,
-        MessageBody::Append {
-            prev_index: prev.0,
-            prev_term: prev.1,
-            entries,
-            commit,
-        },
-    )
+    append_msg(2, 1, 1, prev, entries, commit)
 }
 
 #[test]

@@ -9,17 +9,7 @@ use harness::*;
 use raftkv_raft::*;
 
 fn append(term: Term, prev: (Index, Term), entries: Vec<Entry>, commit: Index) -> Message {
-    msg(
-        1,
-        2,
-        term,
-        MessageBody::Append {
-            prev_index: prev.0,
-            prev_term: prev.1,
-            entries,
-            commit,
-        },
-    )
+    append_msg(1, 2, term, prev, entries, commit)
 }
 
 /// A vote is a promise that must survive a crash: the new term and vote are in `hard_state`, and the

@@ -187,6 +187,28 @@ pub fn msg(from: NodeId, to: NodeId, term: Term, body: MessageBody) -> Message {
     }
 }
 
+/// An Append from `from` to `to` in `term`: `entries` after `prev` (index, term), leader commit `commit`.
+pub fn append_msg(
+    from: NodeId,
+    to: NodeId,
+    term: Term,
+    prev: (Index, Term),
+    entries: Vec<Entry>,
+    commit: Index,
+) -> Message {
+    msg(
+        from,
+        to,
+        term,
+        MessageBody::Append {
+            prev_index: prev.0,
+            prev_term: prev.1,
+            entries,
+            commit,
+        },
+    )
+}
+
 pub fn entry(index: Index, term: Term) -> Entry {
     Entry {
         index,
