@@ -15,17 +15,7 @@ fn append(
     entries: Vec<Entry>,
     commit: Index,
 ) -> Message {
-    msg(
-        from,
-        to,
-        term,
-        MessageBody::Append {
-            prev_index: prev.0,
-            prev_term: prev.1,
-            entries,
-            commit,
-        },
-    )
+    append_msg(from, to, term, prev, entries, commit)
 }
 
 fn append_results(msgs: &[Message]) -> Vec<AppendResult> {
