@@ -48,6 +48,8 @@ pub struct Args {
     /// Seconds one command may take, leader search and retries included.
     #[arg(long, default_value_t = 5.0, value_parser = parse_seconds)]
     timeout: f64,
+    #[command(flatten)]
+    tls: crate::tls_args::TlsArgs,
     #[command(subcommand)]
     command: Option<KvCommand>,
 }
@@ -129,8 +131,16 @@ fn parse_seconds(text: &str) -> Result<f64, String> {
 }
 
 pub fn run(args: Args) -> ExitCode {
+    let tls = match args.tls.client_config() {
+        Ok(tls) => tls,
+        Err(error) => {
+            eprintln!("error: {error:#}");
+            return ExitCode::from(2);
+        }
+    };
     let config = Config {
         deadline: Duration::from_secs_f64(args.timeout),
+        tls,
         ..Config::default()
     };
     let client = match Client::new(&args.addr, config) {

@@ -6,13 +6,12 @@
 //! leader can hand over, then SIGKILL after a grace period).
 
 use anyhow::{anyhow, bail, Context};
-use raftkv_server::config::{ClusterConfig, NodeConfig, Tunables};
+use raftkv_server::config::{ClientTls, ClusterConfig, NodeConfig, Tunables};
 use std::hash::BuildHasher;
 use std::path::{Path, PathBuf};
 use std::process::{ExitCode, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
-use tokio::net::TcpStream;
 use tokio::process::{Child, Command};
 use tokio::signal::unix::{signal, SignalKind};
 
@@ -42,6 +41,13 @@ pub struct Args {
     /// Peer port of node 1; node i uses peer-port + i - 1 [default: port + 1000].
     #[arg(long, value_parser = clap::value_parser!(u16).range(1..))]
     pub peer_port: Option<u16>,
+    /// A new cluster uses mutual TLS between its nodes, with a CA and certificates made in <dir>/tls.
+    #[arg(long)]
+    pub tls: bool,
+    /// A new cluster's client ports speak TLS too ("verify": and demand client certificates); clients
+    /// then need --tls-ca <dir>/tls/ca.pem (and --tls-cert/--tls-key <dir>/tls/client*.pem).
+    #[arg(long, value_name = "MODE", num_args = 0..=1, default_missing_value = "on", value_parser = ["on", "verify"])]
+    pub client_tls: Option<String>,
 }
 
 pub fn run(args: Args) -> ExitCode {
@@ -76,10 +82,21 @@ async fn run_cluster(args: Args) -> anyhow::Result<()> {
         );
         config
     } else {
-        let config = new_config(&args)?;
+        let mut config = new_config(&args)?;
         std::fs::create_dir_all(&args.dir).with_context(|| {
             format!("--dir {}: cannot create the directory", args.dir.display())
         })?;
+        if args.tls || args.client_tls.is_some() {
+            let client = match args.client_tls.as_deref() {
+                Some("verify") => ClientTls::Verify,
+                Some(_) => ClientTls::On,
+                None => ClientTls::Off,
+            };
+            crate::certs_cmd::generate(&config, &args.dir.join("tls"), true)?;
+            // Relative to the directory, like the data directories, so it can move as a whole.
+            crate::certs_cmd::use_files(&mut config, Path::new("tls"), client);
+            config.tls.iter_mut().for_each(|tls| tls.peer = args.tls);
+        }
         write_atomically(&config_path, &config.to_toml())?;
         println!(
             "created a {}-node cluster in {}",
@@ -158,19 +175,20 @@ fn new_config(args: &Args) -> anyhow::Result<ClusterConfig> {
     let nodes = (1..=count)
         .map(|id| {
             let offset = (id - 1) as u16;
-            NodeConfig {
+            NodeConfig::new(
                 id,
-                client_addr: format!("127.0.0.1:{}", port + offset),
-                peer_addr: format!("127.0.0.1:{}", peer_port + offset),
+                format!("127.0.0.1:{}", port + offset),
+                format!("127.0.0.1:{}", peer_port + offset),
                 // Relative, so the directory can be moved as a whole.
-                data_dir: PathBuf::from(format!("node{id}")),
-            }
+                PathBuf::from(format!("node{id}")),
+            )
         })
         .collect();
     let random = std::collections::hash_map::RandomState::new().hash_one(Instant::now());
     let config = ClusterConfig {
         cluster_id: format!("local-{random:016x}"),
         tunables: Tunables::default(),
+        tls: None,
         nodes,
     };
     config.validate()?;
@@ -180,6 +198,22 @@ fn new_config(args: &Args) -> anyhow::Result<ClusterConfig> {
 /// An existing cluster keeps its shape; a flag that disagrees is a mistake worth stopping for.
 fn check_flags_match(args: &Args, config: &ClusterConfig, path: &Path) -> anyhow::Result<()> {
     let hint = "drop the flag to restart the existing cluster, or use another --dir";
+    let peer_tls = config.tls.as_ref().is_some_and(|tls| tls.peer);
+    let client_tls = config.tls.as_ref().map_or(ClientTls::Off, |tls| tls.client);
+    if args.tls && !peer_tls {
+        bail!("--tls: {} has no peer TLS; {hint}", path.display());
+    }
+    let wanted_client = match args.client_tls.as_deref() {
+        Some("verify") => Some(ClientTls::Verify),
+        Some(_) => Some(ClientTls::On),
+        None => None,
+    };
+    if wanted_client.is_some_and(|wanted| wanted != client_tls) {
+        bail!(
+            "--client-tls: {} has client TLS {client_tls:?}; {hint}",
+            path.display()
+        );
+    }
     if let Some(count) = args.nodes {
         if count != config.nodes.len() as u64 {
             bail!(
@@ -210,7 +244,7 @@ fn check_flags_match(args: &Args, config: &ClusterConfig, path: &Path) -> anyhow
     Ok(())
 }
 
-fn write_atomically(path: &Path, text: &str) -> anyhow::Result<()> {
+pub fn write_atomically(path: &Path, text: &str) -> anyhow::Result<()> {
     let temporary = path.with_extension("toml.tmp");
     std::fs::write(&temporary, text)
         .with_context(|| format!("cannot write {}", temporary.display()))?;
@@ -301,6 +335,25 @@ fn print_table(config: &ClusterConfig, nodes: &[NodeProcess]) {
     for row in &rows {
         line(row);
     }
+    if let Some(tls) = &config.tls {
+        let dir = tls
+            .ca
+            .parent()
+            .unwrap_or(Path::new("."))
+            .display()
+            .to_string();
+        if tls.peer {
+            println!("peers: mutual TLS (CA {})", tls.ca.display());
+        }
+        match tls.client {
+            ClientTls::Off => {}
+            ClientTls::On => println!("clients: TLS; use --tls-ca {dir}/ca.pem"),
+            ClientTls::Verify => println!(
+                "clients: TLS with client certificates; use --tls-ca {dir}/ca.pem \
+                 --tls-cert {dir}/client.pem --tls-key {dir}/client-key.pem"
+            ),
+        }
+    }
 }
 
 fn report_exits(nodes: &mut [NodeProcess]) {
@@ -372,12 +425,20 @@ async fn find_leader(config: &ClusterConfig) -> (u64, String) {
     let started = Instant::now();
     let mut warned = false;
     println!("waiting for a leader...");
+    let tls = match probe_tls(config) {
+        Ok(tls) => tls,
+        Err(err) => {
+            println!("cannot probe the TLS client ports ({err:#}); not waiting for a leader");
+            return std::future::pending().await;
+        }
+    };
     loop {
         let mut probes = tokio::task::JoinSet::new();
         for node in &config.nodes {
             let (id, addr) = (node.id, node.client_addr.clone());
+            let tls = tls.clone();
             probes.spawn(async move {
-                let answer = probe(&addr).await;
+                let answer = probe(&addr, tls.as_ref()).await;
                 (id, addr, answer)
             });
         }
@@ -397,9 +458,32 @@ async fn find_leader(config: &ClusterConfig) -> (u64, String) {
     }
 }
 
-async fn probe(addr: &str) -> anyhow::Result<ProbeAnswer> {
+/// How the spawner reaches TLS client ports: trusting the cluster's CA and, where the ports demand a
+/// client certificate, presenting node 1's (node certificates are valid client certificates).
+fn probe_tls(
+    config: &ClusterConfig,
+) -> anyhow::Result<Option<std::sync::Arc<raftkv_tls::rustls::ClientConfig>>> {
+    let Some(tls) = config
+        .tls
+        .as_ref()
+        .filter(|tls| tls.client != ClientTls::Off)
+    else {
+        return Ok(None);
+    };
+    let first = &config.nodes[0];
+    let identity = match (&first.tls_cert, &first.tls_key, tls.client) {
+        (Some(cert), Some(key), ClientTls::Verify) => Some((cert.as_path(), key.as_path())),
+        _ => None,
+    };
+    Ok(Some(raftkv_client::tls_config(&tls.ca, identity)?))
+}
+
+async fn probe(
+    addr: &str,
+    tls: Option<&std::sync::Arc<raftkv_tls::rustls::ClientConfig>>,
+) -> anyhow::Result<ProbeAnswer> {
     let exchange = async {
-        let mut stream = TcpStream::connect(addr).await?;
+        let mut stream = crate::tls_args::connect(addr, tls).await?;
         stream.write_all(PROBE_REQUEST).await?;
         let mut line = Vec::new();
         // A reply line is short; cap it so a confused listener cannot make us buffer much.

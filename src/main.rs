@@ -5,9 +5,11 @@ const DEFAULT_ADDRS: &str =
     "127.0.0.1:9000,127.0.0.1:9001,127.0.0.1:9002,127.0.0.1:9003,127.0.0.1:9004";
 
 mod bench;
+mod certs_cmd;
 mod client_cmd;
 mod cluster;
 mod server_cmd;
+mod tls_args;
 
 use clap::{Parser, Subcommand};
 use std::process::ExitCode;
@@ -33,6 +35,8 @@ enum Command {
     Client(client_cmd::Args),
     /// Load generator: throughput and latency of a running cluster.
     Bench(bench::Args),
+    /// Create a CA and certificates for a cluster's nodes and clients (for local and test use).
+    Certs(certs_cmd::Args),
 }
 
 fn main() -> ExitCode {
@@ -42,5 +46,6 @@ fn main() -> ExitCode {
         Command::Cluster(args) => cluster::run(args),
         Command::Client(args) => client_cmd::run(args),
         Command::Bench(args) => bench::run(args),
+        Command::Certs(args) => certs_cmd::run(args),
     }
 }

@@ -97,6 +97,8 @@ pub struct Args {
     /// Where --calibrate writes its scratch file: put it on the disk the cluster uses.
     #[arg(long, default_value = ".")]
     calibrate_dir: std::path::PathBuf,
+    #[command(flatten)]
+    tls: crate::tls_args::TlsArgs,
 }
 
 fn parse_duration(text: &str) -> Result<f64, String> {
@@ -207,8 +209,16 @@ async fn bench(args: Args) -> ExitCode {
     } else {
         None
     };
+    let tls = match args.tls.client_config() {
+        Ok(tls) => tls,
+        Err(error) => {
+            eprintln!("error: {error:#}");
+            return ExitCode::from(2);
+        }
+    };
     let config = Config {
         deadline: Duration::from_secs(10),
+        tls,
         ..Config::default()
     };
     let client = match Client::new(&args.addr, config) {

@@ -10,8 +10,9 @@ use std::time::{Duration, Instant};
 use hdrhistogram::Histogram;
 use raftkv_client::bytes::{Buf, BytesMut};
 use raftkv_client::proto::{self, Parsed, Reply, ReplyKind};
+use raftkv_tls::Stream;
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
 
 use super::stats::{new_histogram, record, ErrorKind, ERROR_KINDS};
 use super::workload::{KeySource, Workload};
@@ -146,10 +147,17 @@ async fn worker(run: Arc<Run>, source: KeySource, window: usize, record: bool) -
                 }
             },
         };
-        match TcpStream::connect(&address).await {
-            Ok(stream) => {
+        let tls = worker.run.leader.client.config().tls.clone();
+        match crate::tls_args::connect(&address, tls.as_ref()).await {
+            Ok(Stream::Plain(tcp)) => {
                 worker.draining = false;
-                worker.drive(stream).await;
+                let (reader, writer) = tcp.into_split();
+                worker.drive(reader, writer).await;
+            }
+            Ok(tls) => {
+                worker.draining = false;
+                let (reader, writer) = tokio::io::split(tls);
+                worker.drive(reader, writer).await;
             }
             Err(_) => {
                 worker.run.leader.forget();
@@ -172,11 +180,11 @@ impl Worker {
     }
 
     /// Runs requests over one connection until the run ends or the connection must be abandoned.
-    async fn drive(&mut self, stream: TcpStream) {
-        if stream.set_nodelay(true).is_err() {
-            return;
-        }
-        let (mut reader, mut writer) = stream.into_split();
+    async fn drive(
+        &mut self,
+        mut reader: impl AsyncRead + Unpin,
+        mut writer: impl AsyncWrite + Unpin,
+    ) {
         let mut incoming = BytesMut::with_capacity(64 * 1024);
         let mut writing: Vec<u8> = Vec::with_capacity(64 * 1024);
         let mut queued: Vec<u8> = Vec::with_capacity(64 * 1024);

@@ -12,8 +12,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
+use raftkv_tls::rustls::ClientConfig;
+use raftkv_tls::tokio_rustls::TlsConnector;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::sync::{mpsc, oneshot, Notify, OwnedSemaphorePermit, Semaphore};
 
@@ -59,30 +60,50 @@ pub(crate) struct Connection {
 }
 
 impl Connection {
+    /// Connects to `address`, over TLS when `tls` is given (checking the node's certificate against
+    /// the address's host).
     pub(crate) async fn open(
         address: &str,
         max_in_flight: usize,
         max_value_size: usize,
+        tls: Option<&Arc<ClientConfig>>,
     ) -> std::io::Result<Connection> {
         let stream = TcpStream::connect(address).await?;
         // Requests are small and latency matters more than packet count; batching is done above.
         stream.set_nodelay(true)?;
-        let (read_half, write_half) = stream.into_split();
         let (request_tx, request_rx) = mpsc::unbounded_channel();
         let (pending_tx, pending_rx) = mpsc::unbounded_channel();
         let shared = Arc::new(Shared::default());
-        tokio::spawn(run_writer(
-            write_half,
-            request_rx,
-            pending_tx,
-            shared.clone(),
-        ));
-        tokio::spawn(run_reader(
-            read_half,
-            pending_rx,
-            shared.clone(),
-            max_value_size,
-        ));
+        match tls {
+            None => {
+                let (read_half, write_half) = stream.into_split();
+                start_tasks(
+                    read_half,
+                    write_half,
+                    request_rx,
+                    pending_tx,
+                    pending_rx,
+                    &shared,
+                    max_value_size,
+                );
+            }
+            Some(tls) => {
+                let name = raftkv_tls::server_name_of(address).map_err(std::io::Error::other)?;
+                let tls = TlsConnector::from(tls.clone())
+                    .connect(name, stream)
+                    .await?;
+                let (read_half, write_half) = tokio::io::split(tls);
+                start_tasks(
+                    read_half,
+                    write_half,
+                    request_rx,
+                    pending_tx,
+                    pending_rx,
+                    &shared,
+                    max_value_size,
+                );
+            }
+        }
         Ok(Connection {
             address: address.to_string(),
             requests: request_tx,
@@ -127,8 +148,30 @@ impl Connection {
     }
 }
 
+/// Starts the writer and reader tasks of one connection.
+fn start_tasks<R, W>(
+    reader: R,
+    writer: W,
+    requests: mpsc::UnboundedReceiver<Request>,
+    to_reader: mpsc::UnboundedSender<Pending>,
+    from_writer: mpsc::UnboundedReceiver<Pending>,
+    shared: &Arc<Shared>,
+    max_value_size: usize,
+) where
+    R: AsyncRead + Unpin + Send + 'static,
+    W: AsyncWrite + Unpin + Send + 'static,
+{
+    tokio::spawn(run_writer(writer, requests, to_reader, shared.clone()));
+    tokio::spawn(run_reader(
+        reader,
+        from_writer,
+        shared.clone(),
+        max_value_size,
+    ));
+}
+
 async fn run_writer(
-    mut socket: OwnedWriteHalf,
+    mut socket: impl AsyncWrite + Unpin,
     mut requests: mpsc::UnboundedReceiver<Request>,
     to_reader: mpsc::UnboundedSender<Pending>,
     shared: Arc<Shared>,
@@ -166,7 +209,7 @@ async fn run_writer(
 }
 
 async fn run_reader(
-    mut socket: OwnedReadHalf,
+    mut socket: impl AsyncRead + Unpin,
     mut from_writer: mpsc::UnboundedReceiver<Pending>,
     shared: Arc<Shared>,
     max_value_size: usize,
@@ -230,10 +273,11 @@ pub(crate) async fn open_within(
     limit: Duration,
     max_in_flight: usize,
     max_value_size: usize,
+    tls: Option<&Arc<ClientConfig>>,
 ) -> Result<Connection, String> {
     match tokio::time::timeout(
         limit,
-        Connection::open(address, max_in_flight, max_value_size),
+        Connection::open(address, max_in_flight, max_value_size, tls),
     )
     .await
     {

@@ -81,6 +81,17 @@ pub struct Config {
     /// First pause between retries; doubles up to `max_backoff`.
     pub initial_backoff: Duration,
     pub max_backoff: Duration,
+    /// TLS for nodes whose client port requires it (see [`tls_config`]); `None` speaks plain TCP.
+    pub tls: Option<Arc<raftkv_tls::rustls::ClientConfig>>,
+}
+
+/// A TLS configuration trusting the CA in the PEM file `ca`, presenting the certificate and key in
+/// `identity` to nodes that demand a client certificate.
+pub fn tls_config(
+    ca: &std::path::Path,
+    identity: Option<(&std::path::Path, &std::path::Path)>,
+) -> anyhow::Result<Arc<raftkv_tls::rustls::ClientConfig>> {
+    raftkv_tls::client_config(ca, identity)
 }
 
 impl Default for Config {
@@ -92,6 +103,7 @@ impl Default for Config {
             max_value_size: proto::DEFAULT_MAX_VALUE_SIZE,
             initial_backoff: Duration::from_millis(10),
             max_backoff: Duration::from_millis(500),
+            tls: None,
         }
     }
 }
@@ -195,6 +207,11 @@ impl Client {
                 connecting: tokio::sync::Mutex::new(()),
             }),
         })
+    }
+
+    /// The configuration this client was made with.
+    pub fn config(&self) -> &Config {
+        &self.inner.config
     }
 
     /// Address of the node the client is talking to (the leader, as far as it knows).
@@ -418,6 +435,7 @@ impl Client {
             config.connect_timeout.min(remaining),
             config.max_in_flight,
             config.max_value_size,
+            config.tls.as_ref(),
         )
         .await
         .map(Arc::new)?;

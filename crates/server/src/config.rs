@@ -71,7 +71,49 @@ pub struct ClusterConfig {
     pub cluster_id: String,
     #[serde(default)]
     pub tunables: Tunables,
+    /// TLS on the peer and client ports; absent means neither (and a warning at start).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls: Option<TlsSettings>,
     pub nodes: Vec<NodeConfig>,
+}
+
+/// The `[tls]` table: the CA every node trusts, and which ports use TLS. Each node's own certificate and
+/// key are `tls_cert` / `tls_key` in its `[[nodes]]` entry.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsSettings {
+    /// PEM file of the CA (or CAs, during a rotation) that signs the nodes' certificates.
+    pub ca: PathBuf,
+    /// Mutual TLS between nodes (default: on).
+    #[serde(default = "yes")]
+    pub peer: bool,
+    /// TLS on the client port (default: off).
+    #[serde(default)]
+    pub client: ClientTls,
+}
+
+fn yes() -> bool {
+    true
+}
+
+/// What the client port demands.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ClientTls {
+    /// Plain TCP.
+    #[default]
+    Off,
+    /// TLS; any client may connect.
+    On,
+    /// TLS, and the client must present a certificate signed by the CA.
+    Verify,
+}
+
+impl TlsSettings {
+    /// Whether the nodes need certificates at all.
+    pub fn needs_node_certificates(&self) -> bool {
+        self.peer || self.client != ClientTls::Off
+    }
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
@@ -85,6 +127,26 @@ pub struct NodeConfig {
     pub peer_addr: String,
     /// Relative paths in the file are relative to the file's directory (resolved by [`ClusterConfig::load`]).
     pub data_dir: PathBuf,
+    /// PEM certificate chain of this node, naming `node-<id>.raftkv` (and its hosts, for clients).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls_cert: Option<PathBuf>,
+    /// PEM private key of `tls_cert`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls_key: Option<PathBuf>,
+}
+
+impl NodeConfig {
+    /// A node with these addresses and data directory and no TLS files.
+    pub fn new(id: u64, client_addr: String, peer_addr: String, data_dir: PathBuf) -> NodeConfig {
+        NodeConfig {
+            id,
+            client_addr,
+            peer_addr,
+            data_dir,
+            tls_cert: None,
+            tls_key: None,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
@@ -145,10 +207,18 @@ impl ClusterConfig {
         let mut config: ClusterConfig = toml::from_str(&text)
             .map_err(|err| anyhow::anyhow!("{}: {}", path.display(), err.to_string().trim_end()))?;
         let base = path.parent().unwrap_or(Path::new(""));
-        for node in &mut config.nodes {
-            if node.data_dir.is_relative() && !node.data_dir.as_os_str().is_empty() {
-                node.data_dir = base.join(&node.data_dir);
+        let resolve = |path: &mut PathBuf| {
+            if path.is_relative() && !path.as_os_str().is_empty() {
+                *path = base.join(&*path);
             }
+        };
+        for node in &mut config.nodes {
+            resolve(&mut node.data_dir);
+            node.tls_cert.iter_mut().for_each(resolve);
+            node.tls_key.iter_mut().for_each(resolve);
+        }
+        if let Some(tls) = &mut config.tls {
+            resolve(&mut tls.ca);
         }
         config
             .validate()
@@ -221,6 +291,26 @@ impl ClusterConfig {
                     "must not be empty",
                 ));
             }
+            if let Some(tls) = self
+                .tls
+                .as_ref()
+                .filter(|tls| tls.needs_node_certificates())
+            {
+                for (field, value) in [("tls_cert", &node.tls_cert), ("tls_key", &node.tls_key)] {
+                    if value.is_none() {
+                        return reject(
+                            InvalidConfig::new(
+                                format!("nodes[{i}].{field}"),
+                                "is required when [tls] turns TLS on",
+                            )
+                            .and("tls"),
+                        );
+                    }
+                }
+                if tls.ca.as_os_str().is_empty() {
+                    return reject(InvalidConfig::new("tls.ca", "must not be empty"));
+                }
+            }
             if let Some(first) = data_dirs.insert(node.data_dir.as_path(), i) {
                 return reject(
                     InvalidConfig::new(
@@ -253,8 +343,16 @@ impl ClusterConfig {
             Ok(text) => text,
             Err(_) => {
                 let mut lossy = self.clone();
+                let lossy_path = |path: &mut PathBuf| {
+                    *path = PathBuf::from(path.to_string_lossy().into_owned());
+                };
                 for node in &mut lossy.nodes {
-                    node.data_dir = PathBuf::from(node.data_dir.to_string_lossy().into_owned());
+                    lossy_path(&mut node.data_dir);
+                    node.tls_cert.iter_mut().for_each(lossy_path);
+                    node.tls_key.iter_mut().for_each(lossy_path);
+                }
+                if let Some(tls) = &mut lossy.tls {
+                    lossy_path(&mut tls.ca);
                 }
                 toml::to_string_pretty(&lossy).unwrap_or_default()
             }

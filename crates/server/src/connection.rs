@@ -8,11 +8,10 @@
 use bytes::BytesMut;
 use raftkv_kv::Command;
 use raftkv_protocol::{ParseError, ParseOutcome, Parser, Reply, Request};
+use raftkv_tls::Stream;
 use std::sync::Arc;
 use std::time::Duration;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
-use tokio::net::TcpStream;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::sync::{mpsc, oneshot, OwnedSemaphorePermit, Semaphore};
 use tracing::debug;
 
@@ -50,9 +49,26 @@ pub struct Limits {
     pub node_budget_bytes: usize,
 }
 
-pub async fn serve(socket: TcpStream, limits: Limits, node: mpsc::Sender<ClientRequest>) {
-    let _ = socket.set_nodelay(true);
-    let (reader, writer) = socket.into_split();
+pub async fn serve(socket: Stream, limits: Limits, node: mpsc::Sender<ClientRequest>) {
+    let _ = socket.tcp().set_nodelay(true);
+    match socket {
+        // A plain socket splits into halves without a lock between them.
+        Stream::Plain(tcp) => {
+            let (reader, writer) = tcp.into_split();
+            serve_halves(reader, writer, limits, node).await;
+        }
+        tls => {
+            let (reader, writer) = tokio::io::split(tls);
+            serve_halves(reader, writer, limits, node).await;
+        }
+    }
+}
+
+async fn serve_halves<R, W>(reader: R, writer: W, limits: Limits, node: mpsc::Sender<ClientRequest>)
+where
+    R: AsyncRead + Unpin,
+    W: AsyncWrite + Unpin + Send + 'static,
+{
     let (slots_tx, slots_rx) = mpsc::channel(MAX_PIPELINE);
     let writer_task = tokio::spawn(write_replies(writer, slots_rx));
     read_requests(reader, limits, node, slots_tx).await;
@@ -60,7 +76,7 @@ pub async fn serve(socket: TcpStream, limits: Limits, node: mpsc::Sender<ClientR
 }
 
 async fn read_requests(
-    mut reader: OwnedReadHalf,
+    mut reader: impl AsyncRead + Unpin,
     limits: Limits,
     node: mpsc::Sender<ClientRequest>,
     slots: mpsc::Sender<Slot>,
@@ -205,7 +221,7 @@ async fn submit(
     })
 }
 
-async fn write_replies(mut writer: OwnedWriteHalf, mut slots: mpsc::Receiver<Slot>) {
+async fn write_replies(mut writer: impl AsyncWrite + Unpin, mut slots: mpsc::Receiver<Slot>) {
     let mut out = BytesMut::with_capacity(16 * 1024);
     while let Some(mut slot) = slots.recv().await {
         loop {
@@ -255,7 +271,7 @@ async fn write_replies(mut writer: OwnedWriteHalf, mut slots: mpsc::Receiver<Slo
     let _ = writer.shutdown().await;
 }
 
-async fn flush(writer: &mut OwnedWriteHalf, out: &mut BytesMut) -> std::io::Result<()> {
+async fn flush(writer: &mut (impl AsyncWrite + Unpin), out: &mut BytesMut) -> std::io::Result<()> {
     if !out.is_empty() {
         writer.write_all(out).await?;
         out.clear();

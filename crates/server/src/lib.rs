@@ -25,6 +25,7 @@ pub mod persist;
 pub mod request;
 pub mod snapshot_stream;
 mod sync;
+pub mod tls;
 pub mod transport;
 pub mod wire;
 
@@ -34,7 +35,7 @@ use anyhow::Context;
 use raftkv_wal::{Wal, WalOptions};
 use tokio::net::TcpListener;
 use tokio::sync::{mpsc, watch};
-use tracing::info;
+use tracing::{info, warn};
 
 use crate::config::ClusterConfig;
 use crate::node::NodeLoop;
@@ -84,11 +85,20 @@ pub async fn run_node(config: ClusterConfig, id: u64) -> anyhow::Result<()> {
     let replica = raftkv_replica::Replica::new(replica_config, initial)
         .context("the newest snapshot does not decode")?;
 
+    let tls = tls::NodeTls::load(&config, id)?;
+    if tls.peer.is_none() {
+        warn!(
+            node = id,
+            "peer TLS is off: anyone who can reach {} and knows the cluster id can speak for a node; \
+             see docs/security.md",
+            me.peer_addr
+        );
+    }
     let listener = TcpListener::bind(&me.client_addr)
         .await
         .with_context(|| format!("cannot listen for clients on {}", me.client_addr))?;
     let (inbound_tx, inbound_rx) = mpsc::channel(INBOUND_QUEUE_DEPTH);
-    let transport = transport::Transport::start(&config, id, inbound_tx).await?;
+    let transport = transport::Transport::start(&config, id, inbound_tx, tls.peer.clone()).await?;
     let (persist_tx, persist_rx) = mpsc::channel(persist::QUEUE_DEPTH);
     let (durable_tx, durable_rx) = watch::channel(Durable::default());
     let snapshot_writer = wal.snapshot_writer();
@@ -117,8 +127,10 @@ pub async fn run_node(config: ClusterConfig, id: u64) -> anyhow::Result<()> {
             idle_timeout: (config.tunables.client_idle_timeout_s > 0)
                 .then(|| std::time::Duration::from_secs(config.tunables.client_idle_timeout_s)),
         },
+        tls.clients.clone(),
         shutdown_rx.clone(),
     ));
+    tokio::spawn(tls.watch(shutdown_rx.clone()));
     tokio::spawn(listener::forward_signals(shutdown_tx));
     info!(node = id, clients = %me.client_addr, peers = %me.peer_addr, "serving");
 

@@ -6,10 +6,16 @@ use std::time::Duration;
 use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, watch, Semaphore};
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 
 use crate::connection;
 use crate::request::ClientRequest;
+use raftkv_tls::{Reloadable, Stream};
+use rustls::ServerConfig;
+use tokio_rustls::TlsAcceptor;
+
+/// The client port's TLS configuration, when it has one.
+pub type ClientTls = Option<Arc<Reloadable<Arc<ServerConfig>>>>;
 
 /// The one line a client over the connection limit gets before the server closes its connection.
 pub const TOO_MANY_CONNECTIONS: &[u8] = b"ERR_INTERNAL too many connections\r\n";
@@ -19,6 +25,7 @@ pub async fn accept_clients(
     node: mpsc::Sender<ClientRequest>,
     max_connections: usize,
     limits: connection::Limits,
+    tls: ClientTls,
     mut shutdown: watch::Receiver<bool>,
 ) {
     let slots = Arc::new(Semaphore::new(max_connections));
@@ -43,8 +50,30 @@ pub async fn accept_clients(
         };
         let node = node.clone();
         let limits = limits.clone();
+        let tls = tls.as_ref().map(|tls| TlsAcceptor::from(tls.get()));
         tokio::spawn(async move {
-            connection::serve(socket, limits, node).await;
+            let stream = match tls {
+                None => Stream::from(socket),
+                Some(acceptor) => {
+                    // A TLS handshake is a request like any other: one that stalls is dropped.
+                    let handshake = async {
+                        refuse_plain_text(&socket).await?;
+                        acceptor.accept(socket).await
+                    };
+                    match tokio::time::timeout(limits.request_timeout, handshake).await {
+                        Ok(Ok(tls)) => Stream::from(tls),
+                        Ok(Err(err)) => {
+                            debug!("client TLS handshake failed: {err}");
+                            return;
+                        }
+                        Err(_) => {
+                            debug!("client TLS handshake timed out");
+                            return;
+                        }
+                    }
+                }
+            };
+            connection::serve(stream, limits, node).await;
             drop(permit);
         });
     }
@@ -59,6 +88,21 @@ async fn refuse(mut socket: TcpStream) {
     )
     .await;
     let _ = socket.shutdown().await;
+}
+
+/// The one line a plain-text client of a TLS-only client port gets, instead of a silent close.
+pub const TLS_REQUIRED: &[u8] = b"ERR_INTERNAL this port requires TLS\r\n";
+
+/// Fails, after telling the client why in plain text, if the connection does not start with a TLS
+/// record (a handshake record starts with byte 22).
+async fn refuse_plain_text(socket: &TcpStream) -> std::io::Result<()> {
+    const TLS_HANDSHAKE_RECORD: u8 = 22;
+    let mut first = [0u8; 1];
+    if socket.peek(&mut first).await? == 1 && first[0] != TLS_HANDSHAKE_RECORD {
+        let _ = socket.try_write(TLS_REQUIRED);
+        return Err(std::io::Error::other("plain text on a TLS client port"));
+    }
+    Ok(())
 }
 
 /// SIGTERM or SIGINT starts a graceful shutdown.

@@ -37,11 +37,11 @@ use crate::wire::{Handshake, SnapshotHeader};
 use anyhow::{anyhow, bail, Context};
 use bytes::{Bytes, BytesMut};
 use raftkv_raft::{Message, MessageBody};
+use raftkv_tls::{PeerTls, Reloadable, Stream};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
 use tokio::sync::{mpsc, Notify};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, error, info, warn};
@@ -117,6 +117,7 @@ pub(crate) struct SnapshotSender {
     pub(crate) peer_addr: String,
     /// This node's handshake, marked as a snapshot stream.
     pub(crate) hello: Handshake,
+    pub(crate) tls: Option<Arc<Reloadable<PeerTls>>>,
     pub(crate) slot: Arc<SnapshotSlot>,
     pub(crate) dropped: Arc<AtomicU64>,
     pub(crate) shutdown: CancellationToken,
@@ -267,7 +268,13 @@ impl SnapshotSender {
 
     /// One attempt: connect, header, data, answer.
     async fn transfer(&self, header: &SnapshotHeader, data: &Bytes) -> Result<(), TransferError> {
-        let mut stream = dial(&self.peer_addr, &self.hello, self.peer_id).await?;
+        let mut stream = dial(
+            &self.peer_addr,
+            &self.hello,
+            self.peer_id,
+            self.tls.as_deref(),
+        )
+        .await?;
         let mut payload = BytesMut::new();
         header.encode(&mut payload);
         let mut frame = BytesMut::new();
@@ -328,7 +335,7 @@ fn check_status(status: u8, stage: &str) -> Result<(), TransferError> {
 /// was read past it), checks it, and delivers it to `inbound` as a one-message batch. Nothing is delivered
 /// unless the whole snapshot arrived intact. `max_len` bounds the declared data length.
 pub(crate) async fn receive_snapshot(
-    stream: &mut TcpStream,
+    stream: &mut Stream,
     buf: &mut BytesMut,
     peer_id: u64,
     me: u64,

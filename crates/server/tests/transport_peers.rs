@@ -170,14 +170,14 @@ async fn the_peer_port_cannot_be_bound_twice() {
     let config = cluster(2, "twice");
     let _one = start(&config, 1).await;
     let (sender, _inbound) = mpsc::channel(1);
-    let err = Transport::start(&config, 1, sender)
+    let err = Transport::start(&config, 1, sender, None)
         .await
         .err()
         .expect("port taken");
     assert!(format!("{err:#}").contains("peer_addr"), "{err:#}");
     let (sender, _inbound) = mpsc::channel(1);
     assert!(
-        Transport::start(&config, 5, sender).await.is_err(),
+        Transport::start(&config, 5, sender, None).await.is_err(),
         "unknown id"
     );
 }

@@ -78,11 +78,14 @@ impl PeerTls {
         let verifier = WebPkiClientVerifier::builder_with_provider(roots.clone(), provider())
             .build()
             .context("cannot build the peer certificate verifier")?;
-        let server = ServerConfig::builder_with_provider(provider())
+        let mut server = ServerConfig::builder_with_provider(provider())
             .with_safe_default_protocol_versions()?
             .with_client_cert_verifier(verifier)
             .with_single_cert(certs.clone(), key.clone_key())
             .with_context(|| format!("{} does not match its key", files.cert.display()))?;
+        // Peer connections live long and are never resumed: tickets would only be bytes the dialler,
+        // which otherwise reads nothing, has to process.
+        server.send_tls13_tickets = 0;
         let client = ClientConfig::builder_with_provider(provider())
             .with_safe_default_protocol_versions()?
             .with_root_certificates(roots)

@@ -9,6 +9,7 @@ use crate::wire::{Handshake, StreamKind, PROTOCOL_VERSION};
 use anyhow::{anyhow, bail};
 use bytes::BytesMut;
 use raftkv_raft::Message;
+use raftkv_tls::{check_peer_is_node, PeerTls, Reloadable, Stream};
 use std::collections::{HashMap, VecDeque};
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -17,6 +18,7 @@ use std::time::{Duration, Instant};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinSet;
+use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
@@ -52,6 +54,8 @@ pub(super) struct Acceptor {
     /// gives way to a newcomer.
     replace_after: Duration,
     started: Instant,
+    /// Peer mutual TLS, when the cluster uses it.
+    tls: Option<Arc<Reloadable<PeerTls>>>,
 }
 
 impl Acceptor {
@@ -62,6 +66,7 @@ impl Acceptor {
         known_peers: Vec<u64>,
         inbound: mpsc::Sender<Vec<Message>>,
         replace_after: Duration,
+        tls: Option<Arc<Reloadable<PeerTls>>>,
     ) -> Acceptor {
         Acceptor {
             hello,
@@ -75,6 +80,7 @@ impl Acceptor {
             last_heard: Mutex::new(HashMap::new()),
             replace_after,
             started: Instant::now(),
+            tls,
         }
     }
 
@@ -109,27 +115,27 @@ impl Acceptor {
 
     async fn serve(
         &self,
-        mut stream: TcpStream,
+        tcp: TcpStream,
         remote: SocketAddr,
         shutdown: CancellationToken,
         limit: Arc<Semaphore>,
     ) {
         let me = self.hello.node_id;
-        let _ = stream.set_nodelay(true);
+        let _ = tcp.set_nodelay(true);
         let mut buf = BytesMut::new();
         let ticket = self.next_generation.fetch_add(1, Ordering::Relaxed);
         let evicted = self.enter_handshake(ticket);
         let handshake = tokio::time::timeout(
             INBOUND_HANDSHAKE_TIMEOUT,
-            self.handshake(&mut stream, &mut buf, &limit),
+            self.handshake(tcp, &mut buf, &limit),
         );
         let outcome = tokio::select! {
             _ = evicted.cancelled() => Err(anyhow!("dropped: too many connections in their handshake")),
             done = handshake => done.unwrap_or_else(|_| Err(anyhow!("handshake timed out"))),
         };
         self.leave_handshake(ticket);
-        let (peer_id, kind, _permit) = match outcome {
-            Ok((hello, permit)) => (hello.node_id, hello.stream, permit),
+        let (peer_id, kind, _permit, mut stream) = match outcome {
+            Ok((hello, permit, stream)) => (hello.node_id, hello.stream, permit, stream),
             Err(err) => {
                 warn!(node = me, %remote, "rejected peer connection: {err:#}");
                 return;
@@ -194,18 +200,35 @@ impl Acceptor {
         }
     }
 
-    /// Checks the dialler's handshake and, if it may connect, answers it. Returns the dialler's
-    /// handshake and its share of the connection limit. A dialler refused here gets no answer, so it
-    /// sees a failed connect and backs off.
+    /// Runs the TLS handshake (with peer TLS on), then checks the dialler's handshake and, if it may
+    /// connect, answers it. Returns the dialler's handshake, its share of the connection limit and the
+    /// connection. A dialler refused here gets no answer, so it sees a failed connect and backs off.
     async fn handshake(
         &self,
-        stream: &mut TcpStream,
+        tcp: TcpStream,
         buf: &mut BytesMut,
         limit: &Arc<Semaphore>,
-    ) -> anyhow::Result<(Handshake, OwnedSemaphorePermit)> {
-        let hello = read_handshake(stream, buf)
+    ) -> anyhow::Result<(Handshake, OwnedSemaphorePermit, Stream)> {
+        let mut stream = match &self.tls {
+            None => Stream::from(tcp),
+            Some(tls) => {
+                let acceptor = TlsAcceptor::from(tls.get().server);
+                let tls = acceptor
+                    .accept(tcp)
+                    .await
+                    .map_err(|err| anyhow!("TLS handshake failed: {err}"))?;
+                Stream::from(tls)
+            }
+        };
+        let hello = read_handshake(&mut stream, buf)
             .await?
             .ok_or_else(|| anyhow!("closed before the handshake"))?;
+        if let Stream::Tls(tls) = &stream {
+            // The certificate chains to our CA (the TLS handshake checked); it must also be the
+            // certificate of the node the dialler claims to be.
+            check_peer_is_node(tls.get_ref().1.peer_certificates(), hello.node_id)
+                .map_err(|err| anyhow!("a peer claiming node {}: {err:#}", hello.node_id))?;
+        }
         if hello.protocol_version != PROTOCOL_VERSION {
             bail!(
                 "protocol version {} (we speak {PROTOCOL_VERSION})",
@@ -235,8 +258,8 @@ impl Acceptor {
             stream: hello.stream,
             ..self.hello.clone()
         };
-        write_handshake(stream, &answer).await?;
-        Ok((hello, permit))
+        write_handshake(&mut stream, &answer).await?;
+        Ok((hello, permit, stream))
     }
 
     fn elapsed_ms(&self) -> u64 {
@@ -275,7 +298,7 @@ impl Acceptor {
     /// Forwards frames from `peer_id` until it disconnects, misbehaves, or `connection` is cancelled.
     async fn receive(
         &self,
-        stream: &mut TcpStream,
+        stream: &mut Stream,
         buf: &mut BytesMut,
         peer_id: u64,
         connection: &CancellationToken,

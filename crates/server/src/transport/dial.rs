@@ -4,8 +4,10 @@ use super::handshake::{read_handshake, write_handshake, HANDSHAKE_TIMEOUT};
 use crate::wire::{Handshake, PROTOCOL_VERSION};
 use anyhow::{anyhow, bail};
 use bytes::BytesMut;
+use raftkv_tls::{node_name, PeerTls, Reloadable, Stream};
 use std::time::Duration;
 use tokio::net::TcpStream;
+use tokio_rustls::TlsConnector;
 
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 
@@ -13,17 +15,32 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 pub(crate) const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Connects to `peer_addr` and exchanges handshakes, checking that node `peer_id` of our cluster answers
-/// and agrees on what the connection carries (`hello.stream`).
+/// and agrees on what the connection carries (`hello.stream`). With `tls`, the TLS handshake comes
+/// first and the peer's certificate must name node `peer_id`.
 pub(crate) async fn dial(
     peer_addr: &str,
     hello: &Handshake,
     peer_id: u64,
-) -> anyhow::Result<TcpStream> {
-    let mut stream = tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(peer_addr))
+    tls: Option<&Reloadable<PeerTls>>,
+) -> anyhow::Result<Stream> {
+    let tcp = tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(peer_addr))
         .await
         .map_err(|_| anyhow!("connect timed out"))??;
-    stream.set_nodelay(true)?;
+    tcp.set_nodelay(true)?;
     let exchange = async {
+        let mut stream = match tls {
+            None => Stream::from(tcp),
+            Some(tls) => {
+                let name = rustls::pki_types::ServerName::try_from(node_name(peer_id))?;
+                let connector = TlsConnector::from(tls.get().client);
+                Stream::from(
+                    connector
+                        .connect(name, tcp)
+                        .await
+                        .map_err(|err| anyhow!("TLS handshake failed: {err}"))?,
+                )
+            }
+        };
         write_handshake(&mut stream, hello).await?;
         let mut buf = BytesMut::new();
         let answer = read_handshake(&mut stream, &mut buf)
@@ -43,10 +60,9 @@ pub(crate) async fn dial(
                 answer.protocol_version
             );
         }
-        anyhow::Ok(())
+        anyhow::Ok(stream)
     };
     tokio::time::timeout(HANDSHAKE_TIMEOUT, exchange)
         .await
-        .map_err(|_| anyhow!("handshake timed out"))??;
-    Ok(stream)
+        .map_err(|_| anyhow!("handshake timed out"))?
 }

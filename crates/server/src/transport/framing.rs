@@ -8,8 +8,8 @@ use crate::wire::{decode_message, encode_message, encoded_len, WireError};
 use anyhow::bail;
 use bytes::{BufMut, Bytes, BytesMut};
 use raftkv_raft::Message;
+use raftkv_tls::Stream;
 use tokio::io::AsyncReadExt;
-use tokio::net::TcpStream;
 
 /// Largest frame accepted or sent. Snapshots travel on snapshot streams, but a frame may still carry an
 /// `InstallSnapshot` (the format allows it), so the limit stays generous; it still bounds what a confused
@@ -79,7 +79,7 @@ pub fn encode_frame(payload: &[u8], out: &mut BytesMut) {
 /// read past the frame over to the next call. The payload is split off `buf` without copying, so entry
 /// data decoded from it shares the receive buffer.
 pub(crate) async fn read_frame(
-    stream: &mut TcpStream,
+    stream: &mut Stream,
     buf: &mut BytesMut,
     max_len: usize,
 ) -> anyhow::Result<Option<Bytes>> {
@@ -102,7 +102,14 @@ pub(crate) async fn read_frame(
             }
         }
         buf.reserve((wanted - buf.len()).clamp(4096, READ_CHUNK));
-        if stream.read_buf(buf).await? == 0 {
+        let read = match stream.read_buf(buf).await {
+            Ok(read) => read,
+            // A TLS peer that closes without close_notify: frames are self-delimiting and checked, so
+            // between frames that is an ordinary end of stream, and within one it is caught below.
+            Err(err) if err.kind() == std::io::ErrorKind::UnexpectedEof => 0,
+            Err(err) => return Err(err.into()),
+        };
+        if read == 0 {
             if buf.is_empty() {
                 return Ok(None);
             }

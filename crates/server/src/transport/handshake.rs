@@ -3,9 +3,9 @@
 use super::framing::{encode_frame, read_frame};
 use crate::wire::Handshake;
 use bytes::BytesMut;
+use raftkv_tls::Stream;
 use std::time::Duration;
 use tokio::io::AsyncWriteExt;
-use tokio::net::TcpStream;
 
 /// Handshakes are tiny; strangers must not make us buffer more than this before proving who they are.
 const MAX_HANDSHAKE_BYTES: usize = 1024;
@@ -14,10 +14,7 @@ const MAX_HANDSHAKE_BYTES: usize = 1024;
 pub(crate) const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Writes `hello` as one frame.
-pub(crate) async fn write_handshake(
-    stream: &mut TcpStream,
-    hello: &Handshake,
-) -> anyhow::Result<()> {
+pub(crate) async fn write_handshake(stream: &mut Stream, hello: &Handshake) -> anyhow::Result<()> {
     let mut out = BytesMut::new();
     let mut payload = BytesMut::new();
     hello.encode(&mut payload);
@@ -29,7 +26,7 @@ pub(crate) async fn write_handshake(
 /// Reads the other side's handshake, or `None` if it closed the connection first. `buf` keeps whatever
 /// was read past the handshake.
 pub(crate) async fn read_handshake(
-    stream: &mut TcpStream,
+    stream: &mut Stream,
     buf: &mut BytesMut,
 ) -> anyhow::Result<Option<Handshake>> {
     match read_frame(stream, buf, MAX_HANDSHAKE_BYTES).await? {

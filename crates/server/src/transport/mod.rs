@@ -43,6 +43,7 @@ use crate::wire::{Handshake, StreamKind, PROTOCOL_VERSION};
 use accept::Acceptor;
 use anyhow::{anyhow, Context};
 use raftkv_raft::{Message, MessageBody};
+use raftkv_tls::{PeerTls, Reloadable};
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -92,10 +93,14 @@ impl Transport {
     /// Binds the peer listener on this node's peer_addr (error if the port is taken), accepts peers, and
     /// starts one writer task per other node. Inbound messages (already decoded, batched per frame) go to
     /// `inbound`; when `inbound` is full the reader awaits (back-pressure on that TCP connection).
+    ///
+    /// With `tls`, every connection in either direction is mutual TLS first, and a peer must hold a
+    /// certificate from the CA naming the node id it claims.
     pub async fn start(
         config: &ClusterConfig,
         my_id: u64,
         inbound: mpsc::Sender<Vec<Message>>,
+        tls: Option<Arc<Reloadable<PeerTls>>>,
     ) -> anyhow::Result<Transport> {
         let me = config
             .node(my_id)
@@ -124,6 +129,7 @@ impl Transport {
                 peer_id: node.id,
                 peer_addr: node.peer_addr.clone(),
                 hello: hello.clone(),
+                tls: tls.clone(),
                 queue,
                 dropped: dropped.clone(),
                 shutdown: shutdown.clone(),
@@ -137,6 +143,7 @@ impl Transport {
                     stream: StreamKind::Snapshot,
                     ..hello.clone()
                 },
+                tls: tls.clone(),
                 slot: snapshots.clone(),
                 dropped: dropped.clone(),
                 shutdown: shutdown.clone(),
@@ -161,7 +168,7 @@ impl Transport {
         // A live peer connection gives way to a newcomer claiming the same node only after this long
         // without a frame: long enough for a leader's heartbeats, short enough for a real reconnect.
         let replace_after = std::time::Duration::from_millis(config.tunables.election_timeout_ms);
-        let acceptor = Acceptor::new(hello, known_peers, inbound, replace_after);
+        let acceptor = Acceptor::new(hello, known_peers, inbound, replace_after, tls);
         tasks.push(tokio::spawn(acceptor.run(listener, shutdown.clone())));
         info!(node = my_id, addr = %local_addr, "peer transport listening");
 

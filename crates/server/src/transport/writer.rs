@@ -7,12 +7,12 @@ use crate::wire::Handshake;
 use anyhow::{anyhow, bail};
 use bytes::BytesMut;
 use raftkv_raft::Message;
+use raftkv_tls::{PeerTls, Reloadable, Stream};
 use std::hash::BuildHasher;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, error, info};
@@ -31,6 +31,8 @@ pub(super) struct PeerWriter {
     pub(super) peer_id: u64,
     pub(super) peer_addr: String,
     pub(super) hello: Handshake,
+    /// Peer mutual TLS, when the cluster uses it.
+    pub(super) tls: Option<Arc<Reloadable<PeerTls>>>,
     pub(super) queue: mpsc::Receiver<Message>,
     pub(super) dropped: Arc<AtomicU64>,
     pub(super) shutdown: CancellationToken,
@@ -87,17 +89,23 @@ impl PeerWriter {
         }
     }
 
-    async fn connect(&self) -> anyhow::Result<TcpStream> {
-        dial(&self.peer_addr, &self.hello, self.peer_id).await
+    async fn connect(&self) -> anyhow::Result<Stream> {
+        dial(
+            &self.peer_addr,
+            &self.hello,
+            self.peer_id,
+            self.tls.as_deref(),
+        )
+        .await
     }
 
     /// Sends queued messages until the connection fails or the transport stops.
     async fn pump(
         &mut self,
-        stream: &mut TcpStream,
+        stream: &mut Stream,
         buffer: &mut BytesMut,
     ) -> anyhow::Result<Stopped> {
-        let (mut reader, mut writer) = stream.split();
+        let (mut reader, mut writer) = tokio::io::split(stream);
         let mut batch = Vec::with_capacity(MAX_BATCH_MESSAGES);
         let mut probe = [0u8; 64];
         loop {

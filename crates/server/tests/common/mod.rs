@@ -17,12 +17,15 @@ pub fn cluster(nodes: u64, cluster_id: &str) -> ClusterConfig {
     ClusterConfig {
         cluster_id: cluster_id.to_string(),
         tunables: Tunables::default(),
+        tls: None,
         nodes: (1..=nodes)
-            .map(|id| NodeConfig {
-                id,
-                client_addr: format!("127.0.0.1:{}", free_port()),
-                peer_addr: format!("127.0.0.1:{}", free_port()),
-                data_dir: format!("/tmp/unused-{id}").into(),
+            .map(|id| {
+                NodeConfig::new(
+                    id,
+                    format!("127.0.0.1:{}", free_port()),
+                    format!("127.0.0.1:{}", free_port()),
+                    format!("/tmp/unused-{id}").into(),
+                )
             })
             .collect(),
     }
@@ -36,7 +39,7 @@ pub struct Node {
 /// Starts node `id`'s transport; `inbound_frames` bounds its inbound queue (in frames).
 pub async fn start_with(config: &ClusterConfig, id: u64, inbound_frames: usize) -> Node {
     let (sender, inbound) = mpsc::channel(inbound_frames);
-    let transport = Transport::start(config, id, sender)
+    let transport = Transport::start(config, id, sender, None)
         .await
         .expect("transport starts");
     Node { transport, inbound }
