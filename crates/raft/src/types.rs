@@ -96,6 +96,58 @@ pub struct Message {
     pub body: MessageBody,
 }
 
+/// The largest term or index a message may carry: beyond any real log (2^62 entries at a million a
+/// second is 146,000 years), and far enough below `u64::MAX` that arithmetic on accepted values
+/// (`index + 1`, `index + entries`, `term + 1`) cannot overflow.
+pub const MAX_INDEX: Index = 1 << 62;
+
+impl Message {
+    /// Whether every term and index in the message is at most [`MAX_INDEX`]. The core ignores a message
+    /// that is not: only a broken or hostile peer sends one.
+    pub fn within_bounds(&self) -> bool {
+        let ok = |value: u64| value <= MAX_INDEX;
+        ok(self.term)
+            && match &self.body {
+                MessageBody::PreVote {
+                    last_index,
+                    last_term,
+                }
+                | MessageBody::Vote {
+                    last_index,
+                    last_term,
+                    ..
+                } => ok(*last_index) && ok(*last_term),
+                MessageBody::Append {
+                    prev_index,
+                    prev_term,
+                    entries,
+                    commit,
+                } => {
+                    ok(*prev_index)
+                        && ok(*prev_term)
+                        && ok(*commit)
+                        && entries.iter().all(|e| ok(e.index) && ok(e.term))
+                }
+                MessageBody::AppendResponse(AppendResult::Accepted { last_index }) => {
+                    ok(*last_index)
+                }
+                MessageBody::AppendResponse(AppendResult::Rejected {
+                    prev_index,
+                    hint_index,
+                    hint_term,
+                }) => ok(*prev_index) && ok(*hint_index) && ok(*hint_term),
+                MessageBody::Heartbeat { commit, .. } => ok(*commit),
+                MessageBody::InstallSnapshot { snapshot } => {
+                    ok(snapshot.meta.index) && ok(snapshot.meta.term)
+                }
+                MessageBody::PreVoteResponse { .. }
+                | MessageBody::VoteResponse { .. }
+                | MessageBody::HeartbeatResponse { .. }
+                | MessageBody::TimeoutNow => true,
+            }
+    }
+}
+
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum MessageBody {
     /// "Would you vote for me if I campaigned?" Changes no state on the receiver.

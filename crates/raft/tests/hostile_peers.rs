@@ -68,12 +68,71 @@ fn an_acknowledgement_past_the_log_counts_only_up_to_the_log() {
     let _ = make_leader(&mut leader);
     let last = leader.status().last_index;
     let term = leader.status().term;
-    leader.step(msg(
+    // Past the bound the message is ignored; within it, it counts only up to the leader's log.
+    for claimed in [MAX, MAX_INDEX] {
+        leader.step(msg(
+            2,
+            1,
+            term,
+            MessageBody::AppendResponse(AppendResult::Accepted {
+                last_index: claimed,
+            }),
+        ));
+        let _ = flush(&mut leader);
+        assert!(leader.match_index(2) <= Some(last));
+    }
+    assert_eq!(leader.match_index(2), Some(last));
+}
+
+/// Found by the `peer_wire` fuzzer: a follower adopted an InstallSnapshot at index `u64::MAX`, after
+/// which computing its first index (`base + 1`) overflowed.
+#[test]
+fn a_snapshot_at_the_end_of_the_index_space_is_ignored() {
+    for (index, term) in [(MAX, 1), (1, MAX), (MAX_INDEX + 1, 1)] {
+        let mut follower = plain(1, 3);
+        let snapshot = Snapshot {
+            meta: SnapshotMeta {
+                index,
+                term,
+                membership: follower.membership().clone(),
+            },
+            data: Default::default(),
+        };
+        follower.step(msg(2, 1, 1, MessageBody::InstallSnapshot { snapshot }));
+        let _ = flush(&mut follower);
+        let status = follower.status();
+        assert_eq!(status.last_index, 0, "the snapshot was adopted: {status:?}");
+    }
+}
+
+#[test]
+fn terms_past_the_bound_are_ignored() {
+    let mut follower = plain(1, 3);
+    follower.step(msg(
         2,
         1,
-        term,
-        MessageBody::AppendResponse(AppendResult::Accepted { last_index: MAX }),
+        MAX,
+        MessageBody::Heartbeat {
+            commit: 0,
+            read_round: 0,
+        },
     ));
-    let _ = flush(&mut leader);
-    assert_eq!(leader.match_index(2), Some(last));
+    follower.step(msg(2, 1, MAX_INDEX + 1, MessageBody::TimeoutNow));
+    let _ = flush(&mut follower);
+    assert_eq!(follower.status().term, 0);
+    // At the bound itself a message is still taken, and nothing overflows afterwards.
+    follower.step(msg(
+        2,
+        1,
+        MAX_INDEX,
+        MessageBody::Heartbeat {
+            commit: 0,
+            read_round: 0,
+        },
+    ));
+    for _ in 0..200 {
+        follower.tick();
+        let _ = flush(&mut follower);
+    }
+    assert!(follower.status().term >= MAX_INDEX);
 }

@@ -162,9 +162,13 @@ impl Raft {
         }
     }
 
-    /// Handles a message from a peer. Messages from stale terms or unknown senders are ignored.
+    /// Handles a message from a peer. Messages from stale terms or unknown senders, and messages with a
+    /// term or index past [`MAX_INDEX`], are ignored.
     pub fn step(&mut self, msg: Message) {
         if msg.from == self.id || msg.to != self.id || !self.membership.contains(msg.from) {
+            return;
+        }
+        if !msg.within_bounds() {
             return;
         }
         if !self.check_term(&msg) {
