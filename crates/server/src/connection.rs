@@ -5,7 +5,7 @@
 //! is bounded, so a client that pipelines faster than the cluster commits is slowed down by TCP
 //! back-pressure rather than by our memory.
 
-use bytes::BytesMut;
+use bytes::{BufMut, BytesMut};
 use raftkv_kv::Command;
 use raftkv_protocol::{ParseError, ParseOutcome, Parser, Reply, Request};
 use raftkv_tls::Stream;
@@ -15,19 +15,26 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::sync::{mpsc, oneshot, OwnedSemaphorePermit, Semaphore};
 use tracing::debug;
 
+use crate::reply_budget::{ChargedReply, ReplyBudget};
 use crate::request::{ClientRequest, Op};
 
 /// Replies a connection may owe at once; beyond this its reader stops reading.
 const MAX_PIPELINE: usize = 1024;
+/// Bytes a connection may read beyond the value it has budget for (a command line is at most ~300).
+const READ_AHEAD: usize = 16 * 1024;
 /// Replies buffered before the writer flushes even if more are ready.
 const MAX_WRITE_BUFFER: usize = 256 * 1024;
+/// A write buffer grown past this (by a large value) is given back after it is flushed.
+const KEEP_WRITE_BUFFER: usize = 2 * MAX_WRITE_BUFFER;
+/// How long a client may take to accept a flush of replies.
+const REPLY_WRITE_TIMEOUT: Duration = Duration::from_secs(30);
 
 enum Slot {
     /// A reply known at parse time (a protocol error); `close` ends the connection after it.
     Immediate { reply: Reply, close: bool },
     /// A reply the node loop will send.
     Pending {
-        reply: oneshot::Receiver<Reply>,
+        reply: oneshot::Receiver<ChargedReply>,
         noreply: bool,
         /// The request's share of the connection's and the node's byte budgets, returned with the reply.
         _permits: (OwnedSemaphorePermit, OwnedSemaphorePermit),
@@ -47,6 +54,8 @@ pub struct Limits {
     /// The node-wide budget of buffered request bytes, shared by every connection, and its size.
     pub node_budget: Arc<Semaphore>,
     pub node_budget_bytes: usize,
+    /// The node-wide budget of queued reply bytes; past it, connections stop reading requests.
+    pub reply_budget: Arc<ReplyBudget>,
 }
 
 pub async fn serve(socket: Stream, limits: Limits, node: mpsc::Sender<ClientRequest>) {
@@ -100,6 +109,12 @@ async fn read_requests(
             let slot = match parser.parse(&mut buf) {
                 ParseOutcome::NeedMore => break,
                 ParseOutcome::Request(request) => {
+                    if request_bytes(&request) > READ_AHEAD {
+                        // The value was split off `buf` without a copy, so `buf` still shares its
+                        // allocation: move the few bytes after it to a buffer of their own, or an idle
+                        // connection would keep a large value's memory alive after the value is gone.
+                        buf = BytesMut::from(&buf[..]);
+                    }
                     // A request larger than the whole budget waits for everything else to drain.
                     let cost = (request_bytes(&request).max(1)).min(budget) as u32;
                     let Ok(permit) = in_flight.clone().acquire_many_owned(cost).await else {
@@ -119,6 +134,8 @@ async fn read_requests(
                             permit
                         }
                     };
+                    // Requests already buffered are also held back while replies exceed the budget.
+                    limits.reply_budget.wait_within_limit().await;
                     match submit(request, (permit, node_permit), &node).await {
                         Some(slot) => slot,
                         None => return,
@@ -142,9 +159,6 @@ async fn read_requests(
                 return;
             }
         }
-        if buf.capacity() - buf.len() < 4096 {
-            buf.reserve(16 * 1024);
-        }
         // A value is buffered only within the node's budget: reserve its share before reading it, so
         // that a thousand connections sending large values cannot buffer a thousand values at once.
         if reserved.is_none() {
@@ -156,6 +170,16 @@ async fn read_requests(
                 reserved = Some(permit);
             }
         }
+        // Read no further ahead than the reservation covers: a command line is short, so beyond the
+        // value being read (if any) a connection buffers at most READ_AHEAD unbudgeted bytes.
+        let reserved_bytes = reserved.as_ref().map_or(0, |p| p.num_permits());
+        let room = (READ_AHEAD + reserved_bytes)
+            .saturating_sub(buf.len())
+            .max(1);
+        if buf.capacity() - buf.len() < room.min(READ_AHEAD) {
+            // Sized to the value being read, so the value's allocation is not much larger than it.
+            buf.reserve(room);
+        }
         // A stalled request holds a buffer and a connection slot: give it a bounded time. An idle
         // connection holds little, and is closed only if the operator asked for it.
         let limit = if !buf.is_empty() || parser.mid_request() {
@@ -163,7 +187,11 @@ async fn read_requests(
         } else {
             limits.idle_timeout
         };
-        let read = reader.read_buf(&mut buf);
+        // While replies owed to clients exceed the node's budget, take no new requests: the writers
+        // drain them (or time out), and only then do more replies get made.
+        limits.reply_budget.wait_within_limit().await;
+        let mut window = (&mut buf).limit(room);
+        let read = reader.read_buf(&mut window);
         let read = match limit {
             Some(limit) => match tokio::time::timeout(limit, read).await {
                 Ok(read) => read,
@@ -233,20 +261,22 @@ async fn write_replies(mut writer: impl AsyncWrite + Unpin, mut slots: mpsc::Rec
                 Slot::Pending {
                     mut reply, noreply, ..
                 } => {
-                    let answer = match reply.try_recv() {
+                    let (answer, charge) = match reply.try_recv() {
                         Ok(answer) => answer,
                         Err(oneshot::error::TryRecvError::Empty) => {
                             // Flush what is ready before waiting, so earlier replies are not held back.
                             if flush(&mut writer, &mut out).await.is_err() {
                                 return;
                             }
-                            reply.await.unwrap_or(Reply::ErrInternal)
+                            reply.await.unwrap_or((Reply::ErrInternal, None))
                         }
-                        Err(oneshot::error::TryRecvError::Closed) => Reply::ErrInternal,
+                        Err(oneshot::error::TryRecvError::Closed) => (Reply::ErrInternal, None),
                     };
                     if !(noreply && answer.suppressed_by_noreply()) {
                         answer.encode(&mut out);
                     }
+                    // The bytes are in this connection's bounded buffer now.
+                    drop(charge);
                     false
                 }
             };
@@ -271,10 +301,18 @@ async fn write_replies(mut writer: impl AsyncWrite + Unpin, mut slots: mpsc::Rec
     let _ = writer.shutdown().await;
 }
 
+/// Writes `out`. A client that accepts none of it for [`REPLY_WRITE_TIMEOUT`] is given up on: its
+/// replies would otherwise hold the node's reply budget, and pause every other client, forever.
 async fn flush(writer: &mut (impl AsyncWrite + Unpin), out: &mut BytesMut) -> std::io::Result<()> {
     if !out.is_empty() {
-        writer.write_all(out).await?;
+        tokio::time::timeout(REPLY_WRITE_TIMEOUT, writer.write_all(out))
+            .await
+            .map_err(|_| std::io::Error::other("the client read no replies in time"))??;
         out.clear();
+        if out.capacity() > KEEP_WRITE_BUFFER {
+            // An idle connection should not keep a large reply's buffer.
+            *out = BytesMut::with_capacity(16 * 1024);
+        }
     }
     Ok(())
 }

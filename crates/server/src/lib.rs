@@ -22,6 +22,7 @@ pub mod connection;
 pub mod listener;
 pub mod node;
 pub mod persist;
+pub mod reply_budget;
 pub mod request;
 pub mod snapshot_stream;
 mod sync;
@@ -106,6 +107,8 @@ pub async fn run_node(config: ClusterConfig, id: u64) -> anyhow::Result<()> {
         .context("cannot start the storage thread")?;
 
     let (requests_tx, requests_rx) = mpsc::channel(REQUEST_QUEUE_DEPTH);
+    // The same limit as for buffered requests, counted separately.
+    let reply_budget = reply_budget::ReplyBudget::new(config.tunables.max_buffered_request_bytes);
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
     let accept = tokio::spawn(listener::accept_clients(
         listener,
@@ -124,6 +127,7 @@ pub async fn run_node(config: ClusterConfig, id: u64) -> anyhow::Result<()> {
                     .min(tokio::sync::Semaphore::MAX_PERMITS),
             )),
             node_budget_bytes: config.tunables.max_buffered_request_bytes,
+            reply_budget: reply_budget.clone(),
             idle_timeout: (config.tunables.client_idle_timeout_s > 0)
                 .then(|| std::time::Duration::from_secs(config.tunables.client_idle_timeout_s)),
         },
@@ -136,6 +140,7 @@ pub async fn run_node(config: ClusterConfig, id: u64) -> anyhow::Result<()> {
 
     let node = NodeLoop {
         replica,
+        reply_budget,
         tick: std::time::Duration::from_millis(config.tunables.tick_ms),
         transport: transport.clone(),
         persist: persist_tx,

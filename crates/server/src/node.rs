@@ -9,23 +9,26 @@
 
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use raftkv_protocol::Reply;
 use raftkv_raft::Message;
 use raftkv_replica::{BuiltSnapshot, Now, Replica, SnapshotTask};
 use raftkv_wal::SnapshotWriter;
-use tokio::sync::{mpsc, oneshot, watch};
+use std::sync::Arc;
+use tokio::sync::{mpsc, watch};
 use tokio::time::MissedTickBehavior;
 use tracing::{info, warn};
 
 use crate::persist::{Durable, PersistJob};
-use crate::request::ClientRequest;
+use crate::reply_budget::ReplyBudget;
+use crate::request::{ClientRequest, ReplyHandle};
 use crate::transport::Transport;
 
 /// Requests taken from the client queue per loop turn, so ticks and peers are never starved.
 const MAX_REQUESTS_PER_TURN: usize = 4096;
 
 pub struct NodeLoop {
-    pub replica: Replica<oneshot::Sender<Reply>>,
+    pub replica: Replica<ReplyHandle>,
+    /// Charged with every reply's value bytes until its connection has taken it.
+    pub reply_budget: Arc<ReplyBudget>,
     pub tick: Duration,
     pub transport: Transport,
     pub persist: mpsc::Sender<PersistJob>,
@@ -129,7 +132,8 @@ impl NodeLoop {
         }
         let out = self.replica.outputs();
         for (handle, reply) in out.replies.drain(..) {
-            let _ = handle.send(reply);
+            // A connection that is gone drops the reply, and with it the charge.
+            let _ = handle.send(self.reply_budget.charge(reply));
         }
         if !out.released.is_empty() {
             // Freeing a large store takes long enough to stall the loop; let another thread do it.

@@ -1,11 +1,14 @@
 //! What a client connection asks of the node loop, and how the answer comes back: the replica's
 //! request with a oneshot channel as its handle.
 
-use raftkv_protocol::Reply;
+use crate::reply_budget::ChargedReply;
 use tokio::sync::oneshot;
 
 pub use raftkv_replica::Op;
 
 /// One client command on its way to the node loop. The connection keeps the receiving half of the
 /// handle in request order, which is how pipelined replies stay in order.
-pub type ClientRequest = raftkv_replica::ClientRequest<oneshot::Sender<Reply>>;
+pub type ClientRequest = raftkv_replica::ClientRequest<oneshot::Sender<ChargedReply>>;
+
+/// Where the node loop sends one request's reply, with its share of the reply budget.
+pub type ReplyHandle = oneshot::Sender<ChargedReply>;

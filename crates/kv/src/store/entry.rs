@@ -1,7 +1,14 @@
 //! One stored key: kept in a single allocation (`key_len | key | value`) plus two integers, because
-//! per-entry overhead dominates memory when a store holds millions of small values.
+//! per-entry overhead dominates memory when a store holds millions of small values. The allocation is
+//! reference-counted so that a read of a large value shares it instead of copying it.
 
 use crate::limits::MAX_KEY_LEN;
+use bytes::Bytes;
+use std::sync::Arc;
+
+/// Values at most this long are copied into a read's reply; longer ones are shared with the store (a
+/// copy of a few hundred bytes costs less than the shared handle's own allocation).
+const SHARE_VALUES_FROM: usize = 1024;
 
 /// `expires_at_ms` of a key that never expires.
 pub const NEVER: u64 = u64::MAX;
@@ -11,7 +18,7 @@ pub struct Entry {
     pub version: u64,
     /// First instant (ms, leader's clock) at which the key is absent; [`NEVER`] if it never expires.
     pub expires_at_ms: u64,
-    key_and_value: Box<[u8]>,
+    key_and_value: Arc<[u8]>,
 }
 
 impl Entry {
@@ -28,7 +35,7 @@ impl Entry {
         Some(Entry {
             version,
             expires_at_ms,
-            key_and_value: key_and_value.into_boxed_slice(),
+            key_and_value: Arc::from(key_and_value),
         })
     }
 
@@ -60,11 +67,30 @@ impl Entry {
         &self.key_and_value[self.key_end()..]
     }
 
+    /// The value as `Bytes` for a reply: shared with the store when it is large, so that many replies
+    /// of one value queued for slow clients hold it once, and a large read costs no copy.
+    pub fn value_bytes(&self) -> Bytes {
+        let start = self.key_end();
+        if self.key_and_value.len() - start <= SHARE_VALUES_FROM {
+            return Bytes::copy_from_slice(self.value());
+        }
+        Bytes::from_owner(SharedKeyAndValue(self.key_and_value.clone())).slice(start..)
+    }
+
     pub fn is_live_at(&self, now_ms: u64) -> bool {
         now_ms < self.expires_at_ms
     }
 
     pub fn expires(&self) -> bool {
         self.expires_at_ms != NEVER
+    }
+}
+
+/// The owner handed to [`Bytes::from_owner`]: the entry's allocation, kept alive by the reply.
+struct SharedKeyAndValue(Arc<[u8]>);
+
+impl AsRef<[u8]> for SharedKeyAndValue {
+    fn as_ref(&self) -> &[u8] {
+        &self.0
     }
 }

@@ -6,8 +6,6 @@ mod expiry;
 mod snapshot;
 mod table;
 
-use bytes::Bytes;
-
 use crate::command::Command;
 use crate::limits::{expiry_instant, is_valid_exptime, is_valid_key};
 use crate::protocol::{Reply, Request};
@@ -84,7 +82,7 @@ impl Store {
         match request {
             Request::Get { key } => match self.live(key, now_ms) {
                 Some(entry) => Reply::Value {
-                    value: Bytes::copy_from_slice(entry.value()),
+                    value: entry.value_bytes(),
                 },
                 None => Reply::ErrNotFound,
             },
@@ -92,7 +90,7 @@ impl Store {
                 Some(entry) => Reply::ValueMeta {
                     version: entry.version,
                     exptime: remaining_whole_seconds(entry.expires_at_ms, now_ms),
-                    value: Bytes::copy_from_slice(entry.value()),
+                    value: entry.value_bytes(),
                 },
                 None => Reply::ErrNotFound,
             },
