@@ -176,9 +176,14 @@ async fn read_requests(
         let room = (READ_AHEAD + reserved_bytes)
             .saturating_sub(buf.len())
             .max(1);
-        if buf.capacity() - buf.len() < room.min(READ_AHEAD) {
+        let spare = buf.capacity() - buf.len();
+        if reserved_bytes > 0 && spare < room {
             // Sized to the value being read, so the value's allocation is not much larger than it.
             buf.reserve(room);
+        } else if spare < 4096 {
+            // Keys parsed out of `buf` share its allocation, so growing it allocates anew: do it once
+            // per READ_AHEAD bytes of small requests, not once per request.
+            buf.reserve(READ_AHEAD);
         }
         // A stalled request holds a buffer and a connection slot: give it a bounded time. An idle
         // connection holds little, and is closed only if the operator asked for it.

@@ -12,7 +12,7 @@ use std::hash::BuildHasher;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, error, info};
@@ -105,7 +105,25 @@ impl PeerWriter {
         stream: &mut Stream,
         buffer: &mut BytesMut,
     ) -> anyhow::Result<Stopped> {
-        let (mut reader, mut writer) = tokio::io::split(stream);
+        match stream {
+            // A plain socket splits into halves without a lock between them.
+            Stream::Plain(tcp) => {
+                let (reader, writer) = tcp.split();
+                self.pump_halves(reader, writer, buffer).await
+            }
+            tls => {
+                let (reader, writer) = tokio::io::split(tls);
+                self.pump_halves(reader, writer, buffer).await
+            }
+        }
+    }
+
+    async fn pump_halves(
+        &mut self,
+        mut reader: impl AsyncRead + Unpin,
+        mut writer: impl AsyncWrite + Unpin,
+        buffer: &mut BytesMut,
+    ) -> anyhow::Result<Stopped> {
         let mut batch = Vec::with_capacity(MAX_BATCH_MESSAGES);
         let mut probe = [0u8; 64];
         loop {
