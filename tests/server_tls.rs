@@ -322,3 +322,15 @@ fn certificates_rotate_without_a_restart() {
         cluster.log_tails(20)
     );
 }
+
+#[test]
+fn a_node_without_peer_tls_says_so_at_start() {
+    let mut cluster = Cluster::configure(1, FAST_TUNABLES);
+    cluster.start_node(0);
+    cluster.wait_leader();
+    let log = log_of(&cluster, 0);
+    assert!(
+        log.contains("peer TLS is off") && log.contains("docs/security.md"),
+        "{log}"
+    );
+}
