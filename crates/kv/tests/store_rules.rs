@@ -399,3 +399,27 @@ fn a_store_can_be_cloned_to_another_thread() {
     assert_eq!(get(&restored, "a", 0), value("1"));
     assert_eq!(get(&store, "a", 0), value("2"));
 }
+
+/// The store's byte count follows every way an entry comes and goes: set, overwrite, delete, expiry,
+/// and a restore from a snapshot.
+#[test]
+fn bytes_count_keys_and_values_held() {
+    let mut store = Store::new();
+    assert_eq!(store.bytes(), 0);
+    store.apply(1, 1_000, &set("alpha", 0, "12345"));
+    assert_eq!(store.bytes(), 1 + 5 + 5);
+    store.apply(2, 1_000, &set("alpha", 0, "1"));
+    assert_eq!(store.bytes(), 1 + 5 + 1);
+    store.apply(3, 1_000, &set("b", 1, "xyz"));
+    assert_eq!(store.bytes(), 7 + 1 + 1 + 3);
+    let mut snapshot = Vec::new();
+    store.snapshot(&mut snapshot);
+    let restored = Store::restore(&snapshot).expect("restore");
+    assert_eq!(restored.bytes(), store.bytes());
+    store.apply(4, 1_000, &delete("alpha"));
+    assert_eq!(store.bytes(), 5);
+    // An Expire entry stamped later reclaims the expired key.
+    store.apply(5, 10_000, &Command::Expire);
+    assert_eq!(store.len(), 0);
+    assert_eq!(store.bytes(), 0);
+}

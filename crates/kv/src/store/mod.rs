@@ -98,6 +98,11 @@ impl Store {
         }
     }
 
+    /// Bytes of keys and values held (what a snapshot's entries carry, without framing).
+    pub fn bytes(&self) -> usize {
+        self.entries.bytes()
+    }
+
     /// Number of keys held, including expired keys whose memory has not been reclaimed yet.
     pub fn len(&self) -> usize {
         self.entries.len()

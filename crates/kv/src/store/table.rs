@@ -100,6 +100,8 @@ pub struct KeyTable {
     /// Per shard, the earliest instant in its expiry index ([`NEVER`] if empty).
     next_expiry: Vec<u64>,
     len: usize,
+    /// Bytes of keys and values held (each entry's `key_and_value_len`).
+    bytes: usize,
     /// Entries that expire (the expiry indexes may hold fewer elements, see `expiry`).
     expiring: usize,
     hasher: RandomState,
@@ -113,6 +115,7 @@ impl Default for KeyTable {
             shards: vec![empty; SHARDS],
             next_expiry: vec![NEVER; SHARDS],
             len: 0,
+            bytes: 0,
             expiring: 0,
             hasher: RandomState::new(),
         }
@@ -150,6 +153,11 @@ impl KeyTable {
         self.len
     }
 
+    /// Bytes of keys and values held.
+    pub fn bytes(&self) -> usize {
+        self.bytes
+    }
+
     pub fn expiring_len(&self) -> usize {
         self.expiring
     }
@@ -179,6 +187,7 @@ impl KeyTable {
         let hasher = &self.hasher;
         let shard = Arc::make_mut(&mut self.shards[at]);
         let (expires, expires_at_ms) = (entry.expires(), entry.expires_at_ms);
+        self.bytes += entry.key_and_value_len();
         let old = match shard.table.entry(
             hash,
             |held| held.key() == entry.key(),
@@ -195,6 +204,7 @@ impl KeyTable {
                 // After the replacement, so an old and new entry sharing (instant, hash) keep it.
                 shard.unindex(hasher, hash, old);
                 self.expiring = self.expiring.saturating_sub(usize::from(old.expires()));
+                self.bytes -= old.key_and_value_len();
             }
             None => self.len += 1,
         }
@@ -222,6 +232,7 @@ impl KeyTable {
         shard.unindex(hasher, hash, &old);
         self.expiring = self.expiring.saturating_sub(usize::from(old.expires()));
         self.len -= 1;
+        self.bytes -= old.key_and_value_len();
         self.next_expiry[at] = shard.expiry.first_instant().unwrap_or(NEVER);
         Some(old)
     }
@@ -248,9 +259,10 @@ impl KeyTable {
                 while let Ok(found) = shard.table.find_entry(hash, |entry| {
                     entry.expires_at_ms == instant && hasher.hash_one(entry.key()) == hash
                 }) {
-                    found.remove();
+                    let (removed, _) = found.remove();
                     self.expiring = self.expiring.saturating_sub(1);
                     self.len -= 1;
+                    self.bytes -= removed.key_and_value_len();
                 }
             }
             self.next_expiry[at] = shard.expiry.first_instant().unwrap_or(NEVER);
@@ -263,6 +275,7 @@ impl KeyTable {
 pub struct Builder {
     shards: Vec<Shard>,
     len: usize,
+    bytes: usize,
     expiring: usize,
     hasher: RandomState,
 }
@@ -279,6 +292,7 @@ impl Builder {
                 })
                 .collect(),
             len: 0,
+            bytes: 0,
             expiring: 0,
             hasher: RandomState::new(),
         }
@@ -290,6 +304,7 @@ impl Builder {
         let hash = hasher.hash_one(entry.key());
         let shard = &mut self.shards[shard_of(hash)];
         let (expires, expires_at_ms) = (entry.expires(), entry.expires_at_ms);
+        let bytes = entry.key_and_value_len();
         match shard.table.entry(
             hash,
             |held| held.key() == entry.key(),
@@ -305,6 +320,7 @@ impl Builder {
             self.expiring += 1;
         }
         self.len += 1;
+        self.bytes += bytes;
         Ok(())
     }
 
@@ -317,6 +333,7 @@ impl Builder {
                 .collect(),
             shards: self.shards.into_iter().map(Arc::new).collect(),
             len: self.len,
+            bytes: self.bytes,
             expiring: self.expiring,
             hasher: self.hasher,
         }
