@@ -19,6 +19,8 @@ const DEFAULT_NODES: u64 = 5;
 const DEFAULT_CLIENT_PORT: u16 = 9000;
 /// Peer ports start this far above the client ports unless `--peer-port` says otherwise.
 const DEFAULT_PEER_PORT_OFFSET: u16 = 1000;
+/// HTTP ports (metrics, health, status) start this far above the client ports unless `--http-port` says otherwise.
+const DEFAULT_HTTP_PORT_OFFSET: u16 = 2000;
 const CONFIG_FILE: &str = "cluster.toml";
 /// How long stopped children get to exit after SIGTERM before they are killed.
 const STOP_GRACE: Duration = Duration::from_secs(10);
@@ -41,6 +43,9 @@ pub struct Args {
     /// Peer port of node 1; node i uses peer-port + i - 1 [default: port + 1000].
     #[arg(long, value_parser = clap::value_parser!(u16).range(1..))]
     pub peer_port: Option<u16>,
+    /// HTTP port (metrics, health, status) of node 1; node i uses http-port + i - 1 [default: port + 2000].
+    #[arg(long, value_parser = clap::value_parser!(u16).range(1..))]
+    pub http_port: Option<u16>,
     /// A new cluster uses mutual TLS between its nodes, with a CA and certificates made in <dir>/tls.
     #[arg(long)]
     pub tls: bool,
@@ -172,16 +177,35 @@ fn new_config(args: &Args) -> anyhow::Result<ClusterConfig> {
             "--peer-port {peer_port}: peer ports {peer_port}-{last_peer} overlap client ports {port}-{last_client}"
         );
     }
+    let http_port = match args.http_port {
+        Some(http_port) => http_port,
+        None => port.checked_add(DEFAULT_HTTP_PORT_OFFSET).ok_or_else(|| {
+            anyhow!("--port {port}: the default HTTP ports (port + {DEFAULT_HTTP_PORT_OFFSET}) exceed 65535; set --http-port")
+        })?,
+    };
+    let last_http = last(http_port, "--http-port")?;
+    for (what, first, end) in [
+        ("client", port, last_client),
+        ("peer", peer_port, last_peer),
+    ] {
+        if http_port <= end && first <= last_http {
+            bail!(
+                "--http-port {http_port}: HTTP ports {http_port}-{last_http} overlap {what} ports {first}-{end}"
+            );
+        }
+    }
     let nodes = (1..=count)
         .map(|id| {
             let offset = (id - 1) as u16;
-            NodeConfig::new(
+            let mut node = NodeConfig::new(
                 id,
                 format!("127.0.0.1:{}", port + offset),
                 format!("127.0.0.1:{}", peer_port + offset),
                 // Relative, so the directory can be moved as a whole.
                 PathBuf::from(format!("node{id}")),
-            )
+            );
+            node.http_addr = Some(format!("127.0.0.1:{}", http_port + offset));
+            node
         })
         .collect();
     let random = std::collections::hash_map::RandomState::new().hash_one(Instant::now());
@@ -256,7 +280,11 @@ pub fn write_atomically(path: &Path, text: &str) -> anyhow::Result<()> {
 /// Fails early, naming the port, instead of letting a child die with the reason buried in its log.
 fn check_ports_free(config: &ClusterConfig) -> anyhow::Result<()> {
     for node in &config.nodes {
-        for (what, addr) in [("client", &node.client_addr), ("peer", &node.peer_addr)] {
+        let http = node.http_addr.iter().map(|addr| ("http", addr));
+        for (what, addr) in [("client", &node.client_addr), ("peer", &node.peer_addr)]
+            .into_iter()
+            .chain(http)
+        {
             if let Err(err) = std::net::TcpListener::bind(addr.as_str()) {
                 bail!("node {} {what} address {addr} is unavailable ({err}); is this cluster already running?", node.id);
             }

@@ -9,6 +9,7 @@ mod certs_cmd;
 mod client_cmd;
 mod cluster;
 mod server_cmd;
+mod status_cmd;
 mod tls_args;
 
 use clap::{Parser, Subcommand};
@@ -35,6 +36,8 @@ enum Command {
     Client(client_cmd::Args),
     /// Load generator: throughput and latency of a running cluster.
     Bench(bench::Args),
+    /// One table of the whole cluster's state, from every node's HTTP /status.
+    Status(status_cmd::Args),
     /// Create a CA and certificates for a cluster's nodes and clients (for local and test use).
     Certs(certs_cmd::Args),
 }
@@ -47,5 +50,6 @@ fn main() -> ExitCode {
         Command::Client(args) => client_cmd::run(args),
         Command::Bench(args) => bench::run(args),
         Command::Certs(args) => certs_cmd::run(args),
+        Command::Status(args) => status_cmd::run(args),
     }
 }

@@ -127,6 +127,9 @@ pub struct NodeConfig {
     pub peer_addr: String,
     /// Relative paths in the file are relative to the file's directory (resolved by [`ClusterConfig::load`]).
     pub data_dir: PathBuf,
+    /// `host:port` of the node's HTTP endpoint (`/metrics`, `/health`, `/status`); none if absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub http_addr: Option<String>,
     /// PEM certificate chain of this node, naming `node-<id>.raftkv` (and its hosts, for clients).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tls_cert: Option<PathBuf>,
@@ -143,6 +146,7 @@ impl NodeConfig {
             client_addr,
             peer_addr,
             data_dir,
+            http_addr: None,
             tls_cert: None,
             tls_key: None,
         }
@@ -261,10 +265,14 @@ impl ClusterConfig {
                     .and(format!("nodes[{first}].id")),
                 );
             }
+            let http = node.http_addr.iter().map(|addr| ("http_addr", addr));
             for (field, addr) in [
                 ("client_addr", &node.client_addr),
                 ("peer_addr", &node.peer_addr),
-            ] {
+            ]
+            .into_iter()
+            .chain(http)
+            {
                 let path = format!("nodes[{i}].{field}");
                 let canonical = match parse_host_port(addr) {
                     Ok(canonical) => canonical,

@@ -10,11 +10,12 @@ use raftkv_kv::Command;
 use raftkv_protocol::{ParseError, ParseOutcome, Parser, Reply, Request};
 use raftkv_tls::Stream;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::sync::{mpsc, oneshot, OwnedSemaphorePermit, Semaphore};
 use tracing::debug;
 
+use crate::metrics::{AllRequestHandles, Metrics, OpKind, Outcome};
 use crate::reply_budget::{ChargedReply, ReplyBudget};
 use crate::request::{ClientRequest, Op};
 
@@ -36,6 +37,8 @@ enum Slot {
     Pending {
         reply: oneshot::Receiver<ChargedReply>,
         noreply: bool,
+        op: OpKind,
+        started: Instant,
         /// The request's share of the connection's and the node's byte budgets, returned with the reply.
         _permits: (OwnedSemaphorePermit, OwnedSemaphorePermit),
     },
@@ -56,10 +59,16 @@ pub struct Limits {
     pub node_budget_bytes: usize,
     /// The node-wide budget of queued reply bytes; past it, connections stop reading requests.
     pub reply_budget: Arc<ReplyBudget>,
+    /// Where the connection reports (open connections, failed proposals).
+    pub metrics: Arc<Metrics>,
+    /// Per-operation request counters and latency histograms.
+    pub requests: AllRequestHandles,
 }
 
 pub async fn serve(socket: Stream, limits: Limits, node: mpsc::Sender<ClientRequest>) {
     let _ = socket.tcp().set_nodelay(true);
+    let metrics = limits.metrics.clone();
+    metrics.client_connections.inc();
     match socket {
         // A plain socket splits into halves without a lock between them.
         Stream::Plain(tcp) => {
@@ -71,6 +80,7 @@ pub async fn serve(socket: Stream, limits: Limits, node: mpsc::Sender<ClientRequ
             serve_halves(reader, writer, limits, node).await;
         }
     }
+    metrics.client_connections.dec();
 }
 
 async fn serve_halves<R, W>(reader: R, writer: W, limits: Limits, node: mpsc::Sender<ClientRequest>)
@@ -79,7 +89,11 @@ where
     W: AsyncWrite + Unpin + Send + 'static,
 {
     let (slots_tx, slots_rx) = mpsc::channel(MAX_PIPELINE);
-    let writer_task = tokio::spawn(write_replies(writer, slots_rx));
+    let report = Report {
+        requests: limits.requests.clone(),
+        metrics: limits.metrics.clone(),
+    };
+    let writer_task = tokio::spawn(write_replies(writer, slots_rx, report));
     read_requests(reader, limits, node, slots_tx).await;
     let _ = writer_task.await;
 }
@@ -233,6 +247,14 @@ async fn submit(
     permits: (OwnedSemaphorePermit, OwnedSemaphorePermit),
     node: &mpsc::Sender<ClientRequest>,
 ) -> Option<Slot> {
+    let started = Instant::now();
+    let kind = match &request {
+        Request::Set { .. } => OpKind::set,
+        Request::Cas { .. } => OpKind::cas,
+        Request::Delete { .. } => OpKind::delete,
+        Request::Get { .. } => OpKind::get,
+        Request::Getm { .. } => OpKind::getm,
+    };
     let (op, noreply) = match request {
         Request::Get { .. } | Request::Getm { .. } => (Op::Read(request), false),
         write => match Command::from_request(write) {
@@ -250,11 +272,36 @@ async fn submit(
     Some(Slot::Pending {
         reply: rx,
         noreply,
+        op: kind,
+        started,
         _permits: permits,
     })
 }
 
-async fn write_replies(mut writer: impl AsyncWrite + Unpin, mut slots: mpsc::Receiver<Slot>) {
+/// Where a connection's writer reports each reply.
+struct Report {
+    requests: AllRequestHandles,
+    metrics: Arc<Metrics>,
+}
+
+impl Report {
+    fn reply(&self, op: OpKind, started: Instant, reply: &Reply) {
+        let handles = self.requests.of(op);
+        let outcome = Outcome::of(reply);
+        handles.count(outcome).inc();
+        handles.duration.observe(started.elapsed().as_secs_f64());
+        let write = matches!(op, OpKind::set | OpKind::cas | OpKind::delete);
+        if write && outcome == Outcome::error {
+            self.metrics.proposals_failed.inc();
+        }
+    }
+}
+
+async fn write_replies(
+    mut writer: impl AsyncWrite + Unpin,
+    mut slots: mpsc::Receiver<Slot>,
+    report: Report,
+) {
     let mut out = BytesMut::with_capacity(16 * 1024);
     while let Some(mut slot) = slots.recv().await {
         loop {
@@ -264,7 +311,11 @@ async fn write_replies(mut writer: impl AsyncWrite + Unpin, mut slots: mpsc::Rec
                     close
                 }
                 Slot::Pending {
-                    mut reply, noreply, ..
+                    mut reply,
+                    noreply,
+                    op,
+                    started,
+                    ..
                 } => {
                     let (answer, charge) = match reply.try_recv() {
                         Ok(answer) => answer,
@@ -277,6 +328,7 @@ async fn write_replies(mut writer: impl AsyncWrite + Unpin, mut slots: mpsc::Rec
                         }
                         Err(oneshot::error::TryRecvError::Closed) => (Reply::ErrInternal, None),
                     };
+                    report.reply(op, started, &answer);
                     if !(noreply && answer.suppressed_by_noreply()) {
                         answer.encode(&mut out);
                     }

@@ -19,12 +19,15 @@
 mod background;
 pub mod config;
 pub mod connection;
+pub mod http;
 pub mod listener;
+pub mod metrics;
 pub mod node;
 pub mod persist;
 pub mod reply_budget;
 pub mod request;
 pub mod snapshot_stream;
+pub mod status;
 mod sync;
 pub mod tls;
 pub mod transport;
@@ -95,16 +98,35 @@ pub async fn run_node(config: ClusterConfig, id: u64) -> anyhow::Result<()> {
             me.peer_addr
         );
     }
+    let metrics = std::sync::Arc::new(metrics::Metrics::new());
+    let members = status::members(&config);
+    let (status_tx, status_rx) = watch::channel(status::NodeStatus::default());
+    let http_listener = match &me.http_addr {
+        Some(addr) => Some(
+            TcpListener::bind(addr)
+                .await
+                .with_context(|| format!("cannot listen for HTTP on http_addr {addr}"))?,
+        ),
+        None => None,
+    };
     let listener = TcpListener::bind(&me.client_addr)
         .await
         .with_context(|| format!("cannot listen for clients on {}", me.client_addr))?;
     let (inbound_tx, inbound_rx) = mpsc::channel(INBOUND_QUEUE_DEPTH);
-    let transport = transport::Transport::start(&config, id, inbound_tx, tls.peer.clone()).await?;
+    let transport =
+        transport::Transport::start(&config, id, inbound_tx, tls.peer.clone(), metrics.clone())
+            .await?;
     let (persist_tx, persist_rx) = mpsc::channel(persist::QUEUE_DEPTH);
     let (durable_tx, durable_rx) = watch::channel(Durable::default());
     let snapshot_writer = wal.snapshot_writer();
-    let disk_thread = persist::spawn(wal, persist_rx, transport.clone(), durable_tx)
-        .context("cannot start the storage thread")?;
+    let disk_thread = persist::spawn(
+        wal,
+        persist_rx,
+        transport.clone(),
+        durable_tx,
+        metrics.clone(),
+    )
+    .context("cannot start the storage thread")?;
 
     let (requests_tx, requests_rx) = mpsc::channel(REQUEST_QUEUE_DEPTH);
     // The same limit as for buffered requests, counted separately.
@@ -128,6 +150,8 @@ pub async fn run_node(config: ClusterConfig, id: u64) -> anyhow::Result<()> {
             )),
             node_budget_bytes: config.tunables.max_buffered_request_bytes,
             reply_budget: reply_budget.clone(),
+            metrics: metrics.clone(),
+            requests: metrics::AllRequestHandles::new(&metrics),
             idle_timeout: (config.tunables.client_idle_timeout_s > 0)
                 .then(|| std::time::Duration::from_secs(config.tunables.client_idle_timeout_s)),
         },
@@ -135,6 +159,15 @@ pub async fn run_node(config: ClusterConfig, id: u64) -> anyhow::Result<()> {
         shutdown_rx.clone(),
     ));
     tokio::spawn(tls.watch(shutdown_rx.clone()));
+    if let Some(http_listener) = http_listener {
+        info!(node = id, addr = ?http_listener.local_addr().ok(), "HTTP endpoint listening");
+        tokio::spawn(http::serve(
+            http_listener,
+            metrics.clone(),
+            status_rx,
+            shutdown_rx.clone(),
+        ));
+    }
     tokio::spawn(listener::forward_signals(shutdown_tx));
     info!(node = id, clients = %me.client_addr, peers = %me.peer_addr, "serving");
 
@@ -151,6 +184,9 @@ pub async fn run_node(config: ClusterConfig, id: u64) -> anyhow::Result<()> {
         snapshots: mpsc::channel(1),
         snapshot_writer,
         started,
+        metrics,
+        status: status_tx,
+        members,
     };
     let result = node.run().await;
     accept.abort();

@@ -17,9 +17,11 @@ use tokio::sync::{mpsc, watch};
 use tokio::time::MissedTickBehavior;
 use tracing::{info, warn};
 
+use crate::metrics::Metrics;
 use crate::persist::{Durable, PersistJob};
 use crate::reply_budget::ReplyBudget;
 use crate::request::{ClientRequest, ReplyHandle};
+use crate::status::{self, Member, NodeStatus};
 use crate::transport::Transport;
 
 /// Requests taken from the client queue per loop turn, so ticks and peers are never starved.
@@ -42,10 +44,28 @@ pub struct NodeLoop {
     pub snapshot_writer: SnapshotWriter,
     /// The origin of the replica's monotonic clock.
     pub started: Instant,
+    pub metrics: Arc<Metrics>,
+    /// Where the node's status is published for the HTTP endpoint.
+    pub status: watch::Sender<NodeStatus>,
+    pub members: Vec<Member>,
+}
+
+/// How often the status and the gauges are refreshed.
+const STATUS_PERIOD: Duration = Duration::from_millis(100);
+
+/// What the status publisher remembers between refreshes.
+#[derive(Default)]
+struct Published {
+    at: Option<Instant>,
+    leader: Option<u64>,
+    role: String,
+    term: u64,
+    commit: u64,
 }
 
 impl NodeLoop {
     pub async fn run(mut self) -> anyhow::Result<()> {
+        let mut published = Published::default();
         let mut ticker = tokio::time::interval(self.tick);
         ticker.set_missed_tick_behavior(MissedTickBehavior::Delay);
         loop {
@@ -68,6 +88,7 @@ impl NodeLoop {
                 _ = ticker.tick() => {
                     let now = self.now();
                     self.replica.tick(now);
+                    self.publish_status(&mut published);
                     if self.replica.shutdown_complete(now) {
                         self.flush().await?;
                         let store = self.replica.store();
@@ -100,6 +121,40 @@ impl NodeLoop {
             }
             self.flush().await?;
         }
+    }
+
+    /// Refreshes the published status and the gauges (every [`STATUS_PERIOD`]), and logs the changes
+    /// an operator cares about.
+    fn publish_status(&mut self, published: &mut Published) {
+        if published.at.is_some_and(|at| at.elapsed() < STATUS_PERIOD) {
+            return;
+        }
+        published.at = Some(Instant::now());
+        let status = status::observe(
+            &self.replica,
+            &self.members,
+            &self.metrics,
+            self.started,
+            self.replica.shutting_down(),
+        );
+        if status.leader != published.leader && status.leader.is_some() {
+            self.metrics.leader_changes.inc();
+        }
+        if status.role != published.role {
+            info!(role = %status.role, term = status.term, "role changed");
+        } else if status.term != published.term {
+            info!(term = status.term, "term changed");
+        }
+        if status.role == "leader" && published.role == "leader" {
+            self.metrics
+                .proposals_committed
+                .inc_by(status.commit_index.saturating_sub(published.commit));
+        }
+        published.leader = status.leader;
+        published.role.clone_from(&status.role);
+        published.term = status.term;
+        published.commit = status.commit_index;
+        self.status.send_replace(status);
     }
 
     fn now(&self) -> Now {
@@ -150,6 +205,7 @@ impl NodeLoop {
     fn spawn_snapshot(&mut self, task: SnapshotTask) {
         let done = self.snapshots.0.clone();
         let writer = self.snapshot_writer.clone();
+        let metrics = self.metrics.clone();
         let spawned = std::thread::Builder::new()
             .name("raftkv-snapshot".into())
             .spawn(move || {
@@ -158,6 +214,12 @@ impl NodeLoop {
                 let keys = task.store.len();
                 let built = task.build(&writer);
                 if let Ok((snapshot, _)) = &built {
+                    metrics
+                        .snapshot_save_duration
+                        .observe(started.elapsed().as_secs_f64());
+                    metrics
+                        .snapshot_size_bytes
+                        .set(i64::try_from(snapshot.data.len()).unwrap_or(i64::MAX));
                     info!(
                         index = snapshot.meta.index,
                         keys,

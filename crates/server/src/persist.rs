@@ -9,8 +9,9 @@
 
 use std::path::PathBuf;
 use std::sync::mpsc::{RecvTimeoutError, SyncSender};
+use std::sync::Arc;
 use std::thread::JoinHandle;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use raftkv_replica::storage::write_batches;
 use raftkv_wal::fs::RealFs;
@@ -18,8 +19,12 @@ use raftkv_wal::Wal;
 use tokio::sync::{mpsc, watch};
 use tracing::error;
 
+use crate::metrics::Metrics;
 use crate::transport::Transport;
 
+/// A group commit slower than this is logged: followers with disks this slow delay commits, and a
+/// leader's slow disk delays every write.
+const SLOW_SYNC: Duration = Duration::from_millis(200);
 /// How long the janitor waits before retrying a deletion that failed.
 const JANITOR_RETRY: Duration = Duration::from_secs(1);
 /// Batches taken in one group commit at most (bounds the latency of the first one).
@@ -34,6 +39,7 @@ pub fn spawn(
     mut jobs: mpsc::Receiver<PersistJob>,
     transport: Transport,
     durable: watch::Sender<Durable>,
+    metrics: Arc<Metrics>,
 ) -> std::io::Result<JoinHandle<()>> {
     let janitor = spawn_janitor()?;
     std::thread::Builder::new()
@@ -42,7 +48,27 @@ pub fn spawn(
             let mut batch = Vec::with_capacity(MAX_BATCHES_PER_SYNC);
             let mut position = Durable::default();
             while jobs.blocking_recv_many(&mut batch, MAX_BATCHES_PER_SYNC) > 0 {
-                if let Err(err) = write_batches(&mut wal, &mut batch, &mut position) {
+                let bytes: usize = batch
+                    .iter()
+                    .flat_map(|job| &job.entries)
+                    .map(|entry| entry.data.len())
+                    .sum();
+                let started = Instant::now();
+                let written = write_batches(&mut wal, &mut batch, &mut position);
+                let took = started.elapsed();
+                metrics.wal_sync_duration.observe(took.as_secs_f64());
+                metrics.wal_written_bytes.inc_by(bytes as u64);
+                metrics
+                    .disk_bytes
+                    .set(i64::try_from(wal.disk_usage()).unwrap_or(i64::MAX));
+                if took > SLOW_SYNC {
+                    tracing::warn!(
+                        elapsed_ms = took.as_millis() as u64,
+                        bytes,
+                        "slow disk: one group commit (write + fdatasync) took over {SLOW_SYNC:?}"
+                    );
+                }
+                if let Err(err) = written {
                     error!("storage failed, stopping the node: {err}");
                     position.failed = true;
                     let _ = durable.send(position);

@@ -30,6 +30,7 @@
 //!   failed transfer from the start a few times ([`SEND_ATTEMPTS`]); after that the core's own re-send
 //!   starts it again. Restarting is always clean because nothing is delivered before the end.
 
+use crate::metrics::Metrics;
 use crate::sync::lock;
 use crate::transport::dial::{dial, WRITE_TIMEOUT};
 use crate::transport::framing::{encode_frame, read_frame};
@@ -118,6 +119,7 @@ pub(crate) struct SnapshotSender {
     /// This node's handshake, marked as a snapshot stream.
     pub(crate) hello: Handshake,
     pub(crate) tls: Option<Arc<Reloadable<PeerTls>>>,
+    pub(crate) metrics: Arc<Metrics>,
     pub(crate) slot: Arc<SnapshotSlot>,
     pub(crate) dropped: Arc<AtomicU64>,
     pub(crate) shutdown: CancellationToken,
@@ -268,6 +270,7 @@ impl SnapshotSender {
 
     /// One attempt: connect, header, data, answer.
     async fn transfer(&self, header: &SnapshotHeader, data: &Bytes) -> Result<(), TransferError> {
+        let started = std::time::Instant::now();
         let mut stream = dial(
             &self.peer_addr,
             &self.hello,
@@ -299,6 +302,10 @@ impl SnapshotSender {
             .map_err(|_| anyhow!("peer did not confirm the snapshot"))?
             .context("waiting for the snapshot confirmation")?;
         check_status(status, "data")?;
+        self.metrics
+            .snapshot_send_duration
+            .observe(started.elapsed().as_secs_f64());
+        self.metrics.snapshot_sent_bytes.inc_by(data.len() as u64);
         Ok(())
     }
 }
@@ -341,6 +348,7 @@ pub(crate) async fn receive_snapshot(
     me: u64,
     max_len: u64,
     inbound: &mpsc::Sender<Vec<Message>>,
+    metrics: &Metrics,
 ) -> anyhow::Result<()> {
     let header = tokio::time::timeout(
         EXCHANGE_TIMEOUT,
@@ -419,6 +427,10 @@ pub(crate) async fn receive_snapshot(
         elapsed_ms = elapsed.as_millis() as u64,
         "snapshot received"
     );
+    metrics
+        .snapshot_install_duration
+        .observe(elapsed.as_secs_f64());
+    metrics.snapshot_received_bytes.inc_by(len as u64);
     let message = header.into_message(data.freeze());
     if inbound.send(vec![message]).await.is_err() {
         // The node is shutting down.

@@ -170,14 +170,16 @@ async fn the_peer_port_cannot_be_bound_twice() {
     let config = cluster(2, "twice");
     let _one = start(&config, 1).await;
     let (sender, _inbound) = mpsc::channel(1);
-    let err = Transport::start(&config, 1, sender, None)
+    let err = Transport::start(&config, 1, sender, None, Default::default())
         .await
         .err()
         .expect("port taken");
     assert!(format!("{err:#}").contains("peer_addr"), "{err:#}");
     let (sender, _inbound) = mpsc::channel(1);
     assert!(
-        Transport::start(&config, 5, sender, None).await.is_err(),
+        Transport::start(&config, 5, sender, None, Default::default())
+            .await
+            .is_err(),
         "unknown id"
     );
 }

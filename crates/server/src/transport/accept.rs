@@ -4,6 +4,7 @@
 use super::framing::{decode_frame, read_frame, MAX_FRAME_BYTES};
 use super::handshake::{read_handshake, write_handshake};
 use super::lock;
+use crate::metrics::{Metrics, PeerCounters};
 use crate::snapshot_stream::{receive_snapshot, MAX_SNAPSHOT_BYTES};
 use crate::wire::{Handshake, StreamKind, PROTOCOL_VERSION};
 use anyhow::{anyhow, bail};
@@ -56,6 +57,9 @@ pub(super) struct Acceptor {
     started: Instant,
     /// Peer mutual TLS, when the cluster uses it.
     tls: Option<Arc<Reloadable<PeerTls>>>,
+    metrics: Arc<Metrics>,
+    /// Traffic counters per known peer.
+    counters: HashMap<u64, PeerCounters>,
 }
 
 impl Acceptor {
@@ -67,7 +71,12 @@ impl Acceptor {
         inbound: mpsc::Sender<Vec<Message>>,
         replace_after: Duration,
         tls: Option<Arc<Reloadable<PeerTls>>>,
+        metrics: Arc<Metrics>,
     ) -> Acceptor {
+        let counters = known_peers
+            .iter()
+            .map(|&id| (id, metrics.peer(id)))
+            .collect();
         Acceptor {
             hello,
             known_peers,
@@ -81,6 +90,8 @@ impl Acceptor {
             replace_after,
             started: Instant::now(),
             tls,
+            metrics,
+            counters,
         }
     }
 
@@ -172,6 +183,7 @@ impl Acceptor {
                     me,
                     self.max_snapshot_bytes,
                     &self.inbound,
+                    &self.metrics,
                 );
                 tokio::select! {
                     _ = connection.cancelled() => Err(anyhow!("replaced by a newer snapshot stream or shut down")),
@@ -314,7 +326,12 @@ impl Acceptor {
                 },
             };
             heard.store(self.elapsed_ms(), Ordering::Relaxed);
+            let frame_len = frame.len();
             let messages = decode_frame(frame)?;
+            if let Some(counters) = self.counters.get(&peer_id) {
+                counters.received_messages.inc_by(messages.len() as u64);
+                counters.received_bytes.inc_by(frame_len as u64);
+            }
             if let Some(bad) = messages
                 .iter()
                 .find(|msg| msg.from != peer_id || msg.to != me)

@@ -37,6 +37,7 @@ mod writer;
 pub use framing::{decode_frame, encode_batch, encode_frame, FRAME_HEADER_LEN, MAX_FRAME_BYTES};
 
 use crate::config::ClusterConfig;
+use crate::metrics::Metrics;
 use crate::snapshot_stream::{SnapshotSender, SnapshotSlot};
 use crate::sync::lock;
 use crate::wire::{Handshake, StreamKind, PROTOCOL_VERSION};
@@ -101,6 +102,7 @@ impl Transport {
         my_id: u64,
         inbound: mpsc::Sender<Vec<Message>>,
         tls: Option<Arc<Reloadable<PeerTls>>>,
+        metrics: Arc<Metrics>,
     ) -> anyhow::Result<Transport> {
         let me = config
             .node(my_id)
@@ -130,6 +132,7 @@ impl Transport {
                 peer_addr: node.peer_addr.clone(),
                 hello: hello.clone(),
                 tls: tls.clone(),
+                counters: metrics.peer(node.id),
                 queue,
                 dropped: dropped.clone(),
                 shutdown: shutdown.clone(),
@@ -144,6 +147,7 @@ impl Transport {
                     ..hello.clone()
                 },
                 tls: tls.clone(),
+                metrics: metrics.clone(),
                 slot: snapshots.clone(),
                 dropped: dropped.clone(),
                 shutdown: shutdown.clone(),
@@ -168,7 +172,7 @@ impl Transport {
         // A live peer connection gives way to a newcomer claiming the same node only after this long
         // without a frame: long enough for a leader's heartbeats, short enough for a real reconnect.
         let replace_after = std::time::Duration::from_millis(config.tunables.election_timeout_ms);
-        let acceptor = Acceptor::new(hello, known_peers, inbound, replace_after, tls);
+        let acceptor = Acceptor::new(hello, known_peers, inbound, replace_after, tls, metrics);
         tasks.push(tokio::spawn(acceptor.run(listener, shutdown.clone())));
         info!(node = my_id, addr = %local_addr, "peer transport listening");
 

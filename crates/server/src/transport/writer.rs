@@ -3,6 +3,7 @@
 
 use super::dial::{dial, WRITE_TIMEOUT};
 use super::framing::encode_batch;
+use crate::metrics::PeerCounters;
 use crate::wire::Handshake;
 use anyhow::{anyhow, bail};
 use bytes::BytesMut;
@@ -33,6 +34,7 @@ pub(super) struct PeerWriter {
     pub(super) hello: Handshake,
     /// Peer mutual TLS, when the cluster uses it.
     pub(super) tls: Option<Arc<Reloadable<PeerTls>>>,
+    pub(super) counters: PeerCounters,
     pub(super) queue: mpsc::Receiver<Message>,
     pub(super) dropped: Arc<AtomicU64>,
     pub(super) shutdown: CancellationToken,
@@ -144,6 +146,8 @@ impl PeerWriter {
                         tokio::time::timeout(WRITE_TIMEOUT, writer.write_all(buffer))
                             .await
                             .map_err(|_| anyhow!("peer accepted no data for {WRITE_TIMEOUT:?}"))??;
+                        self.counters.sent_messages.inc_by((received - oversized) as u64);
+                        self.counters.sent_bytes.inc_by(buffer.len() as u64);
                     }
                     if buffer.capacity() > KEEP_WRITE_BUFFER_BYTES {
                         *buffer = BytesMut::with_capacity(64 * 1024);
@@ -177,6 +181,7 @@ impl PeerWriter {
                         return Err(Stopped);
                     }
                     self.dropped.fetch_add(received as u64, Ordering::Relaxed);
+                    self.counters.dropped_messages.inc_by(received as u64);
                     discarded.clear();
                 }
             }

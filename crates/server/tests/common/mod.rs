@@ -39,7 +39,7 @@ pub struct Node {
 /// Starts node `id`'s transport; `inbound_frames` bounds its inbound queue (in frames).
 pub async fn start_with(config: &ClusterConfig, id: u64, inbound_frames: usize) -> Node {
     let (sender, inbound) = mpsc::channel(inbound_frames);
-    let transport = Transport::start(config, id, sender, None)
+    let transport = Transport::start(config, id, sender, None, Default::default())
         .await
         .expect("transport starts");
     Node { transport, inbound }

@@ -1,0 +1,160 @@
+//! What a node reports about itself: [`NodeStatus`], published by the node loop a few times a second
+//! through a `watch` for the HTTP endpoint (`/status`, `/health`) and mirrored into the metrics.
+
+use crate::config::ClusterConfig;
+use crate::metrics::Metrics;
+use raftkv_raft::Role;
+use raftkv_replica::Replica;
+use serde::{Deserialize, Serialize};
+use std::time::Instant;
+
+/// A follower that has applied within this many entries of the commit index it knows serves; one
+/// further behind is catching up.
+pub const CAUGHT_UP_ENTRIES: u64 = 1000;
+
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Member {
+    pub id: u64,
+    pub client_addr: String,
+    pub peer_addr: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub http_addr: Option<String>,
+}
+
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct PeerProgress {
+    pub id: u64,
+    pub match_index: u64,
+    /// Entries behind the leader's last log index.
+    pub lag: u64,
+}
+
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
+pub struct NodeStatus {
+    pub id: u64,
+    pub role: String,
+    pub term: u64,
+    pub leader: Option<u64>,
+    pub commit_index: u64,
+    pub applied_index: u64,
+    pub last_log_index: u64,
+    pub snapshot_index: u64,
+    pub members: Vec<Member>,
+    /// Followers' progress, on the leader only.
+    pub peers: Vec<PeerProgress>,
+    pub disk_bytes: u64,
+    pub store_keys: u64,
+    pub store_bytes: u64,
+    pub version: String,
+    pub uptime_seconds: f64,
+    /// Why the node cannot serve, or `None` when it is healthy.
+    pub unhealthy: Option<String>,
+}
+
+impl NodeStatus {
+    pub fn healthy(&self) -> bool {
+        self.unhealthy.is_none()
+    }
+}
+
+/// The members as the configuration names them.
+pub fn members(config: &ClusterConfig) -> Vec<Member> {
+    config
+        .nodes
+        .iter()
+        .map(|node| Member {
+            id: node.id,
+            client_addr: node.client_addr.clone(),
+            peer_addr: node.peer_addr.clone(),
+            http_addr: node.http_addr.clone(),
+        })
+        .collect()
+}
+
+/// Reads the replica's state into a status and the metrics' gauges.
+pub fn observe<H>(
+    replica: &Replica<H>,
+    members: &[Member],
+    metrics: &Metrics,
+    started: Instant,
+    shutting_down: bool,
+) -> NodeStatus {
+    let raft = replica.raft();
+    let status = raft.status();
+    let store = replica.store();
+    let role = match status.role {
+        Role::Leader => "leader",
+        Role::Follower => "follower",
+        Role::Candidate => "candidate",
+        Role::PreCandidate => "precandidate",
+    };
+    let peers: Vec<PeerProgress> = members
+        .iter()
+        .filter(|member| member.id != status.id)
+        .filter_map(|member| {
+            let match_index = raft.match_index(member.id)?;
+            Some(PeerProgress {
+                id: member.id,
+                match_index,
+                lag: status.last_index.saturating_sub(match_index),
+            })
+        })
+        .collect();
+    let unhealthy = if shutting_down {
+        Some("shutting down".to_string())
+    } else if status.leader.is_none() {
+        Some("no leader".to_string())
+    } else if status.applied + CAUGHT_UP_ENTRIES < status.commit {
+        Some(format!(
+            "catching up: applied {} of {} committed",
+            status.applied, status.commit
+        ))
+    } else {
+        None
+    };
+
+    let gauge = |value: u64| i64::try_from(value).unwrap_or(i64::MAX);
+    metrics
+        .is_leader
+        .set(i64::from(status.role == Role::Leader));
+    metrics.has_leader.set(i64::from(status.leader.is_some()));
+    metrics.term.set(gauge(status.term));
+    metrics.commit_index.set(gauge(status.commit));
+    metrics.applied_index.set(gauge(status.applied));
+    metrics.last_log_index.set(gauge(status.last_index));
+    metrics
+        .snapshot_index
+        .set(gauge(raft.snapshot_meta().index));
+    metrics
+        .proposals_pending
+        .set(gauge(replica.pending_writes().count() as u64));
+    metrics.store_keys.set(gauge(store.len() as u64));
+    metrics.store_bytes.set(gauge(store.bytes() as u64));
+    for peer in &peers {
+        metrics
+            .peer_match_lag
+            .get_or_create(&crate::metrics::PeerLabels { peer: peer.id })
+            .set(gauge(peer.lag));
+    }
+    let uptime = started.elapsed().as_secs_f64();
+    metrics.uptime.set(uptime);
+
+    NodeStatus {
+        id: status.id,
+        role: role.to_string(),
+        term: status.term,
+        leader: status.leader,
+        commit_index: status.commit,
+        applied_index: status.applied,
+        last_log_index: status.last_index,
+        snapshot_index: raft.snapshot_meta().index,
+        members: members.to_vec(),
+        peers,
+        disk_bytes: u64::try_from(metrics.disk_bytes.get()).unwrap_or(0),
+        store_keys: store.len() as u64,
+        store_bytes: store.bytes() as u64,
+        version: env!("CARGO_PKG_VERSION").to_string(),
+        uptime_seconds: uptime,
+        unhealthy,
+    }
+}
