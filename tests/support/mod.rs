@@ -116,6 +116,8 @@ pub struct Node {
     pub id: u64,
     pub client_addr: String,
     pub peer_addr: String,
+    /// Where the node serves /metrics, /health and /status.
+    pub http_addr: String,
     pub data_dir: PathBuf,
     pub log: PathBuf,
     child: Option<Child>,
@@ -142,15 +144,17 @@ impl Cluster {
                 id,
                 client_addr: format!("127.0.0.1:{}", free_port()),
                 peer_addr: format!("127.0.0.1:{}", free_port()),
+                http_addr: format!("127.0.0.1:{}", free_port()),
                 data_dir: dir.path().join(format!("node{id}")),
                 log: dir.path().join(format!("node{id}.log")),
                 child: None,
                 starts: 0,
             };
             toml.push_str(&format!(
-                "[[nodes]]\nid = {id}\nclient_addr = \"{}\"\npeer_addr = \"{}\"\ndata_dir = \"{}\"\n\n",
+                "[[nodes]]\nid = {id}\nclient_addr = \"{}\"\npeer_addr = \"{}\"\nhttp_addr = \"{}\"\ndata_dir = \"{}\"\n\n",
                 node.client_addr,
                 node.peer_addr,
+                node.http_addr,
                 node.data_dir.display()
             ));
             nodes.push(node);
