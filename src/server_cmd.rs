@@ -42,10 +42,19 @@ pub struct Args {
     /// Override tunables.max_connections.
     #[arg(long, value_name = "N")]
     pub max_connections: Option<usize>,
+    /// Log lines as human-readable text, or as one JSON object per line for log shippers.
+    #[arg(long, value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
+}
+
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LogFormat {
+    Text,
+    Json,
 }
 
 pub fn run(args: Args) -> ExitCode {
-    init_logging();
+    init_logging(args.log_format);
     let config = match load_config(&args) {
         Ok(config) => config,
         Err(err) => {
@@ -72,9 +81,17 @@ pub fn run(args: Args) -> ExitCode {
     }
 }
 
-fn init_logging() {
+fn init_logging(format: LogFormat) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    if format == LogFormat::Json {
+        let _ = tracing_subscriber::fmt()
+            .json()
+            .with_env_filter(filter)
+            .with_writer(std::io::stderr)
+            .try_init();
+        return;
+    }
     // Colours only for a terminal: `raftkv cluster` sends stderr to log files, where escapes are noise.
     let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
     // A second initialisation (never expected here) must not abort the server.

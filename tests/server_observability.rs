@@ -211,3 +211,35 @@ fn raftkv_status_shows_every_node_and_needs_a_majority() {
     let table = status(&["--config", &config]);
     assert!(!table.status.success(), "no majority: {}", table.stdout);
 }
+
+#[test]
+fn log_format_json_writes_one_object_per_line() {
+    let cluster = Cluster::configure(1, FAST_TUNABLES);
+    let mut child = std::process::Command::new(RAFTKV)
+        .args(["server", "--config"])
+        .arg(&cluster.config)
+        .args(["--id", "1", "--log-format", "json"])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("start raftkv server");
+    let stderr = child.stderr.take().expect("stderr");
+    let mut lines = std::io::BufRead::lines(std::io::BufReader::new(stderr));
+    let mut seen = Vec::new();
+    while seen.len() < 3 {
+        match lines.next() {
+            Some(Ok(line)) => seen.push(line),
+            _ => break,
+        }
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    assert_eq!(seen.len(), 3, "{seen:?}");
+    for line in &seen {
+        let parsed: serde_json::Value = serde_json::from_str(line).expect("a JSON log line");
+        assert!(
+            parsed["level"].is_string() && parsed["fields"]["message"].is_string(),
+            "{line}"
+        );
+    }
+}
