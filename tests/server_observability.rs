@@ -41,10 +41,15 @@ fn scrape(addr: &str) -> HashMap<String, f64> {
         .samples
         .into_iter()
         .filter_map(|sample| {
-            let value = match sample.value {
+            let (suffix, value) = match sample.value {
                 prometheus_parse::Value::Counter(v)
                 | prometheus_parse::Value::Gauge(v)
-                | prometheus_parse::Value::Untyped(v) => v,
+                | prometheus_parse::Value::Untyped(v) => ("", v),
+                // A histogram is kept as its count of observations (the +Inf bucket).
+                prometheus_parse::Value::Histogram(buckets) => (
+                    "_count",
+                    buckets.iter().map(|b| b.count).fold(0.0, f64::max),
+                ),
                 _ => return None,
             };
             let mut labels: Vec<String> = sample
@@ -53,7 +58,10 @@ fn scrape(addr: &str) -> HashMap<String, f64> {
                 .map(|(k, v)| format!("{k}={v}"))
                 .collect();
             labels.sort();
-            Some((format!("{}{{{}}}", sample.metric, labels.join(",")), value))
+            Some((
+                format!("{}{suffix}{{{}}}", sample.metric, labels.join(",")),
+                value,
+            ))
         })
         .collect()
 }
@@ -98,6 +106,12 @@ fn metrics_parse_grow_and_follow_the_leader() {
         "the leader counted acknowledged sets"
     );
     assert!(second[leader]["raftkv_commit_index{}"] > first[leader]["raftkv_commit_index{}"]);
+    let timed: f64 = second[leader]
+        .iter()
+        .filter(|(name, _)| name.starts_with("raftkv_peer_replication_round_trip_seconds_count"))
+        .map(|(_, count)| count)
+        .sum();
+    assert!(timed > 0.0, "the leader timed replication round trips");
     let (acked, _) = load.stop();
     assert!(!acked.is_empty());
 

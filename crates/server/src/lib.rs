@@ -26,6 +26,7 @@ pub mod node;
 pub mod persist;
 pub mod reply_budget;
 pub mod request;
+mod round_trips;
 pub mod snapshot_stream;
 pub mod status;
 mod sync;
@@ -187,6 +188,7 @@ pub async fn run_node(config: ClusterConfig, id: u64) -> anyhow::Result<()> {
         metrics,
         status: status_tx,
         members,
+        round_trips: Default::default(),
     };
     let result = node.run().await;
     accept.abort();

@@ -96,6 +96,7 @@ pub struct Metrics {
     pub snapshot_install_duration: Histogram,
     pub snapshot_received_bytes: Counter,
     pub peer_match_lag: Family<PeerLabels, Gauge>,
+    pub peer_round_trip: Family<PeerLabels, Histogram>,
     pub peer_sent_messages: Family<PeerLabels, Counter>,
     pub peer_sent_bytes: Family<PeerLabels, Counter>,
     pub peer_received_messages: Family<PeerLabels, Counter>,
@@ -150,6 +151,7 @@ impl Metrics {
             snapshot_install_duration: long_histogram(),
             snapshot_received_bytes: Counter::default(),
             peer_match_lag: Family::default(),
+            peer_round_trip: Family::new_with_constructor(latency_histogram),
             peer_sent_messages: Family::default(),
             peer_sent_bytes: Family::default(),
             peer_received_messages: Family::default(),
@@ -285,6 +287,12 @@ impl Metrics {
             "peer_match_lag_entries",
             "Entries a follower is behind the leader's log (leader only)",
             self.peer_match_lag.clone(),
+        );
+        r.register_with_unit(
+            "peer_replication_round_trip",
+            "Leader only: from sending an Append to its acknowledgement (follower fsync included)",
+            Unit::Seconds,
+            self.peer_round_trip.clone(),
         );
         r.register(
             "peer_sent_messages",

@@ -21,6 +21,7 @@ use crate::metrics::Metrics;
 use crate::persist::{Durable, PersistJob};
 use crate::reply_budget::ReplyBudget;
 use crate::request::{ClientRequest, ReplyHandle};
+use crate::round_trips::RoundTrips;
 use crate::status::{self, Member, NodeStatus};
 use crate::transport::Transport;
 
@@ -48,6 +49,7 @@ pub struct NodeLoop {
     /// Where the node's status is published for the HTTP endpoint.
     pub status: watch::Sender<NodeStatus>,
     pub members: Vec<Member>,
+    pub round_trips: RoundTrips,
 }
 
 /// How often the status and the gauges are refreshed.
@@ -165,7 +167,9 @@ impl NodeLoop {
     }
 
     fn step_all(&mut self, batch: Vec<Message>) {
+        let now = Instant::now();
         for msg in batch {
+            self.round_trips.received(&msg, now, &self.metrics);
             self.replica.step(msg);
         }
     }
@@ -174,7 +178,9 @@ impl NodeLoop {
     async fn flush(&mut self) -> anyhow::Result<()> {
         self.replica.advance()?;
         let out = self.replica.outputs();
+        let now = Instant::now();
         for msg in out.messages.drain(..) {
+            self.round_trips.sending(&msg, now);
             self.transport.send(msg);
         }
         // The disk first: the leader's fsync runs while the replies below are written.
