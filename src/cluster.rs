@@ -513,6 +513,7 @@ async fn probe(
     let exchange = async {
         let mut stream = crate::tls_args::connect(addr, tls).await?;
         stream.write_all(PROBE_REQUEST).await?;
+        stream.flush().await?;
         let mut line = Vec::new();
         // A reply line is short; cap it so a confused listener cannot make us buffer much.
         let mut reader = BufReader::new(stream).take(1024);

@@ -218,7 +218,13 @@ impl Worker {
                 }
                 wrote = writer.write(&writing[written..]), if written < writing.len() => {
                     match wrote {
-                        Ok(n) if n > 0 => written += n,
+                        Ok(n) if n > 0 => {
+                            written += n;
+                            // Over TLS the last records may sit in the session until flushed.
+                            if written == writing.len() && writer.flush().await.is_err() {
+                                return self.abandon(ErrorKind::ConnectionLost);
+                            }
+                        }
                         _ => return self.abandon(ErrorKind::ConnectionLost),
                     }
                 }

@@ -200,12 +200,21 @@ async fn run_writer(
                 None
             };
         }
-        if !batch.is_empty() && socket.write_all(&batch).await.is_err() {
+        if !batch.is_empty() && write_flushed(&mut socket, &batch).await.is_err() {
             shared.dead.store(true, Ordering::Release);
             shared.write_failed.notify_one();
             return;
         }
     }
+}
+
+/// Writes and flushes: over TLS, `write_all` alone can leave the last records in the session.
+async fn write_flushed(
+    socket: &mut (impl AsyncWrite + Unpin),
+    bytes: &[u8],
+) -> std::io::Result<()> {
+    socket.write_all(bytes).await?;
+    socket.flush().await
 }
 
 async fn run_reader(

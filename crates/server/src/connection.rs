@@ -186,7 +186,12 @@ async fn read_requests(
         }
         // Read no further ahead than the reservation covers: a command line is short, so beyond the
         // value being read (if any) a connection buffers at most READ_AHEAD unbudgeted bytes.
-        let reserved_bytes = reserved.as_ref().map_or(0, |p| p.num_permits());
+        // The value being read (and its CR LF), once its share of the budget is held. Its length, not
+        // the permit count: the permits are capped at the node's budget, which may be smaller.
+        let reserved_bytes = match (&reserved, parser.pending_value_len()) {
+            (Some(_), Some(len)) => len + 2,
+            _ => 0,
+        };
         let room = (READ_AHEAD + reserved_bytes)
             .saturating_sub(buf.len())
             .max(1);
@@ -362,7 +367,12 @@ async fn write_replies(
 /// replies would otherwise hold the node's reply budget, and pause every other client, forever.
 async fn flush(writer: &mut (impl AsyncWrite + Unpin), out: &mut BytesMut) -> std::io::Result<()> {
     if !out.is_empty() {
-        tokio::time::timeout(REPLY_WRITE_TIMEOUT, writer.write_all(out))
+        let write = async {
+            writer.write_all(out).await?;
+            // Over TLS the last records may sit in the session until flushed.
+            writer.flush().await
+        };
+        tokio::time::timeout(REPLY_WRITE_TIMEOUT, write)
             .await
             .map_err(|_| std::io::Error::other("the client read no replies in time"))??;
         out.clear();

@@ -14,6 +14,8 @@ const MAX_OUTSTANDING: usize = 256;
 
 #[derive(Default)]
 pub struct RoundTrips {
+    /// The term of the Appends remembered; a new term forgets them (another leader's log).
+    term: u64,
     sent: HashMap<u64, VecDeque<(Index, Instant)>>,
     histograms: HashMap<u64, Histogram>,
 }
@@ -29,6 +31,10 @@ impl RoundTrips {
         else {
             return;
         };
+        if msg.term != self.term {
+            self.term = msg.term;
+            self.sent.clear();
+        }
         let last = entries.last().map_or(*prev_index, |entry| entry.index);
         let sent = self.sent.entry(msg.to).or_default();
         if sent.back().is_some_and(|(index, _)| *index >= last) {
@@ -46,6 +52,9 @@ impl RoundTrips {
         let MessageBody::AppendResponse(AppendResult::Accepted { last_index }) = msg.body else {
             return;
         };
+        if msg.term != self.term {
+            return;
+        }
         let Some(sent) = self.sent.get_mut(&msg.from) else {
             return;
         };

@@ -284,6 +284,7 @@ impl SnapshotSender {
         encode_frame(&payload, &mut frame);
         let go = async {
             stream.write_all(&frame).await?;
+            stream.flush().await?;
             stream.read_u8().await
         };
         let status = tokio::time::timeout(EXCHANGE_TIMEOUT, go)
@@ -292,7 +293,7 @@ impl SnapshotSender {
             .context("sending the snapshot header")?;
         check_status(status, "header")?;
         for chunk in data.chunks(SNAPSHOT_CHUNK_BYTES) {
-            tokio::time::timeout(WRITE_TIMEOUT, stream.write_all(chunk))
+            tokio::time::timeout(WRITE_TIMEOUT, write_flushed(&mut stream, chunk))
                 .await
                 .map_err(|_| anyhow!("peer accepted no data for {WRITE_TIMEOUT:?}"))?
                 .context("sending snapshot data")?;
@@ -308,6 +309,18 @@ impl SnapshotSender {
         self.metrics.snapshot_sent_bytes.inc_by(data.len() as u64);
         Ok(())
     }
+}
+
+/// Writes `bytes` and flushes them: over TLS, `write_all` alone can leave the last records buffered in
+/// the session, where the receiver would wait for them forever.
+async fn write_flushed(stream: &mut Stream, bytes: &[u8]) -> std::io::Result<()> {
+    stream.write_all(bytes).await?;
+    stream.flush().await
+}
+
+/// Sends the one-byte answer of a snapshot stream.
+async fn send_status(stream: &mut Stream, status: u8) -> std::io::Result<()> {
+    write_flushed(stream, &[status]).await
 }
 
 enum TransferError {
@@ -360,12 +373,12 @@ pub(crate) async fn receive_snapshot(
     let header = match SnapshotHeader::decode(header) {
         Ok(header) => header,
         Err(err) => {
-            let _ = stream.write_u8(STATUS_INVALID).await;
+            let _ = send_status(stream, STATUS_INVALID).await;
             bail!("bad snapshot header: {err}");
         }
     };
     if header.from != peer_id || header.to != me {
-        let _ = stream.write_u8(STATUS_INVALID).await;
+        let _ = send_status(stream, STATUS_INVALID).await;
         bail!(
             "snapshot from {} to {} on a stream of node {peer_id} to node {me}",
             header.from,
@@ -373,7 +386,7 @@ pub(crate) async fn receive_snapshot(
         );
     }
     if header.data_len > max_len {
-        let _ = stream.write_u8(STATUS_TOO_LARGE).await;
+        let _ = send_status(stream, STATUS_TOO_LARGE).await;
         bail!(
             "refused a snapshot of {} bytes (limit {max_len})",
             header.data_len
@@ -382,10 +395,10 @@ pub(crate) async fn receive_snapshot(
     let len = usize::try_from(header.data_len)
         .map_err(|_| anyhow!("snapshot of {} bytes", header.data_len))?;
     if buf.len() > len {
-        let _ = stream.write_u8(STATUS_INVALID).await;
+        let _ = send_status(stream, STATUS_INVALID).await;
         bail!("peer sent data before it was asked to");
     }
-    stream.write_u8(STATUS_OK).await?;
+    send_status(stream, STATUS_OK).await?;
 
     let started = Instant::now();
     let mut data = BytesMut::with_capacity(len.min(INITIAL_BUFFER_BYTES).max(buf.len()));
@@ -415,7 +428,7 @@ pub(crate) async fn receive_snapshot(
         crc = crc32c::crc32c_append(crc, &data[before..]);
     }
     if crc != header.data_crc {
-        let _ = stream.write_u8(STATUS_INVALID).await;
+        let _ = send_status(stream, STATUS_INVALID).await;
         bail!("snapshot checksum mismatch");
     }
     let elapsed = started.elapsed();
@@ -436,6 +449,6 @@ pub(crate) async fn receive_snapshot(
         // The node is shutting down.
         return Ok(());
     }
-    let _ = stream.write_u8(STATUS_OK).await;
+    let _ = send_status(stream, STATUS_OK).await;
     Ok(())
 }

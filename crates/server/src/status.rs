@@ -130,11 +130,21 @@ pub fn observe<H>(
         .set(gauge(replica.pending_writes().count() as u64));
     metrics.store_keys.set(gauge(store.len() as u64));
     metrics.store_bytes.set(gauge(store.bytes() as u64));
-    for peer in &peers {
-        metrics
-            .peer_match_lag
-            .get_or_create(&crate::metrics::PeerLabels { peer: peer.id })
-            .set(gauge(peer.lag));
+    for member in members.iter().filter(|member| member.id != status.id) {
+        let labels = crate::metrics::PeerLabels { peer: member.id };
+        match peers.iter().find(|peer| peer.id == member.id) {
+            Some(peer) => {
+                metrics
+                    .peer_match_lag
+                    .get_or_create(&labels)
+                    .set(gauge(peer.lag));
+            }
+            // Not leading (or no progress for it): no lag series, so a former leader's last
+            // values cannot keep an alert firing.
+            None => {
+                metrics.peer_match_lag.remove(&labels);
+            }
+        }
     }
     let uptime = started.elapsed().as_secs_f64();
     metrics.uptime.set(uptime);

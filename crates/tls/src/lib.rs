@@ -191,6 +191,12 @@ fn check_names_node(chain: &[CertificateDer<'_>], id: u64) -> anyhow::Result<()>
     let parsed = ParsedCertificate::try_from(end_entity)?;
     let name = ServerName::try_from(node_name(id))?;
     rustls::client::verify_server_name(&parsed, &name)?;
+    // A wildcard (`*.raftkv`) would name every node: one stolen key would be every node's. A name no
+    // node has tells a wildcard from a certificate for this node alone.
+    let no_node = ServerName::try_from("not-a-node.raftkv")?;
+    if rustls::client::verify_server_name(&parsed, &no_node).is_ok() {
+        bail!("a wildcard certificate names every node; each node needs its own");
+    }
     Ok(())
 }
 

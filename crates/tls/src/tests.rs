@@ -198,3 +198,23 @@ fn reload_picks_up_new_files_and_keeps_the_old_ones_on_error() {
     assert!(reloadable.reload_if_changed().is_err());
     assert!(Arc::ptr_eq(&current, &reloadable.get().server));
 }
+
+#[test]
+fn a_wildcard_name_does_not_make_a_certificate_every_node_s() {
+    let dir = tempfile::tempdir().unwrap();
+    let ca = Authority::new("test").unwrap();
+    let (ca_path, _) = write(dir.path(), "ca", ca.ca());
+    let issued = ca.issue_node(1, &["*.raftkv".to_string()]).unwrap();
+    let (cert, key) = write(dir.path(), "wild", &issued);
+    let files = TlsFiles {
+        ca: ca_path,
+        cert,
+        key,
+    };
+    // webpki never lets `*.raftkv` match (a wildcard needs two labels after it), and the check for
+    // a name no node has would refuse one that did: either way the certificate cannot be node 2's.
+    assert!(PeerTls::load(&files, 2).is_err());
+    let certs = load_certs(&files.cert).unwrap();
+    assert!(check_peer_is_node(Some(&certs), 2).is_err());
+    assert!(check_peer_is_node(Some(&certs), 1).is_ok());
+}

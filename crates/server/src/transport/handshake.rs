@@ -20,6 +20,8 @@ pub(crate) async fn write_handshake(stream: &mut Stream, hello: &Handshake) -> a
     hello.encode(&mut payload);
     encode_frame(&payload, &mut out);
     stream.write_all(&out).await?;
+    // Over TLS the last record may sit in the session until flushed.
+    stream.flush().await?;
     Ok(())
 }
 

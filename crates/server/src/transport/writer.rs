@@ -143,7 +143,12 @@ impl PeerWriter {
                     }
                     batch.clear();
                     if !buffer.is_empty() {
-                        tokio::time::timeout(WRITE_TIMEOUT, writer.write_all(buffer))
+                        // Flushed too: over TLS, `write_all` can leave the last records in the session.
+                        let write = async {
+                            writer.write_all(buffer).await?;
+                            writer.flush().await
+                        };
+                        tokio::time::timeout(WRITE_TIMEOUT, write)
                             .await
                             .map_err(|_| anyhow!("peer accepted no data for {WRITE_TIMEOUT:?}"))??;
                         self.counters.sent_messages.inc_by((received - oversized) as u64);
