@@ -303,3 +303,41 @@ fn replies_nobody_reads_stay_within_the_node_budget() {
         "peak memory grew by {grew_mib} MiB while replies queued (budget {budget_mib} MiB)"
     );
 }
+
+/// A client that pipelines reads of a large value and reads none of the replies holds its own share
+/// of the reply budget only: a client that reads its replies is served promptly all along.
+#[test]
+fn a_client_that_reads_no_replies_does_not_hold_up_others() {
+    let mut cluster = Cluster::start(1, &format!("max_buffered_request_bytes = {}\n", 16 << 20));
+    let addr = cluster.addr(0).to_string();
+    let mut honest = Conn::connect(&addr).expect("connect");
+    honest.set_timeout(Duration::from_secs(5));
+    let value = vec![b'v'; 1 << 20];
+    assert!(ok_version(&honest.request(&set_cmd("big", 0, &value)).expect("set")).is_some());
+    let mut slow = Conn::connect(&addr).expect("connect");
+    slow.set_timeout(Duration::from_secs(2));
+    let _ = slow.send(&b"get big\r\n".repeat(300));
+    std::thread::sleep(Duration::from_millis(500));
+    let started = std::time::Instant::now();
+    for i in 0..20 {
+        let reply = honest
+            .request(&set_cmd(&format!("k{i}"), 0, b"small"))
+            .expect("the honest client is served");
+        assert!(ok_version(&reply).is_some(), "{}", show(&reply));
+        let reply = honest.request(b"get big\r\n").expect("a large read too");
+        assert!(
+            reply.starts_with(b"VALUE 1048576"),
+            "{}",
+            show(&reply[..20])
+        );
+    }
+    let took = started.elapsed();
+    drop(slow);
+    let _ = cluster.terminate(0);
+    // Before connections were accounted separately, the slow reader's 300 queued replies paused
+    // every connection until it was disconnected 30 s later.
+    assert!(
+        took < Duration::from_secs(10),
+        "40 requests of an honest client took {took:?}"
+    );
+}

@@ -16,8 +16,8 @@ use tokio::sync::{mpsc, oneshot, OwnedSemaphorePermit, Semaphore};
 use tracing::debug;
 
 use crate::metrics::{AllRequestHandles, Metrics, OpKind, Outcome};
-use crate::reply_budget::{ChargedReply, ReplyBudget};
-use crate::request::{ClientRequest, Op};
+use crate::reply_budget::{ChargedReply, ConnectionReplies, ReplyBudget};
+use crate::request::{ClientRequest, Op, ReplyHandle};
 
 /// Replies a connection may owe at once; beyond this its reader stops reading.
 const MAX_PIPELINE: usize = 1024;
@@ -115,6 +115,8 @@ async fn read_requests(
             .min(limits.node_budget_bytes.max(1))
             .min(u32::MAX as usize) as u32
     };
+    // This connection's replies queued for it: past its own limit it takes no new requests.
+    let replies = Arc::new(ConnectionReplies::default());
     // The node-wide share reserved for a value being read, before its bytes are buffered.
     let mut reserved: Option<OwnedSemaphorePermit> = None;
     let mut buf = BytesMut::with_capacity(16 * 1024);
@@ -149,8 +151,11 @@ async fn read_requests(
                         }
                     };
                     // Requests already buffered are also held back while replies exceed the budget.
-                    limits.reply_budget.wait_within_limit().await;
-                    match submit(request, (permit, node_permit), &node).await {
+                    limits
+                        .reply_budget
+                        .wait_admitted(&replies, limits.max_bytes_in_flight)
+                        .await;
+                    match submit(request, (permit, node_permit), &node, &replies).await {
                         Some(slot) => slot,
                         None => return,
                     }
@@ -213,7 +218,10 @@ async fn read_requests(
         };
         // While replies owed to clients exceed the node's budget, take no new requests: the writers
         // drain them (or time out), and only then do more replies get made.
-        limits.reply_budget.wait_within_limit().await;
+        limits
+            .reply_budget
+            .wait_admitted(&replies, limits.max_bytes_in_flight)
+            .await;
         let mut window = (&mut buf).limit(room);
         let read = reader.read_buf(&mut window);
         let read = match limit {
@@ -251,6 +259,7 @@ async fn submit(
     request: Request,
     permits: (OwnedSemaphorePermit, OwnedSemaphorePermit),
     node: &mpsc::Sender<ClientRequest>,
+    replies: &Arc<ConnectionReplies>,
 ) -> Option<Slot> {
     let started = Instant::now();
     let kind = match &request {
@@ -273,7 +282,11 @@ async fn submit(
         },
     };
     let (tx, rx) = oneshot::channel();
-    node.send(ClientRequest { op, handle: tx }).await.ok()?;
+    let handle = ReplyHandle {
+        sender: tx,
+        connection: replies.clone(),
+    };
+    node.send(ClientRequest { op, handle }).await.ok()?;
     Some(Slot::Pending {
         reply: rx,
         noreply,

@@ -194,7 +194,8 @@ impl NodeLoop {
         let out = self.replica.outputs();
         for (handle, reply) in out.replies.drain(..) {
             // A connection that is gone drops the reply, and with it the charge.
-            let _ = handle.send(self.reply_budget.charge(reply));
+            let charged = self.reply_budget.charge(reply, &handle.connection);
+            let _ = handle.sender.send(charged);
         }
         if !out.released.is_empty() {
             // Freeing a large store takes long enough to stall the loop; let another thread do it.
