@@ -147,15 +147,8 @@ pub fn run(args: Args) -> ExitCode {
         Ok(client) => client,
         Err(error) => return report(&error).into(),
     };
-    let runtime = match tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-    {
-        Ok(runtime) => runtime,
-        Err(error) => {
-            eprintln!("error: cannot start the async runtime: {error}");
-            return ExitStatus::Other.into();
-        }
+    let Some(runtime) = crate::command_runtime() else {
+        return ExitStatus::Other.into();
     };
     match args.command {
         Some(command) => {

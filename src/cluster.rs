@@ -56,15 +56,8 @@ pub struct Args {
 }
 
 pub fn run(args: Args) -> ExitCode {
-    let runtime = match tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-    {
-        Ok(runtime) => runtime,
-        Err(err) => {
-            eprintln!("error: cannot start the async runtime: {err}");
-            return ExitCode::FAILURE;
-        }
+    let Some(runtime) = crate::command_runtime() else {
+        return ExitCode::FAILURE;
     };
     match runtime.block_on(run_cluster(args)) {
         Ok(()) => ExitCode::SUCCESS,

@@ -42,6 +42,20 @@ enum Command {
     Certs(certs_cmd::Args),
 }
 
+/// A single-threaded runtime for a command, or `None` after saying why there is none.
+fn command_runtime() -> Option<tokio::runtime::Runtime> {
+    match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => Some(runtime),
+        Err(err) => {
+            eprintln!("error: cannot start the async runtime: {err}");
+            None
+        }
+    }
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {

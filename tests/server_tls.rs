@@ -67,6 +67,20 @@ impl Certs {
     }
 }
 
+/// Certificates from `raftkv certs` for the cluster, the cluster file rewritten to use them, and a
+/// second set from another CA that the cluster does not trust.
+fn ours_and_theirs(cluster: &Cluster) -> (Certs, Certs) {
+    let ours = Certs {
+        dir: cluster.dir.path().join("tls"),
+    };
+    let theirs = Certs {
+        dir: cluster.dir.path().join("other-ca"),
+    };
+    make_certs(cluster, &ours.dir, true);
+    make_certs(cluster, &theirs.dir, false);
+    (ours, theirs)
+}
+
 fn runtime() -> tokio::runtime::Runtime {
     tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -132,14 +146,7 @@ async fn peer_attempt(
 #[test]
 fn a_mutual_tls_cluster_refuses_strangers_on_its_peer_ports() {
     let mut cluster = Cluster::configure(3, FAST_TUNABLES);
-    let ours = Certs {
-        dir: cluster.dir.path().join("tls"),
-    };
-    let theirs = Certs {
-        dir: cluster.dir.path().join("other-ca"),
-    };
-    make_certs(&cluster, &ours.dir, true);
-    make_certs(&cluster, &theirs.dir, false);
+    let (ours, theirs) = ours_and_theirs(&cluster);
     for i in 0..3 {
         cluster.start_node(i);
     }
@@ -195,14 +202,7 @@ fn a_mutual_tls_cluster_refuses_strangers_on_its_peer_ports() {
 #[test]
 fn a_client_port_demanding_certificates_refuses_strangers_and_serves_clients() {
     let mut cluster = Cluster::configure(3, FAST_TUNABLES);
-    let ours = Certs {
-        dir: cluster.dir.path().join("tls"),
-    };
-    let theirs = Certs {
-        dir: cluster.dir.path().join("other-ca"),
-    };
-    make_certs(&cluster, &ours.dir, true);
-    make_certs(&cluster, &theirs.dir, false);
+    let (ours, theirs) = ours_and_theirs(&cluster);
     set_client_tls(&cluster, "verify");
     for i in 0..3 {
         cluster.start_node(i);
