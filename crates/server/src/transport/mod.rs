@@ -81,6 +81,8 @@ struct PeerQueue {
     /// The InstallSnapshot waiting for this peer's snapshot sender.
     snapshots: Arc<SnapshotSlot>,
     dropped: Arc<AtomicU64>,
+    /// The same drops, as this peer's metric.
+    dropped_metric: prometheus_client::metrics::counter::Counter,
 }
 
 impl Drop for Inner {
@@ -159,6 +161,7 @@ impl Transport {
                     sender,
                     snapshots,
                     dropped,
+                    dropped_metric: metrics.peer(node.id).dropped_messages,
                 },
             );
         }
@@ -204,11 +207,13 @@ impl Transport {
         if let MessageBody::InstallSnapshot { .. } = msg.body {
             if peer.snapshots.offer(msg) {
                 peer.dropped.fetch_add(1, Ordering::Relaxed);
+                peer.dropped_metric.inc();
             }
             return;
         }
         if peer.sender.try_send(msg).is_err() {
             peer.dropped.fetch_add(1, Ordering::Relaxed);
+            peer.dropped_metric.inc();
         }
     }
 
