@@ -7,17 +7,6 @@ use bytes::Bytes;
 use harness::*;
 use raftkv_raft::*;
 
-fn append(
-    from: NodeId,
-    to: NodeId,
-    term: Term,
-    prev: (Index, Term),
-    entries: Vec<Entry>,
-    commit: Index,
-) -> Message {
-    append_msg(from, to, term, prev, entries, commit)
-}
-
 fn append_results(msgs: &[Message]) -> Vec<AppendResult> {
     msgs.iter()
         .filter_map(|m| match m.body {
@@ -97,7 +86,7 @@ fn leader_commits_once_a_majority_holds_the_entry() {
 fn follower_rejects_append_that_fails_the_consistency_check() {
     let mut f = follower_with_log(2, &[1, 1, 2], 0);
     // prev beyond our log: hint is our last index + 1.
-    f.step(append(1, 2, 3, (5, 3), vec![entry(6, 3)], 0));
+    f.step(append_msg(1, 2, 3, (5, 3), vec![entry(6, 3)], 0));
     let rd = flush(&mut f);
     assert_eq!(
         append_results(&rd.messages_after_persist),
@@ -108,7 +97,7 @@ fn follower_rejects_append_that_fails_the_consistency_check() {
         }]
     );
     // prev term differs: hint is the first index of our term at prev.
-    f.step(append(1, 2, 3, (3, 3), vec![entry(4, 3)], 0));
+    f.step(append_msg(1, 2, 3, (3, 3), vec![entry(4, 3)], 0));
     let rd = flush(&mut f);
     assert_eq!(
         append_results(&rd.messages_after_persist),
@@ -118,7 +107,7 @@ fn follower_rejects_append_that_fails_the_consistency_check() {
             hint_term: 2
         }]
     );
-    f.step(append(1, 2, 3, (2, 3), vec![], 0));
+    f.step(append_msg(1, 2, 3, (2, 3), vec![], 0));
     let rd = flush(&mut f);
     assert_eq!(
         append_results(&rd.messages_after_persist),
@@ -139,7 +128,7 @@ fn follower_rejects_append_that_fails_the_consistency_check() {
 fn follower_truncates_conflicting_suffix_and_appends() {
     let mut f = follower_with_log(2, &[1, 1, 2, 2], 1);
     flush(&mut f);
-    f.step(append(1, 2, 3, (2, 1), vec![entry(3, 3)], 1));
+    f.step(append_msg(1, 2, 3, (2, 1), vec![entry(3, 3)], 1));
     let terms: Vec<Term> = f.entries().iter().map(|e| e.term).collect();
     assert_eq!(terms, vec![1, 1, 3]);
     let st = f.status();
@@ -159,7 +148,7 @@ fn follower_truncates_conflicting_suffix_and_appends() {
 fn follower_keeps_its_log_on_a_stale_matching_append() {
     let mut f = follower_with_log(2, &[1, 1, 2], 0);
     flush(&mut f);
-    f.step(append(1, 2, 2, (0, 0), vec![entry(1, 1)], 0));
+    f.step(append_msg(1, 2, 2, (0, 0), vec![entry(1, 1)], 0));
     assert_eq!(f.status().last_index, 3);
     let rd = flush(&mut f);
     assert!(rd.entries.is_empty());
