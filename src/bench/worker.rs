@@ -268,6 +268,9 @@ impl Worker {
                 Reply::ErrVersion => Err(ErrorKind::VersionMismatch),
                 Reply::ErrCmdErr => Err(ErrorKind::CommandError),
                 Reply::ErrInternal => Err(ErrorKind::Internal),
+                Reply::Session { .. } | Reply::ErrSessionExpired | Reply::ErrSequence { .. } => {
+                    Err(ErrorKind::Protocol)
+                }
                 redirect @ Reply::ErrRedirect { .. } => {
                     // Leadership moved: finish what is outstanding, then reconnect there.
                     self.run
@@ -363,6 +366,7 @@ impl Worker {
             ReplyKind::Getm => b"getm ",
             ReplyKind::Cas => b"cas ",
             ReplyKind::Delete => b"delete ",
+            ReplyKind::Register => b"register",
         };
         out.extend_from_slice(verb);
         out.extend_from_slice(&run.key_prefix);

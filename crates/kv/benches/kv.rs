@@ -95,6 +95,7 @@ fn bench_apply(c: &mut Criterion) {
     });
     let proposal = Proposal {
         stamp_ms: 1,
+        session: None,
         command: commands[0].clone(),
     };
     let mut encoded = BytesMut::new();

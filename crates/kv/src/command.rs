@@ -1,11 +1,14 @@
 //! The commands replicated through the Raft log and their binary encoding.
 //!
 //! Entry layout (integers little-endian):
-//! `format:u8=1 | stamp_ms:u64 | tag:u8 | fields`, where fields are
-//! - Set    (tag 1): `exptime:u32 | key_len:u8 | key | value` (value runs to the end)
-//! - Cas    (tag 2): `exptime:u32 | version:u64 | key_len:u8 | key | value`
-//! - Delete (tag 3): `key_len:u8 | key`
-//! - Expire (tag 4): nothing.
+//! `format:u8=1 | stamp_ms:u64 | tag:u8 | fields` for a command outside a session, and
+//! `format:u8=2 | stamp_ms:u64 | session:u64 | seq:u64 | tag:u8 | fields` for a write in one, where
+//! fields are
+//! - Set      (tag 1): `exptime:u32 | key_len:u8 | key | value` (value runs to the end)
+//! - Cas      (tag 2): `exptime:u32 | version:u64 | key_len:u8 | key | value`
+//! - Delete   (tag 3): `key_len:u8 | key`
+//! - Expire   (tag 4): nothing.
+//! - Register (tag 5): nothing.
 //!
 //! The leading format byte lets a later release change the layout while still reading old logs.
 
@@ -14,13 +17,15 @@ use bytes::{BufMut, Bytes, BytesMut};
 use crate::byte_reader::ByteReader;
 pub use crate::decode_error::DecodeError;
 use crate::limits::{is_valid_exptime, is_valid_key};
-use crate::protocol::Request;
+use crate::protocol::{Request, SessionSeq, MAX_SESSION_NUMBER};
 
 const FORMAT_V1: u8 = 1;
+const FORMAT_IN_SESSION: u8 = 2;
 const TAG_SET: u8 = 1;
 const TAG_CAS: u8 = 2;
 const TAG_DELETE: u8 = 3;
 const TAG_EXPIRE: u8 = 4;
+const TAG_REGISTER: u8 = 5;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Command {
@@ -41,19 +46,56 @@ pub enum Command {
     /// Reclaim memory of keys that expired at or before the proposal's stamp (proposed
     /// periodically by the leader, so every replica reclaims the same keys at the same index).
     Expire,
+    /// Open a client session; its id is this entry's index.
+    Register,
 }
 
-/// What one Raft log entry carries: a command and the leader's wall-clock time when it proposed
-/// it, which is the only clock the state machine ever consults.
+/// What one Raft log entry carries: a command, the session it belongs to if any, and the leader's
+/// wall-clock time when it proposed it, which is the only clock the state machine ever consults.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Proposal {
     pub stamp_ms: u64,
+    pub session: Option<SessionSeq>,
     pub command: Command,
 }
 
+/// A client's write as the log will carry it: the command, its session if any, and whether the
+/// client asked for `noreply`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClientWrite {
+    pub command: Command,
+    pub session: Option<SessionSeq>,
+    pub noreply: bool,
+}
+
+impl ClientWrite {
+    /// The write to replicate for a client request; `None` for reads, which never enter the log.
+    pub fn from_request(request: Request) -> Option<ClientWrite> {
+        match request {
+            Request::InSession { session, write } => {
+                let (command, noreply) = Command::from_request(*write)?;
+                if command == Command::Register {
+                    return None;
+                }
+                Some(ClientWrite {
+                    command,
+                    session: Some(session),
+                    noreply,
+                })
+            }
+            request => Command::from_request(request).map(|(command, noreply)| ClientWrite {
+                command,
+                session: None,
+                noreply,
+            }),
+        }
+    }
+}
+
 impl Command {
-    /// The command to replicate for a client request and whether the client asked for `noreply`;
-    /// `None` for reads, which never enter the log.
+    /// The command to replicate for a request outside a session and whether the client asked for
+    /// `noreply`; `None` for reads, which never enter the log, and for a session's write (see
+    /// [`ClientWrite::from_request`]).
     pub fn from_request(request: Request) -> Option<(Command, bool)> {
         match request {
             Request::Set {
@@ -85,7 +127,8 @@ impl Command {
                 noreply,
             )),
             Request::Delete { key } => Some((Command::Delete { key }, false)),
-            Request::Get { .. } | Request::Getm { .. } => None,
+            Request::Register => Some((Command::Register, false)),
+            Request::Get { .. } | Request::Getm { .. } | Request::InSession { .. } => None,
         }
     }
 }
@@ -93,8 +136,18 @@ impl Command {
 impl Proposal {
     pub fn encode(&self, out: &mut BytesMut) {
         out.reserve(self.encoded_len());
-        out.put_u8(FORMAT_V1);
-        out.put_u64_le(self.stamp_ms);
+        match self.session {
+            None => {
+                out.put_u8(FORMAT_V1);
+                out.put_u64_le(self.stamp_ms);
+            }
+            Some(at) => {
+                out.put_u8(FORMAT_IN_SESSION);
+                out.put_u64_le(self.stamp_ms);
+                out.put_u64_le(at.session);
+                out.put_u64_le(at.seq);
+            }
+        }
         match &self.command {
             Command::Set {
                 key,
@@ -123,17 +176,19 @@ impl Proposal {
                 put_key(out, key);
             }
             Command::Expire => out.put_u8(TAG_EXPIRE),
+            Command::Register => out.put_u8(TAG_REGISTER),
         }
     }
 
     pub fn encoded_len(&self) -> usize {
-        let header = 1 + 8 + 1;
+        let session = if self.session.is_some() { 16 } else { 0 };
+        let header = 1 + 8 + session + 1;
         header
             + match &self.command {
                 Command::Set { key, value, .. } => 4 + 1 + key.len() + value.len(),
                 Command::Cas { key, value, .. } => 4 + 8 + 1 + key.len() + value.len(),
                 Command::Delete { key } => 1 + key.len(),
-                Command::Expire => 0,
+                Command::Expire | Command::Register => 0,
             }
     }
 
@@ -142,10 +197,21 @@ impl Proposal {
     pub fn decode(data: &Bytes) -> Result<Proposal, DecodeError> {
         let mut reader = ByteReader::new(data);
         let format = reader.u8()?;
-        if format != FORMAT_V1 {
+        if format != FORMAT_V1 && format != FORMAT_IN_SESSION {
             return Err(DecodeError::UnknownFormat(format));
         }
         let stamp_ms = reader.u64()?;
+        let session = if format == FORMAT_IN_SESSION {
+            let session = reader.u64()?;
+            let seq = reader.u64()?;
+            let valid = 1..=MAX_SESSION_NUMBER;
+            if !valid.contains(&session) || !valid.contains(&seq) {
+                return Err(DecodeError::InvalidEntry);
+            }
+            Some(SessionSeq { session, seq })
+        } else {
+            None
+        };
         let command = match reader.u8()? {
             TAG_SET => {
                 let exptime = read_exptime(&mut reader)?;
@@ -178,9 +244,21 @@ impl Proposal {
                 reader.expect_end()?;
                 Command::Expire
             }
+            TAG_REGISTER => {
+                reader.expect_end()?;
+                Command::Register
+            }
             tag => return Err(DecodeError::UnknownCommand(tag)),
         };
-        Ok(Proposal { stamp_ms, command })
+        if session.is_some() && matches!(command, Command::Expire | Command::Register) {
+            // Only a client's writes belong to a session.
+            return Err(DecodeError::InvalidEntry);
+        }
+        Ok(Proposal {
+            stamp_ms,
+            session,
+            command,
+        })
     }
 }
 

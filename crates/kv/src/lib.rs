@@ -4,7 +4,9 @@
 //! - the replicated command format: [`Proposal`] (a [`Command`] plus the leader's wall-clock stamp)
 //!   and its compact, versioned binary encoding carried in Raft log entries;
 //! - the state machine: [`Store`] applies committed commands deterministically, serves reads without
-//!   writing, and produces checksummed snapshots.
+//!   writing, and produces checksummed snapshots;
+//! - client sessions ([`SessionTable`]): each session's newest sequence number and reply, so that a
+//!   retried write is applied once (Raft dissertation §6.3).
 //!
 //! It must not touch the outside world: no sockets, files, threads or clocks. Time enters only as a
 //! parameter (the leader's stamp on a command, or the `now_ms` of a read), so every replica that
@@ -16,11 +18,12 @@ pub mod command;
 mod decode_error;
 pub mod store;
 
-pub use command::{Command, DecodeError, Proposal};
+pub use command::{ClientWrite, Command, DecodeError, Proposal};
 /// The client protocol (`raftkv-protocol`), re-exported so that the state machine's users name one
 /// crate: requests, the reply type, the limits.
 pub use raftkv_protocol::{self as protocol, limits};
 pub use raftkv_protocol::{
     ParseError, ParseOutcome, Parser, Reply, Request, DEFAULT_MAX_VALUE_SIZE,
 };
+pub use store::sessions::{SessionLimits, SessionTable, MAX_SEQUENCE_STEP};
 pub use store::Store;

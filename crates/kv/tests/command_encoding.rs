@@ -30,6 +30,7 @@ fn every_command_roundtrips() {
         Command::Expire,
     ] {
         let proposal = Proposal {
+            session: None,
             stamp_ms: 1_700_000_000_123,
             command,
         };
@@ -40,6 +41,7 @@ fn every_command_roundtrips() {
 #[test]
 fn decode_is_zero_copy() {
     let proposal = Proposal {
+        session: None,
         stamp_ms: 1,
         command: Command::Set {
             key: Bytes::from_static(b"k"),
@@ -65,7 +67,8 @@ fn decode_is_zero_copy() {
 fn decode_rejects_bad_entries() {
     let decode = |raw: &[u8]| Proposal::decode(&Bytes::copy_from_slice(raw));
     assert_eq!(decode(&[]), Err(DecodeError::Truncated));
-    assert_eq!(decode(&[2]), Err(DecodeError::UnknownFormat(2)));
+    assert_eq!(decode(&[3]), Err(DecodeError::UnknownFormat(3)));
+    assert_eq!(decode(&[2]), Err(DecodeError::Truncated));
     let mut expire = vec![1u8];
     expire.extend_from_slice(&5u64.to_le_bytes());
     expire.push(4);
@@ -90,6 +93,7 @@ fn decode_rejects_bad_entries() {
     // Every prefix of a valid entry that cuts into a fixed field fails cleanly.
     let mut out = BytesMut::new();
     Proposal {
+        session: None,
         stamp_ms: 9,
         command: Command::Cas {
             key: Bytes::from_static(b"kk"),
@@ -108,6 +112,7 @@ fn decode_rejects_bad_entries() {
 fn oversized_keys_never_decode() {
     for len in [251usize, 255, 256, 300] {
         let proposal = Proposal {
+            session: None,
             stamp_ms: 0,
             command: Command::Delete {
                 key: Bytes::from(vec![b'k'; len]),
@@ -166,4 +171,56 @@ fn from_request_maps_writes_and_keeps_noreply() {
         None
     );
     assert_eq!(Command::from_request(Request::Getm { key }), None);
+}
+
+#[test]
+fn session_writes_and_registrations_round_trip_and_bad_ones_do_not_decode() {
+    use raftkv_kv::protocol::SessionSeq;
+    let encode = |proposal: &Proposal| {
+        let mut out = BytesMut::new();
+        proposal.encode(&mut out);
+        assert_eq!(out.len(), proposal.encoded_len());
+        out.freeze()
+    };
+    let in_session = Proposal {
+        session: Some(SessionSeq {
+            session: 12,
+            seq: 3,
+        }),
+        stamp_ms: 5,
+        command: Command::Delete {
+            key: Bytes::from_static(b"k"),
+        },
+    };
+    let bytes = encode(&in_session);
+    assert_eq!(bytes[0], 2, "a write in a session uses format 2");
+    assert_eq!(Proposal::decode(&bytes), Ok(in_session.clone()));
+    let register = Proposal {
+        session: None,
+        stamp_ms: 5,
+        command: Command::Register,
+    };
+    assert_eq!(Proposal::decode(&encode(&register)), Ok(register));
+    // A session of 0, a sequence number of 0 or beyond the limit, a registration in a session.
+    for (session, seq) in [(0, 1), (1, 0), (1, (1 << 62) + 1)] {
+        let mut bad = bytes.to_vec();
+        bad[9..17].copy_from_slice(&u64::to_le_bytes(session));
+        bad[17..25].copy_from_slice(&u64::to_le_bytes(seq));
+        assert_eq!(
+            Proposal::decode(&Bytes::from(bad)),
+            Err(DecodeError::InvalidEntry)
+        );
+    }
+    let mut nested = bytes[..25].to_vec();
+    nested.push(5);
+    assert_eq!(
+        Proposal::decode(&Bytes::from(nested)),
+        Err(DecodeError::InvalidEntry)
+    );
+    for len in 0..bytes.len() {
+        assert!(
+            Proposal::decode(&bytes.slice(..len)).is_err(),
+            "prefix {len}"
+        );
+    }
 }

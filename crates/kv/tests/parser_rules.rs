@@ -306,3 +306,83 @@ fn pipelined_requests_come_out_in_order() {
         ParseOutcome::Request(Request::Delete { key: b(b"a") })
     );
 }
+
+fn in_session(session: u64, seq: u64, write: ParseOutcome) -> ParseOutcome {
+    let ParseOutcome::Request(write) = write else {
+        panic!("not a request: {write:?}");
+    };
+    ParseOutcome::Request(Request::InSession {
+        session: raftkv_kv::protocol::SessionSeq { session, seq },
+        write: Box::new(write),
+    })
+}
+
+#[test]
+fn register_and_session_writes_parse() {
+    assert_eq!(
+        parse_all(b"register\r\n"),
+        vec![ParseOutcome::Request(Request::Register)]
+    );
+    assert_eq!(
+        parse_all(b"session 7 3 set k 0 3 noreply\r\nabc\r\nsession 7 4 delete k\r\n"),
+        vec![
+            in_session(7, 3, set(b"k", 0, b"abc", true)),
+            in_session(
+                7,
+                4,
+                ParseOutcome::Request(Request::Delete { key: b(b"k") })
+            ),
+        ]
+    );
+    let cas = parse_all(b"session 1 1 cas k 5 42 2\r\nhi\r\n");
+    assert!(
+        matches!(&cas[..], [ParseOutcome::Request(Request::InSession { write, .. })]
+        if matches!(**write, Request::Cas { version: 42, .. }))
+    );
+}
+
+#[test]
+fn malformed_session_commands_are_errors_and_skip_their_value() {
+    for line in [
+        &b"register extra\r\n"[..],
+        b"session 1 1 get k\r\n",
+        b"session 1 1 getm k\r\n",
+        b"session 1 1 register\r\n",
+        b"session 1 1\r\n",
+        b"session 1\r\n",
+        b"session x 1 delete k\r\n",
+        b"session 1 -1 delete k\r\n",
+        b"session 0 1 delete k\r\n",
+        b"session 1 0 delete k\r\n",
+        // Larger than MAX_SESSION_NUMBER, and larger than u64.
+        b"session 1 4611686018427387905 delete k\r\n",
+        b"session 99999999999999999999999 1 delete k\r\n",
+        b"session 1 1 session 1 2 delete k\r\n",
+    ] {
+        assert_eq!(parse_all(line), vec![RECOVERABLE], "{line:?}");
+    }
+    // A bad prefix on a write with a value: the value is skipped, not read as commands.
+    assert_eq!(
+        parse_all(b"session 0 1 set k 0 10\r\ndelete kkk\r\nget k\r\n"),
+        vec![
+            RECOVERABLE,
+            ParseOutcome::Request(Request::Get { key: b(b"k") })
+        ]
+    );
+    assert_eq!(
+        parse_all(b"session 1 1 session 1 2 set k 0 10\r\ndelete kkk\r\nget k\r\n"),
+        vec![
+            RECOVERABLE,
+            ParseOutcome::Request(Request::Get { key: b(b"k") })
+        ]
+    );
+    // The largest legal numbers parse.
+    assert_eq!(
+        parse_all(b"session 4611686018427387904 4611686018427387904 delete k\r\n").len(),
+        1
+    );
+    assert!(matches!(
+        parse_all(b"session 4611686018427387904 4611686018427387904 delete k\r\n")[0],
+        ParseOutcome::Request(Request::InSession { .. })
+    ));
+}

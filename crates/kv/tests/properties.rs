@@ -114,8 +114,16 @@ proptest! {
     }
 
     #[test]
-    fn proposals_roundtrip(stamp_ms in any::<u64>(), command in command_strategy()) {
-        let proposal = Proposal { stamp_ms, command };
+    fn proposals_roundtrip(
+        stamp_ms in any::<u64>(),
+        command in prop_oneof![4 => command_strategy(), 1 => Just(Command::Register)],
+        session in proptest::option::of((1u64..=1 << 62, 1u64..=1 << 62)),
+    ) {
+        // Only a client's writes belong to a session.
+        let session = session
+            .filter(|_| !matches!(command, Command::Expire | Command::Register))
+            .map(|(session, seq)| raftkv_kv::protocol::SessionSeq { session, seq });
+        let proposal = Proposal { stamp_ms, session, command };
         let mut out = BytesMut::new();
         proposal.encode(&mut out);
         prop_assert_eq!(Proposal::decode(&out.freeze()), Ok(proposal));
@@ -216,6 +224,8 @@ impl Model {
                     .retain(|_, (_, expires, _)| expires.is_none_or(|at| at > now));
                 Reply::Ok { version: index }
             }
+            // Sessions are modelled in tests/sessions.rs; here they leave the keys alone.
+            Command::Register => Reply::Session { id: index },
         }
     }
 

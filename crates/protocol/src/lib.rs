@@ -18,11 +18,15 @@ mod reply_parser;
 mod request;
 mod request_encoder;
 
-pub use limits::{validate_key, KeyError, DEFAULT_MAX_VALUE_SIZE, MAX_EXPTIME_SECS, MAX_KEY_LEN};
+pub use limits::{
+    validate_key, KeyError, DEFAULT_MAX_VALUE_SIZE, MAX_EXPTIME_SECS, MAX_KEY_LEN,
+    MAX_SESSION_NUMBER,
+};
 pub use parser::{ParseError, ParseOutcome, Parser};
 pub use reply::Reply;
 pub use reply_parser::{parse_reply, Parsed, ProtocolError, ReplyKind};
-pub use request::Request;
+pub use request::{Request, SessionSeq};
 pub use request_encoder::{
-    encode_cas, encode_delete, encode_get, encode_getm, encode_set, push_decimal,
+    encode_cas, encode_delete, encode_get, encode_getm, encode_register, encode_session_prefix,
+    encode_set, push_decimal,
 };

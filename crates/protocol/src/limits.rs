@@ -34,6 +34,10 @@ pub fn expiry_instant(stamp_ms: u64, exptime: u32) -> Option<u64> {
 /// Largest value a `set` or `cas` may carry unless the server configures otherwise.
 pub const DEFAULT_MAX_VALUE_SIZE: usize = 1 << 20;
 
+/// Largest session id or sequence number a request may carry. Far beyond any real value, and it
+/// keeps `seq + window` arithmetic free of overflow.
+pub const MAX_SESSION_NUMBER: u64 = 1 << 62;
+
 /// Longest reply header line a client accepts. The longest legal one is a redirect with a 253-byte
 /// host name; anything longer means the stream is not speaking this protocol.
 pub const MAX_REPLY_LINE: usize = 512;

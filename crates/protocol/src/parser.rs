@@ -4,8 +4,8 @@
 use bytes::{Buf, Bytes, BytesMut};
 
 use crate::fields::{parse_decimal, tokens, Number};
-use crate::limits::{is_valid_exptime, is_valid_key, MAX_LINE_LEN};
-use crate::request::Request;
+use crate::limits::{is_valid_exptime, is_valid_key, MAX_LINE_LEN, MAX_SESSION_NUMBER};
+use crate::request::{Request, SessionSeq};
 
 /// Why a request was rejected. Either way the client gets `ERR_CMD_ERR`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -44,8 +44,8 @@ enum PendingWrite {
 }
 
 impl PendingWrite {
-    fn with_value(self, value: Bytes) -> Request {
-        match self {
+    fn with_value(self, value: Bytes, session: Option<SessionSeq>) -> Request {
+        let write = match self {
             PendingWrite::Set {
                 key,
                 exptime,
@@ -68,7 +68,19 @@ impl PendingWrite {
                 value,
                 noreply,
             },
-        }
+        };
+        in_session(write, session)
+    }
+}
+
+/// `write`, inside `session` if it has one.
+fn in_session(write: Request, session: Option<SessionSeq>) -> Request {
+    match session {
+        Some(session) => Request::InSession {
+            session,
+            write: Box::new(write),
+        },
+        None => write,
     }
 }
 
@@ -77,7 +89,11 @@ enum State {
     /// Expecting a request line.
     Line,
     /// Header accepted; waiting for `len` value bytes and CR LF.
-    Value { write: PendingWrite, len: usize },
+    Value {
+        write: PendingWrite,
+        len: usize,
+        session: Option<SessionSeq>,
+    },
     /// Header rejected but its numbytes was readable: discarding `remaining` value bytes, then CR LF,
     /// so the value is not misread as commands. Remembered across calls so that nothing beyond a
     /// CR LF ever has to be buffered for a block that will be thrown away.
@@ -89,8 +105,14 @@ enum State {
 /// What one request line turned out to be.
 enum LineOutcome {
     Request(Request),
-    AwaitValue { write: PendingWrite, len: usize },
-    SkipValue { len: usize },
+    AwaitValue {
+        write: PendingWrite,
+        len: usize,
+        session: Option<SessionSeq>,
+    },
+    SkipValue {
+        len: usize,
+    },
     Error(ParseError),
 }
 
@@ -146,7 +168,11 @@ impl Parser {
     pub fn parse(&mut self, buf: &mut BytesMut) -> ParseOutcome {
         match std::mem::replace(&mut self.state, State::Line) {
             State::Line => self.parse_line(buf),
-            State::Value { write, len } => self.parse_value(buf, write, len),
+            State::Value {
+                write,
+                len,
+                session,
+            } => self.parse_value(buf, write, len, session),
             State::Skip { remaining } => self.skip_value(buf, remaining),
             State::Failed => self.fail(),
         }
@@ -171,7 +197,11 @@ impl Parser {
         line.truncate(line_len);
         match self.interpret_line(&line) {
             LineOutcome::Request(request) => ParseOutcome::Request(request),
-            LineOutcome::AwaitValue { write, len } => self.parse_value(buf, write, len),
+            LineOutcome::AwaitValue {
+                write,
+                len,
+                session,
+            } => self.parse_value(buf, write, len, session),
             LineOutcome::SkipValue { len } => self.skip_value(buf, len),
             LineOutcome::Error(ParseError::Fatal) => self.fail(),
             LineOutcome::Error(ParseError::Recoverable) => {
@@ -180,7 +210,13 @@ impl Parser {
         }
     }
 
-    fn parse_value(&mut self, buf: &mut BytesMut, write: PendingWrite, len: usize) -> ParseOutcome {
+    fn parse_value(
+        &mut self,
+        buf: &mut BytesMut,
+        write: PendingWrite,
+        len: usize,
+        session: Option<SessionSeq>,
+    ) -> ParseOutcome {
         // len <= max_value_size <= u32::MAX, so this cannot overflow.
         let block_len = len + 2;
         if buf.len() < block_len {
@@ -188,7 +224,11 @@ impl Parser {
             if !is_terminator_prefix(&buf[buf.len().min(len)..]) {
                 return self.fail();
             }
-            self.state = State::Value { write, len };
+            self.state = State::Value {
+                write,
+                len,
+                session,
+            };
             return ParseOutcome::NeedMore;
         }
         if &buf[len..block_len] != b"\r\n" {
@@ -196,7 +236,7 @@ impl Parser {
         }
         let value = buf.split_to(len).freeze();
         buf.advance(2);
-        ParseOutcome::Request(write.with_value(value))
+        ParseOutcome::Request(write.with_value(value, session))
     }
 
     fn skip_value(&mut self, buf: &mut BytesMut, remaining: usize) -> ParseOutcome {
@@ -295,10 +335,67 @@ impl Parser {
                         noreply,
                     }
                 };
-                LineOutcome::AwaitValue { write, len }
+                LineOutcome::AwaitValue {
+                    write,
+                    len,
+                    session: None,
+                }
+            }
+            b"register" if count == 1 => LineOutcome::Request(Request::Register),
+            b"session" if count >= 4 => {
+                let (start, _) = spans[3];
+                let inner = self.interpret_line(&line.slice(start..));
+                let session = match (session_number(token(1)), session_number(token(2))) {
+                    (Some(session), Some(seq)) => SessionSeq { session, seq },
+                    // Skip the value block of a write with a bad prefix, or it would be read as commands.
+                    _ => return inner.rejected(),
+                };
+                inner.in_session(session)
             }
             _ => recoverable,
         }
+    }
+}
+
+impl LineOutcome {
+    /// This line's outcome had it been rejected: an error, after skipping any value block it announced.
+    fn rejected(self) -> LineOutcome {
+        match self {
+            LineOutcome::AwaitValue { len, .. } | LineOutcome::SkipValue { len } => {
+                LineOutcome::SkipValue { len }
+            }
+            LineOutcome::Error(ParseError::Fatal) => LineOutcome::Error(ParseError::Fatal),
+            LineOutcome::Request(_) | LineOutcome::Error(ParseError::Recoverable) => {
+                LineOutcome::Error(ParseError::Recoverable)
+            }
+        }
+    }
+
+    /// The outcome of `session <id> <seq> <this line>`: only plain writes may be in a session.
+    fn in_session(self, session: SessionSeq) -> LineOutcome {
+        match self {
+            LineOutcome::AwaitValue {
+                write,
+                len,
+                session: None,
+            } => LineOutcome::AwaitValue {
+                write,
+                len,
+                session: Some(session),
+            },
+            LineOutcome::Request(delete @ Request::Delete { .. }) => {
+                LineOutcome::Request(in_session(delete, Some(session)))
+            }
+            other => other.rejected(),
+        }
+    }
+}
+
+/// A session id or sequence number: decimal, from 1 to [`MAX_SESSION_NUMBER`].
+fn session_number(token: &[u8]) -> Option<u64> {
+    match parse_decimal(token) {
+        Number::Valid(n) if (1..=MAX_SESSION_NUMBER).contains(&n) => Some(n),
+        _ => None,
     }
 }
 /// Whether `bytes` (at most two) can still become the CR LF that ends a value block.

@@ -34,6 +34,18 @@ pub enum Reply<V = Bytes> {
         host: String,
         port: u16,
     },
+    /// `SESSION <id>` after `register`.
+    Session {
+        id: u64,
+    },
+    /// `ERR_SESSION_EXPIRED`: the session does not exist (it expired, was evicted, or never did);
+    /// nothing was applied.
+    ErrSessionExpired,
+    /// `ERR_SEQUENCE <last>`: the sequence number is older than `last`, the newest one the session
+    /// applied (whose reply is no longer kept), or too far ahead of it; nothing was applied.
+    ErrSequence {
+        last: u64,
+    },
 }
 
 impl<V> Reply<V> {
@@ -59,6 +71,9 @@ impl<V> Reply<V> {
             Reply::ErrCmdErr => Reply::ErrCmdErr,
             Reply::ErrInternal => Reply::ErrInternal,
             Reply::ErrRedirect { host, port } => Reply::ErrRedirect { host, port },
+            Reply::Session { id } => Reply::Session { id },
+            Reply::ErrSessionExpired => Reply::ErrSessionExpired,
+            Reply::ErrSequence { last } => Reply::ErrSequence { last },
         }
     }
 
@@ -112,6 +127,9 @@ impl<V: AsRef<[u8]>> Reply<V> {
             Reply::ErrRedirect { host, port } => {
                 write_line(out, format_args!("ERR_REDIRECT {host} {port}"))
             }
+            Reply::Session { id } => write_line(out, format_args!("SESSION {id}")),
+            Reply::ErrSessionExpired => out.put_slice(b"ERR_SESSION_EXPIRED\r\n"),
+            Reply::ErrSequence { last } => write_line(out, format_args!("ERR_SEQUENCE {last}")),
         }
     }
 }
@@ -173,6 +191,15 @@ mod tests {
                 port: 7001
             }),
             b"ERR_REDIRECT 10.0.0.2 7001\r\n"
+        );
+        assert_eq!(encoded(Reply::Session { id: 12 }), b"SESSION 12\r\n");
+        assert_eq!(
+            encoded(Reply::ErrSessionExpired),
+            b"ERR_SESSION_EXPIRED\r\n"
+        );
+        assert_eq!(
+            encoded(Reply::ErrSequence { last: 9 }),
+            b"ERR_SEQUENCE 9\r\n"
         );
     }
 

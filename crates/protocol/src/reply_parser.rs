@@ -17,12 +17,17 @@ pub enum ReplyKind {
     Getm,
     Cas,
     Delete,
+    /// `register`, answered `SESSION <id>`.
+    Register,
 }
 
 impl ReplyKind {
     /// Whether the command changes the store, and so must not be retried after it was sent.
     pub fn is_write(self) -> bool {
-        matches!(self, ReplyKind::Set | ReplyKind::Cas | ReplyKind::Delete)
+        matches!(
+            self,
+            ReplyKind::Set | ReplyKind::Cas | ReplyKind::Delete | ReplyKind::Register
+        )
     }
 }
 
@@ -90,6 +95,15 @@ pub fn parse_reply(buf: &[u8], kind: ReplyKind, max_value: usize) -> Result<Pars
         b"ERR_CMD_ERR" => Reply::ErrCmdErr,
         b"ERR_INTERNAL" => Reply::ErrInternal,
         b"ERR_REDIRECT" => return complete(parse_redirect(fields, line)?),
+        b"SESSION" if kind == ReplyKind::Register => {
+            let id = exactly_one_number(&mut fields, line)?;
+            return complete(Reply::Session { id });
+        }
+        b"ERR_SESSION_EXPIRED" if kind.is_write() => Reply::ErrSessionExpired,
+        b"ERR_SEQUENCE" if kind.is_write() => {
+            let last = exactly_one_number(&mut fields, line)?;
+            return complete(Reply::ErrSequence { last });
+        }
         _ => {
             return Err(protocol_error(
                 &format!("unexpected reply to {kind:?}"),

@@ -28,4 +28,19 @@ pub enum Request {
     Delete {
         key: Bytes,
     },
+    /// `register`: open a session (answered `SESSION <id>`).
+    Register,
+    /// `session <id> <seq> <set|cas|delete ...>`: a write applied at most once per sequence number.
+    InSession {
+        session: SessionSeq,
+        write: Box<Request>,
+    },
+}
+
+/// Where a write stands in its client's session (see "Sessions" in `docs/protocol.md`): the session's
+/// id and the write's sequence number in it. The state machine applies each sequence number once.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct SessionSeq {
+    pub session: u64,
+    pub seq: u64,
 }

@@ -67,6 +67,20 @@ pub fn encode_delete(out: &mut Vec<u8>, key: &[u8]) {
     out.extend_from_slice(b"\r\n");
 }
 
+/// Appends `register\r\n`.
+pub fn encode_register(out: &mut Vec<u8>) {
+    out.extend_from_slice(b"register\r\n");
+}
+
+/// Appends `session <id> <seq> `: followed by a write's encoding, it puts that write in a session.
+pub fn encode_session_prefix(out: &mut Vec<u8>, session: u64, seq: u64) {
+    out.extend_from_slice(b"session ");
+    push_decimal(out, session);
+    out.push(b' ');
+    push_decimal(out, seq);
+    out.push(b' ');
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -78,9 +92,12 @@ mod tests {
         encode_get(&mut out, b"k");
         encode_getm(&mut out, b"k");
         encode_delete(&mut out, b"k");
+        encode_register(&mut out);
+        encode_session_prefix(&mut out, 7, 3);
+        encode_delete(&mut out, b"k");
         assert_eq!(
             out,
-            b"cas k 10 42 4\r\na\r\nb\r\nget k\r\ngetm k\r\ndelete k\r\n"
+            b"cas k 10 42 4\r\na\r\nb\r\nget k\r\ngetm k\r\ndelete k\r\nregister\r\nsession 7 3 delete k\r\n"
         );
         let mut n = Vec::new();
         push_decimal(&mut n, u64::MAX);

@@ -16,4 +16,7 @@ pub enum Mutation {
     /// Reads judge expiry at the serving leader's local wall clock instead of the replicated clock (the
     /// bug fixed by the clock rule in [`crate::clock`]).
     ExpiryAtLocalClock,
+    /// The state machine ignores sessions: a write retried after a lost reply is applied again (a
+    /// retried `cas` that had succeeded now fails, a retried `set` overwrites what came between).
+    WritesAppliedTwice,
 }

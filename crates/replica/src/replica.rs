@@ -335,10 +335,12 @@ impl<H> Replica<H> {
                 None
             }
             EntryKind::Normal => match Proposal::decode(data) {
-                Ok(proposal) => Some(
-                    self.store
-                        .apply(index, proposal.stamp_ms, &proposal.command),
-                ),
+                Ok(mut proposal) => {
+                    if self.config.mutation == Some(Mutation::WritesAppliedTwice) {
+                        proposal.session = None;
+                    }
+                    Some(self.store.apply_proposal(index, &proposal))
+                }
                 Err(err) => {
                     // Only a leader of this cluster encodes entries, so this is a bug, not input.
                     error!(index, "committed entry does not decode: {err}");

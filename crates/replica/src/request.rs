@@ -1,5 +1,6 @@
 //! A client request as the replica receives it, and the bookkeeping of one in progress.
 
+use raftkv_kv::protocol::SessionSeq;
 use raftkv_kv::{Command, Request};
 use raftkv_raft::{Index, Term};
 
@@ -13,8 +14,11 @@ pub struct ClientRequest<H> {
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Op {
-    /// A write, validated by the parser, to go through the log.
-    Write(Command),
+    /// A write, validated by the parser, to go through the log; in a session if it names one.
+    Write {
+        command: Command,
+        session: Option<SessionSeq>,
+    },
     /// `get` or `getm`, served through ReadIndex.
     Read(Request),
 }
@@ -35,4 +39,14 @@ pub(crate) struct PendingRead<H> {
     /// entry is applied, it is at that same time, which the entry's stamp has reached: one clock entry
     /// per read at most, however long the commit took.
     pub(crate) judged_at_ms: Option<u64>,
+}
+
+impl Op {
+    /// A write outside any session.
+    pub fn write(command: Command) -> Op {
+        Op::Write {
+            command,
+            session: None,
+        }
+    }
 }

@@ -2,6 +2,7 @@
 //! holding requests back to keep each connection's order, parking them while no leader is known,
 //! redirecting.
 
+use raftkv_kv::protocol::SessionSeq;
 use raftkv_kv::{Command, Proposal, Reply, Request};
 use raftkv_raft::{Index, NodeId, ProposeError, Role, Term};
 
@@ -36,7 +37,7 @@ impl<H> Replica<H> {
                 self.park(request);
                 return;
             }
-            let is_write = matches!(request.op, Op::Write(_));
+            let is_write = matches!(request.op, Op::Write { .. });
             if !self.held.is_empty() || (is_write && self.reads_pending()) {
                 self.held.push_back(request);
                 return;
@@ -55,7 +56,7 @@ impl<H> Replica<H> {
 
     fn start(&mut self, request: ClientRequest<H>) {
         match request.op {
-            Op::Write(command) => self.propose_write(command, request.handle),
+            Op::Write { command, session } => self.propose_write(command, session, request.handle),
             Op::Read(read) => self.start_read(read, request.handle),
         }
     }
@@ -74,7 +75,7 @@ impl<H> Replica<H> {
             return;
         }
         while let Some(request) = self.held.front() {
-            let is_write = matches!(request.op, Op::Write(_));
+            let is_write = matches!(request.op, Op::Write { .. });
             let leader = self.raft.status().role == Role::Leader;
             if is_write && self.reads_pending() && leader {
                 return;
@@ -115,13 +116,19 @@ impl<H> Replica<H> {
         }
     }
 
-    /// Encodes `command` with the next stamp and proposes it; the index and term it will have, or why not.
+    /// Encodes `command` (in `session`, if any) with the next stamp and proposes it; the index and term
+    /// it will have, or why not.
     fn propose_command(
         &mut self,
         command: Command,
+        session: Option<SessionSeq>,
     ) -> Result<(Index, Term), (ProposeError, Command)> {
         let stamp_ms = self.next_stamp();
-        let proposal = Proposal { stamp_ms, command };
+        let proposal = Proposal {
+            stamp_ms,
+            session,
+            command,
+        };
         self.encode_buf.reserve(proposal.encoded_len());
         proposal.encode(&mut self.encode_buf);
         let data = self.encode_buf.split().freeze();
@@ -130,15 +137,20 @@ impl<H> Replica<H> {
             .map_err(|err| (err, proposal.command))
     }
 
-    fn propose_write(&mut self, command: Command, handle: H) {
-        match self.propose_command(command) {
+    fn propose_write(&mut self, command: Command, session: Option<SessionSeq>, handle: H) {
+        if session.is_some_and(|at| self.store.session_is_gone(at)) {
+            // Certain to be refused when applied: refuse it now, without a log entry.
+            self.out.replies.push((handle, Reply::ErrSessionExpired));
+            return;
+        }
+        match self.propose_command(command, session) {
             Ok((index, term)) => {
                 self.writes.insert(index, PendingWrite { term, handle });
             }
             Err((ProposeError::Transferring, command)) => {
                 // Leadership is moving away; the new leader will take it.
                 self.park(ClientRequest {
-                    op: Op::Write(command),
+                    op: Op::Write { command, session },
                     handle,
                 });
             }
@@ -225,7 +237,7 @@ impl<H> Replica<H> {
         }
         // The entry's stamp is at least `wall` (stamps never run behind the clock that asked).
         read.judged_at_ms = Some(wall);
-        let index = match self.propose_command(Command::Expire) {
+        let index = match self.propose_command(Command::Expire, None) {
             Ok((index, _)) => {
                 self.clock_entry = Some(index);
                 Some(index)
@@ -250,7 +262,7 @@ impl<H> Replica<H> {
         if !leader || self.reads_pending() || !self.store.has_expired(self.now.wall_ms) {
             return;
         }
-        let _ = self.propose_command(Command::Expire);
+        let _ = self.propose_command(Command::Expire, None);
     }
 
     /// Answers requests that waited too long for a leader.

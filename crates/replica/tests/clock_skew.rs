@@ -221,7 +221,7 @@ fn key() -> Bytes {
 }
 
 fn set_with_ttl(ttl_s: u32) -> Op {
-    Op::Write(Command::Set {
+    Op::write(Command::Set {
         key: key(),
         exptime: ttl_s,
         value: Bytes::from_static(b"token"),
@@ -233,7 +233,7 @@ fn get() -> Op {
 }
 
 fn cas(version: u64) -> Op {
-    Op::Write(Command::Cas {
+    Op::write(Command::Cas {
         key: key(),
         exptime: 0,
         version,

@@ -6,7 +6,7 @@
 //! back-pressure rather than by our memory.
 
 use bytes::{BufMut, BytesMut};
-use raftkv_kv::Command;
+use raftkv_kv::ClientWrite;
 use raftkv_protocol::{ParseError, ParseOutcome, Parser, Reply, Request};
 use raftkv_tls::Stream;
 use std::sync::Arc;
@@ -251,6 +251,21 @@ fn request_bytes(request: &Request) -> usize {
             key.len() + value.len()
         }
         Request::Get { key } | Request::Getm { key } | Request::Delete { key } => key.len(),
+        Request::Register => 0,
+        Request::InSession { write, .. } => request_bytes(write),
+    }
+}
+
+/// The metrics' name for a request: a write in a session counts as that write.
+fn op_kind(request: &Request) -> OpKind {
+    match request {
+        Request::Set { .. } => OpKind::set,
+        Request::Cas { .. } => OpKind::cas,
+        Request::Delete { .. } => OpKind::delete,
+        Request::Get { .. } => OpKind::get,
+        Request::Getm { .. } => OpKind::getm,
+        Request::Register => OpKind::register,
+        Request::InSession { write, .. } => op_kind(write),
     }
 }
 
@@ -262,17 +277,17 @@ async fn submit(
     replies: &Arc<ConnectionReplies>,
 ) -> Option<Slot> {
     let started = Instant::now();
-    let kind = match &request {
-        Request::Set { .. } => OpKind::set,
-        Request::Cas { .. } => OpKind::cas,
-        Request::Delete { .. } => OpKind::delete,
-        Request::Get { .. } => OpKind::get,
-        Request::Getm { .. } => OpKind::getm,
-    };
+    let kind = op_kind(&request);
     let (op, noreply) = match request {
         Request::Get { .. } | Request::Getm { .. } => (Op::Read(request), false),
-        write => match Command::from_request(write) {
-            Some((command, noreply)) => (Op::Write(command), noreply),
+        write => match ClientWrite::from_request(write) {
+            Some(write) => (
+                Op::Write {
+                    command: write.command,
+                    session: write.session,
+                },
+                write.noreply,
+            ),
             None => {
                 return Some(Slot::Immediate {
                     reply: Reply::ErrCmdErr,

@@ -22,6 +22,7 @@ pub enum OpKind {
     delete,
     get,
     getm,
+    register,
 }
 
 /// How a client request ended.
@@ -34,19 +35,24 @@ pub enum Outcome {
     redirect,
     bad_request,
     error,
+    /// A write in a session that is gone, or with a sequence number out of order.
+    session_error,
 }
 
 impl Outcome {
     pub fn of(reply: &Reply) -> Outcome {
         match reply {
-            Reply::Ok { .. } | Reply::Value { .. } | Reply::ValueMeta { .. } | Reply::Deleted => {
-                Outcome::ok
-            }
+            Reply::Ok { .. }
+            | Reply::Value { .. }
+            | Reply::ValueMeta { .. }
+            | Reply::Deleted
+            | Reply::Session { .. } => Outcome::ok,
             Reply::ErrNotFound => Outcome::not_found,
             Reply::ErrVersion => Outcome::version_mismatch,
             Reply::ErrRedirect { .. } => Outcome::redirect,
             Reply::ErrCmdErr => Outcome::bad_request,
             Reply::ErrInternal => Outcome::error,
+            Reply::ErrSessionExpired | Reply::ErrSequence { .. } => Outcome::session_error,
         }
     }
 }
@@ -381,6 +387,7 @@ impl Metrics {
                 outcome(Outcome::redirect),
                 outcome(Outcome::bad_request),
                 outcome(Outcome::error),
+                outcome(Outcome::session_error),
             ],
         }
     }
@@ -400,7 +407,7 @@ pub struct PeerCounters {
 #[derive(Clone, Debug)]
 pub struct RequestHandles {
     pub duration: Histogram,
-    outcomes: [Counter; 6],
+    outcomes: [Counter; 7],
 }
 
 impl RequestHandles {
@@ -411,7 +418,7 @@ impl RequestHandles {
 
 /// The handles for one request kind each, indexed by [`OpKind`].
 #[derive(Clone, Debug)]
-pub struct AllRequestHandles(pub [RequestHandles; 5]);
+pub struct AllRequestHandles(pub [RequestHandles; 6]);
 
 impl AllRequestHandles {
     pub fn new(metrics: &Metrics) -> AllRequestHandles {
@@ -421,6 +428,7 @@ impl AllRequestHandles {
             metrics.request_handles(OpKind::delete),
             metrics.request_handles(OpKind::get),
             metrics.request_handles(OpKind::getm),
+            metrics.request_handles(OpKind::register),
         ])
     }
 

@@ -243,7 +243,7 @@ pub fn draw_op(
     let value = value_bytes(op_id);
     match rng.below(10) {
         0..=4 => (
-            Request2::Write(Command::Set {
+            Request2::write(Command::Set {
                 key: k,
                 exptime: ttl_s,
                 value,
@@ -261,7 +261,7 @@ pub fn draw_op(
                 _ => rng.range(1, 50),
             };
             (
-                Request2::Write(Command::Cas {
+                Request2::write(Command::Cas {
                     key: k,
                     exptime: ttl_s,
                     version: expected,
@@ -278,7 +278,7 @@ pub fn draw_op(
             )
         }
         _ => (
-            Request2::Write(Command::Delete { key: k }),
+            Request2::write(Command::Delete { key: k }),
             OpKind::Delete { deleted: None },
             false,
         ),

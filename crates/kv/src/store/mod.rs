@@ -3,14 +3,16 @@
 mod digest;
 mod entry;
 mod expiry;
+pub mod sessions;
 mod snapshot;
 mod table;
 
-use crate::command::Command;
+use crate::command::{Command, Proposal};
 use crate::limits::{expiry_instant, is_valid_exptime, is_valid_key};
-use crate::protocol::{Reply, Request};
+use crate::protocol::{Reply, Request, SessionSeq};
 use digest::DigestHasher;
 use entry::{Entry, NEVER};
+use sessions::{Admission, SessionLimits, SessionTable};
 use table::KeyTable;
 
 /// The key-value state. Deterministic: its state is a function of the sequence of
@@ -24,6 +26,7 @@ use table::KeyTable;
 #[derive(Debug, Clone, Default)]
 pub struct Store {
     entries: KeyTable,
+    sessions: SessionTable,
     applied_index: u64,
     clock_ms: u64,
 }
@@ -33,14 +36,77 @@ impl Store {
         Store::default()
     }
 
+    /// A store whose session table has other limits than the release's (for tests: every replica of
+    /// one cluster must use the same limits).
+    pub fn with_session_limits(limits: SessionLimits) -> Store {
+        Store {
+            sessions: SessionTable::new(limits),
+            ..Store::default()
+        }
+    }
+
+    /// Applies the committed `proposal` at log `index`: a write in a session is applied only if its
+    /// sequence number is new (see [`sessions`]); a duplicate gets the reply the original got.
+    pub fn apply_proposal(&mut self, index: u64, proposal: &Proposal) -> Reply {
+        match proposal.session {
+            None => self.apply(index, proposal.stamp_ms, &proposal.command),
+            Some(at) => self.apply_in_session(index, proposal.stamp_ms, at, &proposal.command),
+        }
+    }
+
+    fn apply_in_session(
+        &mut self,
+        index: u64,
+        stamp_ms: u64,
+        at: SessionSeq,
+        command: &Command,
+    ) -> Reply {
+        self.advance(index, stamp_ms);
+        if matches!(command, Command::Expire | Command::Register) {
+            return Reply::ErrCmdErr;
+        }
+        match self.sessions.admit(at) {
+            Admission::Answer(reply) => reply,
+            Admission::Apply => {
+                let reply = self.apply_command(index, command);
+                self.sessions.record(at, &reply, self.clock_ms);
+                reply
+            }
+        }
+    }
+
+    /// Whether a write in session `at` can only be refused: the session is gone, although the store
+    /// has applied the entry that opened it (a session that is not there yet may still be registered
+    /// by an entry this replica has not applied). Lets a leader refuse it without a log entry.
+    pub fn session_is_gone(&self, at: SessionSeq) -> bool {
+        at.session <= self.applied_index && !self.sessions.contains(at.session)
+    }
+
+    /// Number of open sessions.
+    pub fn sessions_len(&self) -> usize {
+        self.sessions.len()
+    }
+
     /// Applies the committed `command` at log `index`, stamped `stamp_ms` by the leader that
     /// proposed it. Never fails: a command that cannot take effect gets its error reply
     /// (`ErrNotFound`, `ErrVersion`, or `ErrCmdErr` for fields that could only come from
     /// bypassing validation). The caller applies each index once, in increasing order.
     /// `Expire` replies `Ok { version: index }`, which nobody is waiting for.
     pub fn apply(&mut self, index: u64, stamp_ms: u64, command: &Command) -> Reply {
+        self.advance(index, stamp_ms);
+        self.apply_command(index, command)
+    }
+
+    /// Moves the applied index and the clock to an entry's, and expires what the clock has passed.
+    fn advance(&mut self, index: u64, stamp_ms: u64) {
         self.applied_index = index;
-        self.clock_ms = self.clock_ms.max(stamp_ms);
+        if stamp_ms > self.clock_ms {
+            self.clock_ms = stamp_ms;
+            self.sessions.expire(stamp_ms);
+        }
+    }
+
+    fn apply_command(&mut self, index: u64, command: &Command) -> Reply {
         let now_ms = self.clock_ms;
         match command {
             Command::Set {
@@ -65,6 +131,10 @@ impl Store {
             Command::Expire => {
                 self.reclaim_expired(now_ms);
                 Reply::Ok { version: index }
+            }
+            Command::Register => {
+                self.sessions.register(index, now_ms);
+                Reply::Session { id: index }
             }
         }
     }
@@ -142,7 +212,7 @@ impl Store {
         self.clock_ms
     }
 
-    /// Deterministic digest of the whole state (entries, applied index, clock), equal on two
+    /// Deterministic digest of the whole state (entries, sessions, applied index, clock), equal on two
     /// replicas exactly when (barring hash collisions) their states are equal.
     pub fn digest(&self) -> u64 {
         let entries_sum = self.entries.iter_warmed().fold(0u64, |sum, entry| {
@@ -154,9 +224,13 @@ impl Store {
                 .finish();
             sum.wrapping_add(entry_hash)
         });
+        let mut sessions = DigestHasher::new();
+        self.sessions
+            .digest_words(|word| sessions = sessions.word(word));
         DigestHasher::new()
             .word(entries_sum)
             .word(self.entries.len() as u64)
+            .word(sessions.finish())
             .word(self.applied_index)
             .word(self.clock_ms)
             .finish()

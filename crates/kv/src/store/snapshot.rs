@@ -1,12 +1,15 @@
 //! Snapshot encoding of a whole [`Store`].
 //!
 //! Layout (integers little-endian):
-//! `magic "RKVS" | format:u8=1 | applied_index:u64 | clock_ms:u64 | count:u64 | entries | crc32c:u32`
-//! with each entry `version:u64 | expires_at_ms:u64 | key_len:u8 | key | value_len:u32 | value`.
+//! `magic "RKVS" | format:u8=2 | applied_index:u64 | clock_ms:u64 | count:u64 | entries | sessions |
+//! crc32c:u32` with each entry `version:u64 | expires_at_ms:u64 | key_len:u8 | key | value_len:u32 |
+//! value`, and the session table as `SessionTable::encode` writes it. Format 1 (written before
+//! sessions existed) has no session table and still restores.
 //! The CRC-32C covers every byte before it. Entry order follows the hash table and is not
 //! meaningful; restore validates every field as strictly as the log-entry decoder.
 
 use super::entry::Entry;
+use super::sessions::{SessionLimits, SessionTable};
 use super::table;
 use super::Store;
 use crate::byte_reader::ByteReader;
@@ -15,6 +18,7 @@ use crate::limits::is_valid_key;
 
 const MAGIC: &[u8; 4] = b"RKVS";
 const FORMAT_V1: u8 = 1;
+const FORMAT_WITH_SESSIONS: u8 = 2;
 const HEADER_LEN: usize = 4 + 1 + 8 + 8 + 8;
 const CHECKSUM_LEN: usize = 4;
 /// Smallest possible encoded entry (one-byte key, empty value); bounds the pre-allocation a
@@ -35,7 +39,7 @@ impl Store {
             .sum();
         out.reserve(HEADER_LEN + payload + CHECKSUM_LEN);
         out.extend_from_slice(MAGIC);
-        out.push(FORMAT_V1);
+        out.push(FORMAT_WITH_SESSIONS);
         out.extend_from_slice(&self.applied_index.to_le_bytes());
         out.extend_from_slice(&self.clock_ms.to_le_bytes());
         out.extend_from_slice(&(self.entries.len() as u64).to_le_bytes());
@@ -59,6 +63,7 @@ impl Store {
                 summed = out.len();
             }
         }
+        self.sessions.encode(out);
         let checksum = crc32c::crc32c_append(checksum, &out[summed..]);
         out.extend_from_slice(&checksum.to_le_bytes());
     }
@@ -66,6 +71,14 @@ impl Store {
     /// Rebuilds a store from [`Store::snapshot`] output. Rejects anything corrupt, truncated or
     /// inconsistent; never panics.
     pub fn restore(data: &[u8]) -> Result<Store, DecodeError> {
+        Store::restore_with_session_limits(data, SessionLimits::DEFAULT)
+    }
+
+    /// [`Store::restore`] for a store made by [`Store::with_session_limits`].
+    pub fn restore_with_session_limits(
+        data: &[u8],
+        limits: SessionLimits,
+    ) -> Result<Store, DecodeError> {
         if data.len() < HEADER_LEN + CHECKSUM_LEN {
             return Err(DecodeError::Truncated);
         }
@@ -75,7 +88,7 @@ impl Store {
             return Err(DecodeError::BadMagic);
         }
         let format = reader.u8()?;
-        if format != FORMAT_V1 {
+        if format != FORMAT_V1 && format != FORMAT_WITH_SESSIONS {
             return Err(DecodeError::UnknownFormat(format));
         }
         if ByteReader::new(checksum).u32()? != crc32c::crc32c(body) {
@@ -107,9 +120,15 @@ impl Store {
                 .insert_new(entry)
                 .map_err(|_| DecodeError::DuplicateKey)?;
         }
+        let sessions = if format == FORMAT_WITH_SESSIONS {
+            SessionTable::decode(&mut reader, limits, applied_index)?
+        } else {
+            SessionTable::new(limits)
+        };
         reader.expect_end()?;
         Ok(Store {
             entries: entries.finish(),
+            sessions,
             applied_index,
             clock_ms,
         })
