@@ -1,11 +1,18 @@
 //! Async client for raftkv, a Raft-replicated linearizable key-value store.
 //!
 //! Give [`Client::connect`] any list of node addresses: it finds the leader, follows
-//! `ERR_REDIRECT`, and retries what is safe to retry (reads, and writes the server says it did not
-//! execute) until a deadline ([`Config::deadline`], 5 s by default). A write whose fate is unknown —
-//! the connection broke after it was sent, or the server answered `ERR_INTERNAL` — is never retried
-//! blindly: it fails with [`Error::OutcomeUnknown`], and the caller decides (for example by reading
-//! the key back with [`Client::getm`]).
+//! `ERR_REDIRECT`, and retries until a deadline ([`Config::deadline`], 5 s by default).
+//!
+//! **Writes are exactly-once.** Each write goes through a session (opened lazily, see
+//! "Sessions" in `docs/protocol.md`) with a sequence number, and is retried with that same number
+//! through timeouts, broken connections, `ERR_INTERNAL` and leader changes until the cluster gives a
+//! definite answer: the cluster applies it at most once and, if the first attempt took effect, answers
+//! the retry with the first attempt's reply (a retried `cas` that had succeeded reports success, not
+//! a version mismatch). [`Error::OutcomeUnknown`] remains for two cases only: the session itself
+//! was lost (it expired or was evicted between an attempt that may have been applied and a retry),
+//! or the cluster gave no definite answer before the deadline. With [`Config::exactly_once`] off,
+//! writes are plain CS733 commands and a write whose fate is unknown is never retried: it fails with
+//! `OutcomeUnknown` at once.
 //!
 //! A `Client` is cheap to clone and all clones share one pipelined connection: requests from many
 //! tasks are written back to back and their replies matched in order, with at most
@@ -53,6 +60,7 @@
 pub use raftkv_protocol as proto;
 
 mod conn;
+mod sessions;
 
 /// The `bytes` crate, re-exported because values are returned as [`bytes::Bytes`].
 pub use bytes;
@@ -66,6 +74,7 @@ use tokio::time::Instant;
 use conn::{CallError, Connection};
 use proto::Reply;
 use proto::ReplyKind;
+use sessions::{Session, SessionPool};
 
 /// Tuning knobs; [`Config::default`] suits most uses.
 #[derive(Debug, Clone)]
@@ -83,6 +92,12 @@ pub struct Config {
     pub max_backoff: Duration,
     /// TLS for nodes whose client port requires it (see [`tls_config`]); `None` speaks plain TCP.
     pub tls: Option<Arc<raftkv_tls::rustls::ClientConfig>>,
+    /// Send writes in sessions and retry them until they have a definite answer (the default). Off,
+    /// writes are plain commands that are never retried once sent.
+    pub exactly_once: bool,
+    /// Longest wait for one attempt's reply before a write in a session is sent again (a leader that
+    /// was partitioned away or paused never answers).
+    pub attempt_timeout: Duration,
 }
 
 /// A TLS configuration trusting the CA in the PEM file `ca`, presenting the certificate and key in
@@ -104,6 +119,8 @@ impl Default for Config {
             initial_backoff: Duration::from_millis(10),
             max_backoff: Duration::from_millis(500),
             tls: None,
+            exactly_once: true,
+            attempt_timeout: Duration::from_secs(2),
         }
     }
 }
@@ -122,7 +139,8 @@ pub enum Error {
     /// No leader could be reached before the deadline; nothing was changed.
     #[error("cluster unavailable: {0}")]
     Unavailable(String),
-    /// The write was sent but its reply was lost: it may or may not have been applied.
+    /// The write may or may not have been applied: with sessions, the session was lost or no definite
+    /// answer came before the deadline; without, the reply to the one attempt was lost.
     #[error("outcome unknown: {0}; the write may or may not have been applied")]
     OutcomeUnknown(String),
     /// The server found the command malformed (`ERR_CMD_ERR`), e.g. a value above its size limit.
@@ -165,6 +183,7 @@ pub struct Client {
 struct Inner {
     config: Config,
     addrs: Vec<String>,
+    sessions: SessionPool,
     route: Mutex<Route>,
     // Serialises connection attempts so that many callers finding the connection gone open one
     // new connection rather than one each.
@@ -203,6 +222,7 @@ impl Client {
             inner: Arc::new(Inner {
                 config,
                 addrs: addrs.to_vec(),
+                sessions: SessionPool::default(),
                 route: Mutex::new(Route::default()),
                 connecting: tokio::sync::Mutex::new(()),
             }),
@@ -226,9 +246,10 @@ impl Client {
     /// Returns the new version.
     pub async fn set(&self, key: &str, value: &[u8], ttl: Option<u32>) -> Result<u64> {
         let exptime = self.check_write(key, value, ttl)?;
-        let mut request = Vec::with_capacity(key.len() + value.len() + 32);
-        proto::encode_set(&mut request, key.as_bytes(), exptime, value);
-        match self.execute(request, ReplyKind::Set).await? {
+        let encode = |request: &mut Vec<u8>| {
+            proto::encode_set(request, key.as_bytes(), exptime, value);
+        };
+        match self.write(encode, ReplyKind::Set).await? {
             Reply::Ok { version } => Ok(version),
             other => Err(unexpected(other)),
         }
@@ -239,7 +260,7 @@ impl Client {
         proto::validate_key(key.as_bytes())?;
         let mut request = Vec::with_capacity(key.len() + 8);
         proto::encode_get(&mut request, key.as_bytes());
-        match self.execute(request, ReplyKind::Get).await? {
+        match self.read(request, ReplyKind::Get).await? {
             Reply::Value { value } => Ok(Some(value)),
             Reply::ErrNotFound => Ok(None),
             other => Err(unexpected(other)),
@@ -251,7 +272,7 @@ impl Client {
         proto::validate_key(key.as_bytes())?;
         let mut request = Vec::with_capacity(key.len() + 8);
         proto::encode_getm(&mut request, key.as_bytes());
-        match self.execute(request, ReplyKind::Getm).await? {
+        match self.read(request, ReplyKind::Getm).await? {
             Reply::ValueMeta {
                 version,
                 exptime,
@@ -275,9 +296,10 @@ impl Client {
         ttl: Option<u32>,
     ) -> Result<CasOutcome> {
         let exptime = self.check_write(key, value, ttl)?;
-        let mut request = Vec::with_capacity(key.len() + value.len() + 48);
-        proto::encode_cas(&mut request, key.as_bytes(), exptime, version, value);
-        match self.execute(request, ReplyKind::Cas).await? {
+        let encode = |request: &mut Vec<u8>| {
+            proto::encode_cas(request, key.as_bytes(), exptime, version, value);
+        };
+        match self.write(encode, ReplyKind::Cas).await? {
             Reply::Ok { version } => Ok(CasOutcome::Swapped { version }),
             Reply::ErrVersion => Ok(CasOutcome::VersionMismatch),
             Reply::ErrNotFound => Ok(CasOutcome::NotFound),
@@ -288,9 +310,8 @@ impl Client {
     /// Deletes `key`; `false` if it did not exist.
     pub async fn delete(&self, key: &str) -> Result<bool> {
         proto::validate_key(key.as_bytes())?;
-        let mut request = Vec::with_capacity(key.len() + 10);
-        proto::encode_delete(&mut request, key.as_bytes());
-        match self.execute(request, ReplyKind::Delete).await? {
+        let encode = |request: &mut Vec<u8>| proto::encode_delete(request, key.as_bytes());
+        match self.write(encode, ReplyKind::Delete).await? {
             Reply::Deleted => Ok(true),
             Reply::ErrNotFound => Ok(false),
             other => Err(unexpected(other)),
@@ -321,10 +342,85 @@ impl Client {
             .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
-    /// Sends one request to the leader, retrying whatever is safe to retry until the deadline.
-    async fn execute(&self, request: Vec<u8>, kind: ReplyKind) -> Result<Reply> {
+    /// Sends one read, retried until it is answered or the deadline passes.
+    async fn read(&self, request: Vec<u8>, kind: ReplyKind) -> Result<Reply> {
+        let deadline = Instant::now() + self.inner.config.deadline;
+        self.execute(request, kind, deadline, &mut None).await
+    }
+
+    /// Sends one write encoded by `encode`: in a session, retried until it has a definite answer, or
+    /// (without [`Config::exactly_once`]) as a plain command sent once.
+    async fn write(&self, encode: impl Fn(&mut Vec<u8>), kind: ReplyKind) -> Result<Reply> {
+        let deadline = Instant::now() + self.inner.config.deadline;
+        let mut request = Vec::with_capacity(128);
+        if !self.inner.config.exactly_once {
+            encode(&mut request);
+            return self.execute(request, kind, deadline, &mut None).await;
+        }
+        loop {
+            let session = match self.inner.sessions.take() {
+                Some(session) => session,
+                None => self.open_session(deadline).await?,
+            };
+            request.clear();
+            proto::encode_session_prefix(&mut request, session.id, session.next_seq);
+            encode(&mut request);
+            let mut maybe_applied = Some(false);
+            let result = self
+                .execute(request.clone(), kind, deadline, &mut maybe_applied)
+                .await;
+            match result {
+                Ok(Reply::ErrSessionExpired) if maybe_applied == Some(false) => {
+                    // The session was gone before anything could apply this write: a new one is safe.
+                    continue;
+                }
+                Ok(Reply::ErrSessionExpired) => {
+                    return Err(Error::OutcomeUnknown(format!(
+                        "session {} expired while its write was being retried",
+                        session.id
+                    )));
+                }
+                Ok(reply @ Reply::ErrSequence { .. }) => {
+                    // Only a session used by two writers at once gets here; do not use it again.
+                    return Err(unexpected(reply));
+                }
+                other => {
+                    self.inner.sessions.give_back(session.advanced());
+                    return other;
+                }
+            }
+        }
+    }
+
+    /// Registers a new session. A registration whose outcome is unknown is simply made again: the
+    /// one that may have happened is never used, and expires.
+    async fn open_session(&self, deadline: Instant) -> Result<Session> {
+        let mut request = Vec::with_capacity(16);
+        proto::encode_register(&mut request);
+        let mut retry_unknown = Some(false);
+        match self
+            .execute(request, ReplyKind::Register, deadline, &mut retry_unknown)
+            .await
+        {
+            Ok(Reply::Session { id }) => Ok(Session::opened(id)),
+            Ok(other) => Err(unexpected(other)),
+            // Nothing of the caller's was sent yet.
+            Err(Error::OutcomeUnknown(why)) => Err(Error::Unavailable(why)),
+            Err(other) => Err(other),
+        }
+    }
+
+    /// Sends one request to the leader, retrying whatever is safe to retry until `deadline`.
+    /// `retry_unknown` is `Some` for a write in a session: then an attempt whose outcome is unknown is
+    /// retried too, and the flag records that one was (so the write may have been applied).
+    async fn execute(
+        &self,
+        request: Vec<u8>,
+        kind: ReplyKind,
+        deadline: Instant,
+        retry_unknown: &mut Option<bool>,
+    ) -> Result<Reply> {
         let config = &self.inner.config;
-        let deadline = Instant::now() + config.deadline;
         let request = Bytes::from(request);
         let mut backoff = config.initial_backoff;
         let mut redirects_in_a_row = 0usize;
@@ -332,10 +428,15 @@ impl Client {
         loop {
             let now = Instant::now();
             if now >= deadline {
-                return Err(Error::Unavailable(format!(
+                let why = format!(
                     "gave up after {:?}; last problem: {last_problem}",
                     config.deadline
-                )));
+                );
+                return Err(if *retry_unknown == Some(true) {
+                    Error::OutcomeUnknown(why)
+                } else {
+                    Error::Unavailable(why)
+                });
             }
             let pause = match self.connection(deadline).await {
                 Err(problem) => {
@@ -344,7 +445,18 @@ impl Client {
                 }
                 Ok(connection) => {
                     let call = connection.call(request.clone(), kind);
-                    match tokio::time::timeout_at(deadline, call).await {
+                    let give_up_at = match retry_unknown {
+                        Some(_) => deadline.min(now + config.attempt_timeout),
+                        None => deadline,
+                    };
+                    match tokio::time::timeout_at(give_up_at, call).await {
+                        Err(_) if retry_unknown.is_some() => {
+                            self.forget(&connection, None);
+                            last_problem =
+                                format!("no reply from {} in time", connection.address());
+                            *retry_unknown = Some(true);
+                            true
+                        }
                         Err(_) => {
                             // A node that does not answer in time is not worth keeping.
                             self.forget(&connection, None);
@@ -364,6 +476,13 @@ impl Client {
                             redirects_in_a_row += 1;
                             // During an election nodes may point at each other; slow down then.
                             redirects_in_a_row > self.inner.addrs.len()
+                        }
+                        Ok(Ok(Reply::ErrInternal)) if retry_unknown.is_some() => {
+                            last_problem =
+                                format!("{} answered ERR_INTERNAL", connection.address());
+                            self.forget(&connection, None);
+                            *retry_unknown = Some(true);
+                            true
                         }
                         Ok(Ok(Reply::ErrInternal)) if kind.is_write() => {
                             self.forget(&connection, None);
@@ -386,7 +505,9 @@ impl Client {
                         }
                         Ok(Err(CallError::LostAfterSend(problem))) => {
                             self.forget(&connection, None);
-                            if kind.is_write() {
+                            if retry_unknown.is_some() {
+                                *retry_unknown = Some(true);
+                            } else if kind.is_write() {
                                 return Err(Error::OutcomeUnknown(format!(
                                     "{}: {problem}",
                                     connection.address()

@@ -11,6 +11,8 @@ use tokio::net::{TcpListener, TcpStream};
 /// A request as the fake server saw it.
 #[derive(Debug, Clone)]
 struct Seen {
+    /// `session <id> <seq>` before the command, if it had one.
+    session: Option<(u64, u64)>,
     verb: String,
     key: String,
     fields: Vec<String>,
@@ -90,7 +92,12 @@ async fn read_request(reader: &mut BufReader<tokio::net::tcp::OwnedReadHalf>) ->
     if reader.read_line(&mut line).await.ok()? == 0 {
         return None;
     }
-    let words: Vec<String> = line.trim_end().split(' ').map(str::to_string).collect();
+    let mut words: Vec<String> = line.trim_end().split(' ').map(str::to_string).collect();
+    let mut session = None;
+    if words.first()? == "session" && words.len() > 3 {
+        session = Some((words[1].parse().ok()?, words[2].parse().ok()?));
+        words.drain(..3);
+    }
     let verb = words.first()?.clone();
     let key = words.get(1).cloned().unwrap_or_default();
     let fields = words[2.min(words.len())..].to_vec();
@@ -102,6 +109,7 @@ async fn read_request(reader: &mut BufReader<tokio::net::tcp::OwnedReadHalf>) ->
         value.truncate(numbytes);
     }
     Some(Seen {
+        session,
         verb,
         key,
         fields,
@@ -109,9 +117,11 @@ async fn read_request(reader: &mut BufReader<tokio::net::tcp::OwnedReadHalf>) ->
     })
 }
 
+/// Plain CS733 writes, as these scripted servers expect (sessions have their own tests below).
 fn quick() -> Config {
     Config {
         deadline: Duration::from_millis(1500),
+        exactly_once: false,
         ..Config::default()
     }
 }
@@ -315,6 +325,7 @@ async fn gives_up_when_no_node_answers_before_the_deadline() {
     };
     let config = Config {
         deadline: Duration::from_millis(300),
+        exactly_once: false,
         ..Config::default()
     };
     let started = std::time::Instant::now();
@@ -332,6 +343,7 @@ async fn nodes_redirecting_to_each_other_cannot_hold_the_client_past_its_deadlin
     let first = FakeServer::start(|_, _| reply("ERR_REDIRECT 127.0.0.1 1\r\n")).await;
     let config = Config {
         deadline: Duration::from_millis(300),
+        exactly_once: false,
         ..Config::default()
     };
     let client = Client::new(&first.addrs(), config).unwrap();
@@ -352,6 +364,7 @@ async fn a_silent_server_yields_outcome_unknown_for_writes_and_unavailable_for_r
     });
     let config = Config {
         deadline: Duration::from_millis(200),
+        exactly_once: false,
         ..Config::default()
     };
     let client = Client::new(&[address], config).unwrap();
@@ -401,4 +414,121 @@ async fn a_connection_closed_while_idle_is_replaced_before_the_next_write() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     assert_eq!(server.received(), 3);
+}
+
+// ---------- sessions ----------
+
+/// A config with sessions (the default) and short pauses.
+fn with_sessions() -> Config {
+    Config {
+        deadline: Duration::from_millis(3000),
+        attempt_timeout: Duration::from_millis(200),
+        ..Config::default()
+    }
+}
+
+#[tokio::test]
+async fn a_write_lost_after_sending_is_retried_in_its_session_with_the_same_sequence_number() {
+    let seen = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let log = seen.clone();
+    let server = FakeServer::start(move |request, index| {
+        log.lock().unwrap().push(request.clone());
+        match (request.verb.as_str(), index) {
+            ("register", _) => reply("SESSION 5\r\n"),
+            // The first attempt is lost, the second hears what the first did.
+            (_, 1) => Action::Close,
+            (_, 2) => reply("ERR_INTERNAL\r\n"),
+            ("cas", _) => reply("OK 7\r\n"),
+            _ => reply("OK 8\r\n"),
+        }
+    })
+    .await;
+    let client = Client::new(&server.addrs(), with_sessions()).unwrap();
+    assert_eq!(
+        client.cas("k", 3, b"v", None).await,
+        Ok(CasOutcome::Swapped { version: 7 })
+    );
+    assert_eq!(client.set("k", b"w", None).await, Ok(8));
+    let seen = seen.lock().unwrap();
+    let writes: Vec<_> = seen.iter().filter(|s| s.verb != "register").collect();
+    assert_eq!(seen.iter().filter(|s| s.verb == "register").count(), 1);
+    assert_eq!(writes.len(), 4);
+    for attempt in &writes[..3] {
+        assert_eq!(attempt.session, Some((5, 1)), "{attempt:?}");
+        assert_eq!(attempt.verb, "cas");
+    }
+    assert_eq!(writes[3].session, Some((5, 2)), "the session moved on");
+}
+
+#[tokio::test]
+async fn a_silent_leader_is_left_for_another_attempt_within_the_deadline() {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let silent = listener.local_addr().unwrap().to_string();
+    tokio::spawn(async move {
+        let mut open = Vec::new();
+        while let Ok((stream, _)) = listener.accept().await {
+            open.push(stream);
+        }
+    });
+    let answering = FakeServer::start(|request, _| match request.verb.as_str() {
+        "register" => reply("SESSION 9\r\n"),
+        _ => reply("DELETED\r\n"),
+    })
+    .await;
+    // Registered on the answering node, then the write goes to the silent one first.
+    let client = Client::new(&[silent, answering.address.clone()], with_sessions()).unwrap();
+    assert_eq!(client.delete("k").await, Ok(true));
+}
+
+#[tokio::test]
+async fn an_expired_session_is_replaced_when_nothing_was_applied_and_unknown_otherwise() {
+    let server = FakeServer::start(|request, _| match request.verb.as_str() {
+        "register" => reply("SESSION 3\r\n"),
+        _ => match request.session {
+            // The first session is gone at once: safe to retry in a new one.
+            Some((3, _)) => reply("ERR_SESSION_EXPIRED\r\n"),
+            _ => reply("OK 1\r\n"),
+        },
+    })
+    .await;
+    let client = Client::new(&server.addrs(), with_sessions()).unwrap();
+    // Every registration answers 3, so the retry meets an expired session again until the deadline.
+    let outcome = client.set("k", b"v", None).await;
+    assert!(
+        matches!(outcome, Err(Error::Unavailable(_))),
+        "nothing can have been applied: {outcome:?}"
+    );
+
+    let server = FakeServer::start(|request, index| match request.verb.as_str() {
+        "register" => reply("SESSION 4\r\n"),
+        _ if index == 1 => Action::Close,
+        _ => reply("ERR_SESSION_EXPIRED\r\n"),
+    })
+    .await;
+    let client = Client::new(&server.addrs(), with_sessions()).unwrap();
+    let outcome = client.set("k", b"v", None).await;
+    assert!(
+        matches!(outcome, Err(Error::OutcomeUnknown(_))),
+        "the lost attempt may have been applied: {outcome:?}"
+    );
+}
+
+#[tokio::test]
+async fn a_write_that_never_gets_a_definite_answer_is_outcome_unknown_at_the_deadline() {
+    let server = FakeServer::start(|request, _| match request.verb.as_str() {
+        "register" => reply("SESSION 2\r\n"),
+        _ => reply("ERR_INTERNAL\r\n"),
+    })
+    .await;
+    let config = Config {
+        deadline: Duration::from_millis(500),
+        ..with_sessions()
+    };
+    let client = Client::new(&server.addrs(), config).unwrap();
+    let outcome = client.set("k", b"v", None).await;
+    assert!(
+        matches!(outcome, Err(Error::OutcomeUnknown(_))),
+        "{outcome:?}"
+    );
+    assert!(server.received() > 2, "it was retried");
 }
