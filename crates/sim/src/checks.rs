@@ -10,6 +10,7 @@ use std::collections::BTreeMap;
 use bytes::Bytes;
 use raftkv_raft::{Entry, EntryKind, HardState, Index, NodeId, Role, Status, Term};
 
+use raftkv_kv::protocol::SessionSeq;
 use raftkv_kv::{Command, Proposal};
 
 /// An entry's identity and content, as far as the checks care.
@@ -50,7 +51,9 @@ pub struct Checks {
     appended: BTreeMap<(Index, Term), (Content, Term)>,
     /// Where each client write was committed (by its unique value): never at two indices.
     op_index: BTreeMap<Bytes, Index>,
-    /// What applying each client write answered, by its unique value: how the simulator learns the
+    /// The value each session sequence number wrote.
+    session_writes: BTreeMap<SessionSeq, Bytes>,
+    /// What applying each client write answered (first application), by its unique value: how the simulator learns the
     /// outcome of a write whose client never heard back.
     pub write_outcomes: BTreeMap<Bytes, (Index, Option<raftkv_kv::Reply>)>,
     /// What applying each index answered (the first node to apply it), with the entry's term and the
@@ -140,17 +143,31 @@ impl Checks {
                 self.applied_replies
                     .insert(entry.index, (entry.term, reply.cloned(), u64::MAX));
                 self.newly_applied.push(entry.index);
-                if let Some(value) = written_value(entry) {
+                if let Some((value, session)) = written_value(entry) {
                     self.write_outcomes
-                        .insert(value.clone(), (entry.index, reply.cloned()));
-                    if let Some(other) = self.op_index.insert(value.clone(), entry.index) {
-                        self.fail(
-                            node,
-                            format!(
-                                "write of {value:?} committed twice, at {other} and {}",
-                                entry.index
-                            ),
-                        );
+                        .entry(value.clone())
+                        .or_insert((entry.index, reply.cloned()));
+                    match session {
+                        // A write in a session may be committed again by a retry (and the store
+                        // answers the retry without applying it); one sequence number is one write.
+                        Some(at) => {
+                            if let Some(other) = self.session_writes.insert(at, value.clone()) {
+                                if other != value {
+                                    self.fail(node, format!("{at:?} carried two writes"));
+                                }
+                            }
+                        }
+                        None => {
+                            if let Some(other) = self.op_index.insert(value.clone(), entry.index) {
+                                self.fail(
+                                    node,
+                                    format!(
+                                        "write of {value:?} committed twice, at {other} and {}",
+                                        entry.index
+                                    ),
+                                );
+                            }
+                        }
                     }
                 }
                 self.committed[index] = Some((entry.term, Content::of(entry)));
@@ -326,13 +343,14 @@ impl Checks {
 }
 
 /// The client operation a committed entry carries, by the value it writes (values are unique per
-/// operation), for the check that no operation commits twice.
-fn written_value(entry: &Entry) -> Option<bytes::Bytes> {
+/// operation), and its session, for the check that no operation commits twice.
+fn written_value(entry: &Entry) -> Option<(Bytes, Option<SessionSeq>)> {
     if entry.kind != EntryKind::Normal {
         return None;
     }
-    match Proposal::decode(&entry.data).ok()?.command {
-        Command::Set { value, .. } | Command::Cas { value, .. } => Some(value),
+    let proposal = Proposal::decode(&entry.data).ok()?;
+    match proposal.command {
+        Command::Set { value, .. } | Command::Cas { value, .. } => Some((value, proposal.session)),
         _ => None,
     }
 }

@@ -1,6 +1,8 @@
 //! The workload: clients speaking the real protocol (`set`, `get`, `getm`, `cas`, `delete`, with
 //! expiry and `noreply`), each over one connection that may pipeline several requests, and the
-//! history of what they saw.
+//! history of what they saw. Some clients write through a session, one request at a time, and retry
+//! a write whose outcome they do not know (with its sequence number) until it has a definite answer:
+//! the history holds it as one operation, from its first attempt to its answer.
 
 use std::collections::{BTreeMap, VecDeque};
 
@@ -15,9 +17,28 @@ use crate::rng::Rng;
 /// A request on a connection, waiting for its reply (replies are delivered in request order).
 #[derive(Clone, Debug)]
 pub struct InFlight {
-    pub op_id: u64,
-    pub slot: usize,
+    /// The handle the request was sent with: the operation's id for its first attempt, a fresh id for
+    /// each retry and each registration.
+    pub attempt: u64,
+    /// The history's record of the operation; None for a session registration.
+    pub slot: Option<usize>,
+    /// The request, kept to send again if this is a write in a session.
+    pub request: Option<Request2>,
     pub reply: Option<Reply>,
+}
+
+/// A session client's session: its id once registered, and the next write's sequence number.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Session {
+    pub id: Option<u64>,
+    pub next_seq: u64,
+}
+
+/// A write in a session whose outcome is unknown, to be sent again.
+#[derive(Clone, Debug)]
+pub struct Retry {
+    pub slot: usize,
+    pub request: Request2,
 }
 
 #[derive(Clone, Debug)]
@@ -34,6 +55,9 @@ pub struct Client {
     pub completed: u64,
     /// The last version this client saw for each key, for its next `cas`.
     pub versions: BTreeMap<Key, u64>,
+    /// Set for a client that writes through a session (then it has one request in flight at most).
+    pub session: Option<Session>,
+    pub retry: Option<Retry>,
 }
 
 /// What the cluster did with a write, as the simulator saw it.
@@ -142,13 +166,22 @@ impl History {
             }
             let effect = resolve(record);
             match (record.fate, effect) {
-                (Fate::Ok, Effect::Applied { index, .. }) => {
+                (Fate::Ok, Effect::Applied { index, reply, .. }) => {
                     let version = match op.kind {
                         OpKind::Set { version, .. } | OpKind::Cas { version, .. } => version,
                         _ => None,
                     };
                     if version.is_some_and(|v| v != index) {
                         contradictions.push(format!("{op:?} was applied at index {index}"));
+                    }
+                    // The answer must be what taking effect answered (for a retried write in a
+                    // session: what its first application answered, not what a later attempt met).
+                    if let Some(applied) = complete(op.kind, reply.as_ref()) {
+                        if applied != op.kind {
+                            contradictions.push(format!(
+                                "{op:?} was answered otherwise than applying it answered: {applied:?}"
+                            ));
+                        }
                     }
                     op.index = Some(index);
                     ops.push(op);

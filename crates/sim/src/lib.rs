@@ -41,6 +41,9 @@ pub struct Summary {
     /// Seeds with a key whose history the checker could neither prove nor refute within its budget.
     /// They fail the run: a history that was not checked is not a pass.
     pub inconclusive: u64,
+    /// Writes in a session that clients sent again after an unknown outcome (each one a chance for a
+    /// write to be applied twice).
+    pub retried_writes: u64,
     pub failures: Vec<Report>,
     pub elapsed: Duration,
 }
@@ -50,11 +53,16 @@ impl Summary {
         self.violations == 0 && self.non_linearizable == 0 && self.inconclusive == 0
     }
 
-    /// The summary line, e.g. `seeds=300 violations=0 non_linearizable=0 inconclusive=0`.
+    /// The summary line, e.g. `seeds=300 violations=0 non_linearizable=0 inconclusive=0
+    /// retried_writes=812`.
     pub fn line(&self) -> String {
         format!(
-            "seeds={} violations={} non_linearizable={} inconclusive={}",
-            self.seeds, self.violations, self.non_linearizable, self.inconclusive
+            "seeds={} violations={} non_linearizable={} inconclusive={} retried_writes={}",
+            self.seeds,
+            self.violations,
+            self.non_linearizable,
+            self.inconclusive,
+            self.retried_writes
         )
     }
 }
@@ -74,6 +82,7 @@ pub fn run_seeds(
         summary.violations += u64::from(!report.violations.is_empty());
         summary.non_linearizable += u64::from(report.non_linearizable());
         summary.inconclusive += u64::from(report.inconclusive());
+        summary.retried_writes += report.stats.retries;
         if report.failed() {
             on_failure(&report);
             summary.failures.push(report);

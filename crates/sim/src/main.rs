@@ -43,7 +43,11 @@ fn parse_mutation(name: &str) -> Result<Mutation, String> {
         "ReadsWithoutReadIndex" => Ok(Mutation::ReadsWithoutReadIndex),
         "AckBeforeFsync" => Ok(Mutation::AckBeforeFsync),
         "ExpiryAtLocalClock" => Ok(Mutation::ExpiryAtLocalClock),
-        _ => Err("one of ReadsWithoutReadIndex, AckBeforeFsync, ExpiryAtLocalClock".into()),
+        "WritesAppliedTwice" => Ok(Mutation::WritesAppliedTwice),
+        _ => Err(
+            "one of ReadsWithoutReadIndex, AckBeforeFsync, ExpiryAtLocalClock, WritesAppliedTwice"
+                .into(),
+        ),
     }
 }
 

@@ -122,3 +122,16 @@ fn expiry_at_the_local_clock_is_caught() {
     let seed = first_caught(Mutation::ExpiryAtLocalClock, 50);
     assert!(seed.is_some(), "not caught in 50 seeds");
 }
+
+/// Without the session table's deduplication, retried writes are applied twice, and the simulator says
+/// so; the same seed with deduplication passes, so what it catches is exactly that.
+#[test]
+fn writes_applied_twice_are_caught_and_the_same_seed_passes_with_sessions() {
+    let seed = first_caught(Mutation::WritesAppliedTwice, 50).expect("not caught in 50 seeds");
+    let report = run_seed(seed, &Options::default());
+    assert!(!report.failed(), "{report}");
+    assert!(
+        report.stats.retries > 0,
+        "seed {seed} retried nothing: {report}"
+    );
+}

@@ -1,10 +1,13 @@
 //! The clients' side of a run: sending requests on connections, following redirects, delivering
 //! replies in each connection's order, and resolving what happened to writes nobody heard back from.
 
+use raftkv_kv::protocol::SessionSeq;
+use raftkv_kv::{Command, Reply};
 use raftkv_raft::{Index, NodeId};
+use raftkv_replica::Op as Request2;
 
 use super::{Simulator, BASE_PORT};
-use crate::client::{self, Effect, Fate, InFlight, Meaning};
+use crate::client::{self, Effect, Fate, InFlight, Meaning, Retry};
 use crate::linearizability::OpKind;
 
 impl Simulator {
@@ -21,6 +24,34 @@ impl Simulator {
                 clock: *clock,
             })
         };
+        if let Some(attempts) = self.attempts.get(&record.op_id) {
+            // A write in a session takes effect where its first attempt was applied; any later
+            // attempt is a duplicate the store answers without applying.
+            let first = attempts
+                .iter()
+                .filter_map(|attempt| self.proposals.get(attempt))
+                .filter(|(index, term)| {
+                    self.checks
+                        .applied_replies
+                        .get(index)
+                        .is_some_and(|(applied_term, _, _)| applied_term == term)
+                })
+                .map(|(index, _)| *index)
+                .min();
+            if let Some(index) = first {
+                return applied_at(index).unwrap_or(Effect::Unresolved);
+            }
+            return match record.op.kind {
+                OpKind::Set { write, .. } | OpKind::Cas { write, .. } => {
+                    match self.checks.write_outcomes.get(&client::value_bytes(write)) {
+                        Some((index, _)) => applied_at(*index).unwrap_or(Effect::Unresolved),
+                        None => Effect::Never,
+                    }
+                }
+                // A delete leaves no value to find it by: attempts not seen pending were never proposed.
+                _ => Effect::Never,
+            };
+        }
         if let Some(&(index, term)) = self.proposals.get(&record.op_id) {
             return match self.checks.applied_replies.get(&index) {
                 Some((applied_term, _, _)) if *applied_term == term => {
@@ -50,20 +81,40 @@ impl Simulator {
                 self.reconnect(c, true);
                 continue;
             }
-            let open = self.healed.is_none() || !self.client_quota_met(c);
-            if open && self.now >= client.next_at && client.in_flight.len() < self.params.pipeline {
+            // A write being retried goes out whatever the quota: it must get its answer.
+            let open = self.healed.is_none() || !self.client_quota_met(c) || client.retry.is_some();
+            let window = match client.session {
+                Some(_) => 1,
+                None => self.params.pipeline,
+            };
+            if open && self.now >= client.next_at && client.in_flight.len() < window {
                 self.send(c);
             }
         }
     }
 
-    /// Sends the client's next request on its connection.
+    /// Sends the client's next request on its connection: a session client first registers its
+    /// session, and sends a write it does not know the outcome of again before anything new.
     pub(super) fn send(&mut self, c: usize) {
-        let op_id = self.next_op_id;
+        let attempt = self.next_op_id;
         self.next_op_id += 1;
+        if let Some(session) = self.clients[c].session {
+            if session.id.is_none() {
+                self.send_request(c, attempt, None, Request2::write(Command::Register), false);
+                return;
+            }
+            if let Some(retry) = self.clients[c].retry.take() {
+                let op_id = self.history.records[retry.slot].op_id;
+                self.attempts.entry(op_id).or_default().push(attempt);
+                self.stats.retries += 1;
+                self.send_request(c, attempt, Some(retry.slot), retry.request, false);
+                return;
+            }
+        }
+        let op_id = attempt;
         let key = self.rng.below(self.params.keys);
         let last_version = self.clients[c].versions.get(&key).copied();
-        let (request, kind, noreply) = client::draw_op(
+        let (mut request, kind, noreply) = client::draw_op(
             &mut self.rng,
             op_id,
             key,
@@ -71,26 +122,63 @@ impl Simulator {
             self.params.ttl_ppm,
             last_version,
         );
+        if let (Some(session), Request2::Write { session: at, .. }) =
+            (&mut self.clients[c].session, &mut request)
+        {
+            let id = session.id.unwrap_or_default();
+            *at = Some(SessionSeq {
+                session: id,
+                seq: session.next_seq,
+            });
+            session.next_seq += 1;
+            self.attempts.insert(op_id, vec![op_id]);
+        }
+        let conn = self.clients[c].conn;
+        let slot = self.history.invoke(op_id, conn, key, kind, self.now);
+        self.send_request(c, attempt, Some(slot), request, noreply);
+    }
+
+    /// Sends one attempt of a request (`slot` None: a session registration).
+    fn send_request(
+        &mut self,
+        c: usize,
+        attempt: u64,
+        slot: Option<usize>,
+        request: Request2,
+        noreply: bool,
+    ) {
         let conn = self.clients[c].conn;
         let target = self.clients[c].target;
-        let slot = self.history.invoke(op_id, conn, key, kind, self.now);
         self.trace(|| {
             format!(
-                "client {} conn {conn} -> node {target}: op {op_id} {request:?} noreply={noreply}",
+                "client {} conn {conn} -> node {target}: attempt {attempt} {request:?} noreply={noreply}",
                 c + 1
             )
         });
+        let in_session = matches!(
+            request,
+            Request2::Write {
+                session: Some(_),
+                ..
+            }
+        );
         if !self.nodes[(target - 1) as usize].is_up() {
             // Connection refused: nothing happened; try another node a little later.
-            self.history.settle(slot, Fate::Dropped);
+            match slot {
+                Some(slot) if in_session => self.clients[c].retry = Some(Retry { slot, request }),
+                Some(slot) => self.history.settle(slot, Fate::Dropped),
+                None => {}
+            }
             self.retarget(c, None);
             return;
         }
-        self.nodes[(target - 1) as usize].request(self.now, request, op_id);
+        self.nodes[(target - 1) as usize].request(self.now, request.clone(), attempt);
         let client = &mut self.clients[c];
         if noreply {
             // The client will never know: the write may or may not happen.
-            self.history.settle(slot, Fate::Unknown);
+            if let Some(slot) = slot {
+                self.history.settle(slot, Fate::Unknown);
+            }
             client.next_at = self.now + self.rng.range(0, self.params.think_ms);
             return;
         }
@@ -98,11 +186,12 @@ impl Simulator {
             client.deadline = self.now + self.params.op_timeout_ms;
         }
         client.in_flight.push_back(InFlight {
-            op_id,
+            attempt,
             slot,
+            request: in_session.then_some(request),
             reply: None,
         });
-        self.owner.insert(op_id, c);
+        self.owner.insert(attempt, c);
         client.next_at = self.now + self.rng.range(0, self.params.think_ms / 4 + 1);
     }
 
@@ -129,14 +218,21 @@ impl Simulator {
     pub(super) fn reconnect(&mut self, c: usize, random_target: bool) {
         let abandoned: Vec<InFlight> = self.clients[c].in_flight.drain(..).collect();
         for request in abandoned {
-            self.owner.remove(&request.op_id);
-            let is_read = client::is_read(&self.history.records[request.slot].op.kind);
+            self.owner.remove(&request.attempt);
+            let Some(slot) = request.slot else {
+                continue;
+            };
+            if let Some(request) = request.request {
+                self.clients[c].retry = Some(Retry { slot, request });
+                continue;
+            }
+            let is_read = client::is_read(&self.history.records[slot].op.kind);
             let fate = if is_read {
                 Fate::Dropped
             } else {
                 Fate::Unknown
             };
-            self.history.settle(request.slot, fate);
+            self.history.settle(slot, fate);
         }
         let conn = self.next_conn;
         self.next_conn += 1;
@@ -165,7 +261,7 @@ impl Simulator {
                 continue;
             };
             let client = &mut self.clients[c];
-            let Some(request) = client.in_flight.iter_mut().find(|r| r.op_id == op_id) else {
+            let Some(request) = client.in_flight.iter_mut().find(|r| r.attempt == op_id) else {
                 continue;
             };
             assert!(request.reply.is_none(), "op {op_id} answered twice");
@@ -194,19 +290,37 @@ impl Simulator {
     }
 
     pub(super) fn deliver(&mut self, c: usize, done: InFlight) {
-        self.owner.remove(&done.op_id);
+        self.owner.remove(&done.attempt);
         let Some(reply) = done.reply else { return };
-        let record = &self.history.records[done.slot];
-        let kind = record.op.kind;
-        let key = record.op.key;
-        self.trace(|| format!("client {} op {}: {reply:?}", c + 1, done.op_id));
         let node_of_port = |port: u16| {
             let id = u64::from(port.checked_sub(BASE_PORT)?);
             (1..=self.params.nodes as u64).contains(&id).then_some(id)
         };
+        let Some(slot) = done.slot else {
+            // A session registration: keep the id, or register again (elsewhere) later.
+            self.trace(|| format!("client {} registration: {reply:?}", c + 1));
+            match reply {
+                Reply::Session { id } => {
+                    if let Some(session) = &mut self.clients[c].session {
+                        *session = client::Session {
+                            id: Some(id),
+                            next_seq: 1,
+                        };
+                    }
+                }
+                Reply::ErrRedirect { port, .. } => self.retarget(c, node_of_port(port)),
+                _ => self.retarget(c, None),
+            }
+            return;
+        };
+        let record = &self.history.records[slot];
+        let kind = record.op.kind;
+        let key = record.op.key;
+        self.trace(|| format!("client {} op {}: {reply:?}", c + 1, record.op_id));
+        let retry = |request: Option<Request2>| request.map(|request| Retry { slot, request });
         match client::interpret(kind, &reply, node_of_port) {
             Ok(Meaning::Done(kind)) => {
-                self.history.respond(done.slot, kind, self.now);
+                self.history.respond(slot, kind, self.now);
                 let client = &mut self.clients[c];
                 client.completed += 1;
                 let version = match kind {
@@ -224,20 +338,23 @@ impl Simulator {
                     .max(self.now + self.rng.range(0, self.params.think_ms));
             }
             Ok(Meaning::Redirect(to)) => {
-                self.history.settle(done.slot, Fate::Dropped);
+                match retry(done.request) {
+                    // An earlier attempt may have been applied: the write is not over.
+                    Some(retry) => self.clients[c].retry = Some(retry),
+                    None => self.history.settle(slot, Fate::Dropped),
+                }
                 self.retarget(c, to);
             }
             Ok(Meaning::Failed) => {
-                let fate = if client::is_read(&kind) {
-                    Fate::Dropped
-                } else {
-                    Fate::Unknown
-                };
-                self.history.settle(done.slot, fate);
+                match retry(done.request) {
+                    Some(retry) => self.clients[c].retry = Some(retry),
+                    None if client::is_read(&kind) => self.history.settle(slot, Fate::Dropped),
+                    None => self.history.settle(slot, Fate::Unknown),
+                }
                 self.retarget(c, None);
             }
             Err(what) => {
-                self.history.settle(done.slot, Fate::Dropped);
+                self.history.settle(slot, Fate::Dropped);
                 self.checks.fail(0, format!("protocol: {what}"));
             }
         }

@@ -14,7 +14,7 @@ use raftkv_raft::{Config, Index, NodeId, Role, Term};
 use raftkv_replica::{Mutation, ReplicaConfig};
 
 use crate::checks::Checks;
-use crate::client::{Client, Fate, History};
+use crate::client::{self, Client, Fate, History};
 use crate::clock::NodeClock;
 use crate::disk::Disk;
 use crate::linearizability::{self, Verdict};
@@ -71,6 +71,8 @@ pub struct Stats {
     pub ops_ok: usize,
     pub ops_unknown: usize,
     pub ops_dropped: usize,
+    /// Writes in a session sent again after an attempt with an unknown outcome.
+    pub retries: u64,
     pub committed: u64,
     pub max_term: u64,
     pub crashes: u64,
@@ -164,8 +166,10 @@ struct Simulator {
     replies: Vec<(OpId, raftkv_kv::Reply)>,
     /// Which client sent each request in flight.
     owner: BTreeMap<OpId, usize>,
-    /// The index and term each write was proposed at, as seen in the replicas' pending writes.
+    /// The index and term each write was proposed at (by attempt), as seen in the replicas' pending writes.
     proposals: BTreeMap<OpId, (Index, Term)>,
+    /// Every attempt of each write in a session (the first attempt's id is the operation's).
+    attempts: BTreeMap<OpId, Vec<OpId>>,
     next_op_id: u64,
     next_conn: u64,
     stats: Stats,
@@ -215,6 +219,9 @@ impl Simulator {
                 node
             })
             .collect();
+        // Drawn apart from the main generator, so that seeds without sessions run as they always did.
+        let mut session_rng = Rng::new(seed ^ 0x5E55_1015);
+        let sessions = session_rng.chance(500_000);
         let clients = (0..params.clients)
             .map(|i| Client {
                 id: i as u64 + 1,
@@ -225,6 +232,8 @@ impl Simulator {
                 next_at: 0,
                 completed: 0,
                 versions: BTreeMap::new(),
+                session: (sessions && session_rng.chance(700_000)).then(client::Session::default),
+                retry: None,
             })
             .collect();
         Simulator {
@@ -242,6 +251,7 @@ impl Simulator {
             replies: Vec::new(),
             owner: BTreeMap::new(),
             proposals: BTreeMap::new(),
+            attempts: BTreeMap::new(),
             next_op_id: 1,
             stats: Stats::default(),
             healed: None,
@@ -442,7 +452,7 @@ impl Simulator {
     fn unsettled_reason(&self) -> String {
         let mut why = Vec::new();
         for (i, client) in self.clients.iter().enumerate() {
-            if !self.client_quota_met(i) || !client.in_flight.is_empty() {
+            if !self.client_quota_met(i) || !client.in_flight.is_empty() || client.retry.is_some() {
                 why.push(format!(
                     "client {} has completed {} ops ({} in flight)",
                     client.id,
