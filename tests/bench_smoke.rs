@@ -89,24 +89,17 @@ fn a_short_run_reports_a_table_and_json_without_errors() {
 fn read_and_cas_workloads_preload_their_keys() {
     let cluster = Cluster::start(3);
     for op in ["get", "getm", "cas"] {
-        let output = bench(
-            &cluster,
-            &[
-                "--op",
-                op,
-                "--keys",
-                "500",
-                "--clients",
-                "4",
-                "--requests",
-                "2000",
-                "--json",
-            ],
-        );
-        let json = bench_json(&output);
-        assert_eq!(json["errors"], 0, "{op}: {json}");
-        assert_eq!(json["requests_ok"], 2000, "{op}: {json}");
+        assert_clean_run(&cluster, op, &["--clients", "4"]);
     }
+}
+
+/// 2000 requests of `op` over 500 keys, all answered without error.
+fn assert_clean_run(cluster: &Cluster, op: &str, extra: &[&str]) {
+    let mut args = vec!["--op", op, "--keys", "500", "--requests", "2000", "--json"];
+    args.extend_from_slice(extra);
+    let json = bench_json(&bench(cluster, &args));
+    assert_eq!(json["errors"], 0, "{op}: {json}");
+    assert_eq!(json["requests_ok"], 2000, "{op}: {json}");
 }
 
 fn bench_json(output: &std::process::Output) -> serde_json::Value {
@@ -117,4 +110,29 @@ fn bench_json(output: &std::process::Output) -> serde_json::Value {
             String::from_utf8_lossy(&output.stdout)
         )
     })
+}
+
+#[test]
+fn writes_in_sessions_and_incr_run_without_errors() {
+    let cluster = Cluster::start(3);
+    for op in ["set", "cas", "mix:1:1"] {
+        let sessions = ["--clients", "4", "--pipeline", "4", "--sessions"];
+        assert_clean_run(&cluster, op, &sessions);
+    }
+    let output = bench(
+        &cluster,
+        &[
+            "--op",
+            "incr",
+            "--clients",
+            "4",
+            "--requests",
+            "200",
+            "--json",
+        ],
+    );
+    let json = bench_json(&output);
+    assert_eq!(json["acknowledged"], 200, "{json}");
+    assert_eq!(json["counted"], 200, "{json}");
+    assert_eq!(json["verified"], true, "{json}");
 }

@@ -17,6 +17,7 @@
 //! - [`calibrate`]: the `--calibrate` measurement of the machine's fdatasync and loopback floors.
 
 mod calibrate;
+mod incr;
 mod report;
 mod stats;
 mod worker;
@@ -38,9 +39,12 @@ use workload::{parse_workload, partition, spread, KeySource, Workload};
 
 #[derive(clap::Args)]
 #[command(after_help = "\
-Workloads (--op): set, get, getm, cas, or mix:R:W (R gets for every W sets).
+Workloads (--op): set, get, getm, cas, mix:R:W (R gets for every W sets), or incr.
 Read, mix and cas workloads first write every key once (the preload; cas needs each key's version).
 cas gives each connection its own keys, so --keys must be at least clients x pipeline.
+incr: each client increments --counters counters with getm + cas through a session, retrying through
+failures; at the end every counter is read back and compared with the increments acknowledged:
+`verified: A acknowledged, C counted, U unknown`, exit status 0 only if C = A and U = 0.
 
 Output: a table (or, with --json, one JSON object) with throughput, latency percentiles in
 microseconds from an HDR histogram, and errors by kind. Exit status 0 if the run had no errors,
@@ -62,9 +66,16 @@ pub struct Args {
     /// Requests each client keeps in flight.
     #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=10_000))]
     pipeline: u32,
-    /// set, get, getm, cas or mix:R:W.
+    /// set, get, getm, cas, mix:R:W or incr.
     #[arg(long, default_value = "set", value_parser = parse_workload)]
     op: Workload,
+    /// Send writes in sessions (exactly-once; each connection registers one session per request of
+    /// its window). The default for incr, which needs them; off otherwise.
+    #[arg(long, num_args = 0..=1, default_missing_value = "true", value_name = "BOOL")]
+    sessions: Option<bool>,
+    /// Counters the incr workload increments.
+    #[arg(long, default_value_t = 100, value_parser = clap::value_parser!(u32).range(1..=100_000))]
+    counters: u32,
     /// Bytes per value.
     #[arg(long, default_value_t = 256)]
     value_size: usize,
@@ -99,6 +110,12 @@ pub struct Args {
     calibrate_dir: std::path::PathBuf,
     #[command(flatten)]
     tls: crate::tls_args::TlsArgs,
+}
+
+impl Args {
+    fn sessions(&self) -> bool {
+        self.sessions.unwrap_or(self.op == Workload::Incr)
+    }
 }
 
 fn parse_duration(text: &str) -> Result<f64, String> {
@@ -221,6 +238,13 @@ async fn bench(args: Args) -> ExitCode {
         tls,
         ..Config::default()
     };
+    if args.op == Workload::Incr {
+        let config = Config {
+            exactly_once: args.sessions(),
+            ..config
+        };
+        return incr::run(&args, config).await;
+    }
     let client = match Client::new(&args.addr, config) {
         Ok(client) => client,
         Err(error) => {

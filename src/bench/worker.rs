@@ -36,6 +36,8 @@ pub(super) struct Run {
     budget: Option<AtomicU64>,
     pub(super) completed: AtomicU64,
     leader: Arc<Leader>,
+    /// Send writes in sessions (`--sessions`).
+    sessions: bool,
 }
 
 impl Run {
@@ -55,6 +57,7 @@ impl Run {
             budget: budget.map(AtomicU64::new),
             completed: AtomicU64::new(0),
             leader,
+            sessions: args.sessions(),
         })
     }
 }
@@ -110,6 +113,18 @@ struct Worker {
     /// Set when the connection should be abandoned once its outstanding replies are in.
     draining: bool,
     last_reply: Instant,
+    /// With `--sessions`: one session per request of the window (write `k` uses session `k % window`:
+    /// by the time write `k + window` is issued, the in-order reply to write `k` has arrived, so each
+    /// session has one write outstanding at most, as the server's table requires).
+    sessions: Option<Sessions>,
+}
+
+/// The worker's sessions, registered over its first connection.
+struct Sessions {
+    /// (id, next sequence number) of each session registered so far.
+    open: Vec<(u64, u64)>,
+    registering: usize,
+    writes: u64,
 }
 
 async fn worker(run: Arc<Run>, source: KeySource, window: usize, record: bool) -> WorkerResult {
@@ -118,7 +133,7 @@ async fn worker(run: Arc<Run>, source: KeySource, window: usize, record: bool) -
         _ => Vec::new(),
     };
     let mut worker = Worker {
-        run,
+        run: run.clone(),
         source,
         window,
         record,
@@ -131,6 +146,11 @@ async fn worker(run: Arc<Run>, source: KeySource, window: usize, record: bool) -
         },
         draining: false,
         last_reply: Instant::now(),
+        sessions: run.sessions.then(|| Sessions {
+            open: Vec::with_capacity(window),
+            registering: 0,
+            writes: 0,
+        }),
     };
     while !worker.finished() {
         if worker.last_reply.elapsed() > GIVE_UP_AFTER {
@@ -235,7 +255,14 @@ impl Worker {
 
     /// Counts every outstanding request as failed with `kind` and forgets the leader.
     fn abandon(&mut self, kind: ErrorKind) {
-        let lost = self.in_flight.len() as u64;
+        if let Some(sessions) = &mut self.sessions {
+            sessions.registering = 0;
+        }
+        let lost = self
+            .in_flight
+            .iter()
+            .filter(|request| request.kind != ReplyKind::Register)
+            .count() as u64;
         self.result.errors[kind as usize] += lost;
         self.run.completed.fetch_add(lost, Ordering::Relaxed);
         self.in_flight.clear();
@@ -258,6 +285,16 @@ impl Worker {
             };
             self.last_reply = arrived;
             incoming.advance(consumed);
+            if request.kind == ReplyKind::Register {
+                if let Some(sessions) = &mut self.sessions {
+                    sessions.registering = sessions.registering.saturating_sub(1);
+                    match reply {
+                        Reply::Session { id } => sessions.open.push((id, 1)),
+                        _ => self.draining = true,
+                    }
+                }
+                continue;
+            }
             let outcome = match reply {
                 Reply::Ok { version } => {
                     self.remember_version(request.key, version);
@@ -318,7 +355,25 @@ impl Worker {
 
     /// Issues requests into `out` until the window is full or the run says stop.
     fn fill(&mut self, out: &mut Vec<u8>) {
-        while self.in_flight.len() < self.window && !self.draining && self.take_budget() {
+        while self.in_flight.len() < self.window && !self.draining {
+            if let Some(sessions) = &mut self.sessions {
+                if sessions.open.len() < self.window {
+                    if sessions.open.len() + sessions.registering >= self.window {
+                        return;
+                    }
+                    sessions.registering += 1;
+                    out.extend_from_slice(b"register\r\n");
+                    self.in_flight.push_back(InFlight {
+                        sent: Instant::now(),
+                        kind: ReplyKind::Register,
+                        key: 0,
+                    });
+                    continue;
+                }
+            }
+            if !self.take_budget() {
+                return;
+            }
             let Some(request) = self.encode_next(out) else {
                 return;
             };
@@ -341,13 +396,13 @@ impl Worker {
     }
 
     fn encode_next(&mut self, out: &mut Vec<u8>) -> Option<InFlight> {
-        let run = &self.run;
         let (key, version) = self.source.next()?;
-        let kind = match run.workload {
+        let kind = match self.run.workload {
             Workload::Set => ReplyKind::Set,
             Workload::Get => ReplyKind::Get,
             Workload::Getm => ReplyKind::Getm,
             Workload::Cas => ReplyKind::Cas,
+            Workload::Incr => return None,
             Workload::Mix { reads, writes } => {
                 let roll = match &mut self.source {
                     KeySource::Random { state, .. } => KeySource::random(state),
@@ -360,6 +415,14 @@ impl Worker {
                 }
             }
         };
+        if let (Some(sessions), true) = (&mut self.sessions, kind.is_write()) {
+            let slot = (sessions.writes % sessions.open.len() as u64) as usize;
+            sessions.writes += 1;
+            let (id, seq) = &mut sessions.open[slot];
+            proto::encode_session_prefix(out, *id, *seq);
+            *seq += 1;
+        }
+        let run = &self.run;
         let verb: &[u8] = match kind {
             ReplyKind::Set => b"set ",
             ReplyKind::Get => b"get ",

@@ -7,7 +7,12 @@ pub(super) enum Workload {
     Get,
     Getm,
     Cas,
-    Mix { reads: u32, writes: u32 },
+    Mix {
+        reads: u32,
+        writes: u32,
+    },
+    /// Verified exactly-once increments (see `incr.rs`); driven by the client library, not the workers.
+    Incr,
 }
 
 impl Workload {
@@ -22,6 +27,7 @@ impl Workload {
             Workload::Getm => "getm".into(),
             Workload::Cas => "cas".into(),
             Workload::Mix { reads, writes } => format!("mix:{reads}:{writes}"),
+            Workload::Incr => "incr".into(),
         }
     }
 }
@@ -32,10 +38,11 @@ pub(super) fn parse_workload(text: &str) -> Result<Workload, String> {
         "get" => Workload::Get,
         "getm" => Workload::Getm,
         "cas" => Workload::Cas,
+        "incr" => Workload::Incr,
         _ => {
             let ratio = text
                 .strip_prefix("mix:")
-                .ok_or("expected set, get, getm, cas or mix:R:W")?;
+                .ok_or("expected set, get, getm, cas, incr or mix:R:W")?;
             let (reads, writes) = ratio
                 .split_once(':')
                 .ok_or("expected mix:R:W, e.g. mix:9:1")?;
