@@ -32,7 +32,8 @@ Exit codes:
   2  usage error: bad arguments, invalid key, value too large, ttl too long
   3  cas: the key is at another version
   4  cluster unavailable: no leader reachable before --timeout; nothing was changed
-  5  outcome unknown: the write was sent but its reply was lost; it may or may not be applied
+  5  outcome unknown: no definite answer before --timeout (writes are retried in a session until
+     then, and applied at most once), or the session expired meanwhile; it may or may not be applied
   6  other error: the server rejected the command or answered unexpectedly";
 
 #[derive(clap::Args)]

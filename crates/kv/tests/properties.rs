@@ -104,7 +104,7 @@ proptest! {
     fn arbitrary_bytes_never_panic_nor_overbuffer(
         input in prop::collection::vec(prop_oneof![
             3 => any::<u8>(),
-            2 => prop::sample::select(b"\r\n 0123456789setcasgetmdeletnoreply".to_vec()),
+            2 => prop::sample::select(b"\r\n 0123456789setcasgetmdeletnoreplysessionregister".to_vec()),
         ], 0..4096),
         cuts in prop::collection::vec(any::<usize>(), 0..64),
     ) {

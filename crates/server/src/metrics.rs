@@ -111,6 +111,7 @@ pub struct Metrics {
     pub disk_bytes: Gauge,
     pub store_keys: Gauge,
     pub store_bytes: Gauge,
+    pub store_sessions: Gauge,
     pub uptime: FloatGauge,
 }
 
@@ -166,6 +167,7 @@ impl Metrics {
             disk_bytes: Gauge::default(),
             store_keys: Gauge::default(),
             store_bytes: Gauge::default(),
+            store_sessions: Gauge::default(),
             uptime: FloatGauge::default(),
         };
         metrics.register_all();
@@ -339,6 +341,11 @@ impl Metrics {
             "Bytes of keys and values in the store",
             Unit::Bytes,
             self.store_bytes.clone(),
+        );
+        r.register(
+            "store_sessions",
+            "Client sessions open (exactly-once writes)",
+            self.store_sessions.clone(),
         );
         r.register_with_unit(
             "uptime",

@@ -45,6 +45,7 @@ pub struct NodeStatus {
     pub disk_bytes: u64,
     pub store_keys: u64,
     pub store_bytes: u64,
+    pub store_sessions: u64,
     pub version: String,
     pub uptime_seconds: f64,
     /// Why the node cannot serve, or `None` when it is healthy.
@@ -130,6 +131,9 @@ pub fn observe<H>(
         .set(gauge(replica.pending_writes().count() as u64));
     metrics.store_keys.set(gauge(store.len() as u64));
     metrics.store_bytes.set(gauge(store.bytes() as u64));
+    metrics
+        .store_sessions
+        .set(gauge(store.sessions_len() as u64));
     for member in members.iter().filter(|member| member.id != status.id) {
         let labels = crate::metrics::PeerLabels { peer: member.id };
         match peers.iter().find(|peer| peer.id == member.id) {
@@ -163,6 +167,7 @@ pub fn observe<H>(
         disk_bytes: u64::try_from(metrics.disk_bytes.get()).unwrap_or(0),
         store_keys: store.len() as u64,
         store_bytes: store.bytes() as u64,
+        store_sessions: store.sessions_len() as u64,
         version: env!("CARGO_PKG_VERSION").to_string(),
         uptime_seconds: uptime,
         unhealthy,
