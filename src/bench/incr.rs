@@ -20,6 +20,9 @@ use super::Args;
 
 /// Room for elections: a client keeps retrying one increment this long.
 const OPERATION_DEADLINE: Duration = Duration::from_secs(30);
+/// An increment that has not succeeded in this long (reads and refused writes retried meanwhile)
+/// gives up, so that an unreachable cluster ends the run instead of hanging it.
+const GIVE_UP_AFTER: Duration = Duration::from_secs(60);
 
 /// What one client saw.
 #[derive(Default)]
@@ -212,7 +215,14 @@ async fn increment_until_stopped(
 /// Increments one counter; true once acknowledged. False if its outcome is unknown or a problem was
 /// recorded (both fail the verification), or the run stopped before the write was sent.
 async fn increment(client: &Client, name: &str, tally: &mut Tally, stop: &AtomicBool) -> bool {
+    let started = Instant::now();
     loop {
+        if started.elapsed() > GIVE_UP_AFTER {
+            tally.problems.push(format!(
+                "increment of {name} made no progress in {GIVE_UP_AFTER:?}"
+            ));
+            return false;
+        }
         let current = match client.getm(name).await {
             Ok(Some(meta)) => meta,
             Ok(None) => {

@@ -113,7 +113,7 @@ pub struct Args {
 }
 
 impl Args {
-    fn sessions(&self) -> bool {
+    pub(super) fn sessions(&self) -> bool {
         self.sessions.unwrap_or(self.op == Workload::Incr)
     }
 }

@@ -12,6 +12,7 @@ use super::Args;
 
 pub(super) struct Summary {
     workload: String,
+    sessions: bool,
     clients: u32,
     conns: usize,
     pipeline: u32,
@@ -51,6 +52,7 @@ impl Summary {
             .collect();
         Summary {
             workload: args.op.name(),
+            sessions: args.sessions(),
             clients: args.clients,
             conns,
             pipeline: args.pipeline,
@@ -91,7 +93,12 @@ impl Summary {
     pub(super) fn table(&self) -> String {
         let mut out = String::new();
         let mut row = |name: &str, value: String| out.push_str(&format!("{name:<16}{value}\n"));
-        row("workload", self.workload.clone());
+        let in_sessions = if self.sessions {
+            ", writes in sessions"
+        } else {
+            ""
+        };
+        row("workload", format!("{}{in_sessions}", self.workload));
         row(
             "clients",
             format!(
@@ -127,6 +134,7 @@ impl Summary {
     pub(super) fn json(&self) -> serde_json::Value {
         let mut figures = serde_json::json!({
             "workload": self.workload,
+            "sessions": self.sessions,
             "clients": self.clients,
             "conns": self.conns,
             "pipeline": self.pipeline,

@@ -12,7 +12,9 @@
 //! was lost (it expired or was evicted between an attempt that may have been applied and a retry),
 //! or the cluster gave no definite answer before the deadline. With [`Config::exactly_once`] off,
 //! writes are plain CS733 commands and a write whose fate is unknown is never retried: it fails with
-//! `OutcomeUnknown` at once.
+//! `OutcomeUnknown` at once. Sessions need a server that has them (every raftkv node of this release;
+//! an older one answers `register` with `ERR_CMD_ERR`, which the client reports as
+//! [`Error::Rejected`]).
 //!
 //! A `Client` is cheap to clone and all clones share one pipelined connection: requests from many
 //! tasks are written back to back and their replies matched in order, with at most
@@ -369,14 +371,27 @@ impl Client {
             let result = self
                 .execute(request.clone(), kind, deadline, &mut maybe_applied)
                 .await;
+            let may_have_applied = maybe_applied == Some(true);
             match result {
-                Ok(Reply::ErrSessionExpired) if maybe_applied == Some(false) => {
-                    // The session was gone before anything could apply this write: a new one is safe.
+                Ok(Reply::ErrSessionExpired) if !may_have_applied => {
+                    // The session was gone before anything could apply this write: a new one is
+                    // safe. Pause first, so that a cluster evicting sessions is not flooded.
+                    let pause = jittered(self.inner.config.initial_backoff);
+                    let remaining = deadline.saturating_duration_since(Instant::now());
+                    tokio::time::sleep(pause.min(remaining)).await;
                     continue;
                 }
                 Ok(Reply::ErrSessionExpired) => {
                     return Err(Error::OutcomeUnknown(format!(
                         "session {} expired while its write was being retried",
+                        session.id
+                    )));
+                }
+                Ok(Reply::ErrSequence { .. }) | Err(Error::Rejected) if may_have_applied => {
+                    // A retry refused (another write took the sequence number, or a node that does
+                    // not know sessions): the attempt before it may still have been applied.
+                    return Err(Error::OutcomeUnknown(format!(
+                        "a retry in session {} was refused",
                         session.id
                     )));
                 }

@@ -532,3 +532,21 @@ async fn a_write_that_never_gets_a_definite_answer_is_outcome_unknown_at_the_dea
     );
     assert!(server.received() > 2, "it was retried");
 }
+
+#[tokio::test]
+async fn a_retry_refused_after_a_lost_attempt_is_outcome_unknown_not_a_definite_failure() {
+    for refusal in ["ERR_SEQUENCE 9\r\n", "ERR_CMD_ERR\r\n"] {
+        let server = FakeServer::start(move |request, index| match request.verb.as_str() {
+            "register" => reply("SESSION 4\r\n"),
+            _ if index == 1 => Action::Close,
+            _ => reply(refusal),
+        })
+        .await;
+        let client = Client::new(&server.addrs(), with_sessions()).unwrap();
+        let outcome = client.cas("k", 1, b"v", None).await;
+        assert!(
+            matches!(outcome, Err(Error::OutcomeUnknown(_))),
+            "{refusal:?}: {outcome:?}"
+        );
+    }
+}

@@ -115,6 +115,30 @@ fn a_retried_write_is_answered_with_the_first_reply_and_applied_once() {
 }
 
 #[test]
+fn another_write_with_the_newest_sequence_number_is_refused_not_answered() {
+    let mut replica = Replica::new(SessionLimits::DEFAULT);
+    let id = replica.register();
+    assert_eq!(
+        replica.write(id, 1, set("k", "a")),
+        Reply::Ok { version: 2 }
+    );
+    let before = replica.getm("k");
+    for other in [
+        set("k", "b"),
+        set("j", "a"),
+        cas("k", 2, "a"),
+        Command::Delete { key: b("k") },
+    ] {
+        assert_eq!(replica.write(id, 1, other), Reply::ErrSequence { last: 1 });
+    }
+    assert_eq!(replica.getm("k"), before);
+    assert_eq!(
+        replica.write(id, 1, set("k", "a")),
+        Reply::Ok { version: 2 }
+    );
+}
+
+#[test]
 fn older_and_far_ahead_sequence_numbers_are_refused_and_change_nothing() {
     let mut replica = Replica::new(SessionLimits::DEFAULT);
     let id = replica.register();
@@ -248,7 +272,7 @@ fn sessions_survive_a_snapshot() {
     );
     // A damaged session table is refused, not half-restored.
     let mut damaged = image.clone();
-    let session_table = image.len() - 4 - (8 + 8 * 3 + 1 + 8);
+    let session_table = image.len() - 4 - (8 + 8 * 4 + 1 + 8);
     damaged[session_table] = 9;
     assert!(Store::restore(&damaged).is_err());
 }
@@ -263,7 +287,7 @@ enum Step {
     Write {
         pick: usize,
         seq: SeqChoice,
-        key: u8,
+        tampered: bool,
     },
     Tick {
         delta_ms: u64,
@@ -288,7 +312,8 @@ fn step_strategy() -> impl Strategy<Value = Step> {
     ];
     prop_oneof![
         2 => Just(Step::Register),
-        8 => (0usize..8, seq, 0u8..3).prop_map(|(pick, seq, key)| Step::Write { pick, seq, key }),
+        8 => (0usize..8, seq, prop::bool::weighted(0.2))
+            .prop_map(|(pick, seq, tampered)| Step::Write { pick, seq, tampered }),
         2 => (0u64..4_000).prop_map(|delta_ms| Step::Tick { delta_ms }),
         1 => Just(Step::SnapshotRoundTrip),
     ]
@@ -299,6 +324,7 @@ fn step_strategy() -> impl Strategy<Value = Step> {
 struct ModelSession {
     id: u64,
     last_seq: u64,
+    command: Option<Command>,
     reply: Option<Reply>,
     active_ms: u64,
 }
@@ -326,10 +352,10 @@ proptest! {
                     }
                     let id = replica.register();
                     plain.skip_index(id);
-                    model.push(ModelSession { id, last_seq: 0, reply: None, active_ms: replica.stamp_ms });
+                    model.push(ModelSession { id, last_seq: 0, command: None, reply: None, active_ms: replica.stamp_ms });
                     known.push(id);
                 }
-                Step::Write { pick, seq, key } => {
+                Step::Write { pick, seq, tampered } => {
                     let id = known[pick % known.len()];
                     let entry = model.iter().position(|s| s.id == id);
                     let last = entry.map_or(0, |i| model[i].last_seq);
@@ -339,16 +365,22 @@ proptest! {
                         SeqChoice::Next(step) => last + step,
                         SeqChoice::FarAhead => last + MAX_SEQUENCE_STEP + 1,
                     };
-                    let command = set(&format!("k{key}"), &format!("v{}", replica.index + 1));
+                    // A retry carries the same command; a tampered one another command.
+                    let value = if tampered { "tampered".to_string() } else { format!("v{id}-{seq}") };
+                    let command = set(&format!("k{}", seq % 3), &value);
                     let got = replica.write(id, seq, command.clone());
                     let expected = match entry {
                         None => Reply::ErrSessionExpired,
-                        Some(i) if seq == last => model[i].reply.clone().unwrap_or(Reply::ErrCmdErr),
+                        Some(i) if seq == last && model[i].command.as_ref() == Some(&command) => {
+                            model[i].reply.clone().unwrap_or(Reply::ErrCmdErr)
+                        }
+                        Some(_) if seq == last => Reply::ErrSequence { last },
                         Some(_) if seq < last || seq - last > MAX_SEQUENCE_STEP => Reply::ErrSequence { last },
                         Some(i) => {
                             let reply = plain.apply(replica.index, replica.stamp_ms, &command);
                             let session = &mut model[i];
                             session.last_seq = seq;
+                            session.command = Some(command);
                             session.reply = Some(reply.clone());
                             session.active_ms = replica.stamp_ms;
                             reply

@@ -9,7 +9,7 @@
 use std::collections::{BTreeMap, VecDeque};
 
 use bytes::{Bytes, BytesMut};
-use raftkv_kv::{Proposal, Reply, Store};
+use raftkv_kv::{Proposal, Reply, SessionLimits, Store};
 use raftkv_raft::{
     Entry, EntryKind, Index, InitialState, Message, NodeId, Raft, Ready, Role, SnapshotMeta,
     SoftState, Term,
@@ -35,6 +35,10 @@ pub struct ReplicaConfig {
     pub leader_wait_ms: u64,
     pub snapshot_entries: u64,
     pub snapshot_bytes: u64,
+    /// How many client sessions the store keeps, and for how long. Every replica of a cluster must use
+    /// the same limits: the server always uses [`SessionLimits::DEFAULT`]; the simulator draws smaller
+    /// ones to exercise expiry and eviction.
+    pub session_limits: SessionLimits,
     /// A deliberate bug, for tests of the simulator only (see [`Mutation`]).
     pub mutation: Option<Mutation>,
     /// Copy every applied entry into [`Outputs::applied`] (the simulator's safety checks use it).
@@ -45,6 +49,14 @@ pub struct ReplicaConfig {
 pub enum ReplicaError {
     #[error("snapshot from the leader does not decode: {0}")]
     SnapshotDecode(raftkv_kv::DecodeError),
+    #[error(
+        "committed entry {index} does not decode ({error}): written by a newer release, or corrupt; \
+         this node cannot apply it and stops rather than skip it"
+    )]
+    EntryDecode {
+        index: Index,
+        error: raftkv_kv::DecodeError,
+    },
     #[error("cannot write a snapshot: {0}")]
     SnapshotWrite(raftkv_wal::WalError),
     #[error("storage failed")]
@@ -116,11 +128,11 @@ pub struct Replica<H> {
 impl<H> Replica<H> {
     /// A replica that starts from what its disk recovered.
     pub fn new(config: ReplicaConfig, initial: InitialState) -> Result<Replica<H>, ReplicaError> {
+        let limits = config.session_limits;
         let store = match &initial.snapshot {
-            Some(snapshot) => {
-                Store::restore(&snapshot.data).map_err(ReplicaError::SnapshotDecode)?
-            }
-            None => Store::new(),
+            Some(snapshot) => Store::restore_with_session_limits(&snapshot.data, limits)
+                .map_err(ReplicaError::SnapshotDecode)?,
+            None => Store::with_session_limits(limits),
         };
         let snapshot_policy = SnapshotPolicy::new(
             config.snapshot_entries,
@@ -265,7 +277,9 @@ impl<H> Replica<H> {
         } = ready;
         self.out.messages.extend(messages);
         if let Some(snapshot) = &snapshot {
-            let restored = Store::restore(&snapshot.data).map_err(ReplicaError::SnapshotDecode)?;
+            let restored =
+                Store::restore_with_session_limits(&snapshot.data, self.config.session_limits)
+                    .map_err(ReplicaError::SnapshotDecode)?;
             let old = std::mem::replace(&mut self.store, restored);
             self.out.released.push(old);
             info!(
@@ -299,7 +313,7 @@ impl<H> Replica<H> {
             for entry in committed {
                 self.snapshot_policy
                     .record_applied(entry.term, entry.data.len());
-                let reply = self.apply(entry.index, entry.term, entry.kind, &entry.data);
+                let reply = self.apply(entry.index, entry.term, entry.kind, &entry.data)?;
                 if self.config.record_applied {
                     self.out.applied.push((entry, reply));
                 }
@@ -328,7 +342,15 @@ impl<H> Replica<H> {
     }
 
     /// Applies one committed entry and answers the write waiting for it; returns what applying answered.
-    fn apply(&mut self, index: Index, term: Term, kind: EntryKind, data: &Bytes) -> Option<Reply> {
+    /// An entry that does not decode stops the node: skipping it would silently drop a write that every
+    /// replica able to read it applies.
+    fn apply(
+        &mut self,
+        index: Index,
+        term: Term,
+        kind: EntryKind,
+        data: &Bytes,
+    ) -> Result<Option<Reply>, ReplicaError> {
         let reply = match kind {
             EntryKind::Noop => {
                 self.store.skip_index(index);
@@ -341,11 +363,9 @@ impl<H> Replica<H> {
                     }
                     Some(self.store.apply_proposal(index, &proposal))
                 }
-                Err(err) => {
-                    // Only a leader of this cluster encodes entries, so this is a bug, not input.
-                    error!(index, "committed entry does not decode: {err}");
-                    self.store.skip_index(index);
-                    Some(Reply::ErrInternal)
+                Err(error) => {
+                    error!(index, "committed entry does not decode: {error}");
+                    return Err(ReplicaError::EntryDecode { index, error });
                 }
             },
         };
@@ -361,7 +381,7 @@ impl<H> Replica<H> {
             };
             self.out.replies.push((write.handle, answer));
         }
-        reply
+        Ok(reply)
     }
 
     fn on_soft_state(&mut self, soft: SoftState) {

@@ -50,6 +50,7 @@ impl Cluster {
                     leader_wait_ms: 2_000,
                     snapshot_entries: 1 << 40,
                     snapshot_bytes: 1 << 40,
+                    session_limits: raftkv_kv::SessionLimits::DEFAULT,
                     mutation,
                     record_applied: false,
                 };

@@ -84,6 +84,7 @@ pub async fn run_node(config: ClusterConfig, id: u64) -> anyhow::Result<()> {
         leader_wait_ms: config.tunables.election_timeout_ms * 2,
         snapshot_entries: config.tunables.snapshot_entries,
         snapshot_bytes: config.tunables.snapshot_bytes,
+        session_limits: raftkv_kv::SessionLimits::DEFAULT,
         mutation: None,
         record_applied: false,
     };

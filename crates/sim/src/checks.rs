@@ -53,7 +53,8 @@ pub struct Checks {
     op_index: BTreeMap<Bytes, Index>,
     /// The value each session sequence number wrote.
     session_writes: BTreeMap<SessionSeq, Bytes>,
-    /// What applying each client write answered (first application), by its unique value: how the simulator learns the
+    /// What applying each client write answered (its first application not refused by the session
+    /// table), by its unique value: how the simulator learns the
     /// outcome of a write whose client never heard back.
     pub write_outcomes: BTreeMap<Bytes, (Index, Option<raftkv_kv::Reply>)>,
     /// What applying each index answered (the first node to apply it), with the entry's term and the
@@ -144,9 +145,18 @@ impl Checks {
                     .insert(entry.index, (entry.term, reply.cloned(), u64::MAX));
                 self.newly_applied.push(entry.index);
                 if let Some((value, session)) = written_value(entry) {
-                    self.write_outcomes
-                        .entry(value.clone())
-                        .or_insert((entry.index, reply.cloned()));
+                    let refused = matches!(
+                        reply,
+                        Some(
+                            raftkv_kv::Reply::ErrSessionExpired
+                                | raftkv_kv::Reply::ErrSequence { .. }
+                        )
+                    );
+                    if !refused {
+                        self.write_outcomes
+                            .entry(value.clone())
+                            .or_insert((entry.index, reply.cloned()));
+                    }
                     match session {
                         // A write in a session may be committed again by a retry (and the store
                         // answers the retry without applying it); one sequence number is one write.

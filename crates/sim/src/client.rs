@@ -24,6 +24,8 @@ pub struct InFlight {
     pub slot: Option<usize>,
     /// The request, kept to send again if this is a write in a session.
     pub request: Option<Request2>,
+    /// For a write in a session: whether an earlier attempt may have been applied.
+    pub uncertain: bool,
     pub reply: Option<Reply>,
 }
 
@@ -39,6 +41,8 @@ pub struct Session {
 pub struct Retry {
     pub slot: usize,
     pub request: Request2,
+    /// Whether an attempt may have been applied (else every attempt was refused or never sent).
+    pub uncertain: bool,
 }
 
 #[derive(Clone, Debug)]

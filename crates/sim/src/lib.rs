@@ -44,6 +44,8 @@ pub struct Summary {
     /// Writes in a session that clients sent again after an unknown outcome (each one a chance for a
     /// write to be applied twice).
     pub retried_writes: u64,
+    /// Writes in a session that found their session evicted or expired.
+    pub sessions_lost: u64,
     pub failures: Vec<Report>,
     pub elapsed: Duration,
 }
@@ -54,15 +56,17 @@ impl Summary {
     }
 
     /// The summary line, e.g. `seeds=300 violations=0 non_linearizable=0 inconclusive=0
-    /// retried_writes=812`.
+    /// retried_writes=812 sessions_lost=31`.
     pub fn line(&self) -> String {
         format!(
-            "seeds={} violations={} non_linearizable={} inconclusive={} retried_writes={}",
+            "seeds={} violations={} non_linearizable={} inconclusive={} retried_writes={} \
+             sessions_lost={}",
             self.seeds,
             self.violations,
             self.non_linearizable,
             self.inconclusive,
-            self.retried_writes
+            self.retried_writes,
+            self.sessions_lost
         )
     }
 }
@@ -83,6 +87,7 @@ pub fn run_seeds(
         summary.non_linearizable += u64::from(report.non_linearizable());
         summary.inconclusive += u64::from(report.inconclusive());
         summary.retried_writes += report.stats.retries;
+        summary.sessions_lost += report.stats.sessions_lost;
         if report.failed() {
             on_failure(&report);
             summary.failures.push(report);

@@ -119,8 +119,9 @@ fn acknowledging_before_fsync_is_caught() {
 
 #[test]
 fn expiry_at_the_local_clock_is_caught() {
-    let seed = first_caught(Mutation::ExpiryAtLocalClock, 50);
-    assert!(seed.is_some(), "not caught in 50 seeds");
+    // Rarer since half the seeds have session clients (one request in flight each): first at 187.
+    let seed = first_caught(Mutation::ExpiryAtLocalClock, 300);
+    assert!(seed.is_some(), "not caught in 300 seeds");
 }
 
 /// Without the session table's deduplication, retried writes are applied twice, and the simulator says

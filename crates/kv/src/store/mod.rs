@@ -21,8 +21,9 @@ use table::KeyTable;
 /// Time: the store's notion of "now" is the largest stamp applied so far (see [`Store::clock_ms`]),
 /// so a new leader whose wall clock lags the old one cannot make expired keys reappear.
 ///
-/// `clone()` is cheap (it copies 2048 shard pointers, not the entries; see `table`), so a
-/// snapshot can be taken from a clone on another thread while this store keeps applying.
+/// `clone()` is cheap for the keys (it copies 2048 shard pointers, not the entries; see `table`), so a
+/// snapshot can be taken from a clone on another thread while this store keeps applying. The session
+/// table is copied whole (at most 65,536 small records; some hundreds of µs when full).
 #[derive(Debug, Clone, Default)]
 pub struct Store {
     entries: KeyTable,
@@ -65,11 +66,12 @@ impl Store {
         if matches!(command, Command::Expire | Command::Register) {
             return Reply::ErrCmdErr;
         }
-        match self.sessions.admit(at) {
+        let fingerprint = fingerprint(command);
+        match self.sessions.admit(at, fingerprint) {
             Admission::Answer(reply) => reply,
             Admission::Apply => {
                 let reply = self.apply_command(index, command);
-                self.sessions.record(at, &reply, self.clock_ms);
+                self.sessions.record(at, fingerprint, &reply, self.clock_ms);
                 reply
             }
         }
@@ -265,6 +267,36 @@ impl Store {
     fn reclaim_expired(&mut self, now_ms: u64) {
         self.entries.reclaim_expired(now_ms);
     }
+}
+
+/// A deterministic hash of a client's write, to tell a true duplicate from another write sent with the
+/// same sequence number.
+fn fingerprint(command: &Command) -> u64 {
+    match command {
+        Command::Set {
+            key,
+            exptime,
+            value,
+        } => DigestHasher::new()
+            .word(1)
+            .word(u64::from(*exptime))
+            .bytes(key)
+            .bytes(value),
+        Command::Cas {
+            key,
+            exptime,
+            version,
+            value,
+        } => DigestHasher::new()
+            .word(2)
+            .word(u64::from(*exptime))
+            .word(*version)
+            .bytes(key)
+            .bytes(value),
+        Command::Delete { key } => DigestHasher::new().word(3).bytes(key),
+        Command::Expire | Command::Register => DigestHasher::new().word(4),
+    }
+    .finish()
 }
 
 /// getm's exptime: whole seconds left, rounded up, so a live expiring key never shows 0.

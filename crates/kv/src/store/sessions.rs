@@ -104,6 +104,9 @@ impl SavedReply {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 struct Session {
     last_seq: u64,
+    /// A hash of the newest write's command: a "duplicate" carrying another command is not one (a
+    /// client that reused a session id from another cluster, or a confused one), and is refused.
+    fingerprint: u64,
     reply: SavedReply,
     last_active_ms: u64,
 }
@@ -157,6 +160,7 @@ impl SessionTable {
         }
         let session = Session {
             last_seq: 0,
+            fingerprint: 0,
             reply: SavedReply::Nothing,
             last_active_ms: now_ms,
         };
@@ -167,23 +171,25 @@ impl SessionTable {
         self.by_activity.insert((now_ms, id));
     }
 
-    /// Whether the write `at` should be applied, or what to answer instead.
-    pub fn admit(&self, at: SessionSeq) -> Admission {
+    /// Whether the write `at`, whose command hashes to `fingerprint`, should be applied, or what to
+    /// answer instead.
+    pub fn admit(&self, at: SessionSeq, fingerprint: u64) -> Admission {
         let Some(session) = self.sessions.get(&at.session) else {
             return Admission::Answer(Reply::ErrSessionExpired);
         };
         let last = session.last_seq;
-        if at.seq == last {
+        if at.seq == last && fingerprint == session.fingerprint {
             Admission::Answer(session.reply.reply())
-        } else if at.seq < last || at.seq - last > MAX_SEQUENCE_STEP {
-            Admission::Answer(Reply::ErrSequence { last })
-        } else {
+        } else if at.seq > last && at.seq - last <= MAX_SEQUENCE_STEP {
             Admission::Apply
+        } else {
+            // Older, too far ahead, or the newest number with another command.
+            Admission::Answer(Reply::ErrSequence { last })
         }
     }
 
     /// Records that the write `at`, admitted by [`SessionTable::admit`], was applied and answered `reply`.
-    pub fn record(&mut self, at: SessionSeq, reply: &Reply, now_ms: u64) {
+    pub fn record(&mut self, at: SessionSeq, fingerprint: u64, reply: &Reply, now_ms: u64) {
         let Some(session) = self.sessions.get_mut(&at.session) else {
             return;
         };
@@ -191,6 +197,7 @@ impl SessionTable {
         self.by_activity
             .remove(&(session.last_active_ms, at.session));
         session.last_seq = at.seq;
+        session.fingerprint = fingerprint;
         session.reply = SavedReply::of(reply);
         session.last_active_ms = now_ms;
         self.by_activity.insert((now_ms, at.session));
@@ -216,6 +223,7 @@ impl SessionTable {
             for w in [
                 *id,
                 session.last_seq,
+                session.fingerprint,
                 session.last_active_ms,
                 u64::from(tag),
                 version,
@@ -226,13 +234,14 @@ impl SessionTable {
     }
 
     /// Appends the snapshot encoding: `count:u64`, then per session
-    /// `id:u64 | last_seq:u64 | last_active_ms:u64 | reply_tag:u8 | reply_version:u64`.
+    /// `id:u64 | last_seq:u64 | fingerprint:u64 | last_active_ms:u64 | reply_tag:u8 | reply_version:u64`.
     pub fn encode(&self, out: &mut Vec<u8>) {
         out.extend_from_slice(&(self.sessions.len() as u64).to_le_bytes());
         for (id, session) in &self.sessions {
             let (tag, version) = session.reply.encode();
             out.extend_from_slice(&id.to_le_bytes());
             out.extend_from_slice(&session.last_seq.to_le_bytes());
+            out.extend_from_slice(&session.fingerprint.to_le_bytes());
             out.extend_from_slice(&session.last_active_ms.to_le_bytes());
             out.push(tag);
             out.extend_from_slice(&version.to_le_bytes());
@@ -255,6 +264,7 @@ impl SessionTable {
         for _ in 0..count {
             let id = reader.u64()?;
             let last_seq = reader.u64()?;
+            let fingerprint = reader.u64()?;
             let last_active_ms = reader.u64()?;
             let reply = SavedReply::decode(reader.u8()?, reader.u64()?)?;
             if id <= previous || id > applied_index || last_seq > MAX_SESSION_NUMBER {
@@ -265,6 +275,7 @@ impl SessionTable {
                 id,
                 Session {
                     last_seq,
+                    fingerprint,
                     reply,
                     last_active_ms,
                 },

@@ -31,10 +31,16 @@ impl Simulator {
                 .iter()
                 .filter_map(|attempt| self.proposals.get(attempt))
                 .filter(|(index, term)| {
-                    self.checks
-                        .applied_replies
-                        .get(index)
-                        .is_some_and(|(applied_term, _, _)| applied_term == term)
+                    // Applied in its term, and not refused by the session table.
+                    self.checks.applied_replies.get(index).is_some_and(
+                        |(applied_term, reply, _)| {
+                            applied_term == term
+                                && !matches!(
+                                    reply,
+                                    Some(Reply::ErrSessionExpired | Reply::ErrSequence { .. })
+                                )
+                        },
+                    )
                 })
                 .map(|(index, _)| *index)
                 .min();
@@ -100,21 +106,35 @@ impl Simulator {
         self.next_op_id += 1;
         if let Some(session) = self.clients[c].session {
             if session.id.is_none() {
-                self.send_request(c, attempt, None, Request2::write(Command::Register), false);
+                let register = Retry {
+                    slot: 0,
+                    request: Request2::write(Command::Register),
+                    uncertain: false,
+                };
+                self.send_request(c, attempt, None, register, false);
                 return;
             }
-            if let Some(retry) = self.clients[c].retry.take() {
+            if let Some(mut retry) = self.clients[c].retry.take() {
                 let op_id = self.history.records[retry.slot].op_id;
                 self.attempts.entry(op_id).or_default().push(attempt);
                 self.stats.retries += 1;
-                self.send_request(c, attempt, Some(retry.slot), retry.request, false);
+                if let Request2::Write {
+                    session: Some(at), ..
+                } = &mut retry.request
+                {
+                    if Some(at.session) != session.id {
+                        // Its session was gone before any attempt could apply it: a new one is safe.
+                        *at = self.next_session_seq(c);
+                    }
+                }
+                self.send_request(c, attempt, Some(retry.slot), retry, false);
                 return;
             }
         }
         let op_id = attempt;
         let key = self.rng.below(self.params.keys);
         let last_version = self.clients[c].versions.get(&key).copied();
-        let (mut request, kind, noreply) = client::draw_op(
+        let (mut request, kind, mut noreply) = client::draw_op(
             &mut self.rng,
             op_id,
             key,
@@ -122,20 +142,32 @@ impl Simulator {
             self.params.ttl_ppm,
             last_version,
         );
-        if let (Some(session), Request2::Write { session: at, .. }) =
-            (&mut self.clients[c].session, &mut request)
-        {
-            let id = session.id.unwrap_or_default();
-            *at = Some(SessionSeq {
-                session: id,
-                seq: session.next_seq,
-            });
-            session.next_seq += 1;
+        let in_session = self.clients[c].session.is_some();
+        if let (true, Request2::Write { session: at, .. }) = (in_session, &mut request) {
+            *at = Some(self.next_session_seq(c));
+            // One write at a time in a session: the next one waits for this one's answer.
+            noreply = false;
             self.attempts.insert(op_id, vec![op_id]);
         }
         let conn = self.clients[c].conn;
         let slot = self.history.invoke(op_id, conn, key, kind, self.now);
-        self.send_request(c, attempt, Some(slot), request, noreply);
+        let retry = Retry {
+            slot,
+            request,
+            uncertain: false,
+        };
+        self.send_request(c, attempt, Some(slot), retry, noreply);
+    }
+
+    /// The next sequence number of the client's (registered) session.
+    fn next_session_seq(&mut self, c: usize) -> SessionSeq {
+        let session = self.clients[c].session.get_or_insert_with(Default::default);
+        let at = SessionSeq {
+            session: session.id.unwrap_or_default(),
+            seq: session.next_seq,
+        };
+        session.next_seq += 1;
+        at
     }
 
     /// Sends one attempt of a request (`slot` None: a session registration).
@@ -144,9 +176,12 @@ impl Simulator {
         c: usize,
         attempt: u64,
         slot: Option<usize>,
-        request: Request2,
+        retry: Retry,
         noreply: bool,
     ) {
+        let Retry {
+            request, uncertain, ..
+        } = retry;
         let conn = self.clients[c].conn;
         let target = self.clients[c].target;
         self.trace(|| {
@@ -165,7 +200,13 @@ impl Simulator {
         if !self.nodes[(target - 1) as usize].is_up() {
             // Connection refused: nothing happened; try another node a little later.
             match slot {
-                Some(slot) if in_session => self.clients[c].retry = Some(Retry { slot, request }),
+                Some(slot) if in_session => {
+                    self.clients[c].retry = Some(Retry {
+                        slot,
+                        request,
+                        uncertain,
+                    })
+                }
                 Some(slot) => self.history.settle(slot, Fate::Dropped),
                 None => {}
             }
@@ -189,6 +230,7 @@ impl Simulator {
             attempt,
             slot,
             request: in_session.then_some(request),
+            uncertain,
             reply: None,
         });
         self.owner.insert(attempt, c);
@@ -223,7 +265,12 @@ impl Simulator {
                 continue;
             };
             if let Some(request) = request.request {
-                self.clients[c].retry = Some(Retry { slot, request });
+                // Lost with the connection: it may have been applied.
+                self.clients[c].retry = Some(Retry {
+                    slot,
+                    request,
+                    uncertain: true,
+                });
                 continue;
             }
             let is_read = client::is_read(&self.history.records[slot].op.kind);
@@ -317,7 +364,27 @@ impl Simulator {
         let kind = record.op.kind;
         let key = record.op.key;
         self.trace(|| format!("client {} op {}: {reply:?}", c + 1, record.op_id));
-        let retry = |request: Option<Request2>| request.map(|request| Retry { slot, request });
+        let uncertain = done.uncertain;
+        let retry = |request: Option<Request2>, uncertain: bool| {
+            request.map(|request| Retry {
+                slot,
+                request,
+                uncertain,
+            })
+        };
+        if reply == Reply::ErrSessionExpired && done.request.is_some() {
+            // Evicted or expired: register again. If no attempt can have been applied, the write goes
+            // on in the new session; otherwise its outcome can no longer be learned.
+            self.stats.sessions_lost += 1;
+            if let Some(session) = &mut self.clients[c].session {
+                session.id = None;
+            }
+            match retry(done.request, false) {
+                Some(retry) if !uncertain => self.clients[c].retry = Some(retry),
+                _ => self.history.settle(slot, Fate::Unknown),
+            }
+            return;
+        }
         match client::interpret(kind, &reply, node_of_port) {
             Ok(Meaning::Done(kind)) => {
                 self.history.respond(slot, kind, self.now);
@@ -338,7 +405,7 @@ impl Simulator {
                     .max(self.now + self.rng.range(0, self.params.think_ms));
             }
             Ok(Meaning::Redirect(to)) => {
-                match retry(done.request) {
+                match retry(done.request, uncertain) {
                     // An earlier attempt may have been applied: the write is not over.
                     Some(retry) => self.clients[c].retry = Some(retry),
                     None => self.history.settle(slot, Fate::Dropped),
@@ -346,7 +413,7 @@ impl Simulator {
                 self.retarget(c, to);
             }
             Ok(Meaning::Failed) => {
-                match retry(done.request) {
+                match retry(done.request, true) {
                     Some(retry) => self.clients[c].retry = Some(retry),
                     None if client::is_read(&kind) => self.history.settle(slot, Fate::Dropped),
                     None => self.history.settle(slot, Fate::Unknown),

@@ -10,6 +10,7 @@
 use std::collections::{BTreeMap, VecDeque};
 use std::fmt;
 
+use raftkv_kv::SessionLimits;
 use raftkv_raft::{Config, Index, NodeId, Role, Term};
 use raftkv_replica::{Mutation, ReplicaConfig};
 
@@ -73,6 +74,8 @@ pub struct Stats {
     pub ops_dropped: usize,
     /// Writes in a session sent again after an attempt with an unknown outcome.
     pub retries: u64,
+    /// Writes in a session answered `ERR_SESSION_EXPIRED` (evicted or expired under tiny limits).
+    pub sessions_lost: u64,
     pub committed: u64,
     pub max_term: u64,
     pub crashes: u64,
@@ -180,7 +183,17 @@ struct Simulator {
 impl Simulator {
     fn new(seed: u64, options: &Options) -> Simulator {
         let mut rng = Rng::new(seed);
-        let params = Params::draw(&mut rng);
+        let mut params = Params::draw(&mut rng);
+        // Drawn apart from the main generator, so that seeds without sessions run as they always did.
+        let mut session_rng = Rng::new(seed ^ 0x5E55_1015);
+        let sessions = session_rng.chance(500_000);
+        if sessions && session_rng.chance(400_000) {
+            // Tiny limits, so that sessions are evicted and expire while clients use them.
+            params.session_limits = SessionLimits {
+                max_sessions: session_rng.range(1, 4) as usize,
+                idle_ms: session_rng.range(300, 3_000),
+            };
+        }
         let voters: Vec<NodeId> = (1..=params.nodes as NodeId).collect();
         let client_addrs: BTreeMap<NodeId, String> = voters
             .iter()
@@ -204,6 +217,7 @@ impl Simulator {
                     leader_wait_ms: u64::from(params.election_ticks) * params.tick_ms * 2,
                     snapshot_entries: params.snapshot_entries,
                     snapshot_bytes: params.snapshot_bytes,
+                    session_limits: params.session_limits,
                     mutation: options.mutation,
                     record_applied: true,
                 };
@@ -219,9 +233,6 @@ impl Simulator {
                 node
             })
             .collect();
-        // Drawn apart from the main generator, so that seeds without sessions run as they always did.
-        let mut session_rng = Rng::new(seed ^ 0x5E55_1015);
-        let sessions = session_rng.chance(500_000);
         let clients = (0..params.clients)
             .map(|i| Client {
                 id: i as u64 + 1,

@@ -38,6 +38,8 @@ pub struct Params {
     pub check_quorum: bool,
     pub max_entries_per_msg: usize,
     pub max_inflight_msgs: usize,
+    /// The store's session limits (tiny in some seeds with session clients, drawn apart).
+    pub session_limits: raftkv_kv::SessionLimits,
 }
 
 impl Params {
@@ -86,6 +88,7 @@ impl Params {
             check_quorum: rng.chance(750_000),
             max_entries_per_msg: rng.range(1, 64) as usize,
             max_inflight_msgs: rng.range(1, 16) as usize,
+            session_limits: raftkv_kv::SessionLimits::DEFAULT,
         };
         if time_heavy {
             params.read_ppm = rng.range(850_000, 980_000) as u32;
