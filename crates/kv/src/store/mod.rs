@@ -272,31 +272,29 @@ impl Store {
 /// A deterministic hash of a client's write, to tell a true duplicate from another write sent with the
 /// same sequence number.
 fn fingerprint(command: &Command) -> u64 {
-    match command {
+    // CRC-32C (hardware-accelerated): a write in a session hashes its whole value on the apply path.
+    let (tag, exptime, version, key, value): (u8, u32, u64, &[u8], &[u8]) = match command {
         Command::Set {
             key,
             exptime,
             value,
-        } => DigestHasher::new()
-            .word(1)
-            .word(u64::from(*exptime))
-            .bytes(key)
-            .bytes(value),
+        } => (1, *exptime, 0, key, value),
         Command::Cas {
             key,
             exptime,
             version,
             value,
-        } => DigestHasher::new()
-            .word(2)
-            .word(u64::from(*exptime))
-            .word(*version)
-            .bytes(key)
-            .bytes(value),
-        Command::Delete { key } => DigestHasher::new().word(3).bytes(key),
-        Command::Expire | Command::Register => DigestHasher::new().word(4),
-    }
-    .finish()
+        } => (2, *exptime, *version, key, value),
+        Command::Delete { key } => (3, 0, 0, key, &[]),
+        Command::Expire | Command::Register => (4, 0, 0, &[], &[]),
+    };
+    let mut header = [0u8; 1 + 4 + 8 + 4];
+    header[0] = tag;
+    header[1..5].copy_from_slice(&exptime.to_le_bytes());
+    header[5..13].copy_from_slice(&version.to_le_bytes());
+    header[13..17].copy_from_slice(&(key.len() as u32).to_le_bytes());
+    let crc = crc32c::crc32c_append(crc32c::crc32c(&header), key);
+    u64::from(crc32c::crc32c_append(crc, value))
 }
 
 /// getm's exptime: whole seconds left, rounded up, so a live expiring key never shows 0.

@@ -121,11 +121,16 @@ pub enum Admission {
 }
 
 /// Every live session. Deterministic: ordered maps only, and time only from the caller.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Debug, Default)]
 pub struct SessionTable {
     limits: SessionLimits,
     sessions: BTreeMap<u64, Session>,
-    /// (last active, id) of every session: the least recently active first, for expiry and eviction.
+    /// One `(time, id)` per session, least recently active first, for expiry and eviction. Updated
+    /// lazily: a write moves only its session's `last_active_ms`, so an entry's time may be older than
+    /// its session's (never newer). Whoever pops a stale entry puts it back with the session's time, so
+    /// the first fresh entry popped is exactly the least recently active session, as an eager index
+    /// would give (ties broken by id alike). Not part of the state: a replica restored from a snapshot
+    /// rebuilds it fresh and decides the same.
     by_activity: BTreeSet<(u64, u64)>,
 }
 
@@ -153,7 +158,7 @@ impl SessionTable {
     /// active session if the table is full.
     pub fn register(&mut self, id: u64, now_ms: u64) {
         while self.sessions.len() >= self.limits.max_sessions.max(1) {
-            let Some((_, oldest)) = self.by_activity.pop_first() else {
+            let Some(oldest) = self.pop_least_recently_active() else {
                 break;
             };
             self.sessions.remove(&oldest);
@@ -194,24 +199,49 @@ impl SessionTable {
             return;
         };
         debug_assert!(at.seq > session.last_seq, "a sequence number applied twice");
-        self.by_activity
-            .remove(&(session.last_active_ms, at.session));
         session.last_seq = at.seq;
         session.fingerprint = fingerprint;
         session.reply = SavedReply::of(reply);
-        session.last_active_ms = now_ms;
-        self.by_activity.insert((now_ms, at.session));
+        // The activity index catches up lazily (see `by_activity`).
+        session.last_active_ms = session.last_active_ms.max(now_ms);
+    }
+
+    /// Removes and returns the id of the least recently active session, refreshing stale index entries
+    /// on the way.
+    fn pop_least_recently_active(&mut self) -> Option<u64> {
+        while let Some((time, id)) = self.by_activity.pop_first() {
+            match self.sessions.get(&id) {
+                Some(session) if session.last_active_ms > time => {
+                    self.by_activity.insert((session.last_active_ms, id));
+                }
+                Some(_) => return Some(id),
+                None => {}
+            }
+        }
+        None
     }
 
     /// Drops every session idle for longer than the limit at `now_ms`.
     pub fn expire(&mut self, now_ms: u64) {
         let idle_ms = self.limits.idle_ms;
-        while let Some(&(active_ms, id)) = self.by_activity.first() {
+        // An entry's time is never newer than its session's: if the first is not idle, none is.
+        while let Some(&(active_ms, _)) = self.by_activity.first() {
             if active_ms.saturating_add(idle_ms) >= now_ms {
                 break;
             }
-            self.by_activity.pop_first();
-            self.sessions.remove(&id);
+            let Some(id) = self.pop_least_recently_active() else {
+                break;
+            };
+            match self.sessions.get(&id) {
+                Some(session) if session.last_active_ms.saturating_add(idle_ms) >= now_ms => {
+                    // Fresh and not idle after all (popped as the least recently active).
+                    self.by_activity.insert((session.last_active_ms, id));
+                    break;
+                }
+                _ => {
+                    self.sessions.remove(&id);
+                }
+            }
         }
     }
 
