@@ -143,16 +143,19 @@ fn no_reachable_node_exits_4() {
 
 #[test]
 fn a_write_whose_reply_is_lost_exits_5() {
-    // A node that reads one request and hangs up without answering.
+    // A node that opens the client's session, reads its write, hangs up without answering, and is
+    // gone: the write is retried in its session until --timeout, and its outcome stays unknown.
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
     let address = listener.local_addr().unwrap().to_string();
     std::thread::spawn(move || {
         if let Ok((mut stream, _)) = listener.accept() {
             let mut request = [0u8; 64];
             let _ = stream.read(&mut request);
+            let _ = stream.write_all(b"SESSION 1\r\n");
+            let _ = stream.read(&mut request);
         }
     });
-    let output = client(&address, &["set", "k", "v"], b"");
+    let output = client(&address, &["--timeout", "1", "set", "k", "v"], b"");
     assert_eq!(code(&output), 5, "{output:?}");
     assert!(String::from_utf8_lossy(&output.stderr).contains("outcome unknown"));
 }
