@@ -53,6 +53,10 @@ pub struct Args {
     /// then need --tls-ca <dir>/tls/ca.pem (and --tls-cert/--tls-key <dir>/tls/client*.pem).
     #[arg(long, value_name = "MODE", num_args = 0..=1, default_missing_value = "on", value_parser = ["on", "verify"])]
     pub client_tls: Option<String>,
+    /// A new cluster starts with the state in this backup file (see `raftkv backup`): every node's
+    /// data directory is restored from it before the nodes start.
+    #[arg(long, value_name = "FILE")]
+    pub restore: Option<PathBuf>,
 }
 
 pub fn run(args: Args) -> ExitCode {
@@ -71,6 +75,12 @@ pub fn run(args: Args) -> ExitCode {
 async fn run_cluster(args: Args) -> anyhow::Result<()> {
     let config_path = args.dir.join(CONFIG_FILE);
     let config = if config_path.exists() {
+        if args.restore.is_some() {
+            bail!(
+                "--restore seeds a new cluster, and {} already holds one; use a new --dir",
+                args.dir.display()
+            );
+        }
         let config = ClusterConfig::load(&config_path)?;
         check_flags_match(&args, &config, &config_path)?;
         println!(
@@ -80,6 +90,17 @@ async fn run_cluster(args: Args) -> anyhow::Result<()> {
         );
         config
     } else {
+        // A bad backup file is refused before anything is created.
+        let backup = match &args.restore {
+            Some(file) => {
+                let data = std::fs::read(file)
+                    .with_context(|| format!("cannot read {}", file.display()))?;
+                raftkv_kv::backup::read_backup(&data)
+                    .with_context(|| format!("--restore {}", file.display()))?;
+                Some((file, data))
+            }
+            None => None,
+        };
         let mut config = new_config(&args)?;
         std::fs::create_dir_all(&args.dir).with_context(|| {
             format!("--dir {}: cannot create the directory", args.dir.display())
@@ -102,7 +123,22 @@ async fn run_cluster(args: Args) -> anyhow::Result<()> {
             args.dir.display()
         );
         // Load it back so data directories resolve exactly as the servers will resolve them.
-        ClusterConfig::load(&config_path)?
+        let config = ClusterConfig::load(&config_path)?;
+        if let Some((file, data)) = backup {
+            for node in &config.nodes {
+                let header = raftkv_server::restore::restore_node(&config, node.id, &data)
+                    .with_context(|| format!("--restore {}", file.display()))?;
+                if node.id == 1 {
+                    println!(
+                        "restored every node from {} (index {}, {} keys)",
+                        file.display(),
+                        header.index,
+                        header.keys
+                    );
+                }
+            }
+        }
+        config
     };
     check_ports_free(&config)?;
 

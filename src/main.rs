@@ -4,6 +4,7 @@
 const DEFAULT_ADDRS: &str =
     "127.0.0.1:9000,127.0.0.1:9001,127.0.0.1:9002,127.0.0.1:9003,127.0.0.1:9004";
 
+mod backup_cmd;
 mod bench;
 mod certs_cmd;
 mod client_cmd;
@@ -40,6 +41,10 @@ enum Command {
     Status(status_cmd::Args),
     /// Create a CA and certificates for a cluster's nodes and clients (for local and test use).
     Certs(certs_cmd::Args),
+    /// Save a consistent point-in-time copy of the whole store to a file (or inspect one).
+    Backup(backup_cmd::Args),
+    /// Initialise a new node's empty data directory from a backup file.
+    Restore(backup_cmd::RestoreArgs),
 }
 
 /// A single-threaded runtime for a command, or `None` after saying why there is none.
@@ -65,5 +70,7 @@ fn main() -> ExitCode {
         Command::Bench(args) => bench::run(args),
         Command::Certs(args) => certs_cmd::run(args),
         Command::Status(args) => status_cmd::run(args),
+        Command::Backup(args) => backup_cmd::run(args),
+        Command::Restore(args) => backup_cmd::run_restore(args),
     }
 }

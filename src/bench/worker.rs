@@ -305,9 +305,10 @@ impl Worker {
                 Reply::ErrVersion => Err(ErrorKind::VersionMismatch),
                 Reply::ErrCmdErr => Err(ErrorKind::CommandError),
                 Reply::ErrInternal => Err(ErrorKind::Internal),
-                Reply::Session { .. } | Reply::ErrSessionExpired | Reply::ErrSequence { .. } => {
-                    Err(ErrorKind::Protocol)
-                }
+                Reply::Session { .. }
+                | Reply::ErrSessionExpired
+                | Reply::ErrSequence { .. }
+                | Reply::Backup { .. } => Err(ErrorKind::Protocol),
                 redirect @ Reply::ErrRedirect { .. } => {
                     // Leadership moved: finish what is outstanding, then reconnect there.
                     self.run

@@ -128,7 +128,10 @@ impl Command {
             )),
             Request::Delete { key } => Some((Command::Delete { key }, false)),
             Request::Register => Some((Command::Register, false)),
-            Request::Get { .. } | Request::Getm { .. } | Request::InSession { .. } => None,
+            Request::Get { .. }
+            | Request::Getm { .. }
+            | Request::Backup
+            | Request::InSession { .. } => None,
         }
     }
 }

@@ -5,6 +5,7 @@
 //!   and its compact, versioned binary encoding carried in Raft log entries;
 //! - the state machine: [`Store`] applies committed commands deterministically, serves reads without
 //!   writing, and produces checksummed snapshots;
+//! - the backup file ([`backup`]): a store's snapshot with a checksummed header;
 //! - client sessions ([`SessionTable`]): each session's newest sequence number and reply, so that a
 //!   retried write is applied once (Raft dissertation §6.3).
 //!
@@ -13,6 +14,7 @@
 //! applies the same log reaches the same state. Sockets, Raft and persistence belong to other crates.
 #![forbid(unsafe_code)]
 
+pub mod backup;
 mod byte_reader;
 pub mod command;
 mod decode_error;

@@ -342,6 +342,7 @@ impl Parser {
                 }
             }
             b"register" if count == 1 => LineOutcome::Request(Request::Register),
+            b"backup" if count == 1 => LineOutcome::Request(Request::Backup),
             b"session" if count >= 4 => {
                 let (start, _) = spans[3];
                 let inner = self.interpret_line(&line.slice(start..));

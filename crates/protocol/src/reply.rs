@@ -46,6 +46,10 @@ pub enum Reply<V = Bytes> {
     ErrSequence {
         last: u64,
     },
+    /// `BACKUP <numbytes>` + a backup file (`raftkv_kv::backup`), for `backup`.
+    Backup {
+        file: V,
+    },
 }
 
 impl<V> Reply<V> {
@@ -74,6 +78,9 @@ impl<V> Reply<V> {
             Reply::Session { id } => Reply::Session { id },
             Reply::ErrSessionExpired => Reply::ErrSessionExpired,
             Reply::ErrSequence { last } => Reply::ErrSequence { last },
+            Reply::Backup { file } => Reply::Backup {
+                file: convert(file),
+            },
         }
     }
 
@@ -130,7 +137,16 @@ impl<V: AsRef<[u8]>> Reply<V> {
             Reply::Session { id } => write_line(out, format_args!("SESSION {id}")),
             Reply::ErrSessionExpired => out.put_slice(b"ERR_SESSION_EXPIRED\r\n"),
             Reply::ErrSequence { last } => write_line(out, format_args!("ERR_SEQUENCE {last}")),
+            Reply::Backup { file } => {
+                out.put_slice(&Self::backup_header(file.as_ref().len()));
+                put_block(out, file.as_ref());
+            }
         }
+    }
+
+    /// The line before a backup file: a connection writes it, then the file straight from memory.
+    pub fn backup_header(len: usize) -> Vec<u8> {
+        format!("BACKUP {len}\r\n").into_bytes()
     }
 }
 

@@ -30,6 +30,8 @@ pub enum Request {
     },
     /// `register`: open a session (answered `SESSION <id>`).
     Register,
+    /// `backup`: a point-in-time copy of the whole store (answered `BACKUP <numbytes>` and the file).
+    Backup,
     /// `session <id> <seq> <set|cas|delete ...>`: a write applied at most once per sequence number.
     InSession {
         session: SessionSeq,

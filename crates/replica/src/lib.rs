@@ -29,7 +29,7 @@ pub mod storage;
 
 pub use clock::Now;
 pub use mutation::Mutation;
-pub use replica::{Outputs, Replica, ReplicaConfig, ReplicaError};
+pub use replica::{BackupCopy, Outputs, Replica, ReplicaConfig, ReplicaError};
 pub use request::{ClientRequest, Op};
 pub use snapshot::{BuiltSnapshot, SnapshotPolicy, SnapshotTask};
 pub use storage::{Durable, PersistJob};

@@ -80,6 +80,18 @@ pub struct Outputs<H> {
     /// Entries applied, in order, with what applying each answered (None for entries that carry no
     /// command), if [`ReplicaConfig::record_applied`] is set.
     pub applied: Vec<(Entry, Option<Reply>)>,
+    /// `backup` requests whose linearizable point has been applied: the driver encodes each store copy
+    /// (a cheap clone) into a backup file off the hot path and sends it to the handle.
+    pub backups: Vec<(H, BackupCopy)>,
+}
+
+/// A copy of the store for a backup, taken at a point that follows every write acknowledged before the
+/// request arrived.
+#[derive(Debug)]
+pub struct BackupCopy {
+    pub store: Store,
+    /// The term of the entry at the copy's applied index.
+    pub term: Term,
 }
 
 impl<H> Default for Outputs<H> {
@@ -91,6 +103,7 @@ impl<H> Default for Outputs<H> {
             snapshot: None,
             released: Vec::new(),
             applied: Vec::new(),
+            backups: Vec::new(),
         }
     }
 }

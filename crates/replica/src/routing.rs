@@ -8,7 +8,7 @@ use raftkv_raft::{Index, NodeId, ProposeError, Role, Term};
 
 use crate::clock::{read_needs_clock, Now};
 use crate::mutation::Mutation;
-use crate::replica::Replica;
+use crate::replica::{BackupCopy, Replica};
 use crate::request::{ClientRequest, Op, PendingRead, PendingWrite};
 
 /// Requests parked while no leader is known.
@@ -214,6 +214,15 @@ impl<H> Replica<H> {
     }
 
     fn serve_read(&mut self, mut read: PendingRead<H>) {
+        if read.request == Request::Backup {
+            // Everything committed before the request arrived is applied: copy the store as it is.
+            let copy = BackupCopy {
+                store: self.store.clone(),
+                term: self.snapshot_policy.applied_term(),
+            };
+            self.out.backups.push((read.handle, copy));
+            return;
+        }
         let wall = read.judged_at_ms.unwrap_or(self.now.wall_ms);
         if self.config.mutation == Some(Mutation::ExpiryAtLocalClock) {
             let reply = self.store.read(&read.request, wall);

@@ -251,7 +251,7 @@ fn request_bytes(request: &Request) -> usize {
             key.len() + value.len()
         }
         Request::Get { key } | Request::Getm { key } | Request::Delete { key } => key.len(),
-        Request::Register => 0,
+        Request::Register | Request::Backup => 0,
         Request::InSession { write, .. } => request_bytes(write),
     }
 }
@@ -265,6 +265,7 @@ fn op_kind(request: &Request) -> OpKind {
         Request::Get { .. } => OpKind::get,
         Request::Getm { .. } => OpKind::getm,
         Request::Register => OpKind::register,
+        Request::Backup => OpKind::backup,
         Request::InSession { write, .. } => op_kind(write),
     }
 }
@@ -279,7 +280,7 @@ async fn submit(
     let started = Instant::now();
     let kind = op_kind(&request);
     let (op, noreply) = match request {
-        Request::Get { .. } | Request::Getm { .. } => (Op::Read(request), false),
+        Request::Get { .. } | Request::Getm { .. } | Request::Backup => (Op::Read(request), false),
         write => match ClientWrite::from_request(write) {
             Some(write) => (
                 Op::Write {
@@ -362,7 +363,12 @@ async fn write_replies(
                         Err(oneshot::error::TryRecvError::Closed) => (Reply::ErrInternal, None),
                     };
                     report.reply(op, started, &answer);
-                    if !(noreply && answer.suppressed_by_noreply()) {
+                    if let Reply::Backup { file } = &answer {
+                        // Too large to copy into the write buffer: written from where it is.
+                        if write_backup(&mut writer, &mut out, file).await.is_err() {
+                            return;
+                        }
+                    } else if !(noreply && answer.suppressed_by_noreply()) {
                         answer.encode(&mut out);
                     }
                     // The bytes are in this connection's bounded buffer now.
@@ -389,6 +395,23 @@ async fn write_replies(
         }
     }
     let _ = writer.shutdown().await;
+}
+
+/// Writes a backup reply: what is buffered, the header line, then the file in chunks, each under the
+/// same timeout as any reply.
+async fn write_backup(
+    writer: &mut (impl AsyncWrite + Unpin),
+    out: &mut BytesMut,
+    file: &bytes::Bytes,
+) -> std::io::Result<()> {
+    out.extend_from_slice(&Reply::<bytes::Bytes>::backup_header(file.len()));
+    flush(writer, out).await?;
+    for chunk in file.chunks(1 << 20) {
+        out.extend_from_slice(chunk);
+        flush(writer, out).await?;
+    }
+    out.extend_from_slice(b"\r\n");
+    Ok(())
 }
 
 /// Writes `out`. A client that accepts none of it for [`REPLY_WRITE_TIMEOUT`] is given up on: its

@@ -26,6 +26,7 @@ pub mod node;
 pub mod persist;
 pub mod reply_budget;
 pub mod request;
+pub mod restore;
 mod round_trips;
 pub mod snapshot_stream;
 pub mod status;
@@ -190,6 +191,8 @@ pub async fn run_node(config: ClusterConfig, id: u64) -> anyhow::Result<()> {
         status: status_tx,
         members,
         round_trips: Default::default(),
+        cluster_id: config.cluster_id.clone(),
+        backups_in_progress: std::sync::Arc::new(tokio::sync::Semaphore::new(1)),
     };
     let result = node.run().await;
     accept.abort();
@@ -201,7 +204,7 @@ pub async fn run_node(config: ClusterConfig, id: u64) -> anyhow::Result<()> {
 }
 
 /// Segments small enough that compaction after a snapshot frees disk space in useful steps.
-fn wal_options() -> WalOptions {
+pub(crate) fn wal_options() -> WalOptions {
     WalOptions {
         segment_bytes: 8 << 20,
         defer_deletes: true,

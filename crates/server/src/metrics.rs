@@ -23,6 +23,7 @@ pub enum OpKind {
     get,
     getm,
     register,
+    backup,
 }
 
 /// How a client request ended.
@@ -46,7 +47,8 @@ impl Outcome {
             | Reply::Value { .. }
             | Reply::ValueMeta { .. }
             | Reply::Deleted
-            | Reply::Session { .. } => Outcome::ok,
+            | Reply::Session { .. }
+            | Reply::Backup { .. } => Outcome::ok,
             Reply::ErrNotFound => Outcome::not_found,
             Reply::ErrVersion => Outcome::version_mismatch,
             Reply::ErrRedirect { .. } => Outcome::redirect,
@@ -425,7 +427,7 @@ impl RequestHandles {
 
 /// The handles for one request kind each, indexed by [`OpKind`].
 #[derive(Clone, Debug)]
-pub struct AllRequestHandles(pub [RequestHandles; 6]);
+pub struct AllRequestHandles(pub [RequestHandles; 7]);
 
 impl AllRequestHandles {
     pub fn new(metrics: &Metrics) -> AllRequestHandles {
@@ -436,6 +438,7 @@ impl AllRequestHandles {
             metrics.request_handles(OpKind::get),
             metrics.request_handles(OpKind::getm),
             metrics.request_handles(OpKind::register),
+            metrics.request_handles(OpKind::backup),
         ])
     }
 

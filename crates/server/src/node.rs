@@ -9,8 +9,9 @@
 
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+use raftkv_kv::Reply;
 use raftkv_raft::Message;
-use raftkv_replica::{BuiltSnapshot, Now, Replica, SnapshotTask};
+use raftkv_replica::{BackupCopy, BuiltSnapshot, Now, Replica, SnapshotTask};
 use raftkv_wal::SnapshotWriter;
 use std::sync::Arc;
 use tokio::sync::{mpsc, watch};
@@ -50,6 +51,10 @@ pub struct NodeLoop {
     pub status: watch::Sender<NodeStatus>,
     pub members: Vec<Member>,
     pub round_trips: RoundTrips,
+    /// Written into every backup's header.
+    pub cluster_id: String,
+    /// One backup file is encoded at a time (each holds a copy of the store in memory).
+    pub backups_in_progress: Arc<tokio::sync::Semaphore>,
 }
 
 /// How often the status and the gauges are refreshed.
@@ -202,10 +207,56 @@ impl NodeLoop {
             let released = std::mem::take(&mut out.released);
             tokio::task::spawn_blocking(move || drop(released));
         }
+        let backups = std::mem::take(&mut out.backups);
         if let Some(task) = out.snapshot.take() {
             self.spawn_snapshot(task);
         }
+        for (handle, copy) in backups {
+            self.spawn_backup(handle, copy);
+        }
         Ok(())
+    }
+
+    /// Encodes a backup file from a copy of the store on a blocking thread, one at a time, and sends it
+    /// to the client. Not charged to the reply budget: a backup is written to its client straight from
+    /// this buffer, and only one is built at a time.
+    fn spawn_backup(&self, handle: ReplyHandle, copy: BackupCopy) {
+        let cluster_id = self.cluster_id.clone();
+        let one_at_a_time = self.backups_in_progress.clone();
+        tokio::spawn(async move {
+            let Ok(_permit) = one_at_a_time.acquire_owned().await else {
+                return;
+            };
+            let started = Instant::now();
+            let encoded = tokio::task::spawn_blocking(move || {
+                let mut file = Vec::new();
+                raftkv_kv::backup::write_backup(
+                    &copy.store,
+                    copy.term,
+                    &cluster_id,
+                    wall_clock_ms(),
+                    &mut file,
+                );
+                (file, copy.store.applied_index(), copy.store.len())
+            })
+            .await;
+            let reply = match encoded {
+                Ok((file, index, keys)) => {
+                    info!(
+                        index,
+                        keys,
+                        bytes = file.len(),
+                        elapsed_ms = started.elapsed().as_millis() as u64,
+                        "backup encoded"
+                    );
+                    Reply::Backup {
+                        file: bytes::Bytes::from(file),
+                    }
+                }
+                Err(_) => Reply::ErrInternal,
+            };
+            let _ = handle.sender.send((reply, None));
+        });
     }
 
     /// Serialises and writes a snapshot on a low-priority thread, so the node keeps serving.

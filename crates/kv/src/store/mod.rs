@@ -184,6 +184,16 @@ impl Store {
         self.entries.len() == 0
     }
 
+    /// Every held key, in no particular order (expired keys not reclaimed yet included).
+    pub fn keys(&self) -> impl Iterator<Item = &[u8]> {
+        self.entries.iter().map(|entry| entry.key())
+    }
+
+    /// Whether `key` is live at the store's clock.
+    pub fn is_live(&self, key: &[u8]) -> bool {
+        self.live(key, self.clock_ms).is_some()
+    }
+
     /// Number of held keys that have an expiry time.
     pub fn expiring_len(&self) -> usize {
         self.entries.expiring_len()

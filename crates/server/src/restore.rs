@@ -1,0 +1,74 @@
+//! Starting a node from a backup: `raftkv restore` turns an empty data directory into one that holds
+//! the backup as its snapshot, so that `raftkv server` starts with that state.
+//!
+//! Every node of the new cluster is restored from the same file (the same snapshot at the same index
+//! and term on each), so the cluster starts in agreement and its log goes on after the backup's index:
+//! versions keep increasing past every version a client saw before the backup, and the replicated clock
+//! carries on from the backup's, so expired keys stay expired.
+
+use std::path::Path;
+
+use anyhow::{bail, Context};
+use bytes::Bytes;
+use raftkv_kv::backup::{read_backup, BackupHeader};
+use raftkv_raft::{HardState, Membership, Snapshot, SnapshotMeta};
+use raftkv_wal::Wal;
+
+use crate::config::ClusterConfig;
+
+/// Restores node `id` of `config` from the backup in `file`: checks the whole file, refuses a data
+/// directory that holds anything, then writes the snapshot and a hard state committing it.
+pub fn restore_node(config: &ClusterConfig, id: u64, file: &[u8]) -> anyhow::Result<BackupHeader> {
+    let node = config
+        .node(id)
+        .with_context(|| format!("node {id} is not in the config"))?;
+    let (header, _) = read_backup(file).context("the backup cannot be used")?;
+    if header.term == 0 || header.index == 0 {
+        bail!(
+            "the backup has index {} and term {}: nothing to restore",
+            header.index,
+            header.term
+        );
+    }
+    let dir = &node.data_dir;
+    ensure_empty(dir)?;
+    let (_, image) = raftkv_kv::backup::read_backup_header(file)?;
+    let snapshot = Snapshot {
+        meta: SnapshotMeta {
+            index: header.index,
+            term: header.term,
+            membership: Membership::new(config.node_ids()),
+        },
+        data: Bytes::copy_from_slice(image),
+    };
+    let (mut wal, _, _) = Wal::open(dir, crate::wal_options())
+        .with_context(|| format!("cannot create data directory {}", dir.display()))?;
+    wal.save_snapshot(&snapshot)
+        .context("cannot write the snapshot")?;
+    wal.set_hard_state(HardState {
+        term: header.term,
+        vote: None,
+        commit: header.index,
+    })
+    .context("cannot write the hard state")?;
+    wal.sync().context("cannot sync the data directory")?;
+    Ok(header)
+}
+
+/// A data directory may be restored into only if it does not exist or is empty: restoring over a
+/// node's data would throw away what it has.
+fn ensure_empty(dir: &Path) -> anyhow::Result<()> {
+    match std::fs::read_dir(dir) {
+        Ok(mut entries) => {
+            if entries.next().is_some() {
+                bail!(
+                    "data directory {} is not empty; restore only into a new, empty directory",
+                    dir.display()
+                );
+            }
+            Ok(())
+        }
+        Err(err) if err.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(err) => Err(err).with_context(|| format!("cannot read {}", dir.display())),
+    }
+}

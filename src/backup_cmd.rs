@@ -1,0 +1,327 @@
+//! `raftkv backup`, `raftkv backup inspect` and `raftkv restore`.
+//!
+//! A backup is asked of the leader over the client port (`backup`, docs/protocol.md): the leader
+//! confirms its leadership (ReadIndex), copies its store once everything committed before the request
+//! is applied (a copy-on-write clone: writes go on), encodes the copy on another thread and streams it.
+//! The file is written to `<out>.partial`, checked against its checksum as it arrives, synced, and only
+//! then renamed to `<out>`: a backup file that exists is whole.
+
+use std::io::{IsTerminal, Write};
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::time::{Duration, Instant};
+
+use anyhow::{anyhow, bail, Context};
+use raftkv_client::{Client, Config};
+use raftkv_kv::backup::{read_backup, BackupHeader};
+use raftkv_server::config::ClusterConfig;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+/// Longest header line the leader sends before the file.
+const MAX_HEADER_LINE: usize = 512;
+/// Attempts at finding a leader that answers the backup (leadership may move meanwhile).
+const ATTEMPTS: usize = 5;
+
+#[derive(clap::Args)]
+#[command(args_conflicts_with_subcommands = true)]
+pub struct Args {
+    #[command(subcommand)]
+    inspect: Option<Inspect>,
+    /// Client addresses of the cluster's nodes, comma-separated; the leader is found from them.
+    #[arg(long, value_delimiter = ',', default_value = crate::DEFAULT_ADDRS)]
+    addr: Vec<String>,
+    /// The backup file to write (written whole or not at all).
+    #[arg(long)]
+    out: Option<PathBuf>,
+    /// Print the backup's header as JSON at the end.
+    #[arg(long)]
+    json: bool,
+    /// Seconds to wait for a leader.
+    #[arg(long, default_value_t = 10.0)]
+    timeout: f64,
+    #[command(flatten)]
+    tls: crate::tls_args::TlsArgs,
+}
+
+#[derive(clap::Subcommand)]
+enum Inspect {
+    /// Verify a backup file's checksum and contents and print its header.
+    Inspect {
+        file: PathBuf,
+        /// Also list the live keys that start with PREFIX ("" for every key), sorted.
+        #[arg(long, value_name = "PREFIX")]
+        keys: Option<String>,
+        /// Print the header as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(clap::Args)]
+pub struct RestoreArgs {
+    /// The backup file.
+    #[arg(long)]
+    from: PathBuf,
+    /// The new cluster's file; the node's data_dir must not exist or be empty.
+    #[arg(long)]
+    config: PathBuf,
+    /// Which node of the config to restore (restore every node from the same file).
+    #[arg(long)]
+    id: u64,
+}
+
+pub fn run(args: Args) -> ExitCode {
+    if let Some(Inspect::Inspect { file, keys, json }) = &args.inspect {
+        return report(inspect(file, keys.as_deref(), *json));
+    }
+    let Some(out) = args.out.clone() else {
+        eprintln!("error: --out FILE is required (or use `raftkv backup inspect FILE`)");
+        return ExitCode::from(2);
+    };
+    let Some(runtime) = crate::command_runtime() else {
+        return ExitCode::FAILURE;
+    };
+    report(runtime.block_on(backup(&args, &out)))
+}
+
+pub fn run_restore(args: RestoreArgs) -> ExitCode {
+    report(restore(&args))
+}
+
+fn report(result: anyhow::Result<()>) -> ExitCode {
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            eprintln!("error: {err:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn backup(args: &Args, out: &Path) -> anyhow::Result<()> {
+    let tls = args.tls.client_config()?;
+    let config = Config {
+        deadline: Duration::from_secs_f64(args.timeout.max(0.1)),
+        tls: tls.clone(),
+        ..Config::default()
+    };
+    let client = Client::new(&args.addr, config).map_err(|err| anyhow!("{err}"))?;
+    let started = Instant::now();
+    let mut last_problem = anyhow!("no attempt made");
+    for _ in 0..ATTEMPTS {
+        // A read finds the leader (following redirects) without writing anything.
+        if let Err(err) = client.get("raftkv-backup-probe").await {
+            last_problem = anyhow!("no leader found: {err}");
+            continue;
+        }
+        let Some(leader) = client.connected_to() else {
+            continue;
+        };
+        match fetch(&leader, tls.as_ref(), out).await {
+            Ok(Fetched::File(header, bytes)) => {
+                let elapsed = started.elapsed().as_secs_f64();
+                if args.json {
+                    println!("{}", header_json(&header, bytes));
+                } else {
+                    println!(
+                        "backup of cluster {:?} at index {} (term {}): {} keys, {} bytes in {:.1} s \
+                         ({:.0} MB/s) -> {}",
+                        header.cluster_id,
+                        header.index,
+                        header.term,
+                        header.keys,
+                        bytes,
+                        elapsed,
+                        bytes as f64 / 1e6 / elapsed.max(1e-9),
+                        out.display()
+                    );
+                }
+                return Ok(());
+            }
+            Ok(Fetched::TryAgain(why)) => {
+                last_problem = anyhow!("{leader}: {why}");
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+            Err(err) => return Err(err),
+        }
+    }
+    Err(last_problem.context("no backup taken"))
+}
+
+enum Fetched {
+    File(BackupHeader, u64),
+    TryAgain(String),
+}
+
+/// Asks `leader` for a backup and writes it to `out` (through `<out>.partial`).
+async fn fetch(
+    leader: &str,
+    tls: Option<&std::sync::Arc<raftkv_tls::rustls::ClientConfig>>,
+    out: &Path,
+) -> anyhow::Result<Fetched> {
+    let mut stream = match crate::tls_args::connect(leader, tls).await {
+        Ok(stream) => stream,
+        Err(err) => return Ok(Fetched::TryAgain(err.to_string())),
+    };
+    stream.write_all(b"backup\r\n").await?;
+    stream.flush().await?;
+    let mut buffer = Vec::with_capacity(1 << 20);
+    let line_end = loop {
+        if let Some(end) = buffer.windows(2).position(|w| w == b"\r\n") {
+            break end;
+        }
+        if buffer.len() > MAX_HEADER_LINE {
+            bail!("{leader} answered something that is not a backup");
+        }
+        if stream.read_buf(&mut buffer).await? == 0 {
+            return Ok(Fetched::TryAgain("the connection closed".into()));
+        }
+    };
+    let line = String::from_utf8_lossy(&buffer[..line_end]).into_owned();
+    let Some(len) = line
+        .strip_prefix("BACKUP ")
+        .and_then(|n| n.parse::<u64>().ok())
+    else {
+        // ERR_REDIRECT (leadership moved) or ERR_INTERNAL (no leader): find the leader again.
+        return Ok(Fetched::TryAgain(line));
+    };
+    buffer.drain(..line_end + 2);
+    let partial = out.with_extension("partial");
+    let mut file = tokio::fs::File::create(&partial)
+        .await
+        .with_context(|| format!("cannot create {}", partial.display()))?;
+    let result = receive(&mut stream, &mut file, buffer, len).await;
+    let header = match result {
+        Ok(header) => header,
+        Err(err) => {
+            drop(file);
+            let _ = tokio::fs::remove_file(&partial).await;
+            return Err(err);
+        }
+    };
+    file.sync_all().await?;
+    drop(file);
+    tokio::fs::rename(&partial, out)
+        .await
+        .with_context(|| format!("cannot rename {} to {}", partial.display(), out.display()))?;
+    if let Some(dir) = out.parent().filter(|d| !d.as_os_str().is_empty()) {
+        if let Ok(dir) = std::fs::File::open(dir) {
+            let _ = dir.sync_all();
+        }
+    }
+    Ok(Fetched::File(header, len))
+}
+
+/// Streams `len` bytes of backup (some already in `buffer`) into `file`, checking the checksum on the
+/// way and reading the header from the front.
+async fn receive(
+    stream: &mut raftkv_tls::Stream,
+    file: &mut tokio::fs::File,
+    mut buffer: Vec<u8>,
+    len: u64,
+) -> anyhow::Result<BackupHeader> {
+    let body_len = len
+        .checked_sub(4)
+        .ok_or_else(|| anyhow!("a backup of {len} bytes is too short"))?;
+    let progress = std::io::stderr().is_terminal();
+    let mut received = 0u64;
+    let mut crc = 0u32;
+    let mut trailer = Vec::with_capacity(4);
+    let mut front = Vec::new();
+    while received < len {
+        if buffer.is_empty() && stream.read_buf(&mut buffer).await? == 0 {
+            bail!("the leader closed the connection after {received} of {len} bytes");
+        }
+        let take = buffer.len().min((len - received) as usize);
+        let chunk = &buffer[..take];
+        let body_part = (body_len.saturating_sub(received) as usize).min(take);
+        crc = crc32c::crc32c_append(crc, &chunk[..body_part]);
+        trailer.extend_from_slice(&chunk[body_part..]);
+        if front.len() < 4096 {
+            let want = (4096 - front.len()).min(take);
+            front.extend_from_slice(&chunk[..want]);
+        }
+        file.write_all(chunk).await?;
+        received += take as u64;
+        buffer.drain(..take);
+        if progress {
+            eprint!(
+                "\r{:>8.1} / {:.1} MB",
+                received as f64 / 1e6,
+                len as f64 / 1e6
+            );
+        }
+    }
+    if progress {
+        eprint!("\r{:40}\r", "");
+    }
+    if trailer.as_slice() != crc.to_le_bytes() {
+        bail!("the backup arrived damaged (checksum mismatch); nothing was written");
+    }
+    raftkv_kv::backup::read_header_prefix(&front).context("the backup's header is damaged")
+}
+
+fn inspect(file: &Path, keys: Option<&str>, json: bool) -> anyhow::Result<()> {
+    let data = std::fs::read(file).with_context(|| format!("cannot read {}", file.display()))?;
+    let (header, store) = read_backup(&data).with_context(|| format!("{}", file.display()))?;
+    if json {
+        println!("{}", header_json(&header, data.len() as u64));
+    } else {
+        println!("file        {}", file.display());
+        println!("format      {}", header.format);
+        println!("cluster     {}", header.cluster_id);
+        println!("index       {} (term {})", header.index, header.term);
+        println!("keys        {}", header.keys);
+        println!("created     {} ms since the Unix epoch", header.created_ms);
+        println!("size        {} bytes, checksum ok", data.len());
+    }
+    if let Some(prefix) = keys {
+        let mut listed: Vec<&[u8]> = store
+            .keys()
+            .filter(|key| key.starts_with(prefix.as_bytes()) && store.is_live(key))
+            .collect();
+        listed.sort_unstable();
+        let mut stdout = std::io::stdout().lock();
+        for key in listed {
+            stdout.write_all(key)?;
+            stdout.write_all(b"\n")?;
+        }
+    }
+    Ok(())
+}
+
+fn restore(args: &RestoreArgs) -> anyhow::Result<()> {
+    let config = ClusterConfig::load(&args.config)?;
+    let data = std::fs::read(&args.from)
+        .with_context(|| format!("cannot read {}", args.from.display()))?;
+    let header = raftkv_server::restore::restore_node(&config, args.id, &data)
+        .with_context(|| format!("{}", args.from.display()))?;
+    if header.cluster_id != config.cluster_id {
+        eprintln!(
+            "note: the backup is of cluster {:?}; it now seeds cluster {:?}",
+            header.cluster_id, config.cluster_id
+        );
+    }
+    println!(
+        "node {} restored from {} (cluster {:?}, index {}, {} keys); restore every node of the new \
+         cluster from the same file, then start them",
+        args.id,
+        args.from.display(),
+        header.cluster_id,
+        header.index,
+        header.keys
+    );
+    Ok(())
+}
+
+fn header_json(header: &BackupHeader, bytes: u64) -> serde_json::Value {
+    serde_json::json!({
+        "format": header.format,
+        "cluster_id": header.cluster_id,
+        "index": header.index,
+        "term": header.term,
+        "keys": header.keys,
+        "created_ms": header.created_ms,
+        "bytes": bytes,
+    })
+}
