@@ -294,7 +294,7 @@ fn restore(args: &RestoreArgs) -> anyhow::Result<()> {
     let config = ClusterConfig::load(&args.config)?;
     let data = std::fs::read(&args.from)
         .with_context(|| format!("cannot read {}", args.from.display()))?;
-    let header = raftkv_server::restore::restore_node(&config, args.id, &data)
+    let header = raftkv_server::restore::restore_node(&config, args.id, &data.into())
         .with_context(|| format!("{}", args.from.display()))?;
     if header.cluster_id != config.cluster_id {
         eprintln!(

@@ -97,7 +97,7 @@ async fn run_cluster(args: Args) -> anyhow::Result<()> {
                     .with_context(|| format!("cannot read {}", file.display()))?;
                 raftkv_kv::backup::read_backup(&data)
                     .with_context(|| format!("--restore {}", file.display()))?;
-                Some((file, data))
+                Some((file, raftkv_client::bytes::Bytes::from(data)))
             }
             None => None,
         };

@@ -132,6 +132,22 @@ pub fn read_backup(data: &[u8]) -> Result<(BackupHeader, Store), BackupError> {
     Ok((header, store))
 }
 
+/// Checks the file's checksum, the image's own checksum, and that the header agrees with the image,
+/// without decoding the image's entries (a node decodes them when it starts): returns the header and
+/// the image's byte range in `data`.
+pub fn check_backup(data: &[u8]) -> Result<(BackupHeader, std::ops::Range<usize>), BackupError> {
+    let (header, image) = read_backup_header(data)?;
+    let (index, keys) = Store::check_image(image)?;
+    if index != header.index {
+        return Err(BackupError::Inconsistent("index"));
+    }
+    if keys != header.keys {
+        return Err(BackupError::Inconsistent("key count"));
+    }
+    let start = image.as_ptr() as usize - data.as_ptr() as usize;
+    Ok((header, start..start + image.len()))
+}
+
 /// Checks the checksum and reads the header; returns it with the store image (not yet decoded).
 pub fn read_backup_header(data: &[u8]) -> Result<(BackupHeader, &[u8]), BackupError> {
     read_format(data)?;

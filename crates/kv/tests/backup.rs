@@ -2,7 +2,7 @@
 
 use bytes::Bytes;
 use raftkv_kv::backup::{
-    read_backup, read_backup_header, read_header_prefix, write_backup, BackupError,
+    check_backup, read_backup, read_backup_header, read_header_prefix, write_backup, BackupError,
 };
 use raftkv_kv::{Command, Store};
 
@@ -40,6 +40,12 @@ fn a_backup_round_trips_with_its_header() {
     assert_eq!(header.created_ms, 42);
     assert_eq!(restored.digest(), store.digest());
     assert_eq!(read_header_prefix(&file[..100]).unwrap(), header);
+    let (checked, image) = check_backup(&file).unwrap();
+    assert_eq!(checked, header);
+    assert_eq!(
+        Store::restore(&file[image]).unwrap().digest(),
+        store.digest()
+    );
 }
 
 #[test]
@@ -47,11 +53,13 @@ fn damage_of_every_kind_is_refused() {
     let file = backup_of(&store_with(50));
     for len in [0, 5, 9, 10, 40, file.len() / 2, file.len() - 1] {
         assert!(read_backup(&file[..len]).is_err(), "truncated to {len}");
+        assert!(check_backup(&file[..len]).is_err(), "truncated to {len}");
     }
     for at in (0..file.len()).step_by(7) {
         let mut flipped = file.clone();
         flipped[at] ^= 0x04;
         assert!(read_backup(&flipped).is_err(), "bit flipped at {at}");
+        assert!(check_backup(&flipped).is_err(), "bit flipped at {at}");
     }
     let mut newer = file.clone();
     newer[9] = 2;

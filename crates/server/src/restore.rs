@@ -10,19 +10,21 @@ use std::path::Path;
 
 use anyhow::{bail, Context};
 use bytes::Bytes;
-use raftkv_kv::backup::{read_backup, BackupHeader};
+use raftkv_kv::backup::{check_backup, BackupHeader};
 use raftkv_raft::{HardState, Membership, Snapshot, SnapshotMeta};
 use raftkv_wal::Wal;
 
 use crate::config::ClusterConfig;
 
-/// Restores node `id` of `config` from the backup in `file`: checks the whole file, refuses a data
-/// directory that holds anything, then writes the snapshot and a hard state committing it.
-pub fn restore_node(config: &ClusterConfig, id: u64, file: &[u8]) -> anyhow::Result<BackupHeader> {
+/// Restores node `id` of `config` from the backup in `file`: checks the file (its checksum, the
+/// image's, and that they agree; the node decodes every entry when it starts, as it does any
+/// snapshot), refuses a data directory that holds anything, then writes the snapshot and a hard state
+/// committing it.
+pub fn restore_node(config: &ClusterConfig, id: u64, file: &Bytes) -> anyhow::Result<BackupHeader> {
     let node = config
         .node(id)
         .with_context(|| format!("node {id} is not in the config"))?;
-    let (header, _) = read_backup(file).context("the backup cannot be used")?;
+    let (header, image) = check_backup(file).context("the backup cannot be used")?;
     if header.term == 0 || header.index == 0 {
         bail!(
             "the backup has index {} and term {}: nothing to restore",
@@ -32,14 +34,13 @@ pub fn restore_node(config: &ClusterConfig, id: u64, file: &[u8]) -> anyhow::Res
     }
     let dir = &node.data_dir;
     ensure_empty(dir)?;
-    let (_, image) = raftkv_kv::backup::read_backup_header(file)?;
     let snapshot = Snapshot {
         meta: SnapshotMeta {
             index: header.index,
             term: header.term,
             membership: Membership::new(config.node_ids()),
         },
-        data: Bytes::copy_from_slice(image),
+        data: file.slice(image),
     };
     let (mut wal, _, _) = Wal::open(dir, crate::wal_options())
         .with_context(|| format!("cannot create data directory {}", dir.display()))?;

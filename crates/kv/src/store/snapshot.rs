@@ -74,6 +74,30 @@ impl Store {
         Store::restore_with_session_limits(data, SessionLimits::DEFAULT)
     }
 
+    /// Checks a snapshot image's magic, format and checksum without decoding its entries; returns its
+    /// applied index and key count.
+    pub fn check_image(data: &[u8]) -> Result<(u64, u64), DecodeError> {
+        if data.len() < HEADER_LEN + CHECKSUM_LEN {
+            return Err(DecodeError::Truncated);
+        }
+        let (body, checksum) = data.split_at(data.len() - CHECKSUM_LEN);
+        let mut reader = ByteReader::new(body);
+        if reader.take(MAGIC.len())? != MAGIC {
+            return Err(DecodeError::BadMagic);
+        }
+        let format = reader.u8()?;
+        if format != FORMAT_V1 && format != FORMAT_WITH_SESSIONS {
+            return Err(DecodeError::UnknownFormat(format));
+        }
+        if ByteReader::new(checksum).u32()? != crc32c::crc32c(body) {
+            return Err(DecodeError::Checksum);
+        }
+        let applied_index = reader.u64()?;
+        let _clock_ms = reader.u64()?;
+        let count = reader.u64()?;
+        Ok((applied_index, count))
+    }
+
     /// [`Store::restore`] for a store made by [`Store::with_session_limits`].
     pub fn restore_with_session_limits(
         data: &[u8],
