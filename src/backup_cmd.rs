@@ -39,6 +39,17 @@ pub struct Args {
     /// Seconds to wait for a leader.
     #[arg(long, default_value_t = 10.0)]
     timeout: f64,
+    /// Disaster recovery: copy a STOPPED node's data directory instead of asking a running cluster
+    /// (for when no majority is left to elect a leader). Holds the node's whole log: writes it knew
+    /// were committed and those it had but never learned the fate of.
+    #[arg(long, value_name = "DIR", conflicts_with = "addr")]
+    data_dir: Option<PathBuf>,
+    /// With --data-dir: stop at the node's commit index instead of the end of its log.
+    #[arg(long, requires = "data_dir")]
+    committed_only: bool,
+    /// With --data-dir: the cluster id to write into the header.
+    #[arg(long, requires = "data_dir", default_value = "offline-copy")]
+    cluster_id: String,
     #[command(flatten)]
     tls: crate::tls_args::TlsArgs,
 }
@@ -78,10 +89,50 @@ pub fn run(args: Args) -> ExitCode {
         eprintln!("error: --out FILE is required (or use `raftkv backup inspect FILE`)");
         return ExitCode::from(2);
     };
+    if let Some(dir) = &args.data_dir {
+        return report(offline_copy(&args, dir, &out));
+    }
     let Some(runtime) = crate::command_runtime() else {
         return ExitCode::FAILURE;
     };
     report(runtime.block_on(backup(&args, &out)))
+}
+
+/// `raftkv backup --data-dir`: a backup of a stopped node's data, written whole or not at all.
+fn offline_copy(args: &Args, dir: &Path, out: &Path) -> anyhow::Result<()> {
+    let created_ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64);
+    let copy = raftkv_server::restore::backup_data_dir(
+        dir,
+        &args.cluster_id,
+        args.committed_only,
+        created_ms,
+    )?;
+    let partial = out.with_extension("partial");
+    std::fs::write(&partial, &copy.file)
+        .with_context(|| format!("cannot write {}", partial.display()))?;
+    std::fs::File::open(&partial)?.sync_all()?;
+    std::fs::rename(&partial, out)
+        .with_context(|| format!("cannot rename {} to {}", partial.display(), out.display()))?;
+    let header = &copy.header;
+    if args.json {
+        println!("{}", header_json(header, copy.file.len() as u64));
+    } else {
+        println!(
+            "offline copy of {} at index {} (term {}; the node's commit index was {}, its log ended at \
+             {}): {} keys, {} bytes -> {}",
+            dir.display(),
+            header.index,
+            header.term,
+            copy.commit,
+            copy.last,
+            header.keys,
+            copy.file.len(),
+            out.display()
+        );
+    }
+    Ok(())
 }
 
 pub fn run_restore(args: RestoreArgs) -> ExitCode {

@@ -211,3 +211,56 @@ fn damaged_foreign_and_newer_files_are_refused_and_nothing_is_written() {
     assert_eq!(header["keys"], 20, "{header}");
     assert_eq!(header["cluster_id"], "t");
 }
+
+/// The loss of a majority: two of three nodes are killed and their data deleted. The survivor's data
+/// directory, copied offline, seeds a new cluster that serves every write acknowledged before.
+#[test]
+fn a_survivors_data_seeds_a_new_cluster_after_the_majority_is_lost() {
+    let mut old = Cluster::start(3, FAST_TUNABLES);
+    let load = WriteLoad::start(old.addrs(), "dr", 3);
+    std::thread::sleep(Duration::from_millis(1500));
+    let (acked, _) = load.stop();
+    assert!(!acked.is_empty());
+    // Let the survivor-to-be catch up, then lose the others for good.
+    std::thread::sleep(Duration::from_millis(500));
+    let survivor = 2;
+    for i in [0, 1] {
+        old.kill(i);
+        std::fs::remove_dir_all(&old.nodes[i].data_dir).unwrap();
+    }
+    // With no majority nothing can be backed up from the cluster; the survivor is stopped and copied.
+    old.kill(survivor);
+    let file = old.dir.path().join("survivor.rkvb");
+    let output = raftkv(&[
+        "backup",
+        "--data-dir",
+        old.nodes[survivor].data_dir.to_str().unwrap(),
+        "--out",
+        file.to_str().unwrap(),
+        "--json",
+    ]);
+    assert!(output.status.success(), "{output:?}");
+    let header: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+    let index = header["index"].as_u64().unwrap();
+
+    let mut new = Cluster::configure(3, FAST_TUNABLES);
+    for id in 1..=3 {
+        assert!(restore(&file, &new.config, id).status.success());
+    }
+    for i in 0..3 {
+        new.start_node(i);
+    }
+    new.wait_leader();
+    let mut client = new.client();
+    for a in &acked {
+        assert!(
+            a.version <= index,
+            "{} at {} after the copy's index {index}",
+            a.key,
+            a.version
+        );
+    }
+    check_acked(&mut client, &acked);
+    let version = client.set_retry("after-recovery", b"v", LEADER_TIMEOUT);
+    assert!(version > index);
+}

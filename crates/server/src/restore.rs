@@ -73,3 +73,71 @@ fn ensure_empty(dir: &Path) -> anyhow::Result<()> {
         Err(err) => Err(err).with_context(|| format!("cannot read {}", dir.display())),
     }
 }
+
+/// What an offline copy of a data directory holds.
+pub struct OfflineCopy {
+    pub file: Vec<u8>,
+    pub header: BackupHeader,
+    /// The node's durable commit index, and the last index in its log (which the copy may go up to).
+    pub commit: u64,
+    pub last: u64,
+}
+
+/// A backup made from a stopped node's data directory, for disaster recovery when a majority is lost:
+/// the node's snapshot plus its log applied to it, up to its commit index (`committed_only`) or to the
+/// end of its log. The end of the log may hold writes acknowledged by a leader that this node never
+/// learned were committed (the usual case on a follower), and also writes that were never acknowledged.
+pub fn backup_data_dir(
+    dir: &Path,
+    cluster_id: &str,
+    committed_only: bool,
+    created_ms: u64,
+) -> anyhow::Result<OfflineCopy> {
+    if std::fs::read_dir(dir).map_or(true, |mut entries| entries.next().is_none()) {
+        bail!("{} holds no node data", dir.display());
+    }
+    let (_wal, initial, _) = Wal::open(dir, crate::wal_options())
+        .with_context(|| format!("cannot open {} (is its node still running?)", dir.display()))?;
+    let (mut store, mut term) = match &initial.snapshot {
+        Some(snapshot) => (
+            raftkv_kv::Store::restore(&snapshot.data).context("the node's snapshot")?,
+            snapshot.meta.term,
+        ),
+        None => (raftkv_kv::Store::new(), 0),
+    };
+    let commit = initial.hard_state.commit;
+    let last = initial
+        .entries
+        .last()
+        .map_or(store.applied_index(), |e| e.index);
+    let limit = if committed_only { commit } else { last };
+    for entry in &initial.entries {
+        if entry.index <= store.applied_index() {
+            continue;
+        }
+        if entry.index > limit {
+            break;
+        }
+        match entry.kind {
+            raftkv_raft::EntryKind::Noop => store.skip_index(entry.index),
+            raftkv_raft::EntryKind::Normal => {
+                let proposal = raftkv_kv::Proposal::decode(&entry.data)
+                    .with_context(|| format!("log entry {} does not decode", entry.index))?;
+                store.apply_proposal(entry.index, &proposal);
+            }
+        }
+        term = entry.term;
+    }
+    if store.applied_index() == 0 {
+        bail!("{} holds no entries to copy", dir.display());
+    }
+    let mut file = Vec::new();
+    raftkv_kv::backup::write_backup(&store, term, cluster_id, created_ms, &mut file);
+    let header = raftkv_kv::backup::read_header_prefix(&file)?;
+    Ok(OfflineCopy {
+        file,
+        header,
+        commit,
+        last,
+    })
+}
