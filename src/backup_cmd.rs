@@ -17,6 +17,17 @@ use raftkv_kv::backup::{read_backup, BackupHeader};
 use raftkv_server::config::ClusterConfig;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
+/// Longest wait for any bytes from the leader once the backup has started.
+const STALL_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// Where a backup is written before it is whole: `<out>.partial` (appended, so that `a.1` and `a.2`
+/// do not share one).
+fn partial_path(out: &Path) -> PathBuf {
+    let mut name = out.as_os_str().to_owned();
+    name.push(".partial");
+    PathBuf::from(name)
+}
+
 /// Longest header line the leader sends before the file.
 const MAX_HEADER_LINE: usize = 512;
 /// Attempts at finding a leader that answers the backup (leadership may move meanwhile).
@@ -109,7 +120,7 @@ fn offline_copy(args: &Args, dir: &Path, out: &Path) -> anyhow::Result<()> {
         args.committed_only,
         created_ms,
     )?;
-    let partial = out.with_extension("partial");
+    let partial = partial_path(out);
     std::fs::write(&partial, &copy.file)
         .with_context(|| format!("cannot write {}", partial.display()))?;
     std::fs::File::open(&partial)?.sync_all()?;
@@ -168,7 +179,8 @@ async fn backup(args: &Args, out: &Path) -> anyhow::Result<()> {
         let Some(leader) = client.connected_to() else {
             continue;
         };
-        match fetch(&leader, tls.as_ref(), out).await {
+        let wait = Duration::from_secs_f64(args.timeout.max(0.1));
+        match fetch(&leader, tls.as_ref(), out, wait).await {
             Ok(Fetched::File(header, bytes)) => {
                 let elapsed = started.elapsed().as_secs_f64();
                 if args.json {
@@ -209,6 +221,7 @@ async fn fetch(
     leader: &str,
     tls: Option<&std::sync::Arc<raftkv_tls::rustls::ClientConfig>>,
     out: &Path,
+    wait: Duration,
 ) -> anyhow::Result<Fetched> {
     let mut stream = match crate::tls_args::connect(leader, tls).await {
         Ok(stream) => stream,
@@ -224,8 +237,14 @@ async fn fetch(
         if buffer.len() > MAX_HEADER_LINE {
             bail!("{leader} answered something that is not a backup");
         }
-        if stream.read_buf(&mut buffer).await? == 0 {
-            return Ok(Fetched::TryAgain("the connection closed".into()));
+        // The leader answers once its copy is encoded: allow for a large store.
+        match tokio::time::timeout(wait + STALL_TIMEOUT, stream.read_buf(&mut buffer)).await {
+            Err(_) => return Ok(Fetched::TryAgain("no answer in time".into())),
+            Ok(read) => {
+                if read? == 0 {
+                    return Ok(Fetched::TryAgain("the connection closed".into()));
+                }
+            }
         }
     };
     let line = String::from_utf8_lossy(&buffer[..line_end]).into_owned();
@@ -237,24 +256,27 @@ async fn fetch(
         return Ok(Fetched::TryAgain(line));
     };
     buffer.drain(..line_end + 2);
-    let partial = out.with_extension("partial");
+    let partial = partial_path(out);
     let mut file = tokio::fs::File::create(&partial)
         .await
         .with_context(|| format!("cannot create {}", partial.display()))?;
-    let result = receive(&mut stream, &mut file, buffer, len).await;
-    let header = match result {
+    let written = async {
+        let header = receive(&mut stream, &mut file, buffer, len).await?;
+        file.sync_all().await?;
+        tokio::fs::rename(&partial, out)
+            .await
+            .with_context(|| format!("cannot rename {} to {}", partial.display(), out.display()))?;
+        anyhow::Ok(header)
+    }
+    .await;
+    drop(file);
+    let header = match written {
         Ok(header) => header,
         Err(err) => {
-            drop(file);
             let _ = tokio::fs::remove_file(&partial).await;
             return Err(err);
         }
     };
-    file.sync_all().await?;
-    drop(file);
-    tokio::fs::rename(&partial, out)
-        .await
-        .with_context(|| format!("cannot rename {} to {}", partial.display(), out.display()))?;
     if let Some(dir) = out.parent().filter(|d| !d.as_os_str().is_empty()) {
         if let Ok(dir) = std::fs::File::open(dir) {
             let _ = dir.sync_all();
@@ -280,8 +302,13 @@ async fn receive(
     let mut trailer = Vec::with_capacity(4);
     let mut front = Vec::new();
     while received < len {
-        if buffer.is_empty() && stream.read_buf(&mut buffer).await? == 0 {
-            bail!("the leader closed the connection after {received} of {len} bytes");
+        if buffer.is_empty() {
+            let read = tokio::time::timeout(STALL_TIMEOUT, stream.read_buf(&mut buffer))
+                .await
+                .map_err(|_| anyhow!("the leader sent nothing for {STALL_TIMEOUT:?}"))??;
+            if read == 0 {
+                bail!("the leader closed the connection after {received} of {len} bytes");
+            }
         }
         let take = buffer.len().min((len - received) as usize);
         let chunk = &buffer[..take];

@@ -126,8 +126,19 @@ async fn run_cluster(args: Args) -> anyhow::Result<()> {
         let config = ClusterConfig::load(&config_path)?;
         if let Some((file, data)) = backup {
             for node in &config.nodes {
-                let header = raftkv_server::restore::restore_node(&config, node.id, &data)
-                    .with_context(|| format!("--restore {}", file.display()))?;
+                let restored = raftkv_server::restore::restore_node(&config, node.id, &data)
+                    .with_context(|| format!("--restore {}", file.display()));
+                let header = match restored {
+                    Ok(header) => header,
+                    Err(err) => {
+                        // Leave no half-restored cluster behind: a retry starts from scratch.
+                        for node in &config.nodes {
+                            let _ = std::fs::remove_dir_all(&node.data_dir);
+                        }
+                        let _ = std::fs::remove_file(&config_path);
+                        return Err(err);
+                    }
+                };
                 if node.id == 1 {
                     println!(
                         "restored every node from {} (index {}, {} keys)",

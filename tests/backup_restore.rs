@@ -204,6 +204,30 @@ fn damaged_foreign_and_newer_files_are_refused_and_nothing_is_written() {
             "{name}: restore wrote something"
         );
     }
+    // One backup at a time per node: a second one pipelined behind the first is refused at once.
+    let leader = cluster_leader_addr(&cluster);
+    let mut stream = std::net::TcpStream::connect(&leader).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    use std::io::{Read, Write};
+    stream.write_all(b"backup\r\nbackup\r\n").unwrap();
+    let mut received = Vec::new();
+    let mut chunk = [0u8; 65536];
+    while !received.ends_with(b"ERR_INTERNAL\r\n") {
+        let n = stream.read(&mut chunk).expect("replies");
+        assert!(
+            n > 0,
+            "closed after {}",
+            show(&received[..received.len().min(40)])
+        );
+        received.extend_from_slice(&chunk[..n]);
+    }
+    assert!(
+        received.starts_with(b"BACKUP "),
+        "{}",
+        show(&received[..40])
+    );
     // The good file is fine, and a second backup to the same path replaces it whole.
     let inspected = raftkv(&["backup", "inspect", good.to_str().unwrap(), "--json"]);
     assert!(inspected.status.success(), "{inspected:?}");
@@ -263,4 +287,14 @@ fn a_survivors_data_seeds_a_new_cluster_after_the_majority_is_lost() {
     check_acked(&mut client, &acked);
     let version = client.set_retry("after-recovery", b"v", LEADER_TIMEOUT);
     assert!(version > index);
+}
+
+/// The client address of `cluster`'s leader.
+fn cluster_leader_addr(cluster: &Cluster) -> String {
+    let mut client = cluster.client();
+    client.call_retry(b"get anything\r\n", LEADER_TIMEOUT);
+    (0..cluster.len())
+        .map(|i| cluster.addr(i).to_string())
+        .find(|addr| probe(addr) == Probe::Leader)
+        .expect("a leader")
 }

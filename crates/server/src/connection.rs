@@ -41,6 +41,8 @@ enum Slot {
         started: Instant,
         /// The request's share of the connection's and the node's byte budgets, returned with the reply.
         _permits: (OwnedSemaphorePermit, OwnedSemaphorePermit),
+        /// For a backup: the node's one backup slot, held until the file has been written.
+        _backup: Option<OwnedSemaphorePermit>,
     },
 }
 
@@ -63,6 +65,9 @@ pub struct Limits {
     pub metrics: Arc<Metrics>,
     /// Per-operation request counters and latency histograms.
     pub requests: AllRequestHandles,
+    /// One backup at a time per node, from the request until its file is written: each holds a copy
+    /// of the store and the encoded file. Another `backup` meanwhile is answered `ERR_INTERNAL` at once.
+    pub backup_slot: Arc<Semaphore>,
 }
 
 pub async fn serve(socket: Stream, limits: Limits, node: mpsc::Sender<ClientRequest>) {
@@ -155,7 +160,24 @@ async fn read_requests(
                         .reply_budget
                         .wait_admitted(&replies, limits.max_bytes_in_flight)
                         .await;
-                    match submit(request, (permit, node_permit), &node, &replies).await {
+                    let backup = match request {
+                        Request::Backup => match limits.backup_slot.clone().try_acquire_owned() {
+                            Ok(slot) => Some(slot),
+                            Err(_) => {
+                                debug!("a backup is in progress; refusing another");
+                                slots
+                                    .send(Slot::Immediate {
+                                        reply: Reply::ErrInternal,
+                                        close: false,
+                                    })
+                                    .await
+                                    .ok();
+                                continue;
+                            }
+                        },
+                        _ => None,
+                    };
+                    match submit(request, (permit, node_permit), backup, &node, &replies).await {
                         Some(slot) => slot,
                         None => return,
                     }
@@ -274,6 +296,7 @@ fn op_kind(request: &Request) -> OpKind {
 async fn submit(
     request: Request,
     permits: (OwnedSemaphorePermit, OwnedSemaphorePermit),
+    backup: Option<OwnedSemaphorePermit>,
     node: &mpsc::Sender<ClientRequest>,
     replies: &Arc<ConnectionReplies>,
 ) -> Option<Slot> {
@@ -309,6 +332,7 @@ async fn submit(
         op: kind,
         started,
         _permits: permits,
+        _backup: backup,
     })
 }
 

@@ -153,6 +153,7 @@ pub async fn run_node(config: ClusterConfig, id: u64) -> anyhow::Result<()> {
             )),
             node_budget_bytes: config.tunables.max_buffered_request_bytes,
             reply_budget: reply_budget.clone(),
+            backup_slot: std::sync::Arc::new(tokio::sync::Semaphore::new(1)),
             metrics: metrics.clone(),
             requests: metrics::AllRequestHandles::new(&metrics),
             idle_timeout: (config.tunables.client_idle_timeout_s > 0)
@@ -192,7 +193,6 @@ pub async fn run_node(config: ClusterConfig, id: u64) -> anyhow::Result<()> {
         members,
         round_trips: Default::default(),
         cluster_id: config.cluster_id.clone(),
-        backups_in_progress: std::sync::Arc::new(tokio::sync::Semaphore::new(1)),
     };
     let result = node.run().await;
     accept.abort();

@@ -53,8 +53,6 @@ pub struct NodeLoop {
     pub round_trips: RoundTrips,
     /// Written into every backup's header.
     pub cluster_id: String,
-    /// One backup file is encoded at a time (each holds a copy of the store in memory).
-    pub backups_in_progress: Arc<tokio::sync::Semaphore>,
 }
 
 /// How often the status and the gauges are refreshed.
@@ -217,16 +215,16 @@ impl NodeLoop {
         Ok(())
     }
 
-    /// Encodes a backup file from a copy of the store on a blocking thread, one at a time, and sends it
-    /// to the client. Not charged to the reply budget: a backup is written to its client straight from
-    /// this buffer, and only one is built at a time.
+    /// Encodes a backup file from a copy of the store on a blocking thread and sends it to the client.
+    /// Not charged to the reply budget: a backup is written to its client straight from this buffer,
+    /// and a node has one in progress at most (the connections' backup slot).
     fn spawn_backup(&self, handle: ReplyHandle, copy: BackupCopy) {
         let cluster_id = self.cluster_id.clone();
-        let one_at_a_time = self.backups_in_progress.clone();
         tokio::spawn(async move {
-            let Ok(_permit) = one_at_a_time.acquire_owned().await else {
+            if handle.sender.is_closed() {
+                // The client is gone: no one to encode it for.
                 return;
-            };
+            }
             let started = Instant::now();
             let encoded = tokio::task::spawn_blocking(move || {
                 let mut file = Vec::new();

@@ -42,17 +42,24 @@ pub fn restore_node(config: &ClusterConfig, id: u64, file: &Bytes) -> anyhow::Re
         },
         data: file.slice(image),
     };
-    let (mut wal, _, _) = Wal::open(dir, crate::wal_options())
-        .with_context(|| format!("cannot create data directory {}", dir.display()))?;
-    wal.save_snapshot(&snapshot)
-        .context("cannot write the snapshot")?;
-    wal.set_hard_state(HardState {
-        term: header.term,
-        vote: None,
-        commit: header.index,
-    })
-    .context("cannot write the hard state")?;
-    wal.sync().context("cannot sync the data directory")?;
+    let written = (|| {
+        let (mut wal, _, _) = Wal::open(dir, crate::wal_options())
+            .with_context(|| format!("cannot create data directory {}", dir.display()))?;
+        wal.save_snapshot(&snapshot)
+            .context("cannot write the snapshot")?;
+        wal.set_hard_state(HardState {
+            term: header.term,
+            vote: None,
+            commit: header.index,
+        })
+        .context("cannot write the hard state")?;
+        wal.sync().context("cannot sync the data directory")
+    })();
+    if let Err(err) = written {
+        // It was empty or absent: leave it so, and a second attempt can succeed.
+        let _ = std::fs::remove_dir_all(dir);
+        return Err(err);
+    }
     Ok(header)
 }
 
