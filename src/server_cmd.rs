@@ -45,6 +45,11 @@ pub struct Args {
     /// Log lines as human-readable text, or as one JSON object per line for log shippers.
     #[arg(long, value_enum, default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,
+    /// Last resort after losing a majority for good: start this node as a cluster of one voter holding
+    /// everything in its log (see docs/backup.md). Writes acknowledged by the lost nodes that this node
+    /// never received are gone. Other nodes of the old cluster must not be started again.
+    #[arg(long)]
+    pub force_new_cluster: bool,
 }
 
 #[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
@@ -69,7 +74,11 @@ pub fn run(args: Args) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    let outcome = runtime.block_on(raftkv_server::run_node(config, args.id));
+    let outcome = runtime.block_on(raftkv_server::run_node_with(
+        config,
+        args.id,
+        args.force_new_cluster,
+    ));
     // Connection tasks may still be parked on sockets; they hold nothing that needs flushing.
     runtime.shutdown_timeout(std::time::Duration::from_millis(500));
     match outcome {

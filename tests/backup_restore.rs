@@ -240,18 +240,7 @@ fn damaged_foreign_and_newer_files_are_refused_and_nothing_is_written() {
 /// directory, copied offline, seeds a new cluster that serves every write acknowledged before.
 #[test]
 fn a_survivors_data_seeds_a_new_cluster_after_the_majority_is_lost() {
-    let mut old = Cluster::start(3, FAST_TUNABLES);
-    let load = WriteLoad::start(old.addrs(), "dr", 3);
-    std::thread::sleep(Duration::from_millis(1500));
-    let (acked, _) = load.stop();
-    assert!(!acked.is_empty());
-    // Let the survivor-to-be catch up, then lose the others for good.
-    std::thread::sleep(Duration::from_millis(500));
-    let survivor = 2;
-    for i in [0, 1] {
-        old.kill(i);
-        std::fs::remove_dir_all(&old.nodes[i].data_dir).unwrap();
-    }
+    let (mut old, acked, survivor) = lose_a_majority("dr");
     // With no majority nothing can be backed up from the cluster; the survivor is stopped and copied.
     old.kill(survivor);
     let file = old.dir.path().join("survivor.rkvb");
@@ -297,4 +286,43 @@ fn cluster_leader_addr(cluster: &Cluster) -> String {
         .map(|i| cluster.addr(i).to_string())
         .find(|addr| probe(addr) == Probe::Leader)
         .expect("a leader")
+}
+
+/// The last resort in place: two of three nodes killed and their data deleted; the survivor restarted
+/// with --force-new-cluster is a one-voter cluster serving every acknowledged write, and stays one
+/// across a plain restart.
+#[test]
+fn force_new_cluster_turns_a_survivor_into_a_one_node_cluster() {
+    let (mut old, acked, survivor) = lose_a_majority("force");
+    old.kill(survivor);
+    old.start_node_with(survivor, &[], &["--force-new-cluster"]);
+    assert_eq!(old.wait_leader(), survivor);
+    let mut client = Client::new(vec![old.addr(survivor).to_string()]);
+    check_acked(&mut client, &acked);
+    let version = client.set_retry("after-force", b"v", LEADER_TIMEOUT);
+    assert!(acked.iter().all(|a| a.version < version));
+    // The membership lives in its snapshot now: a plain restart is still a one-node cluster.
+    old.kill(survivor);
+    old.start_node(survivor);
+    assert_eq!(old.wait_leader(), survivor);
+    let reply = client.call_retry(b"get after-force\r\n", LEADER_TIMEOUT);
+    assert_eq!(reply, b"VALUE 1\r\nv\r\n");
+}
+
+/// A 3-node cluster after 1.5 s of writes, with two nodes killed and their data deleted: the cluster,
+/// every acknowledged write, and the index of the survivor (still running, caught up).
+fn lose_a_majority(prefix: &str) -> (Cluster, Vec<Acked>, usize) {
+    let mut cluster = Cluster::start(3, FAST_TUNABLES);
+    let load = WriteLoad::start(cluster.addrs(), prefix, 3);
+    std::thread::sleep(Duration::from_millis(1500));
+    let (acked, _) = load.stop();
+    assert!(!acked.is_empty());
+    // Let the survivor-to-be catch up, then lose the others for good.
+    std::thread::sleep(Duration::from_millis(500));
+    let survivor = 2;
+    for i in [0, 1] {
+        cluster.kill(i);
+        std::fs::remove_dir_all(&cluster.nodes[i].data_dir).unwrap();
+    }
+    (cluster, acked, survivor)
 }

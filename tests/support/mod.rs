@@ -201,6 +201,11 @@ impl Cluster {
 
     /// [`Cluster::start_node`] with extra environment variables (e.g. a faked clock).
     pub fn start_node_with_env(&mut self, i: usize, env: &[(&str, &str)]) {
+        self.start_node_with(i, env, &[]);
+    }
+
+    /// [`Cluster::start_node`] with extra environment variables and extra `raftkv server` flags.
+    pub fn start_node_with(&mut self, i: usize, env: &[(&str, &str)], flags: &[&str]) {
         let node = &mut self.nodes[i];
         assert!(node.child.is_none(), "node {} is already running", node.id);
         let log = std::fs::OpenOptions::new()
@@ -213,6 +218,7 @@ impl Cluster {
             .arg("--config")
             .arg(&self.config)
             .args(["--id", &node.id.to_string()])
+            .args(flags)
             .env("RUST_LOG", "info")
             .envs(env.iter().copied())
             .stdin(Stdio::null())

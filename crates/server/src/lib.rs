@@ -54,10 +54,32 @@ const INBOUND_QUEUE_DEPTH: usize = 1024;
 
 /// Runs node `id` of `config` until SIGTERM or SIGINT (after a graceful handover) or a fatal error.
 pub async fn run_node(config: ClusterConfig, id: u64) -> anyhow::Result<()> {
+    run_node_with(config, id, false).await
+}
+
+/// [`run_node`], first turning the node's data into a one-voter cluster if `force_new_cluster` (see
+/// [`restore::force_new_cluster`]): a last resort after the loss of a majority.
+pub async fn run_node_with(
+    config: ClusterConfig,
+    id: u64,
+    force_new_cluster: bool,
+) -> anyhow::Result<()> {
     let me = config
         .node(id)
         .with_context(|| format!("node {id} is not in the config"))?
         .clone();
+    if force_new_cluster {
+        let dir = me.data_dir.clone();
+        let index = tokio::task::spawn_blocking(move || restore::force_new_cluster(&dir, id))
+            .await
+            .context("--force-new-cluster panicked")??;
+        warn!(
+            node = id,
+            index,
+            "--force-new-cluster: this node is now a cluster of one voter, holding every entry of its \
+             log up to {index}; the other members are no longer part of it"
+        );
+    }
     let started = Instant::now();
     let data_dir = me.data_dir.clone();
     let (wal, initial, stats) =

@@ -90,20 +90,25 @@ pub struct OfflineCopy {
     pub last: u64,
 }
 
-/// A backup made from a stopped node's data directory, for disaster recovery when a majority is lost:
-/// the node's snapshot plus its log applied to it, up to its commit index (`committed_only`) or to the
-/// end of its log. The end of the log may hold writes acknowledged by a leader that this node never
-/// learned were committed (the usual case on a follower), and also writes that were never acknowledged.
-pub fn backup_data_dir(
-    dir: &Path,
-    cluster_id: &str,
-    committed_only: bool,
-    created_ms: u64,
-) -> anyhow::Result<OfflineCopy> {
+/// A stopped node's state rebuilt from its data directory: its snapshot plus its log applied to it.
+struct Recovered {
+    wal: Wal,
+    store: raftkv_kv::Store,
+    /// The term of the last entry applied.
+    term: u64,
+    hard_state: HardState,
+    last: u64,
+}
+
+/// Opens a stopped node's data directory (as a restart would) and applies its log to its snapshot, up
+/// to its commit index (`committed_only`) or to the end of its log. The end of the log may hold writes
+/// acknowledged by a leader that this node never learned were committed (the usual case on a
+/// follower), and also writes that were never acknowledged.
+fn recover(dir: &Path, committed_only: bool) -> anyhow::Result<Recovered> {
     if std::fs::read_dir(dir).map_or(true, |mut entries| entries.next().is_none()) {
         bail!("{} holds no node data", dir.display());
     }
-    let (_wal, initial, _) = Wal::open(dir, crate::wal_options())
+    let (wal, initial, _) = Wal::open(dir, crate::wal_options())
         .with_context(|| format!("cannot open {} (is its node still running?)", dir.display()))?;
     let (mut store, mut term) = match &initial.snapshot {
         Some(snapshot) => (
@@ -112,12 +117,16 @@ pub fn backup_data_dir(
         ),
         None => (raftkv_kv::Store::new(), 0),
     };
-    let commit = initial.hard_state.commit;
+    let hard_state = initial.hard_state;
     let last = initial
         .entries
         .last()
         .map_or(store.applied_index(), |e| e.index);
-    let limit = if committed_only { commit } else { last };
+    let limit = if committed_only {
+        hard_state.commit
+    } else {
+        last
+    };
     for entry in &initial.entries {
         if entry.index <= store.applied_index() {
             continue;
@@ -136,15 +145,75 @@ pub fn backup_data_dir(
         term = entry.term;
     }
     if store.applied_index() == 0 {
-        bail!("{} holds no entries to copy", dir.display());
+        bail!("{} holds no entries to recover", dir.display());
     }
+    Ok(Recovered {
+        wal,
+        store,
+        term,
+        hard_state,
+        last,
+    })
+}
+
+/// A backup made from a stopped node's data directory (see [`recover`]), for disaster recovery when a
+/// majority is lost.
+pub fn backup_data_dir(
+    dir: &Path,
+    cluster_id: &str,
+    committed_only: bool,
+    created_ms: u64,
+) -> anyhow::Result<OfflineCopy> {
+    let recovered = recover(dir, committed_only)?;
     let mut file = Vec::new();
-    raftkv_kv::backup::write_backup(&store, term, cluster_id, created_ms, &mut file);
+    raftkv_kv::backup::write_backup(
+        &recovered.store,
+        recovered.term,
+        cluster_id,
+        created_ms,
+        &mut file,
+    );
     let header = raftkv_kv::backup::read_header_prefix(&file)?;
     Ok(OfflineCopy {
         file,
         header,
-        commit,
-        last,
+        commit: recovered.hard_state.commit,
+        last: recovered.last,
     })
+}
+
+/// `raftkv server --force-new-cluster`: makes node `id`'s data directory that of a one-voter cluster
+/// holding everything in its log. The node's state (snapshot plus whole log, see [`recover`]) becomes
+/// a snapshot whose membership is this node alone, committed; the membership in a snapshot outranks the
+/// cluster file, so the node stays a one-node cluster on later restarts too. Returns the snapshot's
+/// index.
+pub fn force_new_cluster(dir: &Path, id: u64) -> anyhow::Result<u64> {
+    let Recovered {
+        mut wal,
+        store,
+        term,
+        hard_state,
+        ..
+    } = recover(dir, false)?;
+    let index = store.applied_index();
+    let mut image = Vec::new();
+    store.snapshot(&mut image);
+    let snapshot = Snapshot {
+        meta: SnapshotMeta {
+            index,
+            term,
+            membership: Membership::new(vec![id]),
+        },
+        data: Bytes::from(image),
+    };
+    wal.save_snapshot(&snapshot)
+        .context("cannot write the snapshot")?;
+    wal.set_hard_state(HardState {
+        term: hard_state.term.max(term),
+        vote: hard_state.vote,
+        commit: index,
+    })
+    .context("cannot write the hard state")?;
+    wal.sync().context("cannot sync the data directory")?;
+    Ok(index)
 }
