@@ -194,6 +194,9 @@ async fn run_cluster(args: Args) -> anyhow::Result<()> {
         nodes.iter().filter(|node| node.exited.is_none()).count()
     );
     stop_all(&mut nodes, &mut sigint, &mut sigterm).await;
+    for node in &nodes {
+        let _ = std::fs::remove_file(pid_file(&args.dir, node.id));
+    }
     println!("all nodes stopped");
     Ok(())
 }
@@ -340,6 +343,11 @@ struct NodeProcess {
     exited: Option<ExitStatus>,
 }
 
+/// Where a running node's process id is kept: `<dir>/node<id>.pid`.
+fn pid_file(dir: &Path, id: u64) -> PathBuf {
+    dir.join(format!("node{id}.pid"))
+}
+
 fn spawn_node(config_path: &Path, dir: &Path, node: &NodeConfig) -> anyhow::Result<NodeProcess> {
     let exe = std::env::current_exe().context("cannot find the raftkv executable")?;
     let log = dir.join(format!("node{}.log", node.id));
@@ -361,6 +369,10 @@ fn spawn_node(config_path: &Path, dir: &Path, node: &NodeConfig) -> anyhow::Resu
         .process_group(0)
         .spawn()
         .with_context(|| format!("cannot start node {}", node.id))?;
+    // For tools on this machine (`raftkv bench --cluster-dir` samples the nodes' CPU time).
+    if let Some(pid) = child.id() {
+        let _ = std::fs::write(pid_file(dir, node.id), format!("{pid}\n"));
+    }
     Ok(NodeProcess {
         id: node.id,
         child,

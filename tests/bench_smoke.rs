@@ -119,6 +119,35 @@ fn writes_in_sessions_and_incr_run_without_errors() {
         let sessions = ["--clients", "4", "--pipeline", "4", "--sessions"];
         assert_clean_run(&cluster, op, &sessions);
     }
+    // CPU per request of the cluster's nodes, found from `raftkv cluster`'s directory.
+    let dir = cluster
+        .config_path()
+        .parent()
+        .unwrap()
+        .to_str()
+        .unwrap()
+        .to_string();
+    let json = bench_json(&bench(
+        &cluster,
+        &[
+            "--op",
+            "set",
+            "--clients",
+            "8",
+            "--conn-per-client",
+            "--requests",
+            "2000",
+            "--cluster-dir",
+            &dir,
+            "--json",
+        ],
+    ));
+    assert_eq!(json["conns"], 8, "{json}");
+    assert_eq!(json["server_nodes_sampled"], 3, "{json}");
+    assert!(
+        json["server_cpu_us_per_op"].as_f64().unwrap() > 0.0,
+        "{json}"
+    );
     let output = bench(
         &cluster,
         &[

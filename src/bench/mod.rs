@@ -18,6 +18,7 @@
 
 mod calibrate;
 mod incr;
+mod node_cpu;
 mod report;
 mod stats;
 mod worker;
@@ -47,8 +48,9 @@ failures; at the end every counter is read back and compared with the increments
 `verified: A acknowledged, C counted, U unknown`, exit status 0 only if C = A and U = 0.
 
 Output: a table (or, with --json, one JSON object) with throughput, latency percentiles in
-microseconds from an HDR histogram, and errors by kind. Exit status 0 if the run had no errors,
-1 if it had some, 2 on bad arguments, 4 if no leader could be found.")]
+microseconds from an HDR histogram, and errors by kind; with --cluster-dir or --node-pids, also the
+CPU time the local node processes spent per request (all nodes together). Exit status 0 if the
+run had no errors, 1 if it had some, 2 on bad arguments, 4 if no leader could be found.")]
 pub struct Args {
     /// Client addresses of the cluster's nodes, comma-separated; the leader is found from them.
     #[arg(
@@ -61,8 +63,17 @@ pub struct Args {
     #[arg(long, default_value_t = 16, value_parser = clap::value_parser!(u32).range(1..=100_000))]
     clients: u32,
     /// TCP connections the clients share (default: clients, at most 64).
-    #[arg(long, value_parser = clap::value_parser!(u32).range(1..=10_000))]
+    #[arg(long, value_parser = clap::value_parser!(u32).range(1..=10_000), conflicts_with = "conn_per_client")]
     conns: Option<u32>,
+    /// Give every client its own connection, as independent clients have (same as --conns CLIENTS).
+    #[arg(long)]
+    conn_per_client: bool,
+    /// Report the node processes' CPU time per operation: the pids of the cluster's local nodes.
+    #[arg(long, value_delimiter = ',', value_name = "PID,..")]
+    node_pids: Vec<u32>,
+    /// Report CPU per operation for the local cluster `raftkv cluster --dir DIR` runs (its node pid files).
+    #[arg(long, value_name = "DIR")]
+    cluster_dir: Option<std::path::PathBuf>,
     /// Requests each client keeps in flight.
     #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=10_000))]
     pipeline: u32,
@@ -261,7 +272,12 @@ async fn bench(args: Args) -> ExitCode {
         eprintln!("error: no leader found: {error}");
         return ExitCode::from(4);
     }
-    let conns = args.conns.unwrap_or(args.clients.min(64)).min(args.clients) as usize;
+    let conns = match (args.conn_per_client, args.conns) {
+        (true, _) => args.clients,
+        (false, Some(conns)) => conns,
+        (false, None) => args.clients.min(64),
+    }
+    .min(args.clients) as usize;
     let layout = Layout {
         value: (0..args.value_size)
             .map(|i| b'a' + (i % 26) as u8)
@@ -347,6 +363,14 @@ async fn measure(
         })
         .collect();
 
+    let node_cpu = match node_cpu::NodeCpu::find(&args.node_pids, args.cluster_dir.as_deref()) {
+        Ok(found) => found,
+        Err(error) => {
+            eprintln!("error: {error}");
+            return ExitCode::from(2);
+        }
+    };
+    let cpu_before = node_cpu.as_ref().map(|cpu| cpu.sample_us());
     let started = Instant::now();
     let progress = (std::io::stderr().is_terminal()).then(|| {
         let run = run.clone();
@@ -375,6 +399,10 @@ async fn measure(
     });
     let results = run_workers(run, plans, true).await;
     let elapsed = started.elapsed();
+    let server_cpu = node_cpu
+        .as_ref()
+        .zip(cpu_before)
+        .map(|(cpu, before)| (cpu.nodes(), cpu.sample_us().saturating_sub(before)));
     if let Some(progress) = progress {
         progress.abort();
         eprint!("\r{:60}\r", "");
@@ -383,7 +411,14 @@ async fn measure(
         stopper.abort();
     }
 
-    let summary = Summary::new(&args, layout.conns, elapsed, results, calibration);
+    let summary = Summary::new(
+        &args,
+        layout.conns,
+        elapsed,
+        results,
+        calibration,
+        server_cpu,
+    );
     if args.json {
         println!("{}", summary.json());
     } else {

@@ -24,6 +24,8 @@ pub(super) struct Summary {
     errors_by_kind: Vec<(&'static str, u64)>,
     histogram: Histogram<u64>,
     calibration: Option<Calibration>,
+    /// Node processes sampled, and the CPU time they spent during the run (µs).
+    server_cpu: Option<(usize, u64)>,
 }
 
 impl Summary {
@@ -33,6 +35,7 @@ impl Summary {
         elapsed: Duration,
         results: Vec<WorkerResult>,
         calibration: Option<Calibration>,
+        server_cpu: Option<(usize, u64)>,
     ) -> Summary {
         let mut histogram = new_histogram();
         let mut ok = 0;
@@ -64,7 +67,14 @@ impl Summary {
             errors_by_kind,
             histogram,
             calibration,
+            server_cpu,
         }
+    }
+
+    /// CPU time of all sampled nodes together per successful request, in µs.
+    fn server_cpu_per_op(&self) -> Option<f64> {
+        self.server_cpu
+            .map(|(_, us)| us as f64 / (self.ok.max(1)) as f64)
     }
 
     fn throughput(&self) -> f64 {
@@ -117,6 +127,12 @@ impl Summary {
         );
         row("throughput", format!("{:.0} req/s", self.throughput()));
         row("latency (µs)", pairs(&self.percentiles()));
+        if let (Some((nodes, _)), Some(per_op)) = (self.server_cpu, self.server_cpu_per_op()) {
+            row(
+                "server CPU",
+                format!("{per_op:.1} µs per request, {nodes} nodes together"),
+            );
+        }
         let errors = if self.errors_by_kind.is_empty() {
             "none".to_string()
         } else {
@@ -149,6 +165,10 @@ impl Summary {
         });
         if let Some(calibration) = &self.calibration {
             figures["machine"] = calibration.json();
+        }
+        if let Some(per_op) = self.server_cpu_per_op() {
+            figures["server_cpu_us_per_op"] = serde_json::json!(per_op);
+            figures["server_nodes_sampled"] = serde_json::json!(self.server_cpu.map_or(0, |c| c.0));
         }
         figures
     }
