@@ -142,3 +142,42 @@ fn sessions_survive_a_leader_crash_and_a_snapshot() {
     let reply = client.call_retry(b"get counter\r\n", Duration::from_secs(10));
     assert_eq!(reply, b"VALUE 1\r\n2\r\n");
 }
+
+/// `stale <max_lag> get|getm`: a follower answers from its own applied state instead of redirecting;
+/// a plain `get` on it still redirects, and a follower too far behind redirects the stale read too.
+#[test]
+fn followers_answer_stale_reads_from_their_applied_state() {
+    let mut cluster = Cluster::start(3, DEFAULT_TUNABLES);
+    let leader = cluster.wait_leader();
+    let mut client = cluster.client();
+    let version = client.set_retry("k", b"v", LEADER_TIMEOUT);
+    let follower = (0..cluster.len()).find(|&i| i != leader).unwrap();
+    let mut conn = Conn::connect(cluster.addr(follower)).unwrap();
+    assert!(redirect_target(&conn.request(b"get k\r\n").unwrap()).is_some());
+    // The follower applies the write with the next heartbeat.
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    loop {
+        let reply = conn.request(b"stale 1000 getm k\r\n").unwrap();
+        if getm_fields(&reply) == Some((version, 0, b"v".to_vec())) {
+            break;
+        }
+        assert!(
+            reply == b"ERR_NOT_FOUND\r\n" && std::time::Instant::now() < deadline,
+            "{}",
+            show(&reply)
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert_eq!(
+        conn.request(b"stale 0 get k\r\n").unwrap(),
+        b"VALUE 1\r\nv\r\n"
+    );
+    assert_eq!(
+        conn.request(b"stale 0 get nothing\r\n").unwrap(),
+        b"ERR_NOT_FOUND\r\n"
+    );
+    assert_eq!(
+        conn.request(b"stale 1 set k 0 1\r\nx\r\n").unwrap(),
+        b"ERR_CMD_ERR\r\n"
+    );
+}

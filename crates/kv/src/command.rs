@@ -131,6 +131,7 @@ impl Command {
             Request::Get { .. }
             | Request::Getm { .. }
             | Request::Backup
+            | Request::Stale { .. }
             | Request::InSession { .. } => None,
         }
     }

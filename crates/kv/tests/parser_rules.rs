@@ -386,3 +386,39 @@ fn malformed_session_commands_are_errors_and_skip_their_value() {
         ParseOutcome::Request(Request::InSession { .. })
     ));
 }
+
+#[test]
+fn stale_reads_parse_and_only_reads_may_be_stale() {
+    assert_eq!(
+        parse_all(b"stale 100 get k\r\nstale 0 getm k\r\n"),
+        vec![
+            ParseOutcome::Request(Request::Stale {
+                max_lag: 100,
+                read: Box::new(Request::Get { key: b(b"k") }),
+            }),
+            ParseOutcome::Request(Request::Stale {
+                max_lag: 0,
+                read: Box::new(Request::Getm { key: b(b"k") }),
+            }),
+        ]
+    );
+    for line in [
+        &b"stale get k\r\n"[..],
+        b"stale x get k\r\n",
+        b"stale -1 get k\r\n",
+        b"stale 1 delete k\r\n",
+        b"stale 1 backup\r\n",
+        b"stale 1 stale 1 get k\r\n",
+        b"stale 99999999999999999999999 get k\r\n",
+    ] {
+        assert_eq!(parse_all(line), vec![RECOVERABLE], "{line:?}");
+    }
+    // A write after the prefix is refused with its value block.
+    assert_eq!(
+        parse_all(b"stale 1 set k 0 9\r\nget kkkkk\r\nget k\r\n"),
+        vec![
+            RECOVERABLE,
+            ParseOutcome::Request(Request::Get { key: b(b"k") })
+        ]
+    );
+}

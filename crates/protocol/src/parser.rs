@@ -343,6 +343,21 @@ impl Parser {
             }
             b"register" if count == 1 => LineOutcome::Request(Request::Register),
             b"backup" if count == 1 => LineOutcome::Request(Request::Backup),
+            b"stale" if count >= 3 => {
+                let (start, _) = spans[2];
+                let inner = self.interpret_line(&line.slice(start..));
+                match (parse_decimal(token(1)), inner) {
+                    (
+                        Number::Valid(max_lag),
+                        LineOutcome::Request(read @ (Request::Get { .. } | Request::Getm { .. })),
+                    ) => LineOutcome::Request(Request::Stale {
+                        max_lag,
+                        read: Box::new(read),
+                    }),
+                    // Only reads may be stale; a write's value block is skipped with the line.
+                    (_, inner) => inner.rejected(),
+                }
+            }
             b"session" if count >= 4 => {
                 let (start, _) = spans[3];
                 let inner = self.interpret_line(&line.slice(start..));

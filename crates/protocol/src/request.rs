@@ -32,6 +32,12 @@ pub enum Request {
     Register,
     /// `backup`: a point-in-time copy of the whole store (answered `BACKUP <numbytes>` and the file).
     Backup,
+    /// `stale <max_lag> <get|getm ...>`: a read any node answers from its own applied state, if that
+    /// is at most `max_lag` entries behind the commit index the node knows (not linearizable).
+    Stale {
+        max_lag: u64,
+        read: Box<Request>,
+    },
     /// `session <id> <seq> <set|cas|delete ...>`: a write applied at most once per sequence number.
     InSession {
         session: SessionSeq,

@@ -21,6 +21,9 @@ pub enum Op {
     },
     /// `get` or `getm`, served through ReadIndex.
     Read(Request),
+    /// `get` or `getm` that any node answers at once from its applied state, if that is at most
+    /// `max_lag` entries behind the commit index it knows (`stale <max_lag> ...`).
+    StaleRead { read: Request, max_lag: u64 },
 }
 
 pub(crate) struct PendingWrite<H> {

@@ -30,6 +30,10 @@ impl<H> Replica<H> {
 
     fn handle_request(&mut self, request: ClientRequest<H>) {
         let status = self.raft.status();
+        if let Op::StaleRead { read, max_lag } = request.op {
+            self.serve_stale(read, max_lag, request.handle);
+            return;
+        }
         if status.role == Role::Leader {
             // Requests parked during a leadership transfer keep their place: everything after them
             // waits with them (a connection's requests take effect in the order sent).
@@ -58,7 +62,31 @@ impl<H> Replica<H> {
         match request.op {
             Op::Write { command, session } => self.propose_write(command, session, request.handle),
             Op::Read(read) => self.start_read(read, request.handle),
+            Op::StaleRead { read, max_lag } => self.serve_stale(read, max_lag, request.handle),
         }
+    }
+
+    /// A stale read: answered at once from this node's applied state, at the replicated clock it has
+    /// applied, if a leader is known and the state is at most `max_lag` entries behind the commit index
+    /// this node knows; otherwise redirected to the leader (or, with no leader known, parked like any
+    /// request). Not ordered with the connection's other requests, and not linearizable.
+    fn serve_stale(&mut self, read: Request, max_lag: u64, handle: H) {
+        let status = self.raft.status();
+        let applied = self.store.applied_index();
+        let Some(leader) = status.leader else {
+            self.park(ClientRequest {
+                op: Op::StaleRead { read, max_lag },
+                handle,
+            });
+            return;
+        };
+        if status.commit.saturating_sub(applied) > max_lag && leader != self.id {
+            let reply = self.redirect_to(leader);
+            self.out.replies.push((handle, reply));
+            return;
+        }
+        let reply = self.store.read(&read, self.store.clock_ms());
+        self.out.replies.push((handle, reply));
     }
 
     pub(crate) fn reads_pending(&self) -> bool {

@@ -274,6 +274,7 @@ fn request_bytes(request: &Request) -> usize {
         }
         Request::Get { key } | Request::Getm { key } | Request::Delete { key } => key.len(),
         Request::Register | Request::Backup => 0,
+        Request::Stale { read, .. } => request_bytes(read),
         Request::InSession { write, .. } => request_bytes(write),
     }
 }
@@ -288,6 +289,7 @@ fn op_kind(request: &Request) -> OpKind {
         Request::Getm { .. } => OpKind::getm,
         Request::Register => OpKind::register,
         Request::Backup => OpKind::backup,
+        Request::Stale { read, .. } => op_kind(read),
         Request::InSession { write, .. } => op_kind(write),
     }
 }
@@ -304,6 +306,13 @@ async fn submit(
     let kind = op_kind(&request);
     let (op, noreply) = match request {
         Request::Get { .. } | Request::Getm { .. } | Request::Backup => (Op::Read(request), false),
+        Request::Stale { max_lag, read } => (
+            Op::StaleRead {
+                read: *read,
+                max_lag,
+            },
+            false,
+        ),
         write => match ClientWrite::from_request(write) {
             Some(write) => (
                 Op::Write {
