@@ -40,7 +40,8 @@ use workload::{parse_workload, partition, spread, KeySource, Workload};
 
 #[derive(clap::Args)]
 #[command(after_help = "\
-Workloads (--op): set, get, getm, cas, mix:R:W (R gets for every W sets), or incr.
+Workloads (--op): set, get, getm, cas, mix:R:W (R gets for every W sets), incr, or stale-get:N
+(`stale N get`, the connections spread over every node in --addr).
 Read, mix and cas workloads first write every key once (the preload; cas needs each key's version).
 cas gives each connection its own keys, so --keys must be at least clients x pipeline.
 incr: each client increments --counters counters with getm + cas through a session, retrying through
@@ -77,7 +78,7 @@ pub struct Args {
     /// Requests each client keeps in flight.
     #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=10_000))]
     pipeline: u32,
-    /// set, get, getm, cas, mix:R:W or incr.
+    /// set, get, getm, cas, mix:R:W, incr or stale-get:N.
     #[arg(long, default_value = "set", value_parser = parse_workload)]
     op: Workload,
     /// Send writes in sessions (exactly-once; each connection registers one session per request of

@@ -38,6 +38,8 @@ pub(super) struct Run {
     leader: Arc<Leader>,
     /// Send writes in sessions (`--sessions`).
     sessions: bool,
+    /// For workloads every node serves: the nodes' addresses, one per connection in turn.
+    any_node: Option<Vec<String>>,
 }
 
 impl Run {
@@ -58,6 +60,7 @@ impl Run {
             completed: AtomicU64::new(0),
             leader,
             sessions: args.sessions(),
+            any_node: workload.any_node().then(|| args.addr.clone()),
         })
     }
 }
@@ -70,7 +73,10 @@ pub(super) async fn run_workers(
 ) -> Vec<WorkerResult> {
     let tasks: Vec<_> = plans
         .into_iter()
-        .map(|(source, window)| tokio::spawn(worker(run.clone(), source, window.max(1), record)))
+        .enumerate()
+        .map(|(i, (source, window))| {
+            tokio::spawn(worker(run.clone(), i, source, window.max(1), record))
+        })
         .collect();
     let mut results = Vec::with_capacity(tasks.len());
     for task in tasks {
@@ -127,7 +133,13 @@ struct Sessions {
     writes: u64,
 }
 
-async fn worker(run: Arc<Run>, source: KeySource, window: usize, record: bool) -> WorkerResult {
+async fn worker(
+    run: Arc<Run>,
+    index: usize,
+    source: KeySource,
+    window: usize,
+    record: bool,
+) -> WorkerResult {
     let versions = match &source {
         KeySource::Sequential { next, end } => vec![0; (end - next) as usize],
         _ => Vec::new(),
@@ -157,14 +169,18 @@ async fn worker(run: Arc<Run>, source: KeySource, window: usize, record: bool) -
             eprintln!("error: no reply for {GIVE_UP_AFTER:?}; a connection gives up");
             break;
         }
-        let address = match worker.run.leader.known() {
+        let spread = worker.run.any_node.as_ref();
+        let address = match spread.map(|addrs| addrs[index % addrs.len()].clone()) {
             Some(address) => address,
-            None => match worker.run.leader.find().await {
-                Ok(address) => address,
-                Err(_) => {
-                    tokio::time::sleep(RECONNECT_PAUSE).await;
-                    continue;
-                }
+            None => match worker.run.leader.known() {
+                Some(address) => address,
+                None => match worker.run.leader.find().await {
+                    Ok(address) => address,
+                    Err(_) => {
+                        tokio::time::sleep(RECONNECT_PAUSE).await;
+                        continue;
+                    }
+                },
             },
         };
         let tls = worker.run.leader.client.config().tls.clone();
@@ -404,6 +420,12 @@ impl Worker {
             Workload::Getm => ReplyKind::Getm,
             Workload::Cas => ReplyKind::Cas,
             Workload::Incr => return None,
+            Workload::StaleGet { max_lag } => {
+                out.extend_from_slice(b"stale ");
+                proto::push_decimal(out, max_lag);
+                out.push(b' ');
+                ReplyKind::Get
+            }
             Workload::Mix { reads, writes } => {
                 let roll = match &mut self.source {
                     KeySource::Random { state, .. } => KeySource::random(state),

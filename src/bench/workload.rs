@@ -13,11 +13,20 @@ pub(super) enum Workload {
     },
     /// Verified exactly-once increments (see `incr.rs`); driven by the client library, not the workers.
     Incr,
+    /// `stale <max_lag> get`, with the connections spread over every node, not only the leader.
+    StaleGet {
+        max_lag: u64,
+    },
 }
 
 impl Workload {
     pub(super) fn needs_preload(self) -> bool {
         self != Workload::Set
+    }
+
+    /// Whether every node serves it (so connections go to every node, not only the leader).
+    pub(super) fn any_node(self) -> bool {
+        matches!(self, Workload::StaleGet { .. })
     }
 
     pub(super) fn name(self) -> String {
@@ -28,6 +37,7 @@ impl Workload {
             Workload::Cas => "cas".into(),
             Workload::Mix { reads, writes } => format!("mix:{reads}:{writes}"),
             Workload::Incr => "incr".into(),
+            Workload::StaleGet { max_lag } => format!("stale-get:{max_lag}"),
         }
     }
 }
@@ -39,10 +49,16 @@ pub(super) fn parse_workload(text: &str) -> Result<Workload, String> {
         "getm" => Workload::Getm,
         "cas" => Workload::Cas,
         "incr" => Workload::Incr,
+        _ if text.starts_with("stale-get:") => {
+            let max_lag = text["stale-get:".len()..]
+                .parse()
+                .map_err(|_| "stale-get:N needs N, the most entries a node may lag")?;
+            Workload::StaleGet { max_lag }
+        }
         _ => {
             let ratio = text
                 .strip_prefix("mix:")
-                .ok_or("expected set, get, getm, cas, incr or mix:R:W")?;
+                .ok_or("expected set, get, getm, cas, incr, stale-get:N or mix:R:W")?;
             let (reads, writes) = ratio
                 .split_once(':')
                 .ok_or("expected mix:R:W, e.g. mix:9:1")?;
