@@ -88,7 +88,7 @@ fn a_short_run_reports_a_table_and_json_without_errors() {
 #[test]
 fn read_and_cas_workloads_preload_their_keys() {
     let cluster = Cluster::start(3);
-    for op in ["get", "getm", "cas"] {
+    for op in ["get", "getm", "cas", "stale-get:1000"] {
         assert_clean_run(&cluster, op, &["--clients", "4"]);
     }
 }
