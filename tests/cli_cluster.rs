@@ -202,10 +202,11 @@ fn server_rejects_bad_configs_and_flags() {
     assert_fails_with(&["server", "--config", &typo, "--id", "1"], "heartbeat");
 }
 
-/// `count` consecutive ports that are free right now, chosen from the ephemeral range's neighbourhood.
+/// `count` consecutive ports that are free right now, below the kernel's ephemeral range (32768..),
+/// where the nodes' own outgoing connections could take one first.
 fn free_port_run(count: u16, avoid: &[u16]) -> u16 {
     let seed = std::process::id() as u64 ^ Instant::now().elapsed().as_nanos() as u64;
-    let mut base = 20_000 + (seed % 20_000) as u16;
+    let mut base = 20_000 + (seed % 10_000) as u16;
     loop {
         let all_free = (base..base + count).all(|port| {
             !avoid.contains(&port) && std::net::TcpListener::bind(("127.0.0.1", port)).is_ok()
@@ -213,7 +214,7 @@ fn free_port_run(count: u16, avoid: &[u16]) -> u16 {
         if all_free {
             return base;
         }
-        base = 20_000 + (base - 20_000 + 97) % 20_000;
+        base = 20_000 + (base - 20_000 + 97) % 10_000;
     }
 }
 
@@ -253,6 +254,8 @@ fn cluster_starts_elects_a_leader_and_stops_on_sigterm() {
     let cluster_dir = dir.path().join("cluster");
     let port = free_port_run(3, &[]);
     let peer_port = free_port_run(3, &[port, port + 1, port + 2]);
+    let taken: Vec<u16> = (0..3).flat_map(|i| [port + i, peer_port + i]).collect();
+    let http_port = free_port_run(3, &taken);
     let mut spawner = Command::new(RAFTKV)
         .args(["cluster", "--nodes", "3", "--dir"])
         .arg(&cluster_dir)
@@ -261,6 +264,8 @@ fn cluster_starts_elects_a_leader_and_stops_on_sigterm() {
             &port.to_string(),
             "--peer-port",
             &peer_port.to_string(),
+            "--http-port",
+            &http_port.to_string(),
         ])
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
