@@ -77,25 +77,8 @@ impl Store {
     /// Checks a snapshot image's magic, format and checksum without decoding its entries; returns its
     /// applied index and key count.
     pub fn check_image(data: &[u8]) -> Result<(u64, u64), DecodeError> {
-        if data.len() < HEADER_LEN + CHECKSUM_LEN {
-            return Err(DecodeError::Truncated);
-        }
-        let (body, checksum) = data.split_at(data.len() - CHECKSUM_LEN);
-        let mut reader = ByteReader::new(body);
-        if reader.take(MAGIC.len())? != MAGIC {
-            return Err(DecodeError::BadMagic);
-        }
-        let format = reader.u8()?;
-        if format != FORMAT_V1 && format != FORMAT_WITH_SESSIONS {
-            return Err(DecodeError::UnknownFormat(format));
-        }
-        if ByteReader::new(checksum).u32()? != crc32c::crc32c(body) {
-            return Err(DecodeError::Checksum);
-        }
-        let applied_index = reader.u64()?;
-        let _clock_ms = reader.u64()?;
-        let count = reader.u64()?;
-        Ok((applied_index, count))
+        let header = ImageHeader::read(data)?;
+        Ok((header.applied_index, header.count))
     }
 
     /// [`Store::restore`] for a store made by [`Store::with_session_limits`].
@@ -103,24 +86,13 @@ impl Store {
         data: &[u8],
         limits: SessionLimits,
     ) -> Result<Store, DecodeError> {
-        if data.len() < HEADER_LEN + CHECKSUM_LEN {
-            return Err(DecodeError::Truncated);
-        }
-        let (body, checksum) = data.split_at(data.len() - CHECKSUM_LEN);
-        let mut reader = ByteReader::new(body);
-        if reader.take(MAGIC.len())? != MAGIC {
-            return Err(DecodeError::BadMagic);
-        }
-        let format = reader.u8()?;
-        if format != FORMAT_V1 && format != FORMAT_WITH_SESSIONS {
-            return Err(DecodeError::UnknownFormat(format));
-        }
-        if ByteReader::new(checksum).u32()? != crc32c::crc32c(body) {
-            return Err(DecodeError::Checksum);
-        }
-        let applied_index = reader.u64()?;
-        let clock_ms = reader.u64()?;
-        let count = reader.u64()?;
+        let ImageHeader {
+            format,
+            applied_index,
+            clock_ms,
+            count,
+            mut reader,
+        } = ImageHeader::read(data)?;
         let plausible = usize::try_from(count)
             .unwrap_or(usize::MAX)
             .min(reader.remaining() / MIN_ENTRY_LEN);
@@ -155,6 +127,43 @@ impl Store {
             sessions,
             applied_index,
             clock_ms,
+        })
+    }
+}
+
+/// The fixed front of a snapshot image, checked (magic, format, checksum over the whole image), with a
+/// reader positioned at the first entry.
+struct ImageHeader<'a> {
+    format: u8,
+    applied_index: u64,
+    clock_ms: u64,
+    count: u64,
+    reader: ByteReader<'a>,
+}
+
+impl<'a> ImageHeader<'a> {
+    fn read(data: &'a [u8]) -> Result<ImageHeader<'a>, DecodeError> {
+        if data.len() < HEADER_LEN + CHECKSUM_LEN {
+            return Err(DecodeError::Truncated);
+        }
+        let (body, checksum) = data.split_at(data.len() - CHECKSUM_LEN);
+        let mut reader = ByteReader::new(body);
+        if reader.take(MAGIC.len())? != MAGIC {
+            return Err(DecodeError::BadMagic);
+        }
+        let format = reader.u8()?;
+        if format != FORMAT_V1 && format != FORMAT_WITH_SESSIONS {
+            return Err(DecodeError::UnknownFormat(format));
+        }
+        if ByteReader::new(checksum).u32()? != crc32c::crc32c(body) {
+            return Err(DecodeError::Checksum);
+        }
+        Ok(ImageHeader {
+            format,
+            applied_index: reader.u64()?,
+            clock_ms: reader.u64()?,
+            count: reader.u64()?,
+            reader,
         })
     }
 }
