@@ -71,6 +71,19 @@ impl Replica {
     }
 }
 
+/// A store with one session whose write `seq` set `k` to `a` at index 2: the replica, the session's
+/// id, and `getm k` after it.
+fn one_write_in_a_session(seq: u64) -> (Replica, u64, Reply) {
+    let mut replica = Replica::new(SessionLimits::DEFAULT);
+    let id = replica.register();
+    assert_eq!(
+        replica.write(id, seq, set("k", "a")),
+        Reply::Ok { version: 2 }
+    );
+    let before = replica.getm("k");
+    (replica, id, before)
+}
+
 #[test]
 fn a_session_id_is_the_index_of_its_registration() {
     let mut replica = Replica::new(SessionLimits::DEFAULT);
@@ -82,13 +95,7 @@ fn a_session_id_is_the_index_of_its_registration() {
 
 #[test]
 fn a_retried_write_is_answered_with_the_first_reply_and_applied_once() {
-    let mut replica = Replica::new(SessionLimits::DEFAULT);
-    let id = replica.register();
-    assert_eq!(
-        replica.write(id, 1, set("k", "a")),
-        Reply::Ok { version: 2 }
-    );
-    let before = replica.getm("k");
+    let (mut replica, id, before) = one_write_in_a_session(1);
     assert_eq!(
         replica.write(id, 1, set("k", "a")),
         Reply::Ok { version: 2 }
@@ -116,13 +123,7 @@ fn a_retried_write_is_answered_with_the_first_reply_and_applied_once() {
 
 #[test]
 fn another_write_with_the_newest_sequence_number_is_refused_not_answered() {
-    let mut replica = Replica::new(SessionLimits::DEFAULT);
-    let id = replica.register();
-    assert_eq!(
-        replica.write(id, 1, set("k", "a")),
-        Reply::Ok { version: 2 }
-    );
-    let before = replica.getm("k");
+    let (mut replica, id, before) = one_write_in_a_session(1);
     for other in [
         set("k", "b"),
         set("j", "a"),
@@ -140,13 +141,7 @@ fn another_write_with_the_newest_sequence_number_is_refused_not_answered() {
 
 #[test]
 fn older_and_far_ahead_sequence_numbers_are_refused_and_change_nothing() {
-    let mut replica = Replica::new(SessionLimits::DEFAULT);
-    let id = replica.register();
-    assert_eq!(
-        replica.write(id, 5, set("k", "a")),
-        Reply::Ok { version: 2 }
-    );
-    let before = replica.getm("k");
+    let (mut replica, id, before) = one_write_in_a_session(5);
     assert_eq!(
         replica.write(id, 4, set("k", "old")),
         Reply::ErrSequence { last: 5 }

@@ -248,6 +248,9 @@ impl<H> Replica<H> {
                 store: self.store.clone(),
                 term: self.snapshot_policy.applied_term(),
             };
+            // A leader serves a read only once an entry of its own term is applied, so the term of the
+            // copy's last entry is known (a restored cluster's snapshot needs it).
+            debug_assert!(copy.term > 0, "a backup copy at an unknown term");
             self.out.backups.push((read.handle, copy));
             return;
         }
