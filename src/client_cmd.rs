@@ -313,7 +313,9 @@ fn report(error: &Error) -> ExitStatus {
         | Error::NoAddresses => ExitStatus::Usage,
         Error::Unavailable(_) => ExitStatus::Unavailable,
         Error::OutcomeUnknown(_) => ExitStatus::OutcomeUnknown,
-        Error::Rejected | Error::UnexpectedReply(_) => ExitStatus::Other,
+        Error::Rejected | Error::UnexpectedReply(_) | Error::MembershipRefused(_) => {
+            ExitStatus::Other
+        }
     }
 }
 

@@ -9,6 +9,8 @@ mod bench;
 mod certs_cmd;
 mod client_cmd;
 mod cluster;
+mod join;
+mod members_cmd;
 mod server_cmd;
 mod status_cmd;
 mod tls_args;
@@ -45,6 +47,8 @@ enum Command {
     Backup(backup_cmd::Args),
     /// Initialise a new node's empty data directory from a backup file.
     Restore(backup_cmd::RestoreArgs),
+    /// List the cluster's members; add, promote or remove one (membership changes at runtime).
+    Members(members_cmd::Args),
 }
 
 /// A single-threaded runtime for a command, or `None` after saying why there is none.
@@ -72,5 +76,6 @@ fn main() -> ExitCode {
         Command::Status(args) => status_cmd::run(args),
         Command::Backup(args) => backup_cmd::run(args),
         Command::Restore(args) => backup_cmd::run_restore(args),
+        Command::Members(args) => members_cmd::run(args),
     }
 }

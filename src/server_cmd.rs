@@ -11,12 +11,22 @@ use std::process::ExitCode;
 
 #[derive(clap::Args)]
 pub struct Args {
-    /// Cluster configuration file (TOML), shared by every node.
-    #[arg(long, value_name = "FILE")]
-    pub config: PathBuf,
-    /// This node's id in the configuration.
+    /// Cluster configuration file (TOML), shared by every node. Optional with --join (then
+    /// --cluster-id, --client-addr, --peer-addr and --data-dir say everything needed).
+    #[arg(long, value_name = "FILE", required_unless_present = "join")]
+    pub config: Option<PathBuf>,
+    /// This node's id in the configuration (with --join: its new id in the cluster).
     #[arg(long)]
     pub id: u64,
+    /// Join a running cluster through any of these members' client addresses (comma-separated)
+    /// instead of bootstrapping a new one: the node adds itself as a learner (unless it is already a
+    /// member with the same addresses) and waits for the leader. Promote it with `raftkv members
+    /// promote`. On later restarts the flag does no harm.
+    #[arg(long, value_delimiter = ',', value_name = "HOST:PORT")]
+    pub join: Vec<String>,
+    /// The cluster id, when joining without a cluster file.
+    #[arg(long, value_name = "ID")]
+    pub cluster_id: Option<String>,
     /// Override this node's client address (host:port). Other nodes still redirect clients to the
     /// address in the file, so change the file too for anything but local experiments.
     #[arg(long, value_name = "HOST:PORT")]
@@ -74,11 +84,18 @@ pub fn run(args: Args) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    let outcome = runtime.block_on(raftkv_server::run_node_with(
-        config,
-        args.id,
-        args.force_new_cluster,
-    ));
+    let outcome = runtime.block_on(async {
+        let join = if args.join.is_empty() {
+            None
+        } else {
+            Some(crate::join::join_cluster(&config, args.id, &args.join).await?)
+        };
+        let options = raftkv_server::StartOptions {
+            force_new_cluster: args.force_new_cluster,
+            join,
+        };
+        raftkv_server::run_node_opts(config, args.id, options).await
+    });
     // Connection tasks may still be parked on sockets; they hold nothing that needs flushing.
     runtime.shutdown_timeout(std::time::Duration::from_millis(500));
     match outcome {
@@ -111,20 +128,50 @@ fn init_logging(format: LogFormat) {
         .try_init();
 }
 
-/// Loads the file, applies the flags, and validates the result.
+/// Loads the file, applies the flags, and validates the result. A node that joins need not be in the
+/// file (nor need there be a file): its own flags describe it.
 pub fn load_config(args: &Args) -> anyhow::Result<ClusterConfig> {
-    let mut config = ClusterConfig::load(&args.config)?;
-    let index = node_index(&config, args)?;
+    let source = match &args.config {
+        Some(path) => path.display().to_string(),
+        None => "the command line".to_string(),
+    };
+    let mut config = match &args.config {
+        Some(path) => ClusterConfig::load(path)?,
+        None => ClusterConfig {
+            cluster_id: args
+                .cluster_id
+                .clone()
+                .context("--join without --config needs --cluster-id")?,
+            tunables: Default::default(),
+            tls: None,
+            nodes: Vec::new(),
+        },
+    };
+    if let Some(cluster_id) = &args.cluster_id {
+        config.cluster_id = cluster_id.clone();
+    }
+    if !args.join.is_empty() && config.node(args.id).is_none() {
+        let missing = || {
+            anyhow!("--join as a node not in the cluster file needs --client-addr, --peer-addr and --data-dir")
+        };
+        config.nodes.push(raftkv_server::config::NodeConfig::new(
+            args.id,
+            args.client_addr.clone().ok_or_else(missing)?,
+            args.peer_addr.clone().ok_or_else(missing)?,
+            args.data_dir.clone().ok_or_else(missing)?,
+        ));
+    }
+    let index = node_index(&config, args, &source)?;
     let overrides = apply_overrides(&mut config, index, args);
     config
         .validate()
         .map_err(|err| blame_overrides(err, &overrides))
-        .with_context(|| format!("config {}", args.config.display()))?;
+        .with_context(|| format!("config {source}"))?;
     Ok(config)
 }
 
 /// The position of node `--id` in the file.
-fn node_index(config: &ClusterConfig, args: &Args) -> anyhow::Result<usize> {
+fn node_index(config: &ClusterConfig, args: &Args, source: &str) -> anyhow::Result<usize> {
     config
         .nodes
         .iter()
@@ -138,7 +185,7 @@ fn node_index(config: &ClusterConfig, args: &Args) -> anyhow::Result<usize> {
             anyhow!(
                 "--id {}: no such node in {} (ids: {})",
                 args.id,
-                args.config.display(),
+                source,
                 ids.join(", ")
             )
         })

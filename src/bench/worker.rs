@@ -324,7 +324,9 @@ impl Worker {
                 Reply::Session { .. }
                 | Reply::ErrSessionExpired
                 | Reply::ErrSequence { .. }
-                | Reply::Backup { .. } => Err(ErrorKind::Protocol),
+                | Reply::Backup { .. }
+                | Reply::Members { .. }
+                | Reply::ErrMembership { .. } => Err(ErrorKind::Protocol),
                 redirect @ Reply::ErrRedirect { .. } => {
                     // Leadership moved: finish what is outstanding, then reconnect there.
                     self.run
@@ -453,6 +455,8 @@ impl Worker {
             ReplyKind::Cas => b"cas ",
             ReplyKind::Delete => b"delete ",
             ReplyKind::Register => b"register",
+            // The load generator never sends these.
+            ReplyKind::MembersList | ReplyKind::MembersChange => return None,
         };
         out.extend_from_slice(verb);
         out.extend_from_slice(&run.key_prefix);

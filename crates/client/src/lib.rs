@@ -151,6 +151,9 @@ pub enum Error {
     /// A reply that is valid protocol but makes no sense for the command.
     #[error("unexpected reply: {0}")]
     UnexpectedReply(String),
+    /// The leader refused a membership change (`ERR_MEMBERSHIP`), with its reason; nothing changed.
+    #[error("{0}")]
+    MembershipRefused(String),
 }
 
 pub type Result<T> = std::result::Result<T, Error>;
@@ -316,6 +319,36 @@ impl Client {
         match self.write(encode, ReplyKind::Delete).await? {
             Reply::Deleted => Ok(true),
             Reply::ErrNotFound => Ok(false),
+            other => Err(unexpected(other)),
+        }
+    }
+
+    /// The cluster's membership as the leader sees it (`members`).
+    pub async fn members(&self) -> Result<proto::MembersTable> {
+        self.members_request(&proto::MembersRequest::List).await
+    }
+
+    /// Adds a learner, promotes one, or removes a member (`members add|promote|remove`), and returns
+    /// the membership once the change has committed. A change whose reply was lost is not retried (it
+    /// may have happened): that is [`Error::OutcomeUnknown`], and `members` tells.
+    pub async fn members_request(
+        &self,
+        request: &proto::MembersRequest,
+    ) -> Result<proto::MembersTable> {
+        let deadline = Instant::now() + self.inner.config.deadline;
+        let mut encoded = Vec::with_capacity(64);
+        request.encode(&mut encoded);
+        let kind = if request.is_change() {
+            ReplyKind::MembersChange
+        } else {
+            ReplyKind::MembersList
+        };
+        match self.execute(encoded, kind, deadline, &mut None).await? {
+            Reply::Members { table } => proto::MembersTable::parse(&table).ok_or_else(|| {
+                Error::UnexpectedReply("a membership table that does not parse".into())
+            }),
+            Reply::ErrMembership { reason } => Err(Error::MembershipRefused(reason)),
+            Reply::ErrCmdErr => Err(Error::Rejected),
             other => Err(unexpected(other)),
         }
     }

@@ -131,6 +131,7 @@ impl Command {
             Request::Get { .. }
             | Request::Getm { .. }
             | Request::Backup
+            | Request::Members(_)
             | Request::Stale { .. }
             | Request::InSession { .. } => None,
         }

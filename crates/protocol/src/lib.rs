@@ -12,6 +12,7 @@
 
 mod fields;
 pub mod limits;
+mod members;
 mod parser;
 mod reply;
 mod reply_parser;
@@ -22,6 +23,7 @@ pub use limits::{
     validate_key, KeyError, DEFAULT_MAX_VALUE_SIZE, MAX_EXPTIME_SECS, MAX_KEY_LEN,
     MAX_SESSION_NUMBER,
 };
+pub use members::{is_valid_address, MemberRow, MembersRequest, MembersTable, MAX_ADDRESS_LEN};
 pub use parser::{ParseError, ParseOutcome, Parser};
 pub use reply::Reply;
 pub use reply_parser::{parse_reply, Parsed, ProtocolError, ReplyKind};

@@ -5,6 +5,7 @@ use bytes::{Buf, Bytes, BytesMut};
 
 use crate::fields::{parse_decimal, tokens, Number};
 use crate::limits::{is_valid_exptime, is_valid_key, MAX_LINE_LEN, MAX_SESSION_NUMBER};
+use crate::members::{is_valid_address, MembersRequest};
 use crate::request::{Request, SessionSeq};
 
 /// Why a request was rejected. Either way the client gets `ERR_CMD_ERR`.
@@ -341,6 +342,10 @@ impl Parser {
                     session: None,
                 }
             }
+            b"members" => match members_request(count, token) {
+                Some(request) => LineOutcome::Request(Request::Members(request)),
+                None => recoverable,
+            },
             b"register" if count == 1 => LineOutcome::Request(Request::Register),
             b"backup" if count == 1 => LineOutcome::Request(Request::Backup),
             b"stale" if count >= 3 => {
@@ -370,6 +375,30 @@ impl Parser {
             }
             _ => recoverable,
         }
+    }
+}
+
+/// `members`, `members add <id> <client_addr> <peer_addr>`, `members promote <id>`,
+/// `members remove <id>`; `None` for anything else (ids are positive, addresses `host:port`).
+fn members_request<'a>(count: usize, token: impl Fn(usize) -> &'a [u8]) -> Option<MembersRequest> {
+    let id = || match parse_decimal(token(2)) {
+        Number::Valid(id) if id > 0 => Some(id),
+        _ => None,
+    };
+    let address = |index| {
+        let text = std::str::from_utf8(token(index)).ok()?;
+        is_valid_address(text).then(|| text.to_string())
+    };
+    match (count, token(1)) {
+        (1, _) => Some(MembersRequest::List),
+        (5, b"add") => Some(MembersRequest::AddLearner {
+            id: id()?,
+            client_addr: address(3)?,
+            peer_addr: address(4)?,
+        }),
+        (3, b"promote") => Some(MembersRequest::Promote { id: id()? }),
+        (3, b"remove") => Some(MembersRequest::Remove { id: id()? }),
+        _ => None,
     }
 }
 

@@ -50,6 +50,15 @@ pub enum Reply<V = Bytes> {
     Backup {
         file: V,
     },
+    /// `MEMBERS <numbytes>` + a [`crate::MembersTable`] as text, for `members ...`.
+    Members {
+        table: V,
+    },
+    /// `ERR_MEMBERSHIP <reason>`: a membership change was refused (nothing changed), with a one-line
+    /// reason for a human.
+    ErrMembership {
+        reason: String,
+    },
 }
 
 impl<V> Reply<V> {
@@ -81,6 +90,10 @@ impl<V> Reply<V> {
             Reply::Backup { file } => Reply::Backup {
                 file: convert(file),
             },
+            Reply::Members { table } => Reply::Members {
+                table: convert(table),
+            },
+            Reply::ErrMembership { reason } => Reply::ErrMembership { reason },
         }
     }
 
@@ -140,6 +153,18 @@ impl<V: AsRef<[u8]>> Reply<V> {
             Reply::Backup { file } => {
                 out.put_slice(&Self::backup_header(file.as_ref().len()));
                 put_block(out, file.as_ref());
+            }
+            Reply::Members { table } => {
+                write_line(out, format_args!("MEMBERS {}", table.as_ref().len()));
+                put_block(out, table.as_ref());
+            }
+            Reply::ErrMembership { reason } => {
+                // One line whatever the reason says.
+                let reason: String = reason
+                    .chars()
+                    .map(|c| if c.is_control() { ' ' } else { c })
+                    .collect();
+                write_line(out, format_args!("ERR_MEMBERSHIP {reason}"))
             }
         }
     }

@@ -19,6 +19,11 @@ pub enum ReplyKind {
     Delete,
     /// `register`, answered `SESSION <id>`.
     Register,
+    /// `members`, answered `MEMBERS <numbytes>` and a table.
+    MembersList,
+    /// `members add|promote|remove ...`, answered like `members` once the change committed, or
+    /// `ERR_MEMBERSHIP <reason>`.
+    MembersChange,
 }
 
 impl ReplyKind {
@@ -26,7 +31,11 @@ impl ReplyKind {
     pub fn is_write(self) -> bool {
         matches!(
             self,
-            ReplyKind::Set | ReplyKind::Cas | ReplyKind::Delete | ReplyKind::Register
+            ReplyKind::Set
+                | ReplyKind::Cas
+                | ReplyKind::Delete
+                | ReplyKind::Register
+                | ReplyKind::MembersChange
         )
     }
 }
@@ -99,6 +108,15 @@ pub fn parse_reply(buf: &[u8], kind: ReplyKind, max_value: usize) -> Result<Pars
             let id = exactly_one_number(&mut fields, line)?;
             return complete(Reply::Session { id });
         }
+        b"MEMBERS" if matches!(kind, ReplyKind::MembersList | ReplyKind::MembersChange) => {
+            return parse_value(buf, line, fields, header_len, kind, max_value);
+        }
+        b"ERR_MEMBERSHIP" if kind == ReplyKind::MembersChange => {
+            let reason = String::from_utf8_lossy(&line[word.len()..])
+                .trim()
+                .to_string();
+            return complete(Reply::ErrMembership { reason });
+        }
         b"ERR_SESSION_EXPIRED" if kind.is_write() => Reply::ErrSessionExpired,
         b"ERR_SEQUENCE" if kind.is_write() => {
             let last = exactly_one_number(&mut fields, line)?;
@@ -153,6 +171,12 @@ fn parse_value<'a>(
         return Err(protocol_error("value not followed by CR LF", line));
     }
     let value = header_len..value_end;
+    if matches!(kind, ReplyKind::MembersList | ReplyKind::MembersChange) {
+        return Ok(Parsed::Complete {
+            reply: Reply::Members { table: value },
+            consumed: value_end + 2,
+        });
+    }
     let reply = match meta {
         Some((version, exptime)) => Reply::ValueMeta {
             version,

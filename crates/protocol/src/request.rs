@@ -2,6 +2,8 @@
 
 use bytes::Bytes;
 
+use crate::members::MembersRequest;
+
 /// A well-formed client request. Every field has already been validated (key syntax, exptime range,
 /// value size), so a write built from it can always be applied.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -32,6 +34,9 @@ pub enum Request {
     Register,
     /// `backup`: a point-in-time copy of the whole store (answered `BACKUP <numbytes>` and the file).
     Backup,
+    /// `members ...`: list or change the cluster's membership (answered `MEMBERS <numbytes>` and the
+    /// table, or `ERR_MEMBERSHIP <reason>`).
+    Members(MembersRequest),
     /// `stale <max_lag> <get|getm ...>`: a read any node answers from its own applied state, if that
     /// is at most `max_lag` entries behind the commit index the node knows (not linearizable).
     Stale {

@@ -119,6 +119,7 @@
 
 mod config;
 mod log;
+mod membership;
 mod progress;
 mod raft;
 mod read_index;
@@ -127,6 +128,7 @@ mod rng;
 mod types;
 
 pub use config::Config;
+pub use membership::{ConfChange, ConfChangeError, MAX_CONTEXT_BYTES, MAX_MEMBERS};
 pub use raft::{InitialState, ProposeError, Raft, Status};
 pub use ready::Ready;
 pub use types::*;

@@ -2,6 +2,8 @@
 
 use bytes::Bytes;
 
+pub use crate::membership::Membership;
+
 /// A node's identity within one cluster. Never 0 (0 means "none" on the wire).
 pub type NodeId = u64;
 /// A Raft term (§5.1). Starts at 0 on a fresh node.
@@ -28,6 +30,9 @@ pub enum EntryKind {
     /// The empty entry a new leader appends at the start of its term (§5.4.2, §8): committing it commits
     /// everything before it. The state machine skips it but the driver still reports it applied.
     Noop,
+    /// A new cluster membership ([`Membership::encode`]): in force on every node from the moment the
+    /// entry is in its log, committed or not (dissertation §4.1). The state machine skips it.
+    Config,
 }
 
 /// One log entry.
@@ -43,31 +48,6 @@ impl Entry {
     /// Bytes this entry counts for in flow control and batching limits.
     pub fn size(&self) -> usize {
         self.data.len() + 24
-    }
-}
-
-/// The set of voters. Kept in one type so that joint consensus (old + new voter sets) can extend it later
-/// without touching the code that counts votes and replicas.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct Membership {
-    /// Sorted, without duplicates.
-    pub voters: Vec<NodeId>,
-}
-
-impl Membership {
-    pub fn new(mut voters: Vec<NodeId>) -> Self {
-        voters.sort_unstable();
-        voters.dedup();
-        Membership { voters }
-    }
-
-    pub fn contains(&self, id: NodeId) -> bool {
-        self.voters.binary_search(&id).is_ok()
-    }
-
-    /// How many voters make a majority.
-    pub fn quorum(&self) -> usize {
-        self.voters.len() / 2 + 1
     }
 }
 
@@ -145,6 +125,20 @@ impl Message {
                 | MessageBody::HeartbeatResponse { .. }
                 | MessageBody::TimeoutNow => true,
             }
+    }
+}
+
+impl Message {
+    /// Whether every `Config` entry the message carries decodes. A node that took in one that does not
+    /// could not know its own membership; only a broken or hostile peer sends one.
+    pub fn config_entries_decode(&self) -> bool {
+        match &self.body {
+            MessageBody::Append { entries, .. } => entries
+                .iter()
+                .filter(|e| e.kind == EntryKind::Config)
+                .all(|e| Membership::from_entry_data(&e.data).is_some()),
+            _ => true,
+        }
     }
 }
 

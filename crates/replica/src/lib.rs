@@ -20,6 +20,7 @@
 #![forbid(unsafe_code)]
 
 pub mod clock;
+pub mod members;
 pub mod mutation;
 mod replica;
 mod request;
@@ -28,6 +29,7 @@ pub mod snapshot;
 pub mod storage;
 
 pub use clock::Now;
+pub use members::{bootstrap_entry, AddressBook, MemberAddrs, DEFAULT_PROMOTE_MAX_LAG};
 pub use mutation::Mutation;
 pub use replica::{BackupCopy, Outputs, Replica, ReplicaConfig, ReplicaError};
 pub use request::{ClientRequest, Op};

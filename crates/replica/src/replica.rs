@@ -17,6 +17,7 @@ use raftkv_raft::{
 use tracing::{error, info, warn};
 
 use crate::clock::Now;
+use crate::members::AddressBook;
 use crate::mutation::Mutation;
 use crate::request::{ClientRequest, PendingRead, PendingWrite};
 use crate::snapshot::{BuiltSnapshot, SnapshotPolicy, SnapshotTask};
@@ -29,8 +30,13 @@ const EXPIRE_EVERY_MS: u64 = 1_000;
 #[derive(Clone, Debug)]
 pub struct ReplicaConfig {
     pub raft: raftkv_raft::Config,
-    /// Every node's client address (`host:port`), for redirects.
+    /// The client address (`host:port`) of every node in the cluster file, for redirects where the
+    /// membership in the log carries no addresses (clusters bootstrapped before it did).
     pub client_addrs: BTreeMap<NodeId, String>,
+    /// The same for peer addresses.
+    pub peer_addrs: BTreeMap<NodeId, String>,
+    /// A learner is promoted only when at most this many entries behind the leader.
+    pub promote_max_lag: u64,
     /// Requests wait this long for a leader to be known; a shutdown waits this long for a handover.
     pub leader_wait_ms: u64,
     pub snapshot_entries: u64,
@@ -83,6 +89,10 @@ pub struct Outputs<H> {
     /// `backup` requests whose linearizable point has been applied: the driver encodes each store copy
     /// (a cheap clone) into a backup file off the hot path and sends it to the handle.
     pub backups: Vec<(H, BackupCopy)>,
+    /// Every node this one must reach, when that changed (and once at start): the members, and while
+    /// a change is uncommitted the members before it. The driver connects to new peers and forgets
+    /// the others.
+    pub membership: Option<AddressBook>,
 }
 
 /// A copy of the store for a backup, taken at a point that follows every write acknowledged before the
@@ -104,6 +114,7 @@ impl<H> Default for Outputs<H> {
             released: Vec::new(),
             applied: Vec::new(),
             backups: Vec::new(),
+            membership: None,
         }
     }
 }
@@ -136,6 +147,11 @@ pub struct Replica<H> {
     pub(crate) encode_buf: BytesMut,
     next_expire_ms: u64,
     shutting_down_until: Option<u64>,
+    /// The membership's entry index last reported in [`Outputs::membership`], and whether it had
+    /// committed then.
+    pub(crate) known_config: Option<(Index, bool)>,
+    /// This node was a member and is no longer.
+    pub(crate) removed: bool,
 }
 
 impl<H> Replica<H> {
@@ -153,7 +169,7 @@ impl<H> Replica<H> {
             initial.snapshot.as_ref().map_or(0, |s| s.meta.index),
             config.raft.seed,
         );
-        Ok(Replica {
+        let mut replica = Replica {
             id: config.raft.id,
             raft: Raft::new(config.raft.clone(), initial),
             store,
@@ -174,7 +190,11 @@ impl<H> Replica<H> {
             encode_buf: BytesMut::new(),
             next_expire_ms: 0,
             shutting_down_until: None,
-        })
+            known_config: None,
+            removed: false,
+        };
+        replica.track_membership();
+        Ok(replica)
     }
 
     pub fn id(&self) -> NodeId {
@@ -350,6 +370,7 @@ impl<H> Replica<H> {
         if let Some(soft) = soft_state {
             self.on_soft_state(soft);
         }
+        self.track_membership();
         self.release_held();
         Ok(())
     }
@@ -368,6 +389,13 @@ impl<H> Replica<H> {
             EntryKind::Noop => {
                 self.store.skip_index(index);
                 None
+            }
+            EntryKind::Config => {
+                self.store.skip_index(index);
+                // The change committed: its proposer answers with the membership it made.
+                self.writes
+                    .contains_key(&index)
+                    .then(|| self.members_reply())
             }
             EntryKind::Normal => match Proposal::decode(data) {
                 Ok(mut proposal) => {
@@ -435,7 +463,7 @@ impl<H> Replica<H> {
         let meta = SnapshotMeta {
             index: self.store.applied_index(),
             term: self.snapshot_policy.applied_term(),
-            membership: self.raft.membership().clone(),
+            membership: self.raft.membership_at(self.store.applied_index()),
         };
         if self.out.snapshot.is_some() {
             warn!("a snapshot task was not taken by the driver; replacing it");

@@ -1,6 +1,6 @@
 //! A client request as the replica receives it, and the bookkeeping of one in progress.
 
-use raftkv_kv::protocol::SessionSeq;
+use raftkv_kv::protocol::{MembersRequest, SessionSeq};
 use raftkv_kv::{Command, Request};
 use raftkv_raft::{Index, Term};
 
@@ -24,6 +24,8 @@ pub enum Op {
     /// `get` or `getm` that any node answers at once from its applied state, if that is at most
     /// `max_lag` entries behind the commit index it knows (`stale <max_lag> ...`).
     StaleRead { read: Request, max_lag: u64 },
+    /// `members ...`: list or change the membership, on the leader.
+    Members(MembersRequest),
 }
 
 pub(crate) struct PendingWrite<H> {

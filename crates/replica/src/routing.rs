@@ -49,8 +49,8 @@ impl<H> Replica<H> {
             self.start(request);
             return;
         }
-        match status.leader {
-            Some(leader) if leader != self.id => {
+        match self.redirect_target() {
+            Some(leader) => {
                 let reply = self.redirect_to(leader);
                 self.out.replies.push((request.handle, reply));
             }
@@ -63,6 +63,7 @@ impl<H> Replica<H> {
             Op::Write { command, session } => self.propose_write(command, session, request.handle),
             Op::Read(read) => self.start_read(read, request.handle),
             Op::StaleRead { read, max_lag } => self.serve_stale(read, max_lag, request.handle),
+            Op::Members(members) => self.start_members(members, request.handle),
         }
     }
 
@@ -129,7 +130,7 @@ impl<H> Replica<H> {
     }
 
     fn redirect_to(&self, leader: NodeId) -> Reply {
-        let Some(addr) = self.config.client_addrs.get(&leader) else {
+        let Some(addr) = self.client_addr_of(leader) else {
             return Reply::ErrInternal;
         };
         match addr

@@ -43,6 +43,8 @@ impl Cluster {
                 raft.seed = id * 7919;
                 let config = ReplicaConfig {
                     raft,
+                    peer_addrs: Default::default(),
+                    promote_max_lag: raftkv_replica::DEFAULT_PROMOTE_MAX_LAG,
                     client_addrs: voters
                         .iter()
                         .map(|&n| (n, format!("127.0.0.1:{}", 9000 + n)))

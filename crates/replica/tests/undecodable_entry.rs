@@ -32,6 +32,8 @@ fn an_undecodable_committed_entry_stops_the_replica() {
     raft.election_ticks = 3;
     let config = ReplicaConfig {
         raft,
+        peer_addrs: Default::default(),
+        promote_max_lag: raftkv_replica::DEFAULT_PROMOTE_MAX_LAG,
         client_addrs: [(1, "127.0.0.1:9001".to_string())].into(),
         leader_wait_ms: 1_000,
         snapshot_entries: 1 << 40,

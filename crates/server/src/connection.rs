@@ -273,7 +273,7 @@ fn request_bytes(request: &Request) -> usize {
             key.len() + value.len()
         }
         Request::Get { key } | Request::Getm { key } | Request::Delete { key } => key.len(),
-        Request::Register | Request::Backup => 0,
+        Request::Register | Request::Backup | Request::Members(_) => 0,
         Request::Stale { read, .. } => request_bytes(read),
         Request::InSession { write, .. } => request_bytes(write),
     }
@@ -289,6 +289,7 @@ fn op_kind(request: &Request) -> OpKind {
         Request::Getm { .. } => OpKind::getm,
         Request::Register => OpKind::register,
         Request::Backup => OpKind::backup,
+        Request::Members(_) => OpKind::members,
         Request::Stale { read, .. } => op_kind(read),
         Request::InSession { write, .. } => op_kind(write),
     }
@@ -306,6 +307,7 @@ async fn submit(
     let kind = op_kind(&request);
     let (op, noreply) = match request {
         Request::Get { .. } | Request::Getm { .. } | Request::Backup => (Op::Read(request), false),
+        Request::Members(members) => (Op::Members(members), false),
         Request::Stale { max_lag, read } => (
             Op::StaleRead {
                 read: *read,

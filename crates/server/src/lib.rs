@@ -17,6 +17,7 @@
 //! write, one heartbeat round shared by every read that arrived meanwhile.
 
 mod background;
+mod bootstrap;
 pub mod config;
 pub mod connection;
 pub mod http;
@@ -64,6 +65,32 @@ pub async fn run_node_with(
     id: u64,
     force_new_cluster: bool,
 ) -> anyhow::Result<()> {
+    let options = StartOptions {
+        force_new_cluster,
+        join: None,
+    };
+    run_node_opts(config, id, options).await
+}
+
+/// How a node starts besides its configuration.
+#[derive(Clone, Debug, Default)]
+pub struct StartOptions {
+    /// See [`run_node_with`].
+    pub force_new_cluster: bool,
+    /// The node joins an existing cluster (`raftkv server --join`) instead of bootstrapping one from
+    /// the file: with an empty data directory it knows no membership and waits for the leader. The
+    /// list holds the members' peer addresses as the cluster reported them, so that it can answer the
+    /// leader before the membership reaches its log.
+    pub join: Option<Vec<(u64, String)>>,
+}
+
+/// [`run_node`] with every start option.
+pub async fn run_node_opts(
+    config: ClusterConfig,
+    id: u64,
+    options: StartOptions,
+) -> anyhow::Result<()> {
+    let force_new_cluster = options.force_new_cluster;
     let me = config
         .node(id)
         .with_context(|| format!("node {id} is not in the config"))?
@@ -82,11 +109,20 @@ pub async fn run_node_with(
     }
     let started = Instant::now();
     let data_dir = me.data_dir.clone();
-    let (wal, initial, stats) =
-        tokio::task::spawn_blocking(move || Wal::open(&data_dir, wal_options()))
-            .await
-            .context("storage recovery panicked")?
-            .with_context(|| format!("cannot open data directory {}", me.data_dir.display()))?;
+    let bootstrap = options
+        .join
+        .is_none()
+        .then(|| bootstrap::address_book(&config));
+    let (wal, initial, stats) = tokio::task::spawn_blocking(move || {
+        let (mut wal, mut initial, stats) = Wal::open(&data_dir, wal_options())?;
+        if let Some(book) = bootstrap.filter(|_| bootstrap::is_fresh(&initial)) {
+            bootstrap::write(&mut wal, &mut initial, &book)?;
+        }
+        Ok::<_, raftkv_wal::WalError>((wal, initial, stats))
+    })
+    .await
+    .context("storage recovery panicked")?
+    .with_context(|| format!("cannot open data directory {}", me.data_dir.display()))?;
     info!(
         node = id,
         entries = stats.entries,
@@ -97,13 +133,24 @@ pub async fn run_node_with(
         elapsed_ms = started.elapsed().as_millis() as u64,
         "recovered from disk"
     );
+    let mut raft = raft_config(&config, id);
+    if options.join.is_some() {
+        // A joining node's membership comes only from the cluster's log.
+        raft.voters.clear();
+    }
     let replica_config = raftkv_replica::ReplicaConfig {
-        raft: raft_config(&config, id),
+        raft,
         client_addrs: config
             .nodes
             .iter()
             .map(|node| (node.id, node.client_addr.clone()))
             .collect(),
+        peer_addrs: config
+            .nodes
+            .iter()
+            .map(|node| (node.id, node.peer_addr.clone()))
+            .collect(),
+        promote_max_lag: raftkv_replica::DEFAULT_PROMOTE_MAX_LAG,
         leader_wait_ms: config.tunables.election_timeout_ms * 2,
         snapshot_entries: config.tunables.snapshot_entries,
         snapshot_bytes: config.tunables.snapshot_bytes,
@@ -113,6 +160,7 @@ pub async fn run_node_with(
     };
     let replica = raftkv_replica::Replica::new(replica_config, initial)
         .context("the newest snapshot does not decode")?;
+    bootstrap::report_file_disagreement(&config, replica.raft().membership());
 
     let tls = tls::NodeTls::load(&config, id)?;
     if tls.peer.is_none() {
@@ -215,6 +263,7 @@ pub async fn run_node_with(
         members,
         round_trips: Default::default(),
         cluster_id: config.cluster_id.clone(),
+        join_peers: options.join.clone().unwrap_or_default(),
     };
     let result = node.run().await;
     accept.abort();

@@ -24,6 +24,21 @@ pub enum OpKind {
     getm,
     register,
     backup,
+    members,
+}
+
+impl OpKind {
+    /// Every kind, in declaration order (each one's index is its `as usize`).
+    pub const ALL: [OpKind; 8] = [
+        OpKind::set,
+        OpKind::cas,
+        OpKind::delete,
+        OpKind::get,
+        OpKind::getm,
+        OpKind::register,
+        OpKind::backup,
+        OpKind::members,
+    ];
 }
 
 /// How a client request ended.
@@ -48,7 +63,9 @@ impl Outcome {
             | Reply::ValueMeta { .. }
             | Reply::Deleted
             | Reply::Session { .. }
-            | Reply::Backup { .. } => Outcome::ok,
+            | Reply::Backup { .. }
+            | Reply::Members { .. } => Outcome::ok,
+            Reply::ErrMembership { .. } => Outcome::bad_request,
             Reply::ErrNotFound => Outcome::not_found,
             Reply::ErrVersion => Outcome::version_mismatch,
             Reply::ErrRedirect { .. } => Outcome::redirect,
@@ -427,19 +444,11 @@ impl RequestHandles {
 
 /// The handles for one request kind each, indexed by [`OpKind`].
 #[derive(Clone, Debug)]
-pub struct AllRequestHandles(pub [RequestHandles; 7]);
+pub struct AllRequestHandles(pub [RequestHandles; OpKind::ALL.len()]);
 
 impl AllRequestHandles {
     pub fn new(metrics: &Metrics) -> AllRequestHandles {
-        AllRequestHandles([
-            metrics.request_handles(OpKind::set),
-            metrics.request_handles(OpKind::cas),
-            metrics.request_handles(OpKind::delete),
-            metrics.request_handles(OpKind::get),
-            metrics.request_handles(OpKind::getm),
-            metrics.request_handles(OpKind::register),
-            metrics.request_handles(OpKind::backup),
-        ])
+        AllRequestHandles(OpKind::ALL.map(|op| metrics.request_handles(op)))
     }
 
     pub fn of(&self, op: OpKind) -> &RequestHandles {
@@ -467,6 +476,15 @@ mod tests {
             "# EOF",
         ] {
             assert!(text.contains(needle), "{needle} missing from\n{text}");
+        }
+    }
+
+    #[test]
+    fn every_request_kind_has_its_handles() {
+        let handles = AllRequestHandles::new(&Metrics::new());
+        for (index, op) in OpKind::ALL.into_iter().enumerate() {
+            assert_eq!(op as usize, index);
+            handles.of(op).count(Outcome::ok).inc();
         }
     }
 }

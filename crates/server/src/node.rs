@@ -53,6 +53,8 @@ pub struct NodeLoop {
     pub round_trips: RoundTrips,
     /// Written into every backup's header.
     pub cluster_id: String,
+    /// With `raftkv server --join`: the members' peer addresses the cluster reported.
+    pub join_peers: Vec<(u64, String)>,
 }
 
 /// How often the status and the gauges are refreshed.
@@ -181,6 +183,11 @@ impl NodeLoop {
     async fn flush(&mut self) -> anyhow::Result<()> {
         self.replica.advance()?;
         let out = self.replica.outputs();
+        if let Some(book) = out.membership.take() {
+            // Before the messages below: some may be for a member that just joined.
+            self.follow_membership(book);
+        }
+        let out = self.replica.outputs();
         let now = Instant::now();
         for msg in out.messages.drain(..) {
             self.round_trips.sending(&msg, now);
@@ -213,6 +220,40 @@ impl NodeLoop {
             self.spawn_backup(handle, copy);
         }
         Ok(())
+    }
+
+    /// Connects to the members of a new membership (and drops the ones that left), and shows them in
+    /// the status.
+    fn follow_membership(&mut self, book: raftkv_replica::AddressBook) {
+        let peers: Vec<(u64, String)> = book
+            .members
+            .iter()
+            .map(|(id, addrs)| (*id, addrs.peer.clone()))
+            .collect();
+        // A node that knows no membership yet is joining: whoever leads must be able to reach it.
+        let joining = self.replica.raft().membership().voters.is_empty();
+        let mut peers = peers;
+        if joining {
+            // Until the log tells it the membership, a joining node answers the members the cluster
+            // named when it joined.
+            peers.extend(self.join_peers.iter().cloned());
+        }
+        self.transport.set_peers(&peers, joining);
+        let http: std::collections::HashMap<u64, Option<String>> = self
+            .members
+            .iter()
+            .map(|m| (m.id, m.http_addr.clone()))
+            .collect();
+        self.members = book
+            .members
+            .into_iter()
+            .map(|(id, addrs)| crate::status::Member {
+                id,
+                client_addr: addrs.client,
+                peer_addr: addrs.peer,
+                http_addr: http.get(&id).cloned().flatten(),
+            })
+            .collect();
     }
 
     /// Encodes a backup file from a copy of the store on a blocking thread and sends it to the client.

@@ -135,7 +135,9 @@ fn recover(dir: &Path, committed_only: bool) -> anyhow::Result<Recovered> {
             break;
         }
         match entry.kind {
-            raftkv_raft::EntryKind::Noop => store.skip_index(entry.index),
+            raftkv_raft::EntryKind::Noop | raftkv_raft::EntryKind::Config => {
+                store.skip_index(entry.index)
+            }
             raftkv_raft::EntryKind::Normal => {
                 let proposal = raftkv_kv::Proposal::decode(&entry.data)
                     .with_context(|| format!("log entry {} does not decode", entry.index))?;

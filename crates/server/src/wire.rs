@@ -15,11 +15,12 @@
 //! PreVote / Vote      last_index u64, last_term u64 [, transfer u8 (Vote only)]
 //! *Response (votes)   granted u8
 //! Append              prev_index u64, prev_term u64, commit u64, count u32, count × entry
-//!   entry             index u64, term u64, kind u8, len u32, data[len]
+//!   entry             index u64, term u64, kind u8 (0 normal, 1 no-op, 2 config), len u32, data[len]
 //! AppendResponse      0 u8, last_index u64 | 1 u8, prev_index u64, hint_index u64, hint_term u64
 //! Heartbeat           commit u64, read_round u64
 //! HeartbeatResponse   read_round u64
-//! InstallSnapshot     index u64, term u64, voters u32, voters × u64 (ascending), len u64, data[len]
+//! InstallSnapshot     index u64, term u64, membership, len u64, data[len]
+//!   membership        raftkv_raft::Membership::encode (version u8, voters, learners, address book)
 //! TimeoutNow          (nothing)
 //! ```
 //!
@@ -39,7 +40,7 @@ pub const WIRE_VERSION: u8 = 1;
 pub const HANDSHAKE_MAGIC: [u8; 8] = *b"RAFTKVP\0";
 
 /// Version of the peer protocol (handshake, framing and message encoding together).
-pub const PROTOCOL_VERSION: u16 = 1;
+pub const PROTOCOL_VERSION: u16 = 2;
 
 const TYPE_PRE_VOTE: u8 = 1;
 const TYPE_PRE_VOTE_RESPONSE: u8 = 2;
@@ -141,6 +142,7 @@ pub fn encode_message(msg: &Message, out: &mut BytesMut) {
                 out.put_u8(match entry.kind {
                     EntryKind::Normal => 0,
                     EntryKind::Noop => 1,
+                    EntryKind::Config => 2,
                 });
                 out.put_u32_le(entry.data.len() as u32);
                 out.put_slice(&entry.data);
@@ -170,7 +172,7 @@ pub fn encode_message(msg: &Message, out: &mut BytesMut) {
         MessageBody::InstallSnapshot { snapshot } => {
             out.put_u64_le(snapshot.meta.index);
             out.put_u64_le(snapshot.meta.term);
-            encode_voters(&snapshot.meta.membership.voters, out);
+            encode_membership(&snapshot.meta.membership, out);
             out.put_u64_le(snapshot.data.len() as u64);
             out.put_slice(&snapshot.data);
         }
@@ -197,7 +199,7 @@ pub fn encoded_len(msg: &Message) -> usize {
         MessageBody::Heartbeat { .. } => 16,
         MessageBody::HeartbeatResponse { .. } => 8,
         MessageBody::InstallSnapshot { snapshot } => {
-            16 + 4 + 8 * snapshot.meta.membership.voters.len() + 8 + snapshot.data.len()
+            16 + snapshot.meta.membership.encoded_len() + 8 + snapshot.data.len()
         }
         MessageBody::TimeoutNow => 0,
     };
@@ -298,6 +300,7 @@ fn decode_append(buf: &mut Bytes) -> Result<MessageBody, WireError> {
         let kind = match get_u8(buf, "entry kind")? {
             0 => EntryKind::Normal,
             1 => EntryKind::Noop,
+            2 => EntryKind::Config,
             other => {
                 return Err(WireError::InvalidValue {
                     field: "entry kind",
@@ -325,7 +328,7 @@ fn decode_append(buf: &mut Bytes) -> Result<MessageBody, WireError> {
 fn decode_install_snapshot(buf: &mut Bytes) -> Result<MessageBody, WireError> {
     let index = get_u64(buf, "snapshot index")?;
     let term = get_u64(buf, "snapshot term")?;
-    let voters = decode_voters(buf)?;
+    let membership = decode_membership(buf)?;
     let len = get_u64(buf, "snapshot length")?;
     let len = usize::try_from(len).map_err(|_| WireError::InvalidValue {
         field: "snapshot length",
@@ -337,37 +340,31 @@ fn decode_install_snapshot(buf: &mut Bytes) -> Result<MessageBody, WireError> {
             meta: SnapshotMeta {
                 index,
                 term,
-                membership: Membership { voters },
+                membership,
             },
             data,
         },
     })
 }
 
-fn decode_voters(buf: &mut Bytes) -> Result<Vec<u64>, WireError> {
-    let count = get_u32(buf, "voter count")? as usize;
-    check_count(buf, "voters", count, 8)?;
-    let mut voters = Vec::with_capacity(count);
-    for _ in 0..count {
-        let voter = get_node_id(buf, "voter")?;
-        // Membership promises sorted, duplicate-free voters; accepting anything else would let a
-        // corrupted message silently change quorum arithmetic.
-        if voters.last().is_some_and(|&last| last >= voter) {
-            return Err(WireError::InvalidValue {
-                field: "voter order",
-                value: voter,
-            });
-        }
-        voters.push(voter);
-    }
-    Ok(voters)
+/// A membership ([`Membership::encode`]: version, voters, learners, the address book), length-checked
+/// and validated by the core's decoder: sorted, disjoint, bounded lists, so a corrupted message
+/// cannot silently change quorum arithmetic.
+fn decode_membership(buf: &mut Bytes) -> Result<Membership, WireError> {
+    let Some((membership, used)) = Membership::decode(buf) else {
+        return Err(WireError::InvalidValue {
+            field: "membership",
+            value: buf.len() as u64,
+        });
+    };
+    buf.advance(used);
+    Ok(membership)
 }
 
-fn encode_voters(voters: &[u64], out: &mut BytesMut) {
-    out.put_u32_le(voters.len() as u32);
-    for voter in voters {
-        out.put_u64_le(*voter);
-    }
+fn encode_membership(membership: &Membership, out: &mut BytesMut) {
+    let mut encoded = Vec::with_capacity(membership.encoded_len());
+    membership.encode(&mut encoded);
+    out.put_slice(&encoded);
 }
 
 /// What a node says about itself when it opens a peer connection, and what the acceptor answers.
@@ -429,8 +426,8 @@ impl Handshake {
 
 /// The first frame of a snapshot stream: who sends which snapshot, and how to check its data.
 ///
-/// Layout: version u8 | from u64 | to u64 | term u64 | index u64 | snapshot term u64 | voters u32,
-/// voters × u64 (ascending) | data_len u64 | data_crc32c u32. `from`, `to` and `term` are those of the
+/// Layout: version u8 | from u64 | to u64 | term u64 | index u64 | snapshot term u64 | membership
+/// | data_len u64 | data_crc32c u32. `from`, `to` and `term` are those of the
 /// `InstallSnapshot` message the stream carries.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SnapshotHeader {
@@ -466,7 +463,7 @@ impl SnapshotHeader {
         out.put_u64_le(self.term);
         out.put_u64_le(self.meta.index);
         out.put_u64_le(self.meta.term);
-        encode_voters(&self.meta.membership.voters, out);
+        encode_membership(&self.meta.membership, out);
         out.put_u64_le(self.data_len);
         out.put_u32_le(self.data_crc);
     }
@@ -483,7 +480,7 @@ impl SnapshotHeader {
         let term = get_u64(&mut buf, "term")?;
         let index = get_u64(&mut buf, "snapshot index")?;
         let snapshot_term = get_u64(&mut buf, "snapshot term")?;
-        let voters = decode_voters(&mut buf)?;
+        let membership = decode_membership(&mut buf)?;
         let data_len = get_u64(&mut buf, "snapshot length")?;
         let data_crc = get_u32(&mut buf, "snapshot checksum")?;
         if buf.has_remaining() {
@@ -499,7 +496,7 @@ impl SnapshotHeader {
             meta: SnapshotMeta {
                 index,
                 term: snapshot_term,
-                membership: Membership { voters },
+                membership,
             },
             data_len,
             data_crc,

@@ -193,17 +193,31 @@ fn absurd_counts_are_rejected_before_allocating() {
     let err = decode_message(&mut append.freeze()).unwrap_err();
     assert!(matches!(err, WireError::ImpossibleCount { .. }), "{err}");
 
+    // A membership claiming 2^32 - 1 voters is refused by its decoder, which checks the count
+    // against the members' limit before reading any.
     let mut snapshot = header(9);
     snapshot.put_u64_le(1);
     snapshot.put_u64_le(1);
+    snapshot.put_u8(1);
     snapshot.put_u32_le(u32::MAX);
     let err = decode_message(&mut snapshot.freeze()).unwrap_err();
-    assert!(matches!(err, WireError::ImpossibleCount { .. }), "{err}");
+    assert!(
+        matches!(
+            err,
+            WireError::InvalidValue {
+                field: "membership",
+                ..
+            }
+        ),
+        "{err}"
+    );
 
     let mut snapshot_data = header(9);
     snapshot_data.put_u64_le(1);
     snapshot_data.put_u64_le(1);
-    snapshot_data.put_u32_le(0);
+    let mut membership = Vec::new();
+    Membership::new(vec![1]).encode(&mut membership);
+    snapshot_data.put_slice(&membership);
     snapshot_data.put_u64_le(u64::MAX);
     assert!(decode_message(&mut snapshot_data.freeze()).is_err());
 

@@ -19,6 +19,7 @@ pub(crate) const HARD_STATE_RECORD_LEN: usize = RECORD_HEADER_LEN + HARD_STATE_L
 
 const KIND_NORMAL: u8 = 0;
 const KIND_NOOP: u8 = 1;
+const KIND_CONFIG: u8 = 2;
 
 pub(crate) fn entry_record_len(entry: &Entry) -> usize {
     RECORD_HEADER_LEN + ENTRY_FIXED_LEN + entry.data.len()
@@ -43,6 +44,7 @@ pub(crate) fn encode_entry(buf: &mut Vec<u8>, entry: &Entry) {
         buf.push(match entry.kind {
             EntryKind::Normal => KIND_NORMAL,
             EntryKind::Noop => KIND_NOOP,
+            EntryKind::Config => KIND_CONFIG,
         });
         buf.extend_from_slice(&entry.data);
     });
@@ -133,6 +135,7 @@ pub(crate) fn decode_at(segment: &Bytes, offset: usize) -> Decoded {
         TYPE_ENTRY if payload.len() >= ENTRY_FIXED_LEN => {
             let kind = match payload[16] {
                 KIND_NORMAL => EntryKind::Normal,
+                KIND_CONFIG => EntryKind::Config,
                 KIND_NOOP => EntryKind::Noop,
                 other => {
                     return Decoded::Invalid {

@@ -1,8 +1,9 @@
 //! Snapshot files: `snap-{index:016x}-{term:016x}.snap`, written whole to a `.tmp` name, synced, renamed into
 //! place and the directory synced, so a snapshot file that exists under its final name is complete.
 //!
-//! Format: `magic "RAFTKVSN" | version: u32 | index: u64 | term: u64 | voter_count: u32 | voters: u64 each |
-//! data_len: u64 | data | crc32c of everything before it: u32`.
+//! Format: `magic "RAFTKVSN" | version: u32 | index: u64 | term: u64 | membership | data_len: u64 | data |
+//! crc32c of everything before it: u32`, where the membership is `Membership::encode`'s (version 2; files
+//! of version 1 held `voter_count: u32 | voters: u64 each` there and are still read).
 //!
 //! Also the [`SnapshotWriter`], which writes these files away from the log's thread, and the
 //! [`WrittenSnapshot`] it hands back for [`crate::Wal::adopt_snapshot`].
@@ -18,7 +19,9 @@ use crate::error::WalError;
 use crate::fs::Fs;
 
 const MAGIC: &[u8; 8] = b"RAFTKVSN";
-const FORMAT_VERSION: u32 = 1;
+const FORMAT_VERSION: u32 = 2;
+/// Snapshots written before learners and addresses were part of the membership.
+const FORMAT_VOTERS_ONLY: u32 = 1;
 const PREFIX: &str = "snap-";
 const SUFFIX: &str = ".snap";
 pub(crate) const TMP_SUFFIX: &str = ".snap.tmp";
@@ -41,15 +44,12 @@ pub(crate) fn parse_snapshot_file_name(name: &str) -> Option<(Index, Term)> {
 }
 
 fn encode_head(meta: &SnapshotMeta, data_len: usize) -> Vec<u8> {
-    let mut head = Vec::with_capacity(40 + 8 * meta.membership.voters.len());
+    let mut head = Vec::with_capacity(36 + meta.membership.encoded_len());
     head.extend_from_slice(MAGIC);
     head.extend_from_slice(&FORMAT_VERSION.to_le_bytes());
     head.extend_from_slice(&meta.index.to_le_bytes());
     head.extend_from_slice(&meta.term.to_le_bytes());
-    head.extend_from_slice(&(meta.membership.voters.len() as u32).to_le_bytes());
-    for voter in &meta.membership.voters {
-        head.extend_from_slice(&voter.to_le_bytes());
-    }
+    meta.membership.encode(&mut head);
     head.extend_from_slice(&(data_len as u64).to_le_bytes());
     head
 }
@@ -208,7 +208,7 @@ pub(crate) fn decode_snapshot(path: &Path, bytes: Bytes) -> Result<Snapshot, Wal
         ));
     }
     let version = reader.u32("version")?;
-    if version != FORMAT_VERSION {
+    if version != FORMAT_VERSION && version != FORMAT_VOTERS_ONLY {
         return Err(WalError::corrupt(
             path,
             8,
@@ -217,11 +217,25 @@ pub(crate) fn decode_snapshot(path: &Path, bytes: Bytes) -> Result<Snapshot, Wal
     }
     let index = reader.u64("index")?;
     let term = reader.u64("term")?;
-    let voter_count = reader.u32("voter count")? as usize;
-    let mut voters = Vec::with_capacity(voter_count.min(1024));
-    for _ in 0..voter_count {
-        voters.push(reader.u64("voter list")?);
-    }
+    let membership = if version == FORMAT_VOTERS_ONLY {
+        let voter_count = reader.u32("voter count")? as usize;
+        let mut voters = Vec::with_capacity(voter_count.min(1024));
+        for _ in 0..voter_count {
+            voters.push(reader.u64("voter list")?);
+        }
+        Membership::new(voters)
+    } else {
+        let rest = body.slice(reader.offset..);
+        let Some((membership, used)) = Membership::decode(&rest) else {
+            return Err(WalError::corrupt(
+                path,
+                reader.offset as u64,
+                "the snapshot's membership does not decode",
+            ));
+        };
+        reader.take(used, "membership")?;
+        membership
+    };
     let data_len = reader.u64("data length")?;
     let data_start = reader.offset;
     if data_len != (body_len - data_start) as u64 {
@@ -235,7 +249,7 @@ pub(crate) fn decode_snapshot(path: &Path, bytes: Bytes) -> Result<Snapshot, Wal
         meta: SnapshotMeta {
             index,
             term,
-            membership: Membership::new(voters),
+            membership,
         },
         data: body.slice(data_start..),
     })

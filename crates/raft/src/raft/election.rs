@@ -13,7 +13,7 @@ impl Raft {
     pub(super) fn tick_election(&mut self) {
         self.election_elapsed += 1;
         if self.election_elapsed >= self.randomized_election_timeout
-            && self.membership.contains(self.id)
+            && self.membership.is_voter(self.id)
         {
             self.campaign(false);
         }
@@ -197,7 +197,10 @@ impl Raft {
     /// Counts a (pre-)vote. Returns true if the campaign ended (won or lost).
     /// Figure 2, Rules for Servers, Candidates: votes received from a majority make us leader (§5.2).
     pub(super) fn record_vote(&mut self, from: NodeId, granted: bool) -> bool {
-        self.votes.entry(from).or_insert(granted);
+        // Only voters of our membership count (§4.1); anyone else's answer is noise.
+        if self.membership.is_voter(from) {
+            self.votes.entry(from).or_insert(granted);
+        }
         let granted_count = self.votes.values().filter(|g| **g).count();
         let rejected_count = self.votes.len() - granted_count;
         let quorum = self.membership.quorum();
@@ -266,12 +269,12 @@ impl Raft {
         self.election_elapsed = 0;
         self.heartbeat_elapsed = 0;
         let next = self.log.last_index() + 1;
+        // Learners too: they receive the log like voters, they just do not count.
         self.progress = self
             .membership
-            .voters
-            .iter()
-            .filter(|id| **id != self.id)
-            .map(|id| (*id, Progress::new(next)))
+            .members()
+            .filter(|id| *id != self.id)
+            .map(|id| (id, Progress::new(next)))
             .collect();
         // §8: an entry of the new term, so that committing it commits everything before it.
         self.append_entry(EntryKind::Noop, Bytes::new());

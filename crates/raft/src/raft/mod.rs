@@ -2,6 +2,7 @@
 //! replication (both sides) in [`replication`].
 
 mod election;
+mod membership;
 mod replication;
 
 use std::collections::BTreeMap;
@@ -78,7 +79,12 @@ pub struct Raft {
     vote: Option<NodeId>,
     role: Role,
     leader: Option<NodeId>,
+    /// The newest membership in the log (committed or not, §4.1), else the snapshot's, else `bootstrap`.
     membership: Membership,
+    /// The index of the entry `membership` comes from (the snapshot's index, or 0 for `bootstrap`).
+    config_index: Index,
+    /// The membership of a cluster whose log and snapshot hold none: the configured voters.
+    bootstrap: Membership,
     log: RaftLog,
     applied: Index,
 
@@ -109,10 +115,6 @@ pub struct Raft {
 
 impl Raft {
     pub fn new(config: Config, initial: InitialState) -> Raft {
-        let membership = match &initial.snapshot {
-            Some(s) if !s.meta.membership.voters.is_empty() => s.meta.membership.clone(),
-            _ => Membership::new(config.voters.clone()),
-        };
         let hs = initial.hard_state;
         let log = RaftLog::new(initial.snapshot, initial.entries, hs.commit);
         let mut raft = Raft {
@@ -122,7 +124,9 @@ impl Raft {
             vote: hs.vote,
             role: Role::Follower,
             leader: None,
-            membership,
+            membership: Membership::default(),
+            config_index: 0,
+            bootstrap: Membership::new(config.voters.clone()),
             applied: log.handed_to_apply,
             log,
             election_elapsed: 0,
@@ -146,6 +150,7 @@ impl Raft {
             },
             config,
         };
+        raft.refresh_membership();
         raft.last_hard_state = raft.hard_state();
         raft.last_soft_state = raft.soft_state();
         raft.reset_election_timer();
@@ -162,13 +167,18 @@ impl Raft {
         }
     }
 
-    /// Handles a message from a peer. Messages from stale terms or unknown senders, and messages with a
-    /// term or index past [`MAX_INDEX`], are ignored.
+    /// Handles a message from a peer. Messages from stale terms, messages with a term or index past
+    /// [`MAX_INDEX`] and messages carrying a `Config` entry that does not decode are ignored.
+    ///
+    /// Senders outside the membership are heard: a node that is joining knows no membership until the
+    /// leader's log reaches it, a removed leader hands over with TimeoutNow, and a vote from a
+    /// non-member is harmless because candidates count only their voters' answers and leaders only
+    /// their followers'. Removed nodes that campaign are held off by pre-vote and the leader lease.
     pub fn step(&mut self, msg: Message) {
-        if msg.from == self.id || msg.to != self.id || !self.membership.contains(msg.from) {
+        if msg.from == self.id || msg.to != self.id || msg.from == 0 {
             return;
         }
-        if !msg.within_bounds() {
+        if !msg.within_bounds() || !msg.config_entries_decode() {
             return;
         }
         if !self.check_term(&msg) {
@@ -218,7 +228,7 @@ impl Raft {
     /// `Ready::soft_state` and must fail every read it still waits for.
     pub fn read_index(&mut self, ctx: u64) -> Result<(), ProposeError> {
         self.ensure_leader()?;
-        if self.membership.quorum() == 1 && self.committed_in_current_term() {
+        if self.is_sole_voter() && self.committed_in_current_term() {
             self.read_states.push(ReadState {
                 ctx,
                 index: self.log.commit,
@@ -237,7 +247,7 @@ impl Raft {
                 leader: self.leader,
             });
         }
-        if to == self.id || !self.membership.contains(to) {
+        if to == self.id || !self.membership.is_voter(to) {
             return Ok(());
         }
         if self.transfer_target != Some(to) {

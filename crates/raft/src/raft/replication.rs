@@ -222,11 +222,13 @@ impl Raft {
         let quorum = self.membership.quorum();
         let mut confirmed = 0;
         for round in self.reads.pending_rounds() {
-            let acks = 1 + self
-                .progress
-                .values()
-                .filter(|p| p.read_round_acked >= round)
-                .count();
+            let own = usize::from(self.membership.is_voter(self.id));
+            let acks = own
+                + self
+                    .progress
+                    .iter()
+                    .filter(|(id, p)| self.membership.is_voter(**id) && p.read_round_acked >= round)
+                    .count();
             if acks >= quorum {
                 confirmed = round;
             }
@@ -258,13 +260,14 @@ impl Raft {
         let candidate = matched[self.membership.quorum() - 1];
         if self.log.term(candidate) == Some(self.term) && self.log.commit_to(candidate) {
             self.reads.leader_committed_in_term();
-            if self.membership.quorum() == 1 {
+            if self.is_sole_voter() {
                 let mut released = Vec::new();
                 if let Some(round) = self.reads.start_round(self.log.commit) {
                     self.reads.confirm(round, &mut released);
                 }
                 self.read_states.extend(released);
             }
+            self.after_commit_advanced();
         }
     }
 
@@ -296,7 +299,7 @@ impl Raft {
                 self.send(msg.from, MessageBody::HeartbeatResponse { read_round });
             }
             MessageBody::InstallSnapshot { snapshot } => self.handle_snapshot(msg.from, snapshot),
-            MessageBody::TimeoutNow if self.membership.contains(self.id) => self.campaign(true),
+            MessageBody::TimeoutNow if self.membership.is_voter(self.id) => self.campaign(true),
             _ => {}
         }
     }
@@ -332,6 +335,11 @@ impl Raft {
         if self.log.matches(prev_index, prev_term) {
             if !self.log.append_after(entries) {
                 return;
+            }
+            // The newest membership in the log rules, committed or not (§4.1); a replaced suffix may
+            // have taken the current one away.
+            if super::membership::has_config(entries) || self.config_index > prev_index {
+                self.refresh_membership();
             }
             let last_new = prev_index + entries.len() as u64;
             self.log.commit_to(commit.min(last_new));
@@ -371,10 +379,8 @@ impl Raft {
             // We already hold the entries the snapshot covers; just learn that they are committed.
             self.log.commit_to(index);
         } else {
-            if !snapshot.meta.membership.voters.is_empty() {
-                self.membership = snapshot.meta.membership.clone();
-            }
             self.log.restore(snapshot.clone());
+            self.refresh_membership();
             self.pending_snapshot = Some(snapshot);
         }
         let result = AppendResult::Accepted { last_index: index };

@@ -4,7 +4,8 @@
 use super::framing::{decode_frame, read_frame, MAX_FRAME_BYTES};
 use super::handshake::{read_handshake, write_handshake};
 use super::lock;
-use crate::metrics::{Metrics, PeerCounters};
+use super::KnownPeers;
+use crate::metrics::Metrics;
 use crate::snapshot_stream::{receive_snapshot, MAX_SNAPSHOT_BYTES};
 use crate::wire::{Handshake, StreamKind, PROTOCOL_VERSION};
 use anyhow::{anyhow, bail};
@@ -36,7 +37,7 @@ const INBOUND_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(2);
 /// Accepts peer connections and runs one reader per connection.
 pub(super) struct Acceptor {
     hello: Handshake,
-    known_peers: Vec<u64>,
+    known_peers: Arc<KnownPeers>,
     inbound: mpsc::Sender<Vec<Message>>,
     /// The live reader per peer, so a reconnecting peer replaces its stale connection at once instead of
     /// leaving it to time out.
@@ -58,8 +59,6 @@ pub(super) struct Acceptor {
     /// Peer mutual TLS, when the cluster uses it.
     tls: Option<Arc<Reloadable<PeerTls>>>,
     metrics: Arc<Metrics>,
-    /// Traffic counters per known peer.
-    counters: HashMap<u64, PeerCounters>,
 }
 
 impl Acceptor {
@@ -67,16 +66,12 @@ impl Acceptor {
     /// delivering what they send to `inbound`.
     pub(super) fn new(
         hello: Handshake,
-        known_peers: Vec<u64>,
+        known_peers: Arc<KnownPeers>,
         inbound: mpsc::Sender<Vec<Message>>,
         replace_after: Duration,
         tls: Option<Arc<Reloadable<PeerTls>>>,
         metrics: Arc<Metrics>,
     ) -> Acceptor {
-        let counters = known_peers
-            .iter()
-            .map(|&id| (id, metrics.peer(id)))
-            .collect();
         Acceptor {
             hello,
             known_peers,
@@ -91,7 +86,6 @@ impl Acceptor {
             started: Instant::now(),
             tls,
             metrics,
-            counters,
         }
     }
 
@@ -254,7 +248,7 @@ impl Acceptor {
                 self.hello.cluster_id
             );
         }
-        if !self.known_peers.contains(&hello.node_id) {
+        if !self.known_peers.admits(hello.node_id) {
             bail!("unknown node id {}", hello.node_id);
         }
         if hello.stream == StreamKind::Messages && self.active(hello.node_id) {
@@ -317,6 +311,7 @@ impl Acceptor {
         heard: &AtomicU64,
     ) -> anyhow::Result<()> {
         let me = self.hello.node_id;
+        let counters = self.metrics.peer(peer_id);
         loop {
             let frame = tokio::select! {
                 _ = connection.cancelled() => return Ok(()),
@@ -328,10 +323,8 @@ impl Acceptor {
             heard.store(self.elapsed_ms(), Ordering::Relaxed);
             let frame_len = frame.len();
             let messages = decode_frame(frame)?;
-            if let Some(counters) = self.counters.get(&peer_id) {
-                counters.received_messages.inc_by(messages.len() as u64);
-                counters.received_bytes.inc_by(frame_len as u64);
-            }
+            counters.received_messages.inc_by(messages.len() as u64);
+            counters.received_bytes.inc_by(frame_len as u64);
             if let Some(bad) = messages
                 .iter()
                 .find(|msg| msg.from != peer_id || msg.to != me)

@@ -12,7 +12,10 @@
 //! - Inbound messages are delivered decoded, one `Vec` per received frame, into a bounded channel; when the
 //!   node is behind, readers wait, which stops reading from the socket and pushes back on the sender.
 //! - Only nodes of the same cluster, known by id, speaking the same protocol version get through the
-//!   handshake; anything else is logged and disconnected.
+//!   handshake; anything else is logged and disconnected. The known ids are the membership's, updated
+//!   with [`Transport::set_peers`] as it changes; a node that is joining and knows no membership yet
+//!   admits any id of its cluster (the leader must be able to reach it; with TLS the peer must still
+//!   hold a certificate for the id it claims).
 //!
 //! - An `InstallSnapshot` does not use the peer's queue or message connection: it goes to that peer's
 //!   snapshot sender, which streams it on a connection of its own (see [`crate::snapshot_stream`]), so a
@@ -45,10 +48,10 @@ use accept::Acceptor;
 use anyhow::{anyhow, Context};
 use raftkv_raft::{Message, MessageBody};
 use raftkv_tls::{PeerTls, Reloadable};
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, RwLock};
 use tokio::net::TcpListener;
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
@@ -60,6 +63,29 @@ use writer::PeerWriter;
 /// heartbeats and responses) so normal operation never drops.
 pub const PEER_QUEUE_CAPACITY: usize = 1024;
 
+/// The node ids whose connections the acceptor admits.
+#[derive(Default)]
+pub(crate) struct KnownPeers {
+    ids: RwLock<(HashSet<u64>, bool)>,
+}
+
+impl KnownPeers {
+    fn set(&self, ids: HashSet<u64>, admit_any: bool) {
+        *self
+            .ids
+            .write()
+            .unwrap_or_else(|poisoned| poisoned.into_inner()) = (ids, admit_any);
+    }
+
+    pub(crate) fn admits(&self, id: u64) -> bool {
+        let known = self
+            .ids
+            .read()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        known.1 || known.0.contains(&id)
+    }
+}
+
 /// Handle to the running transport. Cheap to clone; every clone talks to the same tasks.
 #[derive(Clone)]
 pub struct Transport {
@@ -69,7 +95,13 @@ pub struct Transport {
 struct Inner {
     my_id: u64,
     local_addr: SocketAddr,
-    peers: HashMap<u64, PeerQueue>,
+    /// One queue per peer. Read on every send, written only when the membership changes; never held
+    /// across an await.
+    peers: RwLock<HashMap<u64, PeerQueue>>,
+    known: Arc<KnownPeers>,
+    hello: Handshake,
+    tls: Option<Arc<Reloadable<PeerTls>>>,
+    metrics: Arc<Metrics>,
     /// Messages addressed to a node that is not in the configuration.
     dropped_unknown: AtomicU64,
     shutdown: CancellationToken,
@@ -77,6 +109,9 @@ struct Inner {
 }
 
 struct PeerQueue {
+    addr: String,
+    /// Stops this peer's writer and snapshot sender (when it leaves the membership or moves).
+    stop: CancellationToken,
     sender: mpsc::Sender<Message>,
     /// The InstallSnapshot waiting for this peer's snapshot sender.
     snapshots: Arc<SnapshotSlot>,
@@ -124,78 +159,54 @@ impl Transport {
             stream: StreamKind::Messages,
         };
 
-        let mut tasks = Vec::new();
-        let mut peers = HashMap::new();
-        for node in config.nodes.iter().filter(|node| node.id != my_id) {
-            let (sender, queue) = mpsc::channel(PEER_QUEUE_CAPACITY);
-            let dropped = Arc::new(AtomicU64::new(0));
-            let writer = PeerWriter {
-                peer_id: node.id,
-                peer_addr: node.peer_addr.clone(),
-                hello: hello.clone(),
-                tls: tls.clone(),
-                counters: metrics.peer(node.id),
-                queue,
-                dropped: dropped.clone(),
-                shutdown: shutdown.clone(),
-            };
-            tasks.push(tokio::spawn(writer.run()));
-            let snapshots = Arc::new(SnapshotSlot::default());
-            let snapshot_sender = SnapshotSender {
-                peer_id: node.id,
-                peer_addr: node.peer_addr.clone(),
-                hello: Handshake {
-                    stream: StreamKind::Snapshot,
-                    ..hello.clone()
-                },
-                tls: tls.clone(),
-                metrics: metrics.clone(),
-                slot: snapshots.clone(),
-                dropped: dropped.clone(),
-                shutdown: shutdown.clone(),
-            };
-            tasks.push(tokio::spawn(snapshot_sender.run()));
-            peers.insert(
-                node.id,
-                PeerQueue {
-                    sender,
-                    snapshots,
-                    dropped,
-                    dropped_metric: metrics.peer(node.id).dropped_messages,
-                },
-            );
-        }
-
-        let known_peers = config
-            .nodes
-            .iter()
-            .map(|node| node.id)
-            .filter(|&id| id != my_id)
-            .collect();
+        let known = Arc::new(KnownPeers::default());
         // A live peer connection gives way to a newcomer claiming the same node only after this long
         // without a frame: long enough for a leader's heartbeats, short enough for a real reconnect.
         let replace_after = std::time::Duration::from_millis(config.tunables.election_timeout_ms);
-        let acceptor = Acceptor::new(hello, known_peers, inbound, replace_after, tls, metrics);
-        tasks.push(tokio::spawn(acceptor.run(listener, shutdown.clone())));
+        let acceptor = Acceptor::new(
+            hello.clone(),
+            known.clone(),
+            inbound,
+            replace_after,
+            tls.clone(),
+            metrics.clone(),
+        );
+        let tasks = vec![tokio::spawn(acceptor.run(listener, shutdown.clone()))];
         info!(node = my_id, addr = %local_addr, "peer transport listening");
-
-        Ok(Transport {
+        let transport = Transport {
             inner: Arc::new(Inner {
                 my_id,
                 local_addr,
-                peers,
+                peers: RwLock::new(HashMap::new()),
+                known,
+                hello,
+                tls,
+                metrics,
                 dropped_unknown: AtomicU64::new(0),
                 shutdown,
                 tasks: Mutex::new(tasks),
             }),
-        })
+        };
+        // The cluster file's nodes until the node loop reports the membership in the log.
+        let peers: Vec<(u64, String)> = config
+            .nodes
+            .iter()
+            .map(|node| (node.id, node.peer_addr.clone()))
+            .collect();
+        transport.set_peers(&peers, false);
+        Ok(transport)
     }
 
     /// Queues a message for its `to` node. Never blocks: if that peer's bounded queue is full (peer slow or
     /// down), the message is dropped (Raft retransmits) and a counter is bumped. An `InstallSnapshot` goes
     /// to the peer's snapshot sender instead, replacing any snapshot still waiting there.
     pub fn send(&self, msg: Message) {
-        let Some(peer) = self.inner.peers.get(&msg.to) else {
+        let peers = self
+            .inner
+            .peers
+            .read()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        let Some(peer) = peers.get(&msg.to) else {
             self.inner.dropped_unknown.fetch_add(1, Ordering::Relaxed);
             debug!(
                 node = self.inner.my_id,
@@ -214,6 +225,88 @@ impl Transport {
         if peer.sender.try_send(msg).is_err() {
             peer.dropped.fetch_add(1, Ordering::Relaxed);
             peer.dropped_metric.inc();
+        }
+    }
+
+    /// Makes `peers` (id and peer address of every other member) the nodes this one sends to and
+    /// admits: starts a writer and a snapshot sender for each new one, stops those of nodes that left,
+    /// and restarts those whose address changed. With `admit_any`, connections from any node id of the
+    /// cluster are admitted too (a node that is joining and knows no membership yet).
+    pub fn set_peers(&self, peers: &[(u64, String)], admit_any: bool) {
+        let inner = &self.inner;
+        let wanted: HashMap<u64, &String> = peers
+            .iter()
+            .filter(|(id, _)| *id != inner.my_id)
+            .map(|(id, addr)| (*id, addr))
+            .collect();
+        let mut current = inner
+            .peers
+            .write()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        current.retain(|id, queue| {
+            let keep = wanted.get(id).is_some_and(|addr| **addr == queue.addr);
+            if !keep {
+                info!(
+                    node = inner.my_id,
+                    peer = id,
+                    "no longer sending to this peer"
+                );
+                queue.stop.cancel();
+            }
+            keep
+        });
+        for (id, addr) in wanted {
+            if let std::collections::hash_map::Entry::Vacant(slot) = current.entry(id) {
+                info!(node = inner.my_id, peer = id, %addr, "sending to this peer");
+                slot.insert(self.start_peer(id, addr.clone()));
+            }
+        }
+        let ids = current.keys().copied().collect();
+        drop(current);
+        inner.known.set(ids, admit_any);
+    }
+
+    /// Starts the writer and the snapshot sender of peer `id` at `addr`.
+    fn start_peer(&self, id: u64, addr: String) -> PeerQueue {
+        let inner = &self.inner;
+        let stop = inner.shutdown.child_token();
+        let (sender, queue) = mpsc::channel(PEER_QUEUE_CAPACITY);
+        let dropped = Arc::new(AtomicU64::new(0));
+        let writer = PeerWriter {
+            peer_id: id,
+            peer_addr: addr.clone(),
+            hello: inner.hello.clone(),
+            tls: inner.tls.clone(),
+            counters: inner.metrics.peer(id),
+            queue,
+            dropped: dropped.clone(),
+            shutdown: stop.clone(),
+        };
+        let snapshots = Arc::new(SnapshotSlot::default());
+        let snapshot_sender = SnapshotSender {
+            peer_id: id,
+            peer_addr: addr.clone(),
+            hello: Handshake {
+                stream: StreamKind::Snapshot,
+                ..inner.hello.clone()
+            },
+            tls: inner.tls.clone(),
+            metrics: inner.metrics.clone(),
+            slot: snapshots.clone(),
+            dropped: dropped.clone(),
+            shutdown: stop.clone(),
+        };
+        let mut tasks = lock(&inner.tasks);
+        tasks.retain(|task| !task.is_finished());
+        tasks.push(tokio::spawn(writer.run()));
+        tasks.push(tokio::spawn(snapshot_sender.run()));
+        PeerQueue {
+            addr,
+            stop,
+            sender,
+            snapshots,
+            dropped,
+            dropped_metric: inner.metrics.peer(id).dropped_messages,
         }
     }
 
@@ -240,6 +333,8 @@ impl Transport {
         let per_peer: u64 = self
             .inner
             .peers
+            .read()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
             .values()
             .map(|peer| peer.dropped.load(Ordering::Relaxed))
             .sum();

@@ -1,0 +1,353 @@
+//! Membership as raftkv sees it: every member's addresses (the [`AddressBook`] that rides in the core's
+//! membership context), the `members ...` admin requests, and the bootstrap entry that puts a new
+//! cluster's first membership into its log.
+//!
+//! Changes go through the core one server at a time ([`raftkv_raft::ConfChange`]); a change is answered
+//! once its `Config` entry is applied, with the membership table as the leader sees it then.
+
+use std::collections::BTreeMap;
+
+use bytes::Bytes;
+use raftkv_kv::protocol::{MemberRow, MembersRequest, MembersTable, MAX_ADDRESS_LEN};
+use raftkv_kv::Reply;
+use raftkv_raft::{
+    ConfChange, ConfChangeError, Entry, EntryKind, HardState, Membership, NodeId, Role,
+};
+use tracing::{info, warn};
+
+use crate::replica::Replica;
+
+/// A learner is promoted only when at most this many entries behind the leader's log.
+pub const DEFAULT_PROMOTE_MAX_LAG: u64 = 1_000;
+
+/// How other nodes and clients reach one member.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct MemberAddrs {
+    /// Where clients connect (`host:port`), for redirects and `members` tables.
+    pub client: String,
+    /// Where peers connect (`host:port`).
+    pub peer: String,
+}
+
+/// Every member's addresses, by id. Encoded into the core's membership context: a `u32` count, then
+/// per member its id (`u64`) and both addresses (each a `u16` length and the bytes), little-endian.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct AddressBook {
+    pub members: BTreeMap<NodeId, MemberAddrs>,
+}
+
+impl AddressBook {
+    pub fn encode(&self) -> Bytes {
+        let mut out = Vec::new();
+        out.extend_from_slice(&(self.members.len() as u32).to_le_bytes());
+        for (id, addrs) in &self.members {
+            out.extend_from_slice(&id.to_le_bytes());
+            for addr in [&addrs.client, &addrs.peer] {
+                out.extend_from_slice(&(addr.len() as u16).to_le_bytes());
+                out.extend_from_slice(addr.as_bytes());
+            }
+        }
+        Bytes::from(out)
+    }
+
+    /// Decodes a context; an empty one (a cluster bootstrapped before addresses were in the log) is an
+    /// empty book. `None` for anything [`AddressBook::encode`] would not write.
+    pub fn decode(context: &[u8]) -> Option<AddressBook> {
+        let mut book = AddressBook::default();
+        if context.is_empty() {
+            return Some(book);
+        }
+        let mut at = 0usize;
+        let mut take = |n: usize| -> Option<&[u8]> {
+            let bytes = context.get(at..at.checked_add(n)?)?;
+            at += n;
+            Some(bytes)
+        };
+        let count = u32::from_le_bytes(take(4)?.try_into().ok()?);
+        for _ in 0..count {
+            let id = u64::from_le_bytes(take(8)?.try_into().ok()?);
+            let mut addr = || -> Option<String> {
+                let len = u16::from_le_bytes(take(2)?.try_into().ok()?) as usize;
+                if len > MAX_ADDRESS_LEN {
+                    return None;
+                }
+                String::from_utf8(take(len)?.to_vec()).ok()
+            };
+            let (client, peer) = (addr()?, addr()?);
+            book.members.insert(id, MemberAddrs { client, peer });
+        }
+        (at == context.len()).then_some(book)
+    }
+}
+
+/// The first entry of a new cluster's log: its membership, with every member's addresses, at index 1
+/// and term 1, already committed. Every node of the cluster writes the same one before it starts, so
+/// the cluster agrees on it without an election; from then on the membership in the log, not the
+/// cluster file, is the truth.
+pub fn bootstrap_entry(book: &AddressBook) -> (Entry, HardState) {
+    let membership = Membership {
+        voters: book.members.keys().copied().collect(),
+        learners: Vec::new(),
+        context: book.encode(),
+    };
+    let entry = Entry {
+        index: 1,
+        term: 1,
+        kind: EntryKind::Config,
+        data: membership.to_bytes(),
+    };
+    let hard_state = HardState {
+        term: 1,
+        vote: None,
+        commit: 1,
+    };
+    (entry, hard_state)
+}
+
+impl<H> Replica<H> {
+    /// Every member's addresses: the membership's own, else (a cluster bootstrapped before addresses
+    /// were in the log) the configured ones.
+    pub fn address_book(&self) -> AddressBook {
+        self.book_of(self.raft.membership())
+    }
+
+    /// The addresses of `membership`'s members (see [`Replica::address_book`]).
+    fn book_of(&self, membership: &Membership) -> AddressBook {
+        let mut book = AddressBook::decode(&membership.context).unwrap_or_default();
+        for id in membership.members() {
+            if let (false, Some(client)) = (
+                book.members.contains_key(&id),
+                self.config.client_addrs.get(&id),
+            ) {
+                let addrs = MemberAddrs {
+                    client: client.clone(),
+                    peer: self.config.peer_addrs.get(&id).cloned().unwrap_or_default(),
+                };
+                book.members.insert(id, addrs);
+            }
+        }
+        book.members.retain(|id, _| membership.contains(*id));
+        book
+    }
+
+    /// Where clients reach member `id`.
+    pub(crate) fn client_addr_of(&self, id: NodeId) -> Option<String> {
+        self.address_book()
+            .members
+            .remove(&id)
+            .map(|addrs| addrs.client)
+            .or_else(|| self.config.client_addrs.get(&id).cloned())
+    }
+
+    /// Whether this node is in its current membership.
+    pub fn is_member(&self) -> bool {
+        self.raft.membership().contains(self.id)
+    }
+
+    /// The membership table as this (leading) node sees it.
+    pub(crate) fn members_table(&self) -> MembersTable {
+        let status = self.raft.status();
+        let membership = self.raft.membership();
+        let book = self.address_book();
+        let members = membership
+            .members()
+            .map(|id| {
+                let addrs = book.members.get(&id).cloned().unwrap_or_default();
+                let match_index = if id == self.id {
+                    status.last_index
+                } else {
+                    self.raft.match_index(id).unwrap_or(0)
+                };
+                MemberRow {
+                    id,
+                    voter: membership.is_voter(id),
+                    client_addr: addrs.client,
+                    peer_addr: addrs.peer,
+                    match_index,
+                }
+            })
+            .collect();
+        MembersTable {
+            leader: status.leader.unwrap_or(0),
+            last_index: status.last_index,
+            config_index: self.raft.config_index(),
+            committed: status.commit >= self.raft.config_index(),
+            members,
+        }
+    }
+
+    pub(crate) fn members_reply(&self) -> Reply {
+        Reply::Members {
+            table: Bytes::from(self.members_table().encode()),
+        }
+    }
+
+    /// A `members ...` request on the leader: a list is answered at once, a change is proposed and
+    /// answered when its entry is applied (or refused now, with the reason).
+    pub(crate) fn start_members(&mut self, request: MembersRequest, handle: H) {
+        if self.raft.status().role != Role::Leader {
+            self.out.replies.push((handle, Reply::ErrInternal));
+            return;
+        }
+        let mut book = self.address_book();
+        let change = match request {
+            MembersRequest::List => {
+                let reply = self.members_reply();
+                self.out.replies.push((handle, reply));
+                return;
+            }
+            MembersRequest::AddLearner {
+                id,
+                client_addr,
+                peer_addr,
+            } => {
+                if !self.raft.membership().contains(id) {
+                    let addrs = MemberAddrs {
+                        client: client_addr,
+                        peer: peer_addr,
+                    };
+                    book.members.insert(id, addrs);
+                }
+                ConfChange::AddLearner(id)
+            }
+            MembersRequest::Promote { id } => ConfChange::Promote(id),
+            MembersRequest::Remove { id } => {
+                book.members.remove(&id);
+                ConfChange::Remove(id)
+            }
+        };
+        let max_lag = self.config.promote_max_lag;
+        match self
+            .raft
+            .propose_conf_change(change, book.encode(), max_lag)
+        {
+            Ok((index, term)) => {
+                info!(?change, index, "membership change proposed");
+                self.writes
+                    .insert(index, crate::request::PendingWrite { term, handle });
+            }
+            Err(ConfChangeError::NotLeader { .. }) => {
+                self.out.replies.push((handle, Reply::ErrInternal));
+            }
+            Err(error) => {
+                warn!(?change, "membership change refused: {error}");
+                let reason = error.to_string();
+                self.out
+                    .replies
+                    .push((handle, Reply::ErrMembership { reason }));
+            }
+        }
+    }
+
+    /// Called after every Ready: notices a new membership (or that it committed), tells the driver
+    /// whom to connect to, and says in the log when this node is no longer a member.
+    pub(crate) fn track_membership(&mut self) {
+        let index = self.raft.config_index();
+        let committed = self.raft.status().commit >= index;
+        if Some((index, committed)) == self.known_config {
+            return;
+        }
+        let new_entry = self.known_config.map(|(known, _)| known) != Some(index);
+        self.known_config = Some((index, committed));
+        self.out.membership = Some(self.peer_book());
+        if !new_entry {
+            return;
+        }
+        let membership = self.raft.membership().clone();
+        if membership.contains(self.id) {
+            if self.removed {
+                info!("this node is a member again");
+                self.removed = false;
+            }
+        } else if !membership.voters.is_empty() && !self.removed {
+            warn!(
+                index,
+                "this node was removed from the cluster: it no longer votes or serves; clients are \
+                 redirected to the leader until it is shut down"
+            );
+            self.removed = true;
+        }
+        info!(
+            index,
+            voters = ?membership.voters,
+            learners = ?membership.learners,
+            "membership"
+        );
+    }
+
+    /// Whom this node must be able to reach: every member, and while a change is uncommitted the
+    /// members of the membership before it too (a removed leader counts on its old followers'
+    /// answers to commit its own removal, and a follower on hearing from it).
+    fn peer_book(&self) -> AddressBook {
+        let mut book = self.address_book();
+        let status = self.raft.status();
+        if status.commit < self.raft.config_index() {
+            let before = self.book_of(&self.raft.membership_at(status.commit));
+            for (id, addrs) in before.members {
+                book.members.entry(id).or_insert(addrs);
+            }
+        }
+        book
+    }
+
+    /// Whether this node has been removed from the cluster it belonged to.
+    pub fn removed(&self) -> bool {
+        self.removed
+    }
+
+    /// Where to send a client when this node has no leader to name: a removed node points at a voter
+    /// of the membership it last knew, which knows the way on.
+    pub(crate) fn redirect_target(&self) -> Option<NodeId> {
+        if let Some(leader) = self.raft.status().leader.filter(|l| *l != self.id) {
+            return Some(leader);
+        }
+        if self.removed {
+            return self
+                .raft
+                .membership()
+                .voters
+                .iter()
+                .copied()
+                .find(|id| *id != self.id);
+        }
+        None
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_address_book_round_trips_and_rejects_garbage() {
+        let mut book = AddressBook::default();
+        book.members.insert(
+            3,
+            MemberAddrs {
+                client: "db-3:7001".into(),
+                peer: "10.0.0.3:8001".into(),
+            },
+        );
+        book.members.insert(1, MemberAddrs::default());
+        let bytes = book.encode();
+        assert_eq!(AddressBook::decode(&bytes), Some(book));
+        for cut in 1..bytes.len() {
+            assert_eq!(AddressBook::decode(&bytes[..cut]), None, "cut at {cut}");
+        }
+        assert_eq!(AddressBook::decode(b""), Some(AddressBook::default()));
+        assert_eq!(AddressBook::decode(&[0xff, 0xff, 0xff, 0xff]), None);
+    }
+
+    #[test]
+    fn the_bootstrap_entry_holds_every_member_as_a_voter() {
+        let mut book = AddressBook::default();
+        for id in [1, 2, 3] {
+            book.members.insert(id, MemberAddrs::default());
+        }
+        let (entry, hard_state) = bootstrap_entry(&book);
+        let membership = Membership::from_entry_data(&entry.data).unwrap();
+        assert_eq!(membership.voters, vec![1, 2, 3]);
+        assert_eq!(AddressBook::decode(&membership.context), Some(book));
+        assert_eq!((entry.index, entry.term, hard_state.commit), (1, 1, 1));
+    }
+}
