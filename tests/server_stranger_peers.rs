@@ -97,6 +97,7 @@ fn a_connection_claiming_an_active_peer_s_id_is_refused() {
         cluster_id: "t".into(),
         node_id: cluster.nodes[leader].id,
         stream: StreamKind::Messages,
+        peer_addr: String::new(),
     };
     let mut payload = BytesMut::new();
     hello.encode(&mut payload);

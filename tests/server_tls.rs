@@ -94,6 +94,7 @@ fn handshake_frame(claimed: u64) -> BytesMut {
         cluster_id: "t".into(),
         node_id: claimed,
         stream: StreamKind::Messages,
+        peer_addr: String::new(),
     };
     let mut payload = BytesMut::new();
     hello.encode(&mut payload);

@@ -457,3 +457,31 @@ fn voter_in_leader_lease_ignores_vote_requests() {
     let rd = flush(&mut r);
     assert_eq!(vote_responses(&rd), vec![(3, 2, true)]);
 }
+
+/// Figure 2 ("persistent state ... updated on stable storage before responding"): a candidate's own
+/// vote is one of its votes, so a sole voter does not lead until its new term and self-vote are on
+/// disk. Its vote comes back to it in `messages_after_persist`; a crash before that leaves no leader
+/// of the term behind, so the term cannot be led twice with different entries.
+#[test]
+fn a_sole_voter_leads_only_once_its_own_vote_is_durable() {
+    let mut r = Raft::new(plain_config(1, 1), InitialState::default());
+    tick_until_campaign(&mut r);
+    let rd = r.ready();
+    assert_eq!(r.status().role, Role::Candidate);
+    assert_eq!(rd.hard_state.map(|hs| hs.vote), Some(Some(1)));
+    assert!(rd.messages.is_empty());
+    let own: Vec<Message> = rd.messages_after_persist;
+    assert_eq!(
+        own,
+        vec![msg(
+            1,
+            1,
+            r.status().term,
+            MessageBody::VoteResponse { granted: true }
+        )]
+    );
+    for m in own {
+        r.step(m);
+    }
+    assert_eq!(r.status().role, Role::Leader);
+}

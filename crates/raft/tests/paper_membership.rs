@@ -317,3 +317,30 @@ fn invalid_changes_are_refused_and_change_nothing() {
         Err(ConfChangeError::NoVotersLeft)
     );
 }
+
+/// §4.2.2: a node whose newest membership removes it, uncommitted, may still be needed: here it alone
+/// holds that entry, so the other voter cannot win its vote. It campaigns with the new membership's
+/// votes, commits its removal and steps down, and the remaining voter leads.
+#[test]
+fn a_node_removed_by_an_uncommitted_entry_still_campaigns_until_it_commits() {
+    let (mut c, leader) = cluster_with_spares(2, &[]);
+    let other = if leader == 1 { 2 } else { 1 };
+    c.isolate(leader);
+    c.node(leader)
+        .propose_conf_change(ConfChange::Remove(leader), Bytes::new(), MAX_LAG)
+        .unwrap();
+    c.settle();
+    c.restart(leader, |config| config);
+    c.heal();
+    for _ in 0..300 {
+        c.tick_all(1);
+        if c.leader() == Some(other)
+            && c.node(other).status().commit >= c.node(other).config_index()
+        {
+            break;
+        }
+    }
+    assert_eq!(c.leader(), Some(other), "the remaining voter leads");
+    assert_eq!(voters(&mut c, other), vec![other]);
+    assert!(c.node(other).status().commit >= c.node(other).config_index());
+}

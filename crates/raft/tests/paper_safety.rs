@@ -162,6 +162,9 @@ fn leader_counts_its_own_entry_only_once_persisted() {
 fn single_node_commits_only_after_persist() {
     let mut r = Raft::new(plain_config(1, 1), InitialState::default());
     tick_until_campaign(&mut r);
+    for own_vote in r.ready().messages_after_persist {
+        r.step(own_vote);
+    }
     assert_eq!(r.status().role, Role::Leader);
     let rd = r.ready();
     assert_eq!(rd.entries.len(), 1);

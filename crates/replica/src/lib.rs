@@ -29,7 +29,9 @@ pub mod snapshot;
 pub mod storage;
 
 pub use clock::Now;
-pub use members::{bootstrap_entry, AddressBook, MemberAddrs, DEFAULT_PROMOTE_MAX_LAG};
+pub use members::{
+    bootstrap_entry, is_fresh, write_bootstrap, AddressBook, MemberAddrs, DEFAULT_PROMOTE_MAX_LAG,
+};
 pub use mutation::Mutation;
 pub use replica::{BackupCopy, Outputs, Replica, ReplicaConfig, ReplicaError};
 pub use request::{ClientRequest, Op};

@@ -11,8 +11,10 @@ use bytes::Bytes;
 use raftkv_kv::protocol::{MemberRow, MembersRequest, MembersTable, MAX_ADDRESS_LEN};
 use raftkv_kv::Reply;
 use raftkv_raft::{
-    ConfChange, ConfChangeError, Entry, EntryKind, HardState, Membership, NodeId, Role,
+    ConfChange, ConfChangeError, Entry, EntryKind, HardState, InitialState, Membership, NodeId,
+    Role,
 };
+use raftkv_wal::{Wal, WalError};
 use tracing::{info, warn};
 
 use crate::replica::Replica;
@@ -102,6 +104,29 @@ pub fn bootstrap_entry(book: &AddressBook) -> (Entry, HardState) {
         commit: 1,
     };
     (entry, hard_state)
+}
+
+/// Whether a data directory held nothing at all (a node that has never run).
+pub fn is_fresh(initial: &InitialState) -> bool {
+    initial.snapshot.is_none()
+        && initial.entries.is_empty()
+        && initial.hard_state == HardState::default()
+}
+
+/// Writes the [`bootstrap_entry`] for `book` and its hard state durably, and adds them to what the node
+/// starts from. For a node of a new cluster, before its replica starts.
+pub fn write_bootstrap(
+    wal: &mut Wal,
+    initial: &mut InitialState,
+    book: &AddressBook,
+) -> Result<(), WalError> {
+    let (entry, hard_state) = bootstrap_entry(book);
+    wal.append(std::slice::from_ref(&entry))?;
+    wal.set_hard_state(hard_state)?;
+    wal.sync()?;
+    initial.entries.push(entry);
+    initial.hard_state = hard_state;
+    Ok(())
 }
 
 impl<H> Replica<H> {
@@ -295,22 +320,29 @@ impl<H> Replica<H> {
         self.removed
     }
 
-    /// Where to send a client when this node has no leader to name: a removed node points at a voter
-    /// of the membership it last knew, which knows the way on.
-    pub(crate) fn redirect_target(&self) -> Option<NodeId> {
-        if let Some(leader) = self.raft.status().leader.filter(|l| *l != self.id) {
+    /// Where to send a client: the leader this node knows; for a removed node, whose knowledge of the
+    /// leader may be stale, only a leader that is still in the newest membership it knows, else each
+    /// voter of that membership in turn. (Removed nodes that each name the other, from memberships of
+    /// different ages, would otherwise send a client back and forth for ever.)
+    pub(crate) fn redirect_target(&mut self) -> Option<NodeId> {
+        let membership = self.raft.membership();
+        let leader = self.raft.status().leader.filter(|l| *l != self.id);
+        if let Some(leader) = leader.filter(|l| !self.removed || membership.is_voter(*l)) {
             return Some(leader);
         }
-        if self.removed {
-            return self
-                .raft
-                .membership()
-                .voters
-                .iter()
-                .copied()
-                .find(|id| *id != self.id);
+        if !self.removed {
+            return None;
         }
-        None
+        let others: Vec<NodeId> = membership
+            .voters
+            .iter()
+            .copied()
+            .filter(|id| *id != self.id)
+            .collect();
+        self.redirect_turn = self.redirect_turn.wrapping_add(1);
+        others
+            .get((self.redirect_turn % others.len().max(1) as u64) as usize)
+            .copied()
     }
 }
 

@@ -152,6 +152,8 @@ pub struct Replica<H> {
     pub(crate) known_config: Option<(Index, bool)>,
     /// This node was a member and is no longer.
     pub(crate) removed: bool,
+    /// Which voter a removed node redirects to next.
+    pub(crate) redirect_turn: u64,
 }
 
 impl<H> Replica<H> {
@@ -192,6 +194,7 @@ impl<H> Replica<H> {
             shutting_down_until: None,
             known_config: None,
             removed: false,
+            redirect_turn: 0,
         };
         replica.track_membership();
         Ok(replica)

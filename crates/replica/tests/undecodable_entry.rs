@@ -5,7 +5,8 @@ use bytes::Bytes;
 use raftkv_raft::{Config, Role};
 use raftkv_replica::{Durable, Now, Replica, ReplicaConfig, ReplicaError};
 
-/// Runs a one-node replica's outputs to a fixed point, making every persist job durable at once.
+/// Runs a one-node replica's outputs to a fixed point, making every persist job durable at once and
+/// delivering what waited for it.
 fn settle(replica: &mut Replica<u64>) -> Result<(), ReplicaError> {
     for _ in 0..100 {
         replica.advance()?;
@@ -20,6 +21,10 @@ fn settle(replica: &mut Replica<u64>) -> Result<(), ReplicaError> {
                     term: last.term,
                     ..Durable::default()
                 })?;
+            }
+            // A sole voter's own vote comes back to it once durable.
+            for msg in job.messages_after_persist {
+                replica.step(msg);
             }
         }
     }

@@ -3,7 +3,7 @@
 //! the truth (see `raftkv_replica::bootstrap_entry`).
 
 use raftkv_raft::{InitialState, Membership};
-use raftkv_replica::{bootstrap_entry, AddressBook, MemberAddrs};
+use raftkv_replica::{AddressBook, MemberAddrs};
 use raftkv_wal::{Wal, WalError};
 use tracing::{info, warn};
 
@@ -25,35 +25,24 @@ pub(crate) fn address_book(config: &ClusterConfig) -> AddressBook {
     AddressBook { members }
 }
 
-/// Whether the data directory held nothing at all.
-pub(crate) fn is_fresh(initial: &InitialState) -> bool {
-    initial.snapshot.is_none()
-        && initial.entries.is_empty()
-        && initial.hard_state == Default::default()
-}
-
-/// Writes the bootstrap entry and its hard state durably, and adds them to what the node starts from.
+/// Writes the bootstrap entry for `book` (see [`raftkv_replica::write_bootstrap`]).
 pub(crate) fn write(
     wal: &mut Wal,
     initial: &mut InitialState,
     book: &AddressBook,
 ) -> Result<(), WalError> {
-    let (entry, hard_state) = bootstrap_entry(book);
-    wal.append(std::slice::from_ref(&entry))?;
-    wal.set_hard_state(hard_state)?;
-    wal.sync()?;
+    raftkv_replica::write_bootstrap(wal, initial, book)?;
     info!(
         voters = ?book.members.keys().collect::<Vec<_>>(),
         "new cluster: its membership is now in the log"
     );
-    initial.entries.push(entry);
-    initial.hard_state = hard_state;
     Ok(())
 }
 
 /// Logs it when the cluster file lists other nodes than the membership in the log: the log wins.
 pub(crate) fn report_file_disagreement(config: &ClusterConfig, membership: &Membership) {
-    let in_file = config.node_ids();
+    let mut in_file = config.node_ids();
+    in_file.sort_unstable();
     let mut in_log: Vec<u64> = membership.members().collect();
     in_log.sort_unstable();
     if !in_log.is_empty() && in_log != in_file {

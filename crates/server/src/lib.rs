@@ -115,7 +115,7 @@ pub async fn run_node_opts(
         .then(|| bootstrap::address_book(&config));
     let (wal, initial, stats) = tokio::task::spawn_blocking(move || {
         let (mut wal, mut initial, stats) = Wal::open(&data_dir, wal_options())?;
-        if let Some(book) = bootstrap.filter(|_| bootstrap::is_fresh(&initial)) {
+        if let Some(book) = bootstrap.filter(|_| raftkv_replica::is_fresh(&initial)) {
             bootstrap::write(&mut wal, &mut initial, &book)?;
         }
         Ok::<_, raftkv_wal::WalError>((wal, initial, stats))

@@ -238,7 +238,7 @@ impl NodeLoop {
             // named when it joined.
             peers.extend(self.join_peers.iter().cloned());
         }
-        self.transport.set_peers(&peers, joining);
+        self.transport.set_peers(&peers);
         let http: std::collections::HashMap<u64, Option<String>> = self
             .members
             .iter()

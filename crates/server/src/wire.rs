@@ -39,6 +39,9 @@ pub const WIRE_VERSION: u8 = 1;
 /// First bytes of every handshake, so a stray client (or anything not raftkv) is recognised at once.
 pub const HANDSHAKE_MAGIC: [u8; 8] = *b"RAFTKVP\0";
 
+/// Longest peer address a handshake may carry.
+const MAX_HANDSHAKE_ADDR_LEN: usize = 255;
+
 /// Version of the peer protocol (handshake, framing and message encoding together).
 pub const PROTOCOL_VERSION: u16 = 2;
 
@@ -375,11 +378,16 @@ pub struct Handshake {
     pub node_id: u64,
     /// What the connection will carry. The acceptor echoes the dialler's kind.
     pub stream: StreamKind,
+    /// Where this node's peers reach it (`host:port`): how a node that does not know the sender yet
+    /// (it missed the membership change that added it) can answer. Empty if not given.
+    pub peer_addr: String,
 }
 
 impl Handshake {
-    /// Layout: magic [8] | protocol_version u16 | node_id u64 | cluster_id_len u16 | cluster_id
-    /// [| 1 u8 for a snapshot stream].
+    /// Layout: magic [8] | protocol_version u16 | node_id u64 | cluster_id_len u16 | cluster_id |
+    /// stream u8 (0 messages, 1 snapshot) | peer_addr_len u16 | peer_addr. (Version 1 ended after the
+    /// cluster id, with an optional 1 for a snapshot stream; a handshake that says version 1 is still
+    /// decoded that way, so that an old node is told its version is wrong rather than its bytes.)
     pub fn encode(&self, out: &mut BytesMut) {
         out.put_slice(&HANDSHAKE_MAGIC);
         out.put_u16_le(self.protocol_version);
@@ -388,9 +396,14 @@ impl Handshake {
         let len = id.len().min(u16::MAX as usize);
         out.put_u16_le(len as u16);
         out.put_slice(&id[..len]);
-        if self.stream == StreamKind::Snapshot {
-            out.put_u8(STREAM_KIND_SNAPSHOT);
-        }
+        out.put_u8(match self.stream {
+            StreamKind::Messages => 0,
+            StreamKind::Snapshot => STREAM_KIND_SNAPSHOT,
+        });
+        let addr = self.peer_addr.as_bytes();
+        let len = addr.len().min(MAX_HANDSHAKE_ADDR_LEN);
+        out.put_u16_le(len as u16);
+        out.put_slice(&addr[..len]);
     }
 
     /// Decodes a whole handshake payload; trailing bytes are an error. The version is returned as
@@ -405,14 +418,43 @@ impl Handshake {
         let len = get_u16(&mut buf, "cluster id length")? as usize;
         let id = take_bytes(&mut buf, "cluster id", len)?;
         let cluster_id = String::from_utf8(id.to_vec()).map_err(|_| WireError::ClusterIdNotUtf8)?;
-        let stream = match buf[..] {
-            [] => StreamKind::Messages,
-            [STREAM_KIND_SNAPSHOT] => StreamKind::Snapshot,
+        let (stream, peer_addr) = match buf[..] {
+            // Version 1's layout, decoded only so that the caller can name the old version.
+            [] if protocol_version < 2 => (StreamKind::Messages, String::new()),
+            [STREAM_KIND_SNAPSHOT] if protocol_version < 2 => (StreamKind::Snapshot, String::new()),
             _ => {
-                return Err(WireError::InvalidValue {
-                    field: "handshake trailing bytes",
-                    value: buf.len() as u64,
-                })
+                let stream = match get_u8(&mut buf, "stream kind")? {
+                    0 => StreamKind::Messages,
+                    STREAM_KIND_SNAPSHOT => StreamKind::Snapshot,
+                    other => {
+                        return Err(WireError::InvalidValue {
+                            field: "stream kind",
+                            value: u64::from(other),
+                        })
+                    }
+                };
+                let len = get_u16(&mut buf, "peer address length")? as usize;
+                if len > MAX_HANDSHAKE_ADDR_LEN {
+                    return Err(WireError::InvalidValue {
+                        field: "peer address length",
+                        value: len as u64,
+                    });
+                }
+                let addr = take_bytes(&mut buf, "peer address", len)?;
+                let addr = String::from_utf8(addr.to_vec())
+                    .ok()
+                    .filter(|a| a.bytes().all(|b| b.is_ascii_graphic()))
+                    .ok_or(WireError::InvalidValue {
+                        field: "peer address",
+                        value: len as u64,
+                    })?;
+                if buf.has_remaining() {
+                    return Err(WireError::InvalidValue {
+                        field: "handshake trailing bytes",
+                        value: buf.len() as u64,
+                    });
+                }
+                (stream, addr)
             }
         };
         Ok(Handshake {
@@ -420,6 +462,7 @@ impl Handshake {
             cluster_id,
             node_id,
             stream,
+            peer_addr,
         })
     }
 }

@@ -243,6 +243,7 @@ fn handshake_frame(cluster_id: &str, node_id: u64, stream: StreamKind) -> BytesM
         cluster_id: cluster_id.into(),
         node_id,
         stream,
+        peer_addr: String::new(),
     }
     .encode(&mut payload);
     let mut frame = BytesMut::new();

@@ -7,7 +7,7 @@ use raftkv_raft::{
 };
 use raftkv_server::wire::{
     decode_message, encode_message, encoded_len, Handshake, SnapshotHeader, StreamKind, WireError,
-    PROTOCOL_VERSION, WIRE_VERSION,
+    HANDSHAKE_MAGIC, PROTOCOL_VERSION, WIRE_VERSION,
 };
 
 fn msg(body: MessageBody) -> Message {
@@ -362,6 +362,7 @@ fn handshake_round_trips_and_rejects_garbage() {
         cluster_id: "prod-eu".into(),
         node_id: 4,
         stream: StreamKind::Messages,
+        peer_addr: "db-4.example:8001".into(),
     };
     let mut out = BytesMut::new();
     hello.encode(&mut out);
@@ -386,21 +387,28 @@ fn snapshot_stream_handshake_and_header_round_trip() {
         cluster_id: "prod-eu".into(),
         node_id: 4,
         stream: StreamKind::Snapshot,
+        peer_addr: String::new(),
     };
     let mut out = BytesMut::new();
     hello.encode(&mut out);
     assert_eq!(Handshake::decode(out.clone().freeze()), Ok(hello.clone()));
-    // A message stream's handshake is the first protocol version's, byte for byte: one byte shorter.
-    let mut plain = BytesMut::new();
-    Handshake {
-        stream: StreamKind::Messages,
-        ..hello
-    }
-    .encode(&mut plain);
-    assert_eq!(plain.len() + 1, out.len());
-    let mut unknown_kind = plain.clone();
-    unknown_kind.put_u8(2);
+    // The stream kind is the byte after the cluster id; an unknown one is refused.
+    let mut unknown_kind = out.clone();
+    let at = out.len() - 3;
+    unknown_kind[at] = 2;
     assert!(Handshake::decode(unknown_kind.freeze()).is_err());
+    // A version-1 handshake (no stream byte for messages, no address) still decodes, for the caller
+    // to refuse by its version.
+    let mut old = BytesMut::new();
+    old.put_slice(&HANDSHAKE_MAGIC);
+    old.put_u16_le(1);
+    old.put_u64_le(4);
+    old.put_u16_le(7);
+    old.put_slice(b"prod-eu");
+    assert_eq!(
+        Handshake::decode(old.freeze()).map(|h| h.protocol_version),
+        Ok(1)
+    );
 
     let header = SnapshotHeader {
         from: 1,

@@ -12,7 +12,7 @@ use std::sync::Arc;
 
 use raftkv_raft::{HardState, InitialState, Message};
 use raftkv_replica::storage::write_batches;
-use raftkv_replica::{Durable, PersistJob};
+use raftkv_replica::{write_bootstrap, AddressBook, Durable, PersistJob};
 use raftkv_wal::sim_fs::SimFs;
 use raftkv_wal::{SnapshotWriter, Wal, WalError, WalOptions};
 
@@ -81,6 +81,22 @@ impl Disk {
         };
         self.wal = Some(wal);
         Ok(initial)
+    }
+
+    /// Writes a new cluster's bootstrap entry into a disk that held nothing, as the server does.
+    pub fn bootstrap(
+        &mut self,
+        initial: &mut InitialState,
+        book: &AddressBook,
+    ) -> Result<(), WalError> {
+        let wal = self.wal.as_mut().expect("an open disk");
+        write_bootstrap(wal, initial, book)?;
+        self.position = Durable {
+            index: 1,
+            term: 1,
+            ..Durable::default()
+        };
+        Ok(())
     }
 
     pub fn snapshot_writer(&self) -> Option<SnapshotWriter> {

@@ -46,6 +46,8 @@ pub struct Summary {
     pub retried_writes: u64,
     /// Writes in a session that found their session evicted or expired.
     pub sessions_lost: u64,
+    /// Membership changes that committed (in seeds that make them).
+    pub membership_changes: u64,
     pub failures: Vec<Report>,
     pub elapsed: Duration,
 }
@@ -60,13 +62,14 @@ impl Summary {
     pub fn line(&self) -> String {
         format!(
             "seeds={} violations={} non_linearizable={} inconclusive={} retried_writes={} \
-             sessions_lost={}",
+             sessions_lost={} membership_changes={}",
             self.seeds,
             self.violations,
             self.non_linearizable,
             self.inconclusive,
             self.retried_writes,
-            self.sessions_lost
+            self.sessions_lost,
+            self.membership_changes
         )
     }
 }
@@ -88,6 +91,7 @@ pub fn run_seeds(
         summary.inconclusive += u64::from(report.inconclusive());
         summary.retried_writes += report.stats.retries;
         summary.sessions_lost += report.stats.sessions_lost;
+        summary.membership_changes += report.stats.membership_changes;
         if report.failed() {
             on_failure(&report);
             summary.failures.push(report);

@@ -1,11 +1,12 @@
 //! One simulated node: the server's own [`Replica`] with the real store, driven like the server's node
 //! loop drives it, over the real WAL on a simulated disk, with a skewed clock of its own.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
-use raftkv_raft::{Entry, Index, NodeId, Role, SnapshotMeta, Term};
+use raftkv_raft::{Entry, Index, Message, NodeId, Role, SnapshotMeta, Term};
 use raftkv_replica::{
-    ClientRequest, Mutation, Now, Op, PersistJob, Replica, ReplicaConfig, SnapshotTask,
+    is_fresh, AddressBook, ClientRequest, Mutation, Now, Op, PersistJob, Replica, ReplicaConfig,
+    SnapshotTask,
 };
 
 use crate::checks::Checks;
@@ -43,6 +44,18 @@ pub struct Node {
     pub crashes: u64,
     /// Why the node stopped by itself (a storage failure), if it did.
     pub stopped: Option<String>,
+    /// For a node of the initial cluster: the membership it bootstraps its empty disk with.
+    pub bootstrap: Option<AddressBook>,
+    /// Whom the transport connects to, as the replica last said ([`raftkv_replica::Outputs::membership`]).
+    member_peers: BTreeSet<NodeId>,
+    /// The members a node was told when it joined (`raftkv server --join`): always reachable.
+    pub join_peers: BTreeSet<NodeId>,
+    /// Nodes that contacted this one since it started: the server's transport learns their addresses
+    /// from their handshakes and can answer them, members or not.
+    learned: BTreeSet<NodeId>,
+    /// Messages to itself (a sole voter's own vote), handed back at its next flush as the server's
+    /// transport loops them back into its inbound queue.
+    loopback: Vec<Message>,
 }
 
 impl Node {
@@ -65,6 +78,32 @@ impl Node {
             tick_ms,
             crashes: 0,
             stopped: None,
+            bootstrap: None,
+            member_peers: BTreeSet::new(),
+            join_peers: BTreeSet::new(),
+            learned: BTreeSet::new(),
+            loopback: Vec::new(),
+        }
+    }
+
+    /// Whether the transport has a connection to `to`: the server's sends only to the members, those
+    /// it was given with `--join`, and nodes that contacted it; it drops the rest.
+    pub fn can_send_to(&self, to: NodeId) -> bool {
+        self.member_peers.contains(&to)
+            || self.join_peers.contains(&to)
+            || self.learned.contains(&to)
+    }
+
+    /// A message from `from` arrived: the transport now knows where `from` is.
+    pub fn heard_from(&mut self, from: NodeId) {
+        self.learned.insert(from);
+    }
+
+    fn send(&mut self, env: &mut Env, msg: Message) {
+        if msg.to == self.id {
+            self.loopback.push(msg);
+        } else if self.can_send_to(msg.to) {
+            env.net.send(env.rng, env.now, msg);
         }
     }
 
@@ -84,13 +123,19 @@ impl Node {
     /// violation: the simulated file system only loses what was never synced.
     pub fn start(&mut self, seed: u64, checks: &mut Checks) {
         assert!(self.replica.is_none(), "node {} started twice", self.id);
-        let initial = match self.disk.open() {
+        let mut initial = match self.disk.open() {
             Ok(initial) => initial,
             Err(err) => {
                 checks.fail(self.id, format!("recovery failed: {err}"));
                 return;
             }
         };
+        if let Some(book) = self.bootstrap.as_ref().filter(|_| is_fresh(&initial)) {
+            if let Err(err) = self.disk.bootstrap(&mut initial, book) {
+                checks.fail(self.id, format!("cannot write the bootstrap entry: {err}"));
+                return;
+            }
+        }
         checks.on_recovered_hard_state(self.id, initial.hard_state);
         self.log_terms.clear();
         if let Some(s) = &initial.snapshot {
@@ -111,6 +156,8 @@ impl Node {
     pub fn crash(&mut self, seed: u64) {
         assert!(self.replica.is_some(), "node {} crashed twice", self.id);
         self.replica = None;
+        self.loopback.clear();
+        self.learned.clear();
         self.snapshot_work = None;
         self.crashes += 1;
         self.disk.crash(seed);
@@ -146,7 +193,7 @@ impl Node {
                     let _ = replica.persisted(done.durable);
                 }
                 for msg in done.messages {
-                    env.net.send(env.rng, env.now, msg);
+                    self.send(env, msg);
                 }
             }
             Err(err) => {
@@ -192,6 +239,9 @@ impl Node {
             let Some(replica) = self.replica.as_mut() else {
                 return;
             };
+            for msg in std::mem::take(&mut self.loopback) {
+                replica.step(msg);
+            }
             if let Err(err) = replica.advance() {
                 let seed = env.rng.next_u64();
                 self.stop(format!("{err}"), seed);
@@ -199,6 +249,9 @@ impl Node {
             }
             let ack_early = self.config.mutation == Some(Mutation::AckBeforeFsync);
             let out = replica.outputs();
+            if let Some(book) = out.membership.take() {
+                self.member_peers = book.members.keys().copied().collect();
+            }
             let messages = std::mem::take(&mut out.messages);
             let jobs = std::mem::take(&mut out.persist);
             env.replies.append(&mut out.replies);
@@ -206,7 +259,7 @@ impl Node {
             let task = out.snapshot.take();
             let applied = std::mem::take(&mut out.applied);
             for msg in messages {
-                env.net.send(env.rng, env.now, msg);
+                self.send(env, msg);
             }
             for (entry, reply) in &applied {
                 env.checks.on_apply(self.id, entry, reply.as_ref());
@@ -223,13 +276,14 @@ impl Node {
                 self.disk.submit(env.rng, env.now, job);
             }
             for msg in early {
-                env.net.send(env.rng, env.now, msg);
+                self.send(env, msg);
             }
             if let Some(task) = task {
                 let delay = env.rng.range(self.snapshot_delay.0, self.snapshot_delay.1);
                 self.snapshot_work = Some((env.now + delay, task));
             }
-            if !self.replica.as_ref().is_some_and(|r| r.raft().has_ready()) {
+            let more = self.replica.as_ref().is_some_and(|r| r.raft().has_ready());
+            if !more && self.loopback.is_empty() {
                 return;
             }
         }

@@ -12,9 +12,7 @@ impl Raft {
     /// a leader starts an election (§5.2).
     pub(super) fn tick_election(&mut self) {
         self.election_elapsed += 1;
-        if self.election_elapsed >= self.randomized_election_timeout
-            && self.membership.is_voter(self.id)
-        {
+        if self.election_elapsed >= self.randomized_election_timeout && self.may_campaign() {
             self.campaign(false);
         }
     }
@@ -157,7 +155,22 @@ impl Raft {
     }
 
     pub(super) fn request_votes(&mut self, pre: bool, transfer: bool) {
-        // Our own vote counts first; a one-node cluster wins at once.
+        if !pre && self.is_sole_voter() {
+            // Our own vote is a vote like any other: it counts once durable. With other voters that is
+            // implied (their answers come after our vote requests, which wait for the disk); alone, we
+            // send it to ourselves after the disk. Winning at once instead, a sole voter that crashed
+            // before its new term reached the disk could lead that term twice, with different entries
+            // at the same index and term.
+            let own = Message {
+                from: self.id,
+                to: self.id,
+                term: self.term,
+                body: MessageBody::VoteResponse { granted: true },
+            };
+            self.messages_after_persist.push(own);
+            return;
+        }
+        // Our own vote counts first (a pre-vote promises nothing, so a lone pre-candidate goes on at once).
         if self.record_vote(self.id, true) {
             return;
         }

@@ -95,13 +95,21 @@ impl Raft {
             }
             self.broadcast_pending = true;
         }
-        if !self.membership.is_voter(self.id) && self.role != Role::Leader {
-            // A learner, or a removed node: it never campaigns, so it has nothing to count.
-            self.votes.clear();
-            if matches!(self.role, Role::PreCandidate | Role::Candidate) {
-                self.become_follower(self.term, None);
-            }
+        if matches!(self.role, Role::PreCandidate | Role::Candidate) && !self.may_campaign() {
+            self.become_follower(self.term, None);
         }
+    }
+
+    /// Whether this node may start an election: it is a voter of its newest membership, or that
+    /// membership has not committed yet (as far as it knows) and it is a voter of the one before, which
+    /// may still need it (§4.2.2). A node removed by an entry a majority holds must be able to win
+    /// with the new membership's votes, commit its removal and step down; otherwise a cluster whose
+    /// other voters lack that entry could never elect anyone. Votes are counted among the newest
+    /// membership's voters either way.
+    pub(super) fn may_campaign(&self) -> bool {
+        self.membership.is_voter(self.id)
+            || (self.config_index > self.log.commit
+                && self.membership_at(self.log.commit).is_voter(self.id))
     }
 
     /// After the log changed below the current membership's entry (a follower's conflicting suffix

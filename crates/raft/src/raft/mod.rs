@@ -175,7 +175,9 @@ impl Raft {
     /// non-member is harmless because candidates count only their voters' answers and leaders only
     /// their followers'. Removed nodes that campaign are held off by pre-vote and the leader lease.
     pub fn step(&mut self, msg: Message) {
-        if msg.from == self.id || msg.to != self.id || msg.from == 0 {
+        // The only message a node sends itself is a sole voter's own vote, delivered after its disk.
+        let own_vote = msg.from == self.id && matches!(msg.body, MessageBody::VoteResponse { .. });
+        if (msg.from == self.id && !own_vote) || msg.to != self.id || msg.from == 0 {
             return;
         }
         if !msg.within_bounds() || !msg.config_entries_decode() {

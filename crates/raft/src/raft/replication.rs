@@ -299,7 +299,7 @@ impl Raft {
                 self.send(msg.from, MessageBody::HeartbeatResponse { read_round });
             }
             MessageBody::InstallSnapshot { snapshot } => self.handle_snapshot(msg.from, snapshot),
-            MessageBody::TimeoutNow if self.membership.is_voter(self.id) => self.campaign(true),
+            MessageBody::TimeoutNow if self.may_campaign() => self.campaign(true),
             _ => {}
         }
     }

@@ -4,7 +4,7 @@
 use super::framing::{decode_frame, read_frame, MAX_FRAME_BYTES};
 use super::handshake::{read_handshake, write_handshake};
 use super::lock;
-use super::KnownPeers;
+use super::LearnedPeers;
 use crate::metrics::Metrics;
 use crate::snapshot_stream::{receive_snapshot, MAX_SNAPSHOT_BYTES};
 use crate::wire::{Handshake, StreamKind, PROTOCOL_VERSION};
@@ -37,7 +37,7 @@ const INBOUND_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(2);
 /// Accepts peer connections and runs one reader per connection.
 pub(super) struct Acceptor {
     hello: Handshake,
-    known_peers: Arc<KnownPeers>,
+    learned: Arc<LearnedPeers>,
     inbound: mpsc::Sender<Vec<Message>>,
     /// The live reader per peer, so a reconnecting peer replaces its stale connection at once instead of
     /// leaving it to time out.
@@ -66,7 +66,7 @@ impl Acceptor {
     /// delivering what they send to `inbound`.
     pub(super) fn new(
         hello: Handshake,
-        known_peers: Arc<KnownPeers>,
+        learned: Arc<LearnedPeers>,
         inbound: mpsc::Sender<Vec<Message>>,
         replace_after: Duration,
         tls: Option<Arc<Reloadable<PeerTls>>>,
@@ -74,7 +74,7 @@ impl Acceptor {
     ) -> Acceptor {
         Acceptor {
             hello,
-            known_peers,
+            learned,
             inbound,
             readers: Mutex::new(HashMap::new()),
             snapshot_readers: Mutex::new(HashMap::new()),
@@ -248,8 +248,8 @@ impl Acceptor {
                 self.hello.cluster_id
             );
         }
-        if !self.known_peers.admits(hello.node_id) {
-            bail!("unknown node id {}", hello.node_id);
+        if hello.node_id == self.hello.node_id {
+            bail!("a peer claiming to be this node ({})", hello.node_id);
         }
         if hello.stream == StreamKind::Messages && self.active(hello.node_id) {
             bail!(
@@ -265,6 +265,7 @@ impl Acceptor {
             ..self.hello.clone()
         };
         write_handshake(&mut stream, &answer).await?;
+        self.learned.record(hello.node_id, &hello.peer_addr);
         Ok((hello, permit, stream))
     }
 

@@ -12,10 +12,13 @@
 //! - Inbound messages are delivered decoded, one `Vec` per received frame, into a bounded channel; when the
 //!   node is behind, readers wait, which stops reading from the socket and pushes back on the sender.
 //! - Only nodes of the same cluster, known by id, speaking the same protocol version get through the
-//!   handshake; anything else is logged and disconnected. The known ids are the membership's, updated
-//!   with [`Transport::set_peers`] as it changes; a node that is joining and knows no membership yet
-//!   admits any id of its cluster (the leader must be able to reach it; with TLS the peer must still
-//!   hold a certificate for the id it claims).
+//!   handshake; anything else is logged and disconnected. Any node id of the cluster is admitted, not
+//!   only the members this node knows: a node that missed a membership change (it was down, or is
+//!   joining) must still hear from a leader it has never heard of. The dialler's handshake names its
+//!   peer address, so the answers can go back. With TLS the peer must hold a certificate for the id it
+//!   claims; without, the cluster id is all that is checked (see `docs/security.md`).
+//! - Messages go to the members of the current membership ([`Transport::set_peers`]), and to nodes
+//!   that connected to this one with their address.
 //!
 //! - An `InstallSnapshot` does not use the peer's queue or message connection: it goes to that peer's
 //!   snapshot sender, which streams it on a connection of its own (see [`crate::snapshot_stream`]), so a
@@ -48,7 +51,7 @@ use accept::Acceptor;
 use anyhow::{anyhow, Context};
 use raftkv_raft::{Message, MessageBody};
 use raftkv_tls::{PeerTls, Reloadable};
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
@@ -63,26 +66,29 @@ use writer::PeerWriter;
 /// heartbeats and responses) so normal operation never drops.
 pub const PEER_QUEUE_CAPACITY: usize = 1024;
 
-/// The node ids whose connections the acceptor admits.
+/// The peer address each node that connected to this one gave in its handshake, newest first.
+/// Bounded: a node of the cluster has at most a few thousand peers.
 #[derive(Default)]
-pub(crate) struct KnownPeers {
-    ids: RwLock<(HashSet<u64>, bool)>,
+pub(crate) struct LearnedPeers {
+    addresses: Mutex<HashMap<u64, String>>,
 }
 
-impl KnownPeers {
-    fn set(&self, ids: HashSet<u64>, admit_any: bool) {
-        *self
-            .ids
-            .write()
-            .unwrap_or_else(|poisoned| poisoned.into_inner()) = (ids, admit_any);
+/// Most learned addresses kept; past it, new ones replace nothing (the membership still reaches them).
+const MAX_LEARNED_PEERS: usize = 4096;
+
+impl LearnedPeers {
+    pub(crate) fn record(&self, id: u64, addr: &str) {
+        if addr.is_empty() {
+            return;
+        }
+        let mut addresses = lock(&self.addresses);
+        if addresses.len() < MAX_LEARNED_PEERS || addresses.contains_key(&id) {
+            addresses.insert(id, addr.to_string());
+        }
     }
 
-    pub(crate) fn admits(&self, id: u64) -> bool {
-        let known = self
-            .ids
-            .read()
-            .unwrap_or_else(|poisoned| poisoned.into_inner());
-        known.1 || known.0.contains(&id)
+    fn address(&self, id: u64) -> Option<String> {
+        lock(&self.addresses).get(&id).cloned()
     }
 }
 
@@ -98,7 +104,9 @@ struct Inner {
     /// One queue per peer. Read on every send, written only when the membership changes; never held
     /// across an await.
     peers: RwLock<HashMap<u64, PeerQueue>>,
-    known: Arc<KnownPeers>,
+    learned: Arc<LearnedPeers>,
+    /// Where messages this node sends itself are delivered: the inbound queue.
+    loopback: mpsc::Sender<Vec<Message>>,
     hello: Handshake,
     tls: Option<Arc<Reloadable<PeerTls>>>,
     metrics: Arc<Metrics>,
@@ -157,15 +165,17 @@ impl Transport {
             cluster_id: config.cluster_id.clone(),
             node_id: my_id,
             stream: StreamKind::Messages,
+            peer_addr: me.peer_addr.clone(),
         };
 
-        let known = Arc::new(KnownPeers::default());
+        let learned = Arc::new(LearnedPeers::default());
         // A live peer connection gives way to a newcomer claiming the same node only after this long
         // without a frame: long enough for a leader's heartbeats, short enough for a real reconnect.
         let replace_after = std::time::Duration::from_millis(config.tunables.election_timeout_ms);
+        let loopback = inbound.clone();
         let acceptor = Acceptor::new(
             hello.clone(),
-            known.clone(),
+            learned.clone(),
             inbound,
             replace_after,
             tls.clone(),
@@ -178,7 +188,8 @@ impl Transport {
                 my_id,
                 local_addr,
                 peers: RwLock::new(HashMap::new()),
-                known,
+                learned,
+                loopback,
                 hello,
                 tls,
                 metrics,
@@ -193,7 +204,7 @@ impl Transport {
             .iter()
             .map(|node| (node.id, node.peer_addr.clone()))
             .collect();
-        transport.set_peers(&peers, false);
+        transport.set_peers(&peers);
         Ok(transport)
     }
 
@@ -201,38 +212,72 @@ impl Transport {
     /// down), the message is dropped (Raft retransmits) and a counter is bumped. An `InstallSnapshot` goes
     /// to the peer's snapshot sender instead, replacing any snapshot still waiting there.
     pub fn send(&self, msg: Message) {
-        let peers = self
-            .inner
-            .peers
-            .read()
-            .unwrap_or_else(|poisoned| poisoned.into_inner());
-        let Some(peer) = peers.get(&msg.to) else {
+        if msg.to == self.inner.my_id {
+            // A sole voter's own vote, after its disk (the core's only message to itself). Lost if the
+            // node loop is behind, like any message: the election then times out and runs again.
+            let _ = self.inner.loopback.try_send(vec![msg]);
+            return;
+        }
+        let Some(msg) = self.offer(msg) else {
+            return;
+        };
+        // Not a peer yet: a node that contacted us with its address may become one.
+        self.start_learned_peer(msg.to);
+        if let Some(msg) = self.offer(msg) {
             self.inner.dropped_unknown.fetch_add(1, Ordering::Relaxed);
             debug!(
                 node = self.inner.my_id,
                 to = msg.to,
                 "dropping message to a node outside the cluster"
             );
-            return;
+        }
+    }
+
+    /// Queues `msg` for its peer, or hands it back if `msg.to` is not a peer.
+    fn offer(&self, msg: Message) -> Option<Message> {
+        let peers = self
+            .inner
+            .peers
+            .read()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        let Some(peer) = peers.get(&msg.to) else {
+            return Some(msg);
         };
         if let MessageBody::InstallSnapshot { .. } = msg.body {
             if peer.snapshots.offer(msg) {
                 peer.dropped.fetch_add(1, Ordering::Relaxed);
                 peer.dropped_metric.inc();
             }
-            return;
+            return None;
         }
         if peer.sender.try_send(msg).is_err() {
             peer.dropped.fetch_add(1, Ordering::Relaxed);
             peer.dropped_metric.inc();
         }
+        None
     }
 
-    /// Makes `peers` (id and peer address of every other member) the nodes this one sends to and
-    /// admits: starts a writer and a snapshot sender for each new one, stops those of nodes that left,
-    /// and restarts those whose address changed. With `admit_any`, connections from any node id of the
-    /// cluster are admitted too (a node that is joining and knows no membership yet).
-    pub fn set_peers(&self, peers: &[(u64, String)], admit_any: bool) {
+    /// Starts sending to `id` if it connected to us with its address (it is not in the membership this
+    /// node knows, yet talks to it: a leader this node has not heard of, or a node being added).
+    fn start_learned_peer(&self, id: u64) {
+        let Some(addr) = self.inner.learned.address(id) else {
+            return;
+        };
+        let mut peers = self
+            .inner
+            .peers
+            .write()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        if let std::collections::hash_map::Entry::Vacant(slot) = peers.entry(id) {
+            info!(node = self.inner.my_id, peer = id, %addr, "sending to a node that contacted us");
+            slot.insert(self.start_peer(id, addr));
+        }
+    }
+
+    /// Makes `peers` (id and peer address of every other member) the nodes this one sends to: starts a
+    /// writer and a snapshot sender for each new one, stops those of nodes that left, and restarts
+    /// those whose address changed.
+    pub fn set_peers(&self, peers: &[(u64, String)]) {
         let inner = &self.inner;
         let wanted: HashMap<u64, &String> = peers
             .iter()
@@ -261,9 +306,6 @@ impl Transport {
                 slot.insert(self.start_peer(id, addr.clone()));
             }
         }
-        let ids = current.keys().copied().collect();
-        drop(current);
-        inner.known.set(ids, admit_any);
     }
 
     /// Starts the writer and the snapshot sender of peer `id` at `addr`.

@@ -303,6 +303,12 @@ impl Simulator {
 
     pub(super) fn handle_replies(&mut self) {
         for (op_id, reply) in std::mem::take(&mut self.replies) {
+            if matches!(reply, raftkv_kv::Reply::Members { .. }) {
+                // Only the membership nemesis asks `members ...`: its change committed.
+                self.stats.membership_changes += 1;
+                self.trace(|| format!("membership: change {op_id} committed"));
+                continue;
+            }
             // The client may have given up already, or never waited (noreply).
             let Some(&c) = self.owner.get(&op_id) else {
                 continue;

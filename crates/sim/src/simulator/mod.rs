@@ -12,7 +12,7 @@ use std::fmt;
 
 use raftkv_kv::SessionLimits;
 use raftkv_raft::{Config, Index, NodeId, Role, Term};
-use raftkv_replica::{Mutation, ReplicaConfig};
+use raftkv_replica::{AddressBook, MemberAddrs, Mutation, ReplicaConfig};
 
 use crate::checks::Checks;
 use crate::client::{self, Client, Fate, History};
@@ -24,9 +24,11 @@ use crate::node::{Env, Node, OpId};
 use crate::rng::Rng;
 
 mod clients;
+mod membership;
 mod nemesis;
 mod params;
 
+pub use membership::MembershipPlan;
 pub use params::Params;
 
 /// After the faults stop, the cluster must settle within this bound.
@@ -81,6 +83,10 @@ pub struct Stats {
     pub crashes: u64,
     pub storage_failures: u64,
     pub clock_jumps: u64,
+    /// Membership changes asked of the leader (some refused).
+    pub membership_requests: u64,
+    /// Membership changes that committed and were answered.
+    pub membership_changes: u64,
     pub net: NetworkStats,
 }
 
@@ -178,6 +184,10 @@ struct Simulator {
     stats: Stats,
     /// Set once the faults stop: (time, completed ops per client at that time).
     healed: Option<(u64, Vec<u64>)>,
+    /// Membership changes, if this seed has them.
+    membership: Option<MembershipPlan>,
+    /// Draws when membership changes happen (apart from `rng`, as for sessions).
+    membership_rng: Rng,
 }
 
 impl Simulator {
@@ -188,22 +198,52 @@ impl Simulator {
         let mut session_rng = Rng::new(seed ^ 0x5E55_1015);
         let sessions = session_rng.chance(500_000);
         if sessions && session_rng.chance(400_000) {
-            // Tiny limits, so that sessions are evicted and expire while clients use them.
+            // Tiny limits, so that sessions are evicted and expire while clients use them. At least one
+            // session per client: with fewer, clients evict each other's sessions in turn and, with
+            // slow disks, may never get a write through (a livelock the limits invite, not a bug).
+            let clients = params.clients as u64;
             params.session_limits = SessionLimits {
-                max_sessions: session_rng.range(1, 4) as usize,
+                max_sessions: session_rng.range(clients, clients + 2) as usize,
                 idle_ms: session_rng.range(300, 3_000),
             };
         }
-        let voters: Vec<NodeId> = (1..=params.nodes as NodeId).collect();
-        let client_addrs: BTreeMap<NodeId, String> = voters
+        let membership = MembershipPlan::draw(seed, params.nodes);
+        if membership.is_some() {
+            // As deployed: without pre-vote and check-quorum a removed node that never learned of its
+            // removal disrupts the cluster with ever higher terms (dissertation §4.2.3).
+            params.pre_vote = true;
+            params.check_quorum = true;
+        }
+        let membership_rng = Rng::new(seed ^ 0x3E3B_E126);
+        let initial_voters = membership
+            .as_ref()
+            .map_or(params.nodes, |plan| plan.initial_voters);
+        let all: Vec<NodeId> = (1..=params.nodes as NodeId).collect();
+        let voters: Vec<NodeId> = all[..initial_voters].to_vec();
+        let client_addrs: BTreeMap<NodeId, String> = all
             .iter()
             .map(|&id| (id, format!("node{id}:{}", BASE_PORT + id as u16)))
             .collect();
         let mut checks = Checks::new(params.nodes);
-        let nodes = voters
+        let book = AddressBook {
+            members: voters
+                .iter()
+                .map(|&id| {
+                    let addrs = MemberAddrs {
+                        client: client_addrs[&id].clone(),
+                        peer: format!("node{id}:peer"),
+                    };
+                    (id, addrs)
+                })
+                .collect(),
+        };
+        let nodes = all
             .iter()
             .map(|&id| {
-                let mut raft = Config::new(id, voters.clone());
+                let founder = voters.contains(&id);
+                // A node outside the initial cluster starts empty, as `raftkv server --join` does.
+                let bootstrap_voters = if founder { voters.clone() } else { Vec::new() };
+                let mut raft = Config::new(id, bootstrap_voters);
                 raft.election_ticks = params.election_ticks;
                 raft.heartbeat_ticks = params.heartbeat_ticks;
                 raft.pre_vote = params.pre_vote;
@@ -231,6 +271,11 @@ impl Simulator {
                 let clock = NodeClock::draw(&mut rng, params.max_skew_ms, params.max_drift_ppm);
                 let mut node =
                     Node::new(config, disk, clock, params.tick_ms, params.snapshot_delay);
+                if founder {
+                    node.bootstrap = Some(book.clone());
+                } else {
+                    node.join_peers = all.iter().copied().collect();
+                }
                 node.start(0, &mut checks);
                 node
             })
@@ -268,6 +313,8 @@ impl Simulator {
             next_op_id: 1,
             stats: Stats::default(),
             healed: None,
+            membership,
+            membership_rng,
         }
     }
 
@@ -285,6 +332,11 @@ impl Simulator {
             }
             if self.rng.chance(self.params.clock_jump_ppm) {
                 self.jump_a_clock();
+            }
+            if let Some(ppm) = self.membership.as_ref().map(|plan| plan.change_ppm) {
+                if self.membership_rng.chance(ppm) {
+                    self.change_membership();
+                }
             }
             self.step();
         }
@@ -357,7 +409,11 @@ impl Simulator {
             return;
         }
         for msg in due {
-            if let Some(replica) = self.nodes[(msg.to - 1) as usize].replica.as_mut() {
+            let node = &mut self.nodes[(msg.to - 1) as usize];
+            if node.is_up() {
+                node.heard_from(msg.from);
+            }
+            if let Some(replica) = node.replica.as_mut() {
                 replica.step(msg);
             }
         }
@@ -382,7 +438,18 @@ impl Simulator {
                     && status.role == Role::Leader
                     && !self.checks.is_known_leader(status.term)
                 {
-                    eprintln!("[{now:>6}ms] node {} leads term {}", node.id, status.term);
+                    let m = replica.raft().membership();
+                    eprintln!(
+                        "[{now:>6}ms] node {} leads term {} (voters {:?}, learners {:?}, config at {}, log {}..={}, commit {})",
+                        node.id,
+                        status.term,
+                        m.voters,
+                        m.learners,
+                        replica.raft().config_index(),
+                        status.first_index,
+                        status.last_index,
+                        status.commit
+                    );
                 }
                 self.checks.after_step(
                     &status,
@@ -492,7 +559,16 @@ impl Simulator {
             .collect();
         match leaders.as_slice() {
             [(leader, _)] => {
+                // Only members follow the leader; a removed node, or one never added, need not.
+                let membership = self.nodes[(leader.id - 1) as usize]
+                    .replica
+                    .as_ref()
+                    .map(|r| r.raft().membership().clone())
+                    .unwrap_or_default();
                 for (s, applied) in &statuses {
+                    if !membership.contains(s.id) {
+                        continue;
+                    }
                     if s.term != leader.term
                         || s.leader != Some(leader.id)
                         || *applied != leader.commit

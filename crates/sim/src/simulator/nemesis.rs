@@ -122,5 +122,16 @@ impl Simulator {
         let seed = self.rng.next_u64();
         self.trace(|| format!("nemesis: restart node {id}"));
         self.nodes[(id - 1) as usize].start(seed, &mut self.checks);
+        if let Some(replica) = self.nodes[(id - 1) as usize].replica.as_ref() {
+            let raft = replica.raft();
+            let (hard_state, status) = (raft.hard_state(), raft.status());
+            let membership = raft.membership();
+            self.trace(|| {
+                format!(
+                    "node {id} recovered: {hard_state:?}, log {}..={}, voters {:?}, learners {:?}",
+                    status.first_index, status.last_index, membership.voters, membership.learners
+                )
+            });
+        }
     }
 }
