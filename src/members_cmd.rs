@@ -66,6 +66,16 @@ pub fn run(args: Args) -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    let id = match &args.command {
+        MembersCommand::List => None,
+        MembersCommand::Add { id, .. }
+        | MembersCommand::Promote { id }
+        | MembersCommand::Remove { id } => Some(*id),
+    };
+    if id == Some(0) {
+        eprintln!("error: --id must be a positive node id");
+        return ExitCode::from(2);
+    }
     if let MembersCommand::Add {
         client_addr,
         peer_addr,

@@ -164,6 +164,46 @@ impl Cluster {
         Cluster { dir, config, nodes }
     }
 
+    /// Like [`Cluster::configure`] for `members + spares` nodes, but the config file lists only the first
+    /// `members`: the spares are machines that join later (`raftkv server --join`).
+    pub fn configure_with_spares(members: usize, spares: usize, tunables: &str) -> Cluster {
+        let cluster = Cluster::configure(members + spares, tunables);
+        let text = std::fs::read_to_string(&cluster.config).expect("read the config");
+        let cut = text
+            .match_indices("[[nodes]]")
+            .nth(members)
+            .map_or(text.len(), |(at, _)| at);
+        std::fs::write(&cluster.config, &text[..cut]).expect("write the config");
+        cluster
+    }
+
+    /// Starts spare node `i` with `--join` through the client addresses of the nodes `through`.
+    pub fn start_joining(&mut self, i: usize, through: &[usize]) {
+        let join: Vec<String> = through.iter().map(|&j| self.addr(j).to_string()).collect();
+        let node = &self.nodes[i];
+        let flags = [
+            "--join".to_string(),
+            join.join(","),
+            "--client-addr".to_string(),
+            node.client_addr.clone(),
+            "--peer-addr".to_string(),
+            node.peer_addr.clone(),
+            "--data-dir".to_string(),
+            node.data_dir.display().to_string(),
+        ];
+        let flags: Vec<&str> = flags.iter().map(String::as_str).collect();
+        self.start_node_with(i, &[], &flags);
+    }
+
+    /// Runs `raftkv members <args> --addr <every node>` and returns how it finished.
+    pub fn members(&self, args: &[&str]) -> Finished {
+        let addrs = self.addrs().join(",");
+        let mut all: Vec<&str> = vec!["members"];
+        all.extend_from_slice(args);
+        all.extend_from_slice(&["--addr", &addrs, "--timeout", "30"]);
+        run_raftkv(&all, Duration::from_secs(60)).expect("raftkv members finished in time")
+    }
+
     /// Configures and starts an `n`-node cluster, then waits for a leader.
     pub fn start(n: usize, tunables: &str) -> Cluster {
         let mut cluster = Cluster::configure(n, tunables);
