@@ -303,7 +303,8 @@ fn cluster_leader_addr(cluster: &Cluster) -> String {
 
 /// The last resort in place: two of three nodes killed and their data deleted; the survivor restarted
 /// with --force-new-cluster is a one-voter cluster serving every acknowledged write, and stays one
-/// across a plain restart.
+/// across a plain restart; then the lost machines join again, empty, and are promoted, and the
+/// cluster outlives the loss of the former survivor.
 #[test]
 fn force_new_cluster_turns_a_survivor_into_a_one_node_cluster() {
     let (mut old, acked, survivor) = lose_a_majority("force");
@@ -318,6 +319,35 @@ fn force_new_cluster_turns_a_survivor_into_a_one_node_cluster() {
     old.kill(survivor);
     old.start_node(survivor);
     assert_eq!(old.wait_leader(), survivor);
+    let reply = client.call_retry(b"get after-force\r\n", LEADER_TIMEOUT);
+    assert_eq!(reply, b"VALUE 1\r\nv\r\n");
+
+    // Members are added back online: the lost machines, empty, join and are promoted.
+    for i in [0, 1] {
+        old.start_joining(i, &[survivor]);
+        let id = old.nodes[i].id.to_string();
+        let deadline = std::time::Instant::now() + LEADER_TIMEOUT;
+        loop {
+            let done = old.members(&["promote", "--id", &id]);
+            if done.status.success() {
+                break;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "promote {id}: {}\n{}",
+                done.stderr,
+                old.log_tails(20)
+            );
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+    let table = old.members(&["list"]);
+    assert_eq!(table.stdout.matches("voter").count() + 1, 3, "{}", table.stdout);
+    // With three voters again, the cluster survives losing the one that was alone.
+    old.kill(survivor);
+    let leader = old.wait_new_leader(survivor);
+    let mut client = Client::new(vec![old.addr(leader).to_string()]);
+    check_acked(&mut client, &acked);
     let reply = client.call_retry(b"get after-force\r\n", LEADER_TIMEOUT);
     assert_eq!(reply, b"VALUE 1\r\nv\r\n");
 }
