@@ -342,7 +342,12 @@ fn force_new_cluster_turns_a_survivor_into_a_one_node_cluster() {
         }
     }
     let table = old.members(&["list"]);
-    assert_eq!(table.stdout.matches("voter").count() + 1, 3, "{}", table.stdout);
+    assert_eq!(
+        table.stdout.matches("voter").count() + 1,
+        3,
+        "{}",
+        table.stdout
+    );
     // With three voters again, the cluster survives losing the one that was alone.
     old.kill(survivor);
     let leader = old.wait_new_leader(survivor);

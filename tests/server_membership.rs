@@ -56,8 +56,21 @@ fn run_ok(cluster: &Cluster, args: &[&str]) -> String {
 
 /// The longest time between two consecutive acknowledged writes.
 fn longest_gap(acked: &[Acked]) -> Duration {
+    longest_gap_within(acked, None)
+}
+
+/// The longest time between two consecutive acknowledged writes, of those around `window` (from its
+/// start to a second after its end) if given.
+fn longest_gap_within(acked: &[Acked], window: Option<(Instant, Instant)>) -> Duration {
     let mut times: Vec<Instant> = acked.iter().map(|a| a.at).collect();
     times.sort_unstable();
+    if let Some((from, to)) = window {
+        let to = to + Duration::from_secs(1);
+        // Keep the last ack before the window, so a pause that starts with the change counts.
+        let first = times.partition_point(|t| *t < from).saturating_sub(1);
+        let last = times.partition_point(|t| *t <= to);
+        times = times[first..last].to_vec();
+    }
     times
         .windows(2)
         .map(|w| w[1] - w[0])
@@ -83,9 +96,27 @@ fn grow_to_five_remove_the_leader_and_shrink_to_three_under_load() {
     let load = WriteLoad::start(cluster.addrs(), "grow", 4);
     std::thread::sleep(Duration::from_millis(500));
 
+    let mut phases: Vec<(&str, Instant, Instant)> = Vec::new();
     // Node 4 joins by itself (as a learner), then is promoted.
+    let began = Instant::now();
     cluster.start_joining(3, &[0, 1, 2]);
     wait_membership(&cluster, &[(1, true), (2, true), (3, true), (4, false)]);
+    phases.push(("add a learner (--join)", began, Instant::now()));
+    // A client that knows only the new node finds the leader through it.
+    let through_new = run_raftkv(
+        &[
+            "client",
+            "--addr",
+            cluster.addr(3),
+            "set",
+            "via-new-node",
+            "v",
+        ],
+        Duration::from_secs(30),
+    )
+    .expect("client finished");
+    assert!(through_new.status.success(), "{}", through_new.stderr);
+    let began = Instant::now();
     let promoted = Instant::now() + LEADER_TIMEOUT;
     loop {
         let done = cluster.members(&["promote", "--id", "4"]);
@@ -99,6 +130,7 @@ fn grow_to_five_remove_the_leader_and_shrink_to_three_under_load() {
         );
         std::thread::sleep(Duration::from_millis(200));
     }
+    phases.push(("promote a learner", began, Instant::now()));
     // Node 5 is added by the operator, who then starts it; `add` waits until it can promote it.
     let (addr5, peer5) = (
         cluster.nodes[4].client_addr.clone(),
@@ -128,8 +160,10 @@ fn grow_to_five_remove_the_leader_and_shrink_to_three_under_load() {
         })
     };
     std::thread::sleep(Duration::from_millis(500));
+    let began = Instant::now();
     cluster.start_joining(4, &[0, 1, 2]);
     let added = operator.join().expect("operator thread");
+    phases.push(("add and promote (members add)", began, Instant::now()));
     assert!(added.status.success(), "members add: {}", added.stderr);
     assert!(added.stdout.contains("LAG"), "a table: {}", added.stdout);
     let five: Vec<(u64, bool)> = (1..=5).map(|id| (id, true)).collect();
@@ -143,6 +177,7 @@ fn grow_to_five_remove_the_leader_and_shrink_to_three_under_load() {
     assert!(table.contains("leader"), "{table}");
 
     // Remove the leader: it hands over and steps down once the change commits.
+    let began = Instant::now();
     run_ok(&cluster, &["remove", "--id", &leader.to_string()]);
     let remaining: Vec<(u64, bool)> = five
         .iter()
@@ -150,6 +185,7 @@ fn grow_to_five_remove_the_leader_and_shrink_to_three_under_load() {
         .filter(|(id, _)| *id != leader)
         .collect();
     let next = wait_membership(&cluster, &remaining);
+    phases.push(("remove the leader", began, Instant::now()));
     assert_ne!(next, leader);
     let old = index_of_id(&cluster, leader);
     assert!(
@@ -174,6 +210,7 @@ fn grow_to_five_remove_the_leader_and_shrink_to_three_under_load() {
         .map(|(id, _)| *id)
         .find(|id| *id != next)
         .unwrap();
+    let began = Instant::now();
     run_ok(&cluster, &["remove", "--id", &victim.to_string()]);
     let three: Vec<(u64, bool)> = remaining
         .iter()
@@ -181,6 +218,7 @@ fn grow_to_five_remove_the_leader_and_shrink_to_three_under_load() {
         .filter(|(id, _)| *id != victim)
         .collect();
     wait_membership(&cluster, &three);
+    phases.push(("remove a follower", began, Instant::now()));
     cluster.terminate(index_of_id(&cluster, victim));
 
     std::thread::sleep(Duration::from_millis(500));
@@ -190,6 +228,13 @@ fn grow_to_five_remove_the_leader_and_shrink_to_three_under_load() {
         "grow/remove-leader/shrink: {} writes acknowledged, longest pause {gap:?}",
         acked.len()
     );
+    for (phase, from, to) in phases {
+        let gap = longest_gap_within(&acked, Some((from, to)));
+        eprintln!(
+            "  {phase}: longest pause {gap:?} (change took {:?})",
+            to - from
+        );
+    }
     assert!(acked.len() > 100, "writes continued: {}", acked.len());
     let mut client = Client::new(cluster.addrs());
     check_acked(&mut client, &acked);
