@@ -342,3 +342,29 @@ fn refused_changes_say_why_and_change_nothing() {
         last.stderr
     );
 }
+
+/// With `auto_remove_after_s`, the leader removes a member it has not heard from for that long (here a
+/// learner killed for good), but never takes the voters below three.
+#[test]
+fn an_unreachable_member_is_removed_when_auto_removal_is_on() {
+    let tunables = format!("{FAST_TUNABLES}auto_remove_after_s = 1\n");
+    let mut cluster = Cluster::configure_with_spares(3, 1, &tunables);
+    for i in 0..3 {
+        cluster.start_node(i);
+    }
+    cluster.wait_leader();
+    cluster.start_joining(3, &[0, 1, 2]);
+    wait_membership(&cluster, &[(1, true), (2, true), (3, true), (4, false)]);
+    cluster.kill(3);
+    wait_membership(&cluster, &[(1, true), (2, true), (3, true)]);
+    // A voter that goes silent stays: three voters is the floor.
+    let leader = cluster.wait_leader();
+    let follower = (leader + 1) % 3;
+    cluster.kill(follower);
+    std::thread::sleep(Duration::from_secs(3));
+    assert_eq!(
+        membership(&cluster).0,
+        vec![(1, true), (2, true), (3, true)],
+        "no voter removed below three"
+    );
+}

@@ -315,6 +315,44 @@ impl<H> Replica<H> {
         book
     }
 
+    /// With auto-removal on, a leader removes one member it has not heard from for the configured time
+    /// (rqlite's "reap"): a learner always, a voter only if at least three voters remain.
+    pub(crate) fn remove_unreachable(&mut self) {
+        let after = self.config.auto_remove_after_ms;
+        if after == 0 || self.raft.status().role != Role::Leader {
+            return;
+        }
+        let now = self.now.mono_ms;
+        let membership = self.raft.membership().clone();
+        let silent = membership.members().find(|id| {
+            let quiet = self
+                .last_heard
+                .get(id)
+                .is_none_or(|at| now.saturating_sub(*at) > after);
+            let removable = membership.is_learner(*id) || membership.voters.len() > 3;
+            *id != self.id && quiet && removable
+        });
+        let Some(id) = silent else {
+            return;
+        };
+        let mut book = self.address_book();
+        book.members.remove(&id);
+        let max_lag = self.config.promote_max_lag;
+        // Refused while another change is in progress, or before this leader's first commit: the next
+        // check tries again.
+        if let Ok((index, _)) =
+            self.raft
+                .propose_conf_change(ConfChange::Remove(id), book.encode(), max_lag)
+        {
+            warn!(
+                node = id,
+                index,
+                silent_ms = now.saturating_sub(self.last_heard.get(&id).copied().unwrap_or(0)),
+                "removing a member not heard from for longer than auto_remove_after_s"
+            );
+        }
+    }
+
     /// Whether this node has been removed from the cluster it belonged to.
     pub fn removed(&self) -> bool {
         self.removed

@@ -37,6 +37,8 @@ pub struct ReplicaConfig {
     pub peer_addrs: BTreeMap<NodeId, String>,
     /// A learner is promoted only when at most this many entries behind the leader.
     pub promote_max_lag: u64,
+    /// The leader removes a member it has not heard from for this long; 0 = never.
+    pub auto_remove_after_ms: u64,
     /// Requests wait this long for a leader to be known; a shutdown waits this long for a handover.
     pub leader_wait_ms: u64,
     pub snapshot_entries: u64,
@@ -154,6 +156,8 @@ pub struct Replica<H> {
     pub(crate) removed: bool,
     /// Which voter a removed node redirects to next.
     pub(crate) redirect_turn: u64,
+    /// When each peer was last heard from (monotonic ms), with auto-removal on.
+    pub(crate) last_heard: BTreeMap<NodeId, u64>,
 }
 
 impl<H> Replica<H> {
@@ -195,6 +199,7 @@ impl<H> Replica<H> {
             known_config: None,
             removed: false,
             redirect_turn: 0,
+            last_heard: BTreeMap::new(),
         };
         replica.track_membership();
         Ok(replica)
@@ -244,11 +249,15 @@ impl<H> Replica<H> {
         if now.mono_ms >= self.next_expire_ms {
             self.next_expire_ms = now.mono_ms + EXPIRE_EVERY_MS;
             self.maybe_propose_expire();
+            self.remove_unreachable();
         }
     }
 
     /// A message from a peer.
     pub fn step(&mut self, msg: Message) {
+        if self.config.auto_remove_after_ms > 0 {
+            self.last_heard.insert(msg.from, self.now.mono_ms);
+        }
         self.raft.step(msg);
     }
 
@@ -438,6 +447,11 @@ impl<H> Replica<H> {
         }
         if soft.role == Role::Leader && !was_leader {
             info!(term = soft.term, "became leader");
+            // Everyone gets a full grace period from the start of this term.
+            let now = self.now.mono_ms;
+            for id in self.raft.membership().members().collect::<Vec<_>>() {
+                self.last_heard.insert(id, now);
+            }
         }
         if was_leader && soft.role != Role::Leader {
             // Whether these writes commit is now up to the next leader: the outcome is unknown.

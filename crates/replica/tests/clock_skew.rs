@@ -45,6 +45,7 @@ impl Cluster {
                     raft,
                     peer_addrs: Default::default(),
                     promote_max_lag: raftkv_replica::DEFAULT_PROMOTE_MAX_LAG,
+                    auto_remove_after_ms: 0,
                     client_addrs: voters
                         .iter()
                         .map(|&n| (n, format!("127.0.0.1:{}", 9000 + n)))

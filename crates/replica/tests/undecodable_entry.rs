@@ -39,6 +39,7 @@ fn an_undecodable_committed_entry_stops_the_replica() {
         raft,
         peer_addrs: Default::default(),
         promote_max_lag: raftkv_replica::DEFAULT_PROMOTE_MAX_LAG,
+        auto_remove_after_ms: 0,
         client_addrs: [(1, "127.0.0.1:9001".to_string())].into(),
         leader_wait_ms: 1_000,
         snapshot_entries: 1 << 40,

@@ -180,6 +180,9 @@ pub struct Tunables {
     /// A client connection with nothing to read for this long is closed; 0 = never (Redis's
     /// `timeout`).
     pub client_idle_timeout_s: u64,
+    /// The leader removes a member it has not heard from for this long; 0 = never (the default). It
+    /// never removes a voter this way when fewer than three would remain.
+    pub auto_remove_after_s: u64,
 }
 
 impl Default for Tunables {
@@ -198,6 +201,7 @@ impl Default for Tunables {
             max_buffered_request_bytes: 256 << 20,
             client_request_timeout_s: 30,
             client_idle_timeout_s: 0,
+            auto_remove_after_s: 0,
         }
     }
 }

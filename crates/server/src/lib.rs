@@ -151,6 +151,7 @@ pub async fn run_node_opts(
             .map(|node| (node.id, node.peer_addr.clone()))
             .collect(),
         promote_max_lag: raftkv_replica::DEFAULT_PROMOTE_MAX_LAG,
+        auto_remove_after_ms: config.tunables.auto_remove_after_s.saturating_mul(1000),
         leader_wait_ms: config.tunables.election_timeout_ms * 2,
         snapshot_entries: config.tunables.snapshot_entries,
         snapshot_bytes: config.tunables.snapshot_bytes,

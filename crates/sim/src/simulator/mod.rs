@@ -256,6 +256,7 @@ impl Simulator {
                     client_addrs: client_addrs.clone(),
                     peer_addrs: Default::default(),
                     promote_max_lag: raftkv_replica::DEFAULT_PROMOTE_MAX_LAG,
+                    auto_remove_after_ms: 0,
                     leader_wait_ms: u64::from(params.election_ticks) * params.tick_ms * 2,
                     snapshot_entries: params.snapshot_entries,
                     snapshot_bytes: params.snapshot_bytes,
