@@ -205,10 +205,11 @@ fn grow_to_five_remove_the_leader_and_shrink_to_three_under_load() {
     cluster.terminate(old);
 
     // Shrink to three: remove one more voter.
+    // One of the first three, so that the three left are never the file's three (checked below).
     let victim = remaining
         .iter()
         .map(|(id, _)| *id)
-        .find(|id| *id != next)
+        .find(|id| *id != next && *id <= 3)
         .unwrap();
     let began = Instant::now();
     run_ok(&cluster, &["remove", "--id", &victim.to_string()]);
@@ -220,6 +221,16 @@ fn grow_to_five_remove_the_leader_and_shrink_to_three_under_load() {
     wait_membership(&cluster, &three);
     phases.push(("remove a follower", began, Instant::now()));
     cluster.terminate(index_of_id(&cluster, victim));
+
+    // A node restarted with the original file (three nodes, not these three) follows the log.
+    let kept = index_of_id(&cluster, three[0].0);
+    cluster.kill(kept);
+    cluster.start_node(kept);
+    assert!(
+        cluster.wait_log(kept, "ignoring the file's node list", 1, LEADER_TIMEOUT),
+        "a restart with a disagreeing file says so:\n{}",
+        cluster.log_tails(10)
+    );
 
     std::thread::sleep(Duration::from_millis(500));
     let (acked, _) = load.stop();
