@@ -54,7 +54,12 @@ impl<H> Replica<H> {
                 let reply = self.redirect_to(leader);
                 self.out.replies.push((request.handle, reply));
             }
-            _ => self.park(request),
+            // A node that knows no membership yet (it joined and is waiting to be added) has no
+            // leader to wait for: the client had better ask another node now.
+            None if self.raft.membership().voters.is_empty() => {
+                self.out.replies.push((request.handle, Reply::ErrInternal));
+            }
+            None => self.park(request),
         }
     }
 
