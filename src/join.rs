@@ -1,6 +1,9 @@
 //! `raftkv server --join`: before a new node starts, it asks the cluster who its members are and adds
 //! itself as a learner, unless it is a member already. Joining is idempotent: a node restarted with the
-//! same id and addresses finds itself in the membership and simply starts.
+//! same command line has data, so it simply starts (its membership is in its log) without asking
+//! anyone; one whose data directory is empty and that the cluster lists as a learner with the same
+//! addresses starts too. A voter with an empty data directory is refused: it would have forgotten its
+//! votes and its log, and could help elect a leader that lacks committed entries.
 
 use std::time::Duration;
 
@@ -23,6 +26,13 @@ pub async fn join_cluster(
     let me = config
         .node(id)
         .with_context(|| format!("node {id} is not configured"))?;
+    if holds_data(&me.data_dir) {
+        info!(
+            node = id,
+            "restarting a node that joined before: its membership is in its log"
+        );
+        return Ok(Vec::new());
+    }
     let tls = match &config.tls {
         Some(tls) if tls.client != ClientTls::Off => {
             let identity = me.tls_cert.as_deref().zip(me.tls_key.as_deref());
@@ -43,6 +53,11 @@ pub async fn join_cluster(
         .await
         .context("cannot reach the cluster to join")?;
     let table = match table.members.iter().find(|m| m.id == id) {
+        Some(row) if row.voter => bail!(
+            "node {id} is a voter of the cluster, and this data directory is empty: a voter that lost \
+             its data must not come back as itself (it forgot its votes and log). Remove it \
+             (raftkv members remove --id {id}), then join again"
+        ),
         Some(row) if row.client_addr == me.client_addr && row.peer_addr == me.peer_addr => {
             info!(node = id, "already a member of the cluster; rejoining");
             table
@@ -77,4 +92,9 @@ pub async fn join_cluster(
         .filter(|m| m.id != id)
         .map(|m| (m.id, m.peer_addr))
         .collect())
+}
+
+/// Whether `dir` exists and holds anything (a node's data).
+fn holds_data(dir: &std::path::Path) -> bool {
+    std::fs::read_dir(dir).is_ok_and(|mut entries| entries.next().is_some())
 }

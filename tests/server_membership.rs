@@ -379,3 +379,31 @@ fn an_unreachable_member_is_removed_when_auto_removal_is_on() {
         "no voter removed below three"
     );
 }
+
+/// A voter whose disk was wiped must not rejoin as itself (it forgot its votes and its log): `--join`
+/// refuses, and says how to bring it back. After `members remove` it joins again as a learner.
+#[test]
+fn a_voter_that_lost_its_data_cannot_rejoin_as_itself() {
+    let mut cluster = Cluster::configure_with_spares(3, 0, FAST_TUNABLES);
+    for i in 0..3 {
+        cluster.start_node(i);
+    }
+    let leader = cluster.wait_leader();
+    let lost = (leader + 1) % 3;
+    cluster.kill(lost);
+    std::fs::remove_dir_all(&cluster.nodes[lost].data_dir).expect("wipe its data");
+    let others: Vec<usize> = (0..3).filter(|i| *i != lost).collect();
+    cluster.start_joining(lost, &others);
+    let deadline = Instant::now() + LEADER_TIMEOUT;
+    while cluster.is_running(lost) {
+        assert!(Instant::now() < deadline, "the wiped voter was not refused");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert_eq!(cluster.log_count(lost, "must not come back as itself"), 1);
+    let id = cluster.nodes[lost].id.to_string();
+    run_ok(&cluster, &["remove", "--id", &id]);
+    cluster.kill(lost);
+    cluster.start_joining(lost, &others);
+    let expected: Vec<(u64, bool)> = (1..=3).map(|n| (n, n.to_string() != id)).collect();
+    wait_membership(&cluster, &expected);
+}

@@ -80,6 +80,12 @@ pub enum ConfChangeError {
     },
     /// The change would leave the cluster without a voter.
     NoVotersLeft,
+    /// The new voters would have no majority of nodes the leader has heard from recently: the change
+    /// could never commit, and nothing could undo it, until they came back. `responding` of `needed`.
+    NoLiveMajority {
+        responding: usize,
+        needed: usize,
+    },
     /// Node id 0 means "none" and cannot be a member.
     InvalidId,
     /// More than [`MAX_MEMBERS`] members or [`MAX_CONTEXT_BYTES`] of context.
@@ -108,6 +114,11 @@ impl std::fmt::Display for ConfChangeError {
                 "learner {id} is not caught up ({lag} entries behind the leader); retry later"
             ),
             ConfChangeError::NoVotersLeft => write!(f, "the change would leave no voters"),
+            ConfChangeError::NoLiveMajority { responding, needed } => write!(
+                f,
+                "the new voters would have no working majority (only {responding} of the {needed} \
+                 needed respond); bring nodes back first"
+            ),
             ConfChangeError::InvalidId => write!(f, "node id 0 is not allowed"),
             ConfChangeError::TooLarge => write!(f, "the membership would be too large"),
         }

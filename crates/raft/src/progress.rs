@@ -27,6 +27,9 @@ pub(crate) struct Progress {
     pub(crate) probe_sent: bool,
     /// Heard from within the current check-quorum window.
     pub(crate) recent_active: bool,
+    /// Heard from within the previous window (so "recently" does not depend on where in the current
+    /// window the question comes).
+    pub(crate) previously_active: bool,
     /// The highest ReadIndex round this follower has acknowledged.
     pub(crate) read_round_acked: u64,
     /// Heartbeats sent since an InstallSnapshot went out unanswered.
@@ -44,11 +47,17 @@ impl Progress {
             state: ReplicationState::Probe,
             probe_sent: false,
             recent_active: true,
+            previously_active: true,
             read_round_acked: 0,
             snapshot_wait: 0,
             inflight: VecDeque::new(),
             inflight_bytes: 0,
         }
+    }
+
+    /// Heard from within the last one or two check-quorum windows.
+    pub(crate) fn is_alive(&self) -> bool {
+        self.recent_active || self.previously_active
     }
 
     /// Whether the leader must hold back further Appends to this follower for now.

@@ -344,3 +344,48 @@ fn a_node_removed_by_an_uncommitted_entry_still_campaigns_until_it_commits() {
     assert_eq!(voters(&mut c, other), vec![other]);
     assert!(c.node(other).status().commit >= c.node(other).config_index());
 }
+
+/// A change needs a majority of the new voters to commit; if they are not there it would hang, and
+/// nothing could undo it. With one of three voters dead, removing a live one is refused (the two left
+/// would include the dead one); removing the dead one is fine.
+#[test]
+fn a_change_whose_new_voters_have_no_live_majority_is_refused() {
+    let (mut c, leader) = cluster_with_spares(3, &[]);
+    let mut others = (1..=3).filter(|id| *id != leader);
+    let (dead, live) = (others.next().unwrap(), others.next().unwrap());
+    c.isolate(dead);
+    // Two check-quorum windows without a word from it.
+    c.tick_all(25);
+    assert_eq!(c.leader(), Some(leader));
+    assert_eq!(
+        change(&mut c, leader, ConfChange::Remove(live)),
+        Err(ConfChangeError::NoLiveMajority {
+            responding: 1,
+            needed: 2
+        })
+    );
+    change(&mut c, leader, ConfChange::Remove(dead)).unwrap();
+    assert_eq!(voters(&mut c, leader).len(), 2);
+}
+
+/// A removed follower that holds the change learns that it committed (one last heartbeat), so it
+/// knows it is out: it no longer campaigns.
+#[test]
+fn a_removed_follower_learns_that_its_removal_committed() {
+    let (mut c, leader) = cluster_with_spares(3, &[]);
+    let gone = (1..=3).find(|id| *id != leader).unwrap();
+    let index = change(&mut c, leader, ConfChange::Remove(gone)).unwrap();
+    c.tick_all(2);
+    assert!(
+        c.node(gone).status().commit >= index,
+        "{:?}",
+        c.node(gone).status()
+    );
+    assert!(!c.node(gone).membership().contains(gone));
+    let term = c.node(leader).status().term;
+    c.isolate(gone);
+    for _ in 0..100 {
+        c.node(gone).tick();
+    }
+    assert_eq!(c.node(gone).status().term, term, "it never campaigned");
+}

@@ -269,22 +269,45 @@ impl<H> Replica<H> {
     pub(crate) fn track_membership(&mut self) {
         let index = self.raft.config_index();
         let committed = self.raft.status().commit >= index;
-        if Some((index, committed)) == self.known_config {
+        let membership = self.raft.membership();
+        // The membership itself is compared, not only its index: an uncommitted entry may be replaced
+        // by another leader's at the same index.
+        let same = self
+            .known_config
+            .as_ref()
+            .is_some_and(|(known, known_committed)| {
+                known == membership && *known_committed == committed
+            });
+        if same {
             return;
         }
-        let new_entry = self.known_config.map(|(known, _)| known) != Some(index);
-        self.known_config = Some((index, committed));
+        let new_membership = self
+            .known_config
+            .as_ref()
+            .is_none_or(|(known, _)| known != membership);
+        let before: Vec<NodeId> = self
+            .known_config
+            .as_ref()
+            .map(|(known, _)| known.members().collect())
+            .unwrap_or_default();
+        let membership = membership.clone();
+        self.known_config = Some((membership.clone(), committed));
         self.out.membership = Some(self.peer_book());
-        if !new_entry {
+        if !new_membership {
             return;
         }
-        let membership = self.raft.membership().clone();
+        // A member that just joined (or came back) gets a full grace period before auto-removal.
+        let now = self.now.mono_ms;
+        for id in membership.members().filter(|id| !before.contains(id)) {
+            self.last_heard.insert(id, now);
+        }
         if membership.contains(self.id) {
+            self.ever_member = true;
             if self.removed {
                 info!("this node is a member again");
                 self.removed = false;
             }
-        } else if !membership.voters.is_empty() && !self.removed {
+        } else if self.ever_member && !self.removed {
             warn!(
                 index,
                 "this node was removed from the cluster: it no longer votes or serves; clients are \
@@ -351,6 +374,20 @@ impl<H> Replica<H> {
                 "removing a member not heard from for longer than auto_remove_after_s"
             );
         }
+    }
+
+    /// Whether a membership in this node's log or snapshot (or its bootstrap) lists it: at start, to
+    /// tell a removed node from one that is joining.
+    pub(crate) fn was_ever_member(&self) -> bool {
+        let raft = &self.raft;
+        raft.snapshot_meta().membership.contains(self.id)
+            || self.config.raft.voters.contains(&self.id)
+            || raft
+                .entries()
+                .iter()
+                .filter(|e| e.kind == EntryKind::Config)
+                .filter_map(|e| Membership::from_entry_data(&e.data))
+                .any(|m| m.contains(self.id))
     }
 
     /// Whether this node has been removed from the cluster it belonged to.

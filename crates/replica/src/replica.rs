@@ -149,9 +149,11 @@ pub struct Replica<H> {
     pub(crate) encode_buf: BytesMut,
     next_expire_ms: u64,
     shutting_down_until: Option<u64>,
-    /// The membership's entry index last reported in [`Outputs::membership`], and whether it had
-    /// committed then.
-    pub(crate) known_config: Option<(Index, bool)>,
+    /// The membership last reported in [`Outputs::membership`], and whether it had committed then.
+    pub(crate) known_config: Option<(raftkv_raft::Membership, bool)>,
+    /// This node has been a member: a membership without it means it was removed (a node that is
+    /// joining replays memberships from before it was added, which do not).
+    pub(crate) ever_member: bool,
     /// This node was a member and is no longer.
     pub(crate) removed: bool,
     /// Which voter a removed node redirects to next.
@@ -197,10 +199,12 @@ impl<H> Replica<H> {
             next_expire_ms: 0,
             shutting_down_until: None,
             known_config: None,
+            ever_member: false,
             removed: false,
             redirect_turn: 0,
             last_heard: BTreeMap::new(),
         };
+        replica.ever_member = replica.was_ever_member();
         replica.track_membership();
         Ok(replica)
     }

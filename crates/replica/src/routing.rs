@@ -77,6 +77,15 @@ impl<H> Replica<H> {
     /// this node knows; otherwise redirected to the leader (or, with no leader known, parked like any
     /// request). Not ordered with the connection's other requests, and not linearizable.
     fn serve_stale(&mut self, read: Request, max_lag: u64, handle: H) {
+        if self.removed {
+            // Its state only ages from here: send the client to the cluster.
+            let reply = match self.redirect_target() {
+                Some(to) => self.redirect_to(to),
+                None => Reply::ErrInternal,
+            };
+            self.out.replies.push((handle, reply));
+            return;
+        }
         let status = self.raft.status();
         let applied = self.store.applied_index();
         let Some(leader) = status.leader else {

@@ -54,6 +54,7 @@ impl Raft {
                 if p.recent_active {
                     active += 1;
                 }
+                p.previously_active = p.recent_active;
                 p.recent_active = false;
             }
         }

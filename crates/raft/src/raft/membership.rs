@@ -36,6 +36,19 @@ impl Raft {
             return Err(ConfChangeError::InProgress);
         }
         let next = self.membership.apply(change, context)?;
+        // A change commits only on a majority of the new voters; with no such majority alive it would
+        // hang, and the cluster with it (the old majority can no longer decide anything either).
+        let responding = next
+            .voters
+            .iter()
+            .filter(|id| **id == self.id || self.progress.get(id).is_some_and(|p| p.is_alive()))
+            .count();
+        if responding < next.quorum() {
+            return Err(ConfChangeError::NoLiveMajority {
+                responding,
+                needed: next.quorum(),
+            });
+        }
         if let ConfChange::Promote(id) = change {
             let matched = self.progress.get(&id).map_or(0, |p| p.match_index);
             let lag = self.log.last_index().saturating_sub(matched);
@@ -134,6 +147,24 @@ impl Raft {
     pub(super) fn after_commit_advanced(&mut self) {
         if self.role != Role::Leader || self.log.commit < self.config_index {
             return;
+        }
+        // Removed followers that hold the change learn that it committed from one last heartbeat, so
+        // that they stop serving and stop campaigning.
+        let leaving: Vec<(NodeId, Index)> = self
+            .progress
+            .iter()
+            .filter(|(id, _)| !self.membership.contains(**id))
+            .map(|(id, p)| (*id, p.match_index))
+            .collect();
+        for (to, matched) in leaving {
+            let commit = self.log.commit.min(matched);
+            self.send(
+                to,
+                MessageBody::Heartbeat {
+                    commit,
+                    read_round: 0,
+                },
+            );
         }
         let membership = &self.membership;
         self.progress.retain(|id, _| membership.contains(*id));
