@@ -21,6 +21,8 @@ const DEFAULT_CLIENT_PORT: u16 = 9000;
 const DEFAULT_PEER_PORT_OFFSET: u16 = 1000;
 /// HTTP ports (metrics, health, status) start this far above the client ports unless `--http-port` says otherwise.
 const DEFAULT_HTTP_PORT_OFFSET: u16 = 2000;
+/// Redis (RESP) ports are the client ports plus this (9000 -> 12000).
+const DEFAULT_RESP_PORT_OFFSET: u16 = 3000;
 const CONFIG_FILE: &str = "cluster.toml";
 /// How long stopped children get to exit after SIGTERM before they are killed.
 const STOP_GRACE: Duration = Duration::from_secs(10);
@@ -248,6 +250,10 @@ fn new_config(args: &Args) -> anyhow::Result<ClusterConfig> {
                 PathBuf::from(format!("node{id}")),
             );
             node.http_addr = Some(format!("127.0.0.1:{}", http_port + offset));
+            // The Redis port, when the client port leaves room for it.
+            node.resp_addr = port
+                .checked_add(DEFAULT_RESP_PORT_OFFSET + offset)
+                .map(|resp| format!("127.0.0.1:{resp}"));
             node
         })
         .collect();
@@ -324,9 +330,11 @@ pub fn write_atomically(path: &Path, text: &str) -> anyhow::Result<()> {
 fn check_ports_free(config: &ClusterConfig) -> anyhow::Result<()> {
     for node in &config.nodes {
         let http = node.http_addr.iter().map(|addr| ("http", addr));
+        let resp = node.resp_addr.iter().map(|addr| ("Redis", addr));
         for (what, addr) in [("client", &node.client_addr), ("peer", &node.peer_addr)]
             .into_iter()
             .chain(http)
+            .chain(resp)
         {
             if let Err(err) = std::net::TcpListener::bind(addr.as_str()) {
                 bail!("node {} {what} address {addr} is unavailable ({err}); is this cluster already running?", node.id);

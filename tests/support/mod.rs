@@ -118,6 +118,8 @@ pub struct Node {
     pub peer_addr: String,
     /// Where the node serves /metrics, /health and /status.
     pub http_addr: String,
+    /// Where the node speaks RESP (the Redis front end).
+    pub resp_addr: String,
     pub data_dir: PathBuf,
     pub log: PathBuf,
     child: Option<Child>,
@@ -145,16 +147,18 @@ impl Cluster {
                 client_addr: format!("127.0.0.1:{}", free_port()),
                 peer_addr: format!("127.0.0.1:{}", free_port()),
                 http_addr: format!("127.0.0.1:{}", free_port()),
+                resp_addr: format!("127.0.0.1:{}", free_port()),
                 data_dir: dir.path().join(format!("node{id}")),
                 log: dir.path().join(format!("node{id}.log")),
                 child: None,
                 starts: 0,
             };
             toml.push_str(&format!(
-                "[[nodes]]\nid = {id}\nclient_addr = \"{}\"\npeer_addr = \"{}\"\nhttp_addr = \"{}\"\ndata_dir = \"{}\"\n\n",
+                "[[nodes]]\nid = {id}\nclient_addr = \"{}\"\npeer_addr = \"{}\"\nhttp_addr = \"{}\"\nresp_addr = \"{}\"\ndata_dir = \"{}\"\n\n",
                 node.client_addr,
                 node.peer_addr,
                 node.http_addr,
+                node.resp_addr,
                 node.data_dir.display()
             ));
             nodes.push(node);

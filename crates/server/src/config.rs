@@ -130,6 +130,9 @@ pub struct NodeConfig {
     /// `host:port` of the node's HTTP endpoint (`/metrics`, `/health`, `/status`); none if absent.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub http_addr: Option<String>,
+    /// `host:port` of the node's Redis (RESP) port; none if absent. See `docs/redis.md`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resp_addr: Option<String>,
     /// PEM certificate chain of this node, naming `node-<id>.raftkv` (and its hosts, for clients).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tls_cert: Option<PathBuf>,
@@ -147,6 +150,7 @@ impl NodeConfig {
             peer_addr,
             data_dir,
             http_addr: None,
+            resp_addr: None,
             tls_cert: None,
             tls_key: None,
         }
@@ -270,12 +274,14 @@ impl ClusterConfig {
                 );
             }
             let http = node.http_addr.iter().map(|addr| ("http_addr", addr));
+            let resp = node.resp_addr.iter().map(|addr| ("resp_addr", addr));
             for (field, addr) in [
                 ("client_addr", &node.client_addr),
                 ("peer_addr", &node.peer_addr),
             ]
             .into_iter()
             .chain(http)
+            .chain(resp)
             {
                 let path = format!("nodes[{i}].{field}");
                 let canonical = match parse_host_port(addr) {

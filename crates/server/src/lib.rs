@@ -25,6 +25,7 @@ pub mod listener;
 pub mod metrics;
 pub mod node;
 pub mod persist;
+pub mod redis;
 pub mod reply_budget;
 pub mod request;
 pub mod restore;
@@ -186,6 +187,14 @@ pub async fn run_node_opts(
     let listener = TcpListener::bind(&me.client_addr)
         .await
         .with_context(|| format!("cannot listen for clients on {}", me.client_addr))?;
+    let resp_listener = match &me.resp_addr {
+        Some(addr) => Some(
+            TcpListener::bind(addr)
+                .await
+                .with_context(|| format!("cannot listen for Redis clients on resp_addr {addr}"))?,
+        ),
+        None => None,
+    };
     let (inbound_tx, inbound_rx) = mpsc::channel(INBOUND_QUEUE_DEPTH);
     let transport =
         transport::Transport::start(&config, id, inbound_tx, tls.peer.clone(), metrics.clone())
@@ -206,30 +215,54 @@ pub async fn run_node_opts(
     // The same limit as for buffered requests, counted separately.
     let reply_budget = reply_budget::ReplyBudget::new(config.tunables.max_buffered_request_bytes);
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
+    let limits = connection::Limits {
+        max_value_size: config.tunables.max_value_size,
+        max_bytes_in_flight: config.tunables.max_request_bytes_in_flight,
+        request_timeout: std::time::Duration::from_secs(config.tunables.client_request_timeout_s),
+        node_budget: std::sync::Arc::new(tokio::sync::Semaphore::new(
+            config
+                .tunables
+                .max_buffered_request_bytes
+                .min(tokio::sync::Semaphore::MAX_PERMITS),
+        )),
+        node_budget_bytes: config.tunables.max_buffered_request_bytes,
+        reply_budget: reply_budget.clone(),
+        backup_slot: std::sync::Arc::new(tokio::sync::Semaphore::new(1)),
+        metrics: metrics.clone(),
+        requests: metrics::AllRequestHandles::new(&metrics),
+        idle_timeout: (config.tunables.client_idle_timeout_s > 0)
+            .then(|| std::time::Duration::from_secs(config.tunables.client_idle_timeout_s)),
+    };
+    if let Some(resp_listener) = resp_listener {
+        info!(node = id, addr = ?resp_listener.local_addr().ok(), "Redis port listening");
+        let ctx = redis::Context {
+            id,
+            node: requests_tx.clone(),
+            status: status_rx.clone(),
+            limits: limits.clone(),
+            node_budget_permits: config
+                .tunables
+                .max_buffered_request_bytes
+                .min(u32::MAX as usize) as u32,
+            resp_addrs: config
+                .nodes
+                .iter()
+                .filter_map(|node| Some((node.id, node.resp_addr.clone()?)))
+                .collect(),
+            leader_wait: std::time::Duration::from_millis(config.tunables.election_timeout_ms * 4),
+        };
+        tokio::spawn(redis::accept(
+            resp_listener,
+            std::sync::Arc::new(ctx),
+            config.tunables.max_connections,
+            shutdown_rx.clone(),
+        ));
+    }
     let accept = tokio::spawn(listener::accept_clients(
         listener,
         requests_tx,
         config.tunables.max_connections,
-        connection::Limits {
-            max_value_size: config.tunables.max_value_size,
-            max_bytes_in_flight: config.tunables.max_request_bytes_in_flight,
-            request_timeout: std::time::Duration::from_secs(
-                config.tunables.client_request_timeout_s,
-            ),
-            node_budget: std::sync::Arc::new(tokio::sync::Semaphore::new(
-                config
-                    .tunables
-                    .max_buffered_request_bytes
-                    .min(tokio::sync::Semaphore::MAX_PERMITS),
-            )),
-            node_budget_bytes: config.tunables.max_buffered_request_bytes,
-            reply_budget: reply_budget.clone(),
-            backup_slot: std::sync::Arc::new(tokio::sync::Semaphore::new(1)),
-            metrics: metrics.clone(),
-            requests: metrics::AllRequestHandles::new(&metrics),
-            idle_timeout: (config.tunables.client_idle_timeout_s > 0)
-                .then(|| std::time::Duration::from_secs(config.tunables.client_idle_timeout_s)),
-        },
+        limits,
         tls.clients.clone(),
         shutdown_rx.clone(),
     ));

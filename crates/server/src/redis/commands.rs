@@ -1,0 +1,487 @@
+//! What each Redis command becomes: an answer known at once, or requests to the node loop (reads
+//! through ReadIndex, writes through the log, exactly as the CS733 port sends them) and how to turn
+//! their replies into the Redis reply.
+//!
+//! Commands that need state-machine support raftkv does not have yet (INCR, MSET, SET NX, ...) are
+//! answered with an error that says so, never approximated by several non-atomic steps.
+
+use bytes::Bytes;
+use raftkv_kv::{Command, Reply, Request};
+use raftkv_protocol::limits::{is_valid_key, MAX_EXPTIME_SECS};
+use raftkv_resp::Value;
+
+use crate::request::Op;
+
+/// The commands this front end knows, for `COMMAND COUNT` and error messages.
+pub const SUPPORTED: &[&str] = &[
+    "PING", "ECHO", "SELECT", "HELLO", "CLIENT", "QUIT", "RESET", "COMMAND", "CONFIG", "TIME",
+    "DBSIZE", "INFO", "GET", "SET", "SETEX", "PSETEX", "MGET", "DEL", "UNLINK", "EXISTS", "STRLEN",
+    "GETRANGE", "TTL", "TYPE",
+];
+
+/// Commands of Redis that raftkv knows of but cannot run yet.
+const NOT_YET: &[&str] = &[
+    "INCR",
+    "INCRBY",
+    "DECR",
+    "DECRBY",
+    "INCRBYFLOAT",
+    "APPEND",
+    "SETRANGE",
+    "MSET",
+    "MSETNX",
+    "SETNX",
+    "GETSET",
+    "GETDEL",
+    "GETEX",
+    "EXPIRE",
+    "PEXPIRE",
+    "EXPIREAT",
+    "PEXPIREAT",
+    "PERSIST",
+    "PTTL",
+    "RENAME",
+    "RENAMENX",
+    "KEYS",
+    "SCAN",
+    "RANDOMKEY",
+    "MULTI",
+    "EXEC",
+    "DISCARD",
+    "WATCH",
+    "UNWATCH",
+    "FLUSHDB",
+    "FLUSHALL",
+];
+
+/// What the connection does with one command.
+pub enum Plan {
+    /// Answer now (and close the connection after it, for `QUIT`).
+    Now { value: Value, close: bool },
+    /// `HELLO`: switch protocol version, then answer.
+    Hello { resp3: bool, name: Option<Bytes> },
+    /// `CLIENT SETNAME`.
+    SetName(Bytes),
+    /// `CLIENT GETNAME`, `CLIENT ID`, `DBSIZE`, `INFO`, `TIME`: answered from the connection's state or
+    /// the node's status.
+    Local(LocalQuery),
+    /// Send these requests to the node loop, in order, and combine their replies.
+    Node { ops: Vec<Op>, finish: Finish },
+}
+
+pub enum LocalQuery {
+    ClientName,
+    ClientId,
+    DbSize,
+    Info(Option<String>),
+    Time,
+}
+
+/// How the replies of a command's requests become its Redis reply.
+#[derive(Clone, Copy, Debug)]
+pub enum Finish {
+    /// `+OK` once the write is acknowledged.
+    Ok,
+    /// The value, or null.
+    Value,
+    /// An array of values or nulls.
+    Values,
+    /// How many requests found their key (DEL, EXISTS).
+    Count,
+    /// The value's length, 0 if absent.
+    Len,
+    /// A byte range of the value (GETRANGE, inclusive, negative from the end).
+    Range(i64, i64),
+    /// Seconds to live: -2 absent, -1 no expiry.
+    Ttl,
+    /// `string` or `none`.
+    Type,
+}
+
+fn upper(word: &[u8]) -> String {
+    String::from_utf8_lossy(word).to_ascii_uppercase()
+}
+
+/// `-ERR wrong number of arguments for 'x' command`.
+fn arity(name: &str) -> Plan {
+    now(Value::err(format!(
+        "wrong number of arguments for '{}' command",
+        name.to_ascii_lowercase()
+    )))
+}
+
+fn now(value: Value) -> Plan {
+    Plan::Now {
+        value,
+        close: false,
+    }
+}
+
+const SYNTAX: &str = "syntax error";
+
+/// A key must also be a CS733 key: both protocols share the store.
+fn key(word: &Bytes) -> Result<Bytes, Value> {
+    if is_valid_key(word) {
+        Ok(word.clone())
+    } else {
+        Err(Value::err(
+            "raftkv keys are 1 to 250 bytes of printable ASCII without spaces",
+        ))
+    }
+}
+
+fn integer(word: &[u8]) -> Option<i64> {
+    std::str::from_utf8(word).ok()?.parse().ok()
+}
+
+/// The plan for one command (`args[0]` is its name).
+pub fn plan(args: &[Bytes], max_value_size: usize) -> Plan {
+    let name = upper(&args[0]);
+    let argc = args.len();
+    match name.as_str() {
+        "PING" => match argc {
+            1 => now(Value::Simple("PONG".into())),
+            2 => now(Value::Bulk(args[1].clone())),
+            _ => arity(&name),
+        },
+        "ECHO" if argc == 2 => now(Value::Bulk(args[1].clone())),
+        "SELECT" if argc == 2 => match integer(&args[1]) {
+            Some(0) => now(Value::ok()),
+            Some(_) => now(Value::err("DB index is out of range")),
+            None => now(Value::err("value is not an integer or out of range")),
+        },
+        "QUIT" => Plan::Now {
+            value: Value::ok(),
+            close: true,
+        },
+        "RESET" if argc == 1 => now(Value::Simple("RESET".into())),
+        "HELLO" => hello(args),
+        "CLIENT" if argc >= 2 => client(args),
+        "COMMAND" => command(args),
+        "CONFIG" if argc >= 3 && upper(&args[1]) == "GET" => now(config_get(&args[2..])),
+        "CONFIG" if argc >= 2 && upper(&args[1]) == "RESETSTAT" => now(Value::ok()),
+        "TIME" if argc == 1 => Plan::Local(LocalQuery::Time),
+        "DBSIZE" if argc == 1 => Plan::Local(LocalQuery::DbSize),
+        "INFO" if argc <= 2 => Plan::Local(LocalQuery::Info(
+            args.get(1)
+                .map(|s| String::from_utf8_lossy(s).to_ascii_lowercase()),
+        )),
+        "GET" if argc == 2 => read(&args[1], Finish::Value, false),
+        "STRLEN" if argc == 2 => read(&args[1], Finish::Len, false),
+        "TYPE" if argc == 2 => read(&args[1], Finish::Type, false),
+        "TTL" if argc == 2 => read(&args[1], Finish::Ttl, true),
+        "GETRANGE" if argc == 4 => match (integer(&args[2]), integer(&args[3])) {
+            (Some(start), Some(end)) => read(&args[1], Finish::Range(start, end), false),
+            _ => now(Value::err("value is not an integer or out of range")),
+        },
+        "MGET" if argc >= 2 => reads(&args[1..], Finish::Values),
+        "EXISTS" if argc >= 2 => reads(&args[1..], Finish::Count),
+        "DEL" | "UNLINK" if argc >= 2 => {
+            let mut ops = Vec::with_capacity(argc - 1);
+            for word in &args[1..] {
+                match key(word) {
+                    Ok(key) => ops.push(Op::write(Command::Delete { key })),
+                    Err(error) => return now(error),
+                }
+            }
+            Plan::Node {
+                ops,
+                finish: Finish::Count,
+            }
+        }
+        "SET" if argc >= 3 => set(args, max_value_size),
+        "SETEX" | "PSETEX" if argc == 4 => {
+            let millis = name == "PSETEX";
+            match integer(&args[2]) {
+                Some(ttl) if ttl > 0 => {
+                    store(&args[1], &args[3], Some(ttl), millis, max_value_size)
+                }
+                _ => now(Value::err(format!(
+                    "invalid expire time in '{}' command",
+                    name.to_ascii_lowercase()
+                ))),
+            }
+        }
+        _ if SUPPORTED.contains(&name.as_str()) => arity(&name),
+        _ if NOT_YET.contains(&name.as_str()) => now(Value::err(format!(
+            "'{}' is not supported by raftkv yet (see docs/redis.md)",
+            name.to_ascii_lowercase()
+        ))),
+        _ => {
+            let shown: Vec<String> = args[1..]
+                .iter()
+                .take(3)
+                .map(|a| format!("'{}'", String::from_utf8_lossy(a)))
+                .collect();
+            now(Value::err(format!(
+                "unknown command '{}', with args beginning with: {}",
+                String::from_utf8_lossy(&args[0]),
+                shown.join(" ")
+            )))
+        }
+    }
+}
+
+fn read(word: &Bytes, finish: Finish, meta: bool) -> Plan {
+    match key(word) {
+        Ok(key) => {
+            let request = if meta {
+                Request::Getm { key }
+            } else {
+                Request::Get { key }
+            };
+            Plan::Node {
+                ops: vec![Op::Read(request)],
+                finish,
+            }
+        }
+        Err(error) => now(error),
+    }
+}
+
+fn reads(words: &[Bytes], finish: Finish) -> Plan {
+    let mut ops = Vec::with_capacity(words.len());
+    for word in words {
+        match key(word) {
+            Ok(key) => ops.push(Op::Read(Request::Get { key })),
+            Err(error) => return now(error),
+        }
+    }
+    Plan::Node { ops, finish }
+}
+
+/// `SET key value [EX s | PX ms]`; the options that need more than a plain write are refused.
+fn set(args: &[Bytes], max_value_size: usize) -> Plan {
+    let mut ttl = None;
+    let mut millis = false;
+    let mut i = 3;
+    while i < args.len() {
+        match upper(&args[i]).as_str() {
+            option @ ("EX" | "PX") if i + 1 < args.len() && ttl.is_none() => {
+                match integer(&args[i + 1]) {
+                    Some(n) if n > 0 => ttl = Some(n),
+                    Some(_) => return now(Value::err("invalid expire time in 'set' command")),
+                    None => return now(Value::err("value is not an integer or out of range")),
+                }
+                millis = option == "PX";
+                i += 2;
+            }
+            option @ ("NX" | "XX" | "GET" | "KEEPTTL" | "EXAT" | "PXAT") => {
+                return now(Value::err(format!(
+                    "SET {option} is not supported by raftkv yet (see docs/redis.md)"
+                )))
+            }
+            _ => return now(Value::err(SYNTAX)),
+        }
+    }
+    store(&args[1], &args[2], ttl, millis, max_value_size)
+}
+
+/// A plain write of `value` under `word`, expiring after `ttl` seconds (or milliseconds, rounded up
+/// to whole seconds: the store's expiry times are in seconds on the CS733 side).
+fn store(
+    word: &Bytes,
+    value: &Bytes,
+    ttl: Option<i64>,
+    millis: bool,
+    max_value_size: usize,
+) -> Plan {
+    let key = match key(word) {
+        Ok(key) => key,
+        Err(error) => return now(error),
+    };
+    if value.len() > max_value_size {
+        return now(Value::err(format!(
+            "value of {} bytes is larger than this cluster's max_value_size ({max_value_size})",
+            value.len()
+        )));
+    }
+    let seconds = match ttl {
+        None => 0,
+        Some(ms) if millis => (ms as u64).div_ceil(1000),
+        Some(s) => s as u64,
+    };
+    let Ok(exptime) = u32::try_from(seconds).map(|s| s.min(MAX_EXPTIME_SECS + 1)) else {
+        return now(Value::err("invalid expire time in 'set' command"));
+    };
+    if exptime > MAX_EXPTIME_SECS {
+        return now(Value::err("invalid expire time in 'set' command"));
+    }
+    Plan::Node {
+        ops: vec![Op::write(Command::Set {
+            key,
+            exptime,
+            value: value.clone(),
+        })],
+        finish: Finish::Ok,
+    }
+}
+
+fn hello(args: &[Bytes]) -> Plan {
+    let mut resp3 = None;
+    let mut name = None;
+    let mut i = 1;
+    if let Some(version) = args.get(1) {
+        match integer(version) {
+            Some(2) => resp3 = Some(false),
+            Some(3) => resp3 = Some(true),
+            _ => return now(Value::Error("NOPROTO unsupported protocol version".into())),
+        }
+        i = 2;
+    }
+    while i < args.len() {
+        match upper(&args[i]).as_str() {
+            "AUTH" if i + 2 < args.len() => i += 3,
+            "SETNAME" if i + 1 < args.len() => {
+                name = Some(args[i + 1].clone());
+                i += 2;
+            }
+            _ => return now(Value::err(SYNTAX)),
+        }
+    }
+    Plan::Hello {
+        resp3: resp3.unwrap_or(false),
+        name,
+    }
+}
+
+fn client(args: &[Bytes]) -> Plan {
+    match (upper(&args[1]).as_str(), args.len()) {
+        ("SETNAME", 3) => Plan::SetName(args[2].clone()),
+        ("GETNAME", 2) => Plan::Local(LocalQuery::ClientName),
+        ("ID", 2) => Plan::Local(LocalQuery::ClientId),
+        ("SETINFO", 4) => now(Value::ok()),
+        _ => now(Value::err(format!(
+            "unknown subcommand or wrong number of arguments for '{}'",
+            String::from_utf8_lossy(&args[1])
+        ))),
+    }
+}
+
+fn command(args: &[Bytes]) -> Plan {
+    match args.get(1).map(|a| upper(a)).as_deref() {
+        None => now(Value::Array(Vec::new())),
+        Some("COUNT") => now(Value::Integer(SUPPORTED.len() as i64)),
+        Some("DOCS") => now(Value::Map(Vec::new())),
+        Some("INFO") => now(Value::Array(vec![Value::Null; args.len() - 2])),
+        Some(_) => now(Value::err("unknown subcommand for 'command'")),
+    }
+}
+
+/// The settings clients and `redis-benchmark` ask for, with raftkv's truth where one exists: every
+/// write is on disk on a majority before it is acknowledged (`appendfsync always`, in effect).
+fn config_get(patterns: &[Bytes]) -> Value {
+    const SETTINGS: &[(&str, &str)] = &[
+        ("appendonly", "yes"),
+        ("appendfsync", "always"),
+        ("save", ""),
+        ("databases", "1"),
+        ("maxmemory", "0"),
+        ("timeout", "0"),
+    ];
+    let mut pairs = Vec::new();
+    for pattern in patterns {
+        let pattern = String::from_utf8_lossy(pattern).to_ascii_lowercase();
+        for (name, value) in SETTINGS {
+            if pattern == "*" || pattern == *name {
+                pairs.push((Value::bulk(*name), Value::bulk(*value)));
+            }
+        }
+    }
+    Value::Map(pairs)
+}
+
+/// The Redis reply for a command whose requests were answered with `replies` (in order). `None` if a
+/// reply says this node is not the leader (any more): the connection must end.
+pub fn finish(finish: Finish, replies: Vec<Reply>) -> Option<Value> {
+    if replies
+        .iter()
+        .any(|r| matches!(r, Reply::ErrRedirect { .. }))
+    {
+        return None;
+    }
+    if let Some(failed) = replies.iter().find(|r| {
+        matches!(
+            r,
+            Reply::ErrInternal | Reply::ErrCmdErr | Reply::ErrSessionExpired
+        )
+    }) {
+        return Some(match failed {
+            Reply::ErrCmdErr => Value::err("the cluster refused the command as malformed"),
+            _ => Value::err(
+                "no answer from the cluster (leadership changed or no leader): the outcome is unknown",
+            ),
+        });
+    }
+    let value_of = |reply: &Reply| match reply {
+        Reply::Value { value } | Reply::ValueMeta { value, .. } => Some(value.clone()),
+        _ => None,
+    };
+    Some(match finish {
+        Finish::Ok => Value::ok(),
+        Finish::Value => replies
+            .first()
+            .and_then(value_of)
+            .map_or(Value::Null, Value::Bulk),
+        Finish::Values => Value::Array(
+            replies
+                .iter()
+                .map(|r| value_of(r).map_or(Value::Null, Value::Bulk))
+                .collect(),
+        ),
+        Finish::Count => Value::Integer(
+            replies
+                .iter()
+                .filter(|r| matches!(r, Reply::Deleted | Reply::Value { .. }))
+                .count() as i64,
+        ),
+        Finish::Len => Value::Integer(
+            replies
+                .first()
+                .and_then(value_of)
+                .map_or(0, |v| v.len() as i64),
+        ),
+        Finish::Range(start, end) => {
+            let value = replies.first().and_then(value_of).unwrap_or_default();
+            Value::Bulk(range(&value, start, end))
+        }
+        Finish::Ttl => match replies.first() {
+            Some(Reply::ValueMeta { exptime: 0, .. }) => Value::Integer(-1),
+            Some(Reply::ValueMeta { exptime, .. }) => Value::Integer(*exptime as i64),
+            _ => Value::Integer(-2),
+        },
+        Finish::Type => match replies.first().and_then(value_of) {
+            Some(_) => Value::Simple("string".into()),
+            None => Value::Simple("none".into()),
+        },
+    })
+}
+
+/// GETRANGE's inclusive range with negative offsets from the end, clamped as Redis clamps it.
+fn range(value: &Bytes, start: i64, end: i64) -> Bytes {
+    let len = value.len() as i64;
+    if len == 0 {
+        return Bytes::new();
+    }
+    let fix = |i: i64| if i < 0 { (len + i).max(0) } else { i };
+    let (start, end) = (fix(start), fix(end).min(len - 1));
+    if start > end || start >= len {
+        return Bytes::new();
+    }
+    value.slice(start as usize..=end as usize)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn getrange_clamps_like_redis() {
+        let v = Bytes::from_static(b"This is a string");
+        assert_eq!(range(&v, 0, 3), Bytes::from_static(b"This"));
+        assert_eq!(range(&v, -3, -1), Bytes::from_static(b"ing"));
+        assert_eq!(range(&v, 0, -1), v);
+        assert_eq!(range(&v, 10, 100), Bytes::from_static(b"string"));
+        assert_eq!(range(&v, 5, 2), Bytes::new());
+    }
+}

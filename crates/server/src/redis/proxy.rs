@@ -1,0 +1,68 @@
+//! Where a new Redis connection goes: served here on the leader, relayed to the leader's RESP port on a
+//! follower (every byte both ways, so the leader sees the client's commands in order and the client
+//! its replies), or refused with a reason when no leader is known.
+
+use std::time::Instant;
+
+use tokio::io::AsyncWriteExt;
+use tokio::net::TcpStream;
+use tracing::debug;
+
+use super::Context;
+
+pub(super) enum Route {
+    Here,
+    Relay(String),
+    Refuse(String),
+}
+
+/// Decides from the node's status, waiting up to `leader_wait` for a leader to be known.
+pub(super) async fn route(ctx: &Context) -> Route {
+    let deadline = Instant::now() + ctx.leader_wait;
+    let mut status = ctx.status.clone();
+    loop {
+        if ctx.is_leader() {
+            return Route::Here;
+        }
+        let leader = status.borrow().leader.filter(|l| *l != ctx.id);
+        if let Some(leader) = leader {
+            return match ctx.resp_addrs.get(&leader) {
+                Some(addr) => Route::Relay(addr.clone()),
+                None => Route::Refuse(format!(
+                    "ERR the leader (node {leader}) has no resp_addr in this node's cluster file; \
+                     connect to it directly"
+                )),
+            };
+        }
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() || tokio::time::timeout(left, status.changed()).await.is_err() {
+            return Route::Refuse("ERR no leader is known; retry".into());
+        }
+    }
+}
+
+/// Relays `client` to the leader at `addr` until either side closes.
+pub(super) async fn relay(mut client: TcpStream, addr: &str) {
+    let _ = client.set_nodelay(true);
+    let mut upstream = match TcpStream::connect(addr).await {
+        Ok(upstream) => upstream,
+        Err(err) => {
+            refuse(
+                client,
+                &format!("ERR cannot reach the leader at {addr}: {err}"),
+            )
+            .await;
+            return;
+        }
+    };
+    let _ = upstream.set_nodelay(true);
+    if let Err(err) = tokio::io::copy_bidirectional(&mut client, &mut upstream).await {
+        debug!("relay to {addr} ended: {err}");
+    }
+}
+
+/// Answers the client's first command with `error` and closes.
+pub(super) async fn refuse(mut client: TcpStream, error: &str) {
+    let _ = client.write_all(format!("-{error}\r\n").as_bytes()).await;
+    let _ = client.shutdown().await;
+}

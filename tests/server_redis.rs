@@ -1,0 +1,194 @@
+//! The Redis front end with a real Redis client (the `redis` crate) against a 3-node cluster: every
+//! supported command through the leader and through followers (which relay to the leader), the store
+//! shared with the CS733 port, errors as Redis words them, and writes through a follower across a
+//! leader kill with no acknowledged write lost.
+
+mod support;
+
+use std::time::{Duration, Instant};
+
+use redis::{Commands, Connection, RedisResult, Value};
+use support::*;
+
+fn connect(addr: &str) -> Connection {
+    let client = redis::Client::open(format!("redis://{addr}/")).expect("a redis URL");
+    let deadline = Instant::now() + LEADER_TIMEOUT;
+    loop {
+        match client.get_connection_with_timeout(Duration::from_secs(5)) {
+            Ok(mut conn) => {
+                // The connection is routed once a leader is known: check it answers.
+                if redis::cmd("PING").query::<String>(&mut conn).is_ok() {
+                    return conn;
+                }
+            }
+            Err(err) if Instant::now() > deadline => panic!("cannot connect to {addr}: {err}"),
+            Err(_) => {}
+        }
+        assert!(Instant::now() < deadline, "no answer from {addr}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+#[test]
+fn every_command_through_the_leader_and_the_followers() {
+    let mut cluster = Cluster::start(3, FAST_TUNABLES);
+    let leader = cluster.wait_leader();
+    for i in [leader, (leader + 1) % 3, (leader + 2) % 3] {
+        let mut c = connect(&cluster.nodes[i].resp_addr);
+        let k = |name: &str| format!("n{i}:{name}");
+        // Connection commands.
+        assert_eq!(redis::cmd("PING").query::<String>(&mut c).unwrap(), "PONG");
+        assert_eq!(
+            redis::cmd("ECHO")
+                .arg("hi")
+                .query::<String>(&mut c)
+                .unwrap(),
+            "hi"
+        );
+        let _: () = redis::cmd("SELECT").arg(0).query(&mut c).unwrap();
+        assert!(redis::cmd("SELECT").arg(1).query::<()>(&mut c).is_err());
+        let _: () = redis::cmd("CLIENT")
+            .arg("SETNAME")
+            .arg("app")
+            .query(&mut c)
+            .unwrap();
+        assert_eq!(
+            redis::cmd("CLIENT")
+                .arg("GETNAME")
+                .query::<String>(&mut c)
+                .unwrap(),
+            "app"
+        );
+        // Strings.
+        let _: () = c.set(k("a"), "1").unwrap();
+        assert_eq!(c.get::<_, String>(k("a")).unwrap(), "1");
+        assert_eq!(c.get::<_, Option<String>>(k("missing")).unwrap(), None);
+        let _: () = c.set_ex(k("ttl"), "v", 100).unwrap();
+        let ttl: i64 = c.ttl(k("ttl")).unwrap();
+        assert!((99..=100).contains(&ttl), "{ttl}");
+        assert_eq!(c.ttl::<_, i64>(k("a")).unwrap(), -1);
+        assert_eq!(c.ttl::<_, i64>(k("missing")).unwrap(), -2);
+        let _: () = redis::cmd("SET")
+            .arg(k("px"))
+            .arg("v")
+            .arg("PX")
+            .arg(1500)
+            .query(&mut c)
+            .unwrap();
+        let _: () = redis::cmd("PSETEX")
+            .arg(k("ps"))
+            .arg(100_000)
+            .arg("v")
+            .query(&mut c)
+            .unwrap();
+        let values: Vec<Option<String>> = c.mget(&[k("a"), k("missing"), k("ttl")]).unwrap();
+        assert_eq!(
+            values,
+            vec![Some("1".to_string()), None, Some("v".to_string())]
+        );
+        assert_eq!(c.exists::<_, i64>(&[k("a"), k("missing")]).unwrap(), 1);
+        let _: () = c.set(k("s"), "This is a string").unwrap();
+        assert_eq!(c.strlen::<_, i64>(k("s")).unwrap(), 16);
+        assert_eq!(c.getrange::<_, String>(k("s"), -3, -1).unwrap(), "ing");
+        assert_eq!(
+            redis::cmd("TYPE")
+                .arg(k("s"))
+                .query::<String>(&mut c)
+                .unwrap(),
+            "string"
+        );
+        assert_eq!(c.del::<_, i64>(&[k("a"), k("missing")]).unwrap(), 1);
+        assert_eq!(c.get::<_, Option<String>>(k("a")).unwrap(), None);
+        // Binary values round-trip.
+        let binary = vec![0u8, 13, 10, 255, 1];
+        let _: () = c.set(k("bin"), binary.clone()).unwrap();
+        assert_eq!(c.get::<_, Vec<u8>>(k("bin")).unwrap(), binary);
+        // Errors, in Redis's words.
+        let err = redis::cmd("NOSUCH")
+            .arg("x")
+            .query::<()>(&mut c)
+            .unwrap_err();
+        assert!(
+            err.to_string().contains("unknown command 'NOSUCH'"),
+            "{err}"
+        );
+        let err = redis::cmd("GET").query::<()>(&mut c).unwrap_err();
+        assert!(
+            err.to_string().contains("wrong number of arguments"),
+            "{err}"
+        );
+        let err = c.incr::<_, _, i64>(k("n"), 1).unwrap_err();
+        assert!(err.to_string().contains("not supported"), "{err}");
+        let err: RedisResult<()> = c.set("bad key", "v");
+        assert!(err.unwrap_err().to_string().contains("keys are"));
+        // Server commands.
+        let size: i64 = redis::cmd("DBSIZE").query(&mut c).unwrap();
+        assert!(size >= 0);
+        let info: String = redis::cmd("INFO").arg("replication").query(&mut c).unwrap();
+        assert!(info.contains("role:master"), "{info}");
+        let config: Vec<String> = redis::cmd("CONFIG")
+            .arg("GET")
+            .arg("appendfsync")
+            .query(&mut c)
+            .unwrap();
+        assert_eq!(config, vec!["appendfsync", "always"]);
+        let time: Vec<String> = redis::cmd("TIME").query(&mut c).unwrap();
+        assert_eq!(time.len(), 2);
+    }
+
+    // One store behind both protocols.
+    let mut c = connect(&cluster.nodes[leader].resp_addr);
+    let _: () = c.set("shared", "from-redis").unwrap();
+    let mut cs733 = Client::new(cluster.addrs());
+    let reply = cs733.call_retry(b"get shared\r\n", LEADER_TIMEOUT);
+    assert_eq!(show(&reply), show(b"VALUE 10\r\nfrom-redis\r\n"));
+    cs733.set_retry("from-cs733", b"hello", LEADER_TIMEOUT);
+    assert_eq!(c.get::<_, String>("from-cs733").unwrap(), "hello");
+
+    // Pipelining keeps order.
+    let mut pipe = redis::pipe();
+    for n in 0..100 {
+        pipe.set(format!("p{n}"), n).ignore();
+    }
+    pipe.get("p99");
+    let (last,): (i64,) = pipe.query(&mut c).unwrap();
+    assert_eq!(last, 99);
+
+    // RESP3 after HELLO 3.
+    let hello: Value = redis::cmd("HELLO").arg(3).query(&mut c).unwrap();
+    assert!(matches!(hello, Value::Map(_)), "{hello:?}");
+    cluster.terminate(leader);
+}
+
+#[test]
+fn writes_through_a_follower_survive_a_leader_kill() {
+    let mut cluster = Cluster::start(3, FAST_TUNABLES);
+    let leader = cluster.wait_leader();
+    let follower = (leader + 1) % 3;
+    let addr = cluster.nodes[follower].resp_addr.clone();
+    let mut acked = Vec::new();
+    let mut conn = connect(&addr);
+    let deadline = Instant::now() + Duration::from_secs(4);
+    let mut killed_at = None;
+    let mut n = 0;
+    while Instant::now() < deadline {
+        if killed_at.is_none() && acked.len() >= 200 {
+            cluster.kill(leader);
+            killed_at = Some(acked.len());
+        }
+        n += 1;
+        let key = format!("k{n}");
+        match conn.set::<_, _, ()>(&key, n) {
+            Ok(()) => acked.push((key, n)),
+            // The relay ends with the old leader: reconnect, through the same follower.
+            Err(_) => conn = connect(&addr),
+        }
+    }
+    let killed_at = killed_at.unwrap_or_else(|| panic!("only {} writes in time", acked.len()));
+    let after = acked.len() - killed_at;
+    assert!(after > 20, "writes continued after the kill: {after}");
+    let mut conn = connect(&addr);
+    for (key, n) in &acked {
+        assert_eq!(conn.get::<_, i64>(key).unwrap(), *n, "{key} lost");
+    }
+}
