@@ -117,8 +117,34 @@ fn every_command_through_the_leader_and_the_followers() {
             err.to_string().contains("wrong number of arguments"),
             "{err}"
         );
-        let err = c.incr::<_, _, i64>(k("n"), 1).unwrap_err();
+        let err = redis::cmd("SETNX")
+            .arg(k("x"))
+            .arg(1)
+            .query::<()>(&mut c)
+            .unwrap_err();
         assert!(err.to_string().contains("not supported"), "{err}");
+        // Counters and other read-modify-write commands: one log entry each.
+        assert_eq!(c.incr::<_, _, i64>(k("n"), 1).unwrap(), 1);
+        assert_eq!(c.incr::<_, _, i64>(k("n"), 10).unwrap(), 11);
+        assert_eq!(c.decr::<_, _, i64>(k("n"), 3).unwrap(), 8);
+        assert_eq!(
+            redis::cmd("DECR").arg(k("n")).query::<i64>(&mut c).unwrap(),
+            7
+        );
+        let err = c.incr::<_, _, i64>(k("s"), 1).unwrap_err();
+        assert!(err.to_string().contains("not an integer"), "{err}");
+        assert_eq!(c.append::<_, _, i64>(k("ap"), "Hello").unwrap(), 5);
+        assert_eq!(c.append::<_, _, i64>(k("ap"), " World").unwrap(), 11);
+        assert_eq!(c.get::<_, String>(k("ap")).unwrap(), "Hello World");
+        let _: () = c.mset(&[(k("m1"), "a"), (k("m2"), "b")]).unwrap();
+        assert_eq!(c.get::<_, String>(k("m2")).unwrap(), "b");
+        assert!(!c
+            .mset_nx::<_, _, bool>(&[(k("m2"), "x"), (k("m3"), "y")])
+            .unwrap());
+        assert_eq!(c.get::<_, Option<String>>(k("m3")).unwrap(), None);
+        assert!(c
+            .mset_nx::<_, _, bool>(&[(k("m3"), "x"), (k("m4"), "y")])
+            .unwrap());
         let err: RedisResult<()> = c.set("bad key", "v");
         assert!(err.unwrap_err().to_string().contains("keys are"));
         // Server commands.

@@ -326,7 +326,9 @@ impl Worker {
                 | Reply::ErrSequence { .. }
                 | Reply::Backup { .. }
                 | Reply::Members { .. }
-                | Reply::ErrMembership { .. } => Err(ErrorKind::Protocol),
+                | Reply::ErrMembership { .. }
+                | Reply::Integer { .. }
+                | Reply::ErrValue { .. } => Err(ErrorKind::Protocol),
                 redirect @ Reply::ErrRedirect { .. } => {
                     // Leadership moved: finish what is outstanding, then reconnect there.
                     self.run

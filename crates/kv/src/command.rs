@@ -9,6 +9,9 @@
 //! - Delete   (tag 3): `key_len:u8 | key`
 //! - Expire   (tag 4): nothing.
 //! - Register (tag 5): nothing.
+//! - IncrBy   (tag 6): `by:i64 | key_len:u8 | key`
+//! - Append   (tag 7): `key_len:u8 | key | value` (value runs to the end)
+//! - MSet     (tag 8): `nx:u8 | count:u32 | count × (key_len:u8 | key | value_len:u32 | value)`
 //!
 //! The leading format byte lets a later release change the layout while still reading old logs.
 
@@ -26,6 +29,9 @@ const TAG_CAS: u8 = 2;
 const TAG_DELETE: u8 = 3;
 const TAG_EXPIRE: u8 = 4;
 const TAG_REGISTER: u8 = 5;
+const TAG_INCR_BY: u8 = 6;
+const TAG_APPEND: u8 = 7;
+const TAG_MSET: u8 = 8;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Command {
@@ -48,6 +54,23 @@ pub enum Command {
     Expire,
     /// Open a client session; its id is this entry's index.
     Register,
+    /// Add `by` to the key's value read as a decimal i64 (a missing key counts as 0), keeping its
+    /// expiry; answers the new value (Redis's INCRBY, DECRBY, INCR, DECR).
+    IncrBy {
+        key: Bytes,
+        by: i64,
+    },
+    /// Append `value` to the key's value (creating it), keeping its expiry; answers the new length.
+    Append {
+        key: Bytes,
+        value: Bytes,
+    },
+    /// Set every pair at once, without expiry; with `nx`, only if none of the keys exists (Redis's
+    /// MSET and MSETNX: one log entry, all or nothing).
+    MSet {
+        pairs: Vec<(Bytes, Bytes)>,
+        nx: bool,
+    },
 }
 
 /// What one Raft log entry carries: a command, the session it belongs to if any, and the leader's
@@ -182,6 +205,26 @@ impl Proposal {
             }
             Command::Expire => out.put_u8(TAG_EXPIRE),
             Command::Register => out.put_u8(TAG_REGISTER),
+            Command::IncrBy { key, by } => {
+                out.put_u8(TAG_INCR_BY);
+                out.put_i64_le(*by);
+                put_key(out, key);
+            }
+            Command::Append { key, value } => {
+                out.put_u8(TAG_APPEND);
+                put_key(out, key);
+                out.put_slice(value);
+            }
+            Command::MSet { pairs, nx } => {
+                out.put_u8(TAG_MSET);
+                out.put_u8(u8::from(*nx));
+                out.put_u32_le(pairs.len() as u32);
+                for (key, value) in pairs {
+                    put_key(out, key);
+                    out.put_u32_le(value.len() as u32);
+                    out.put_slice(value);
+                }
+            }
         }
     }
 
@@ -194,6 +237,15 @@ impl Proposal {
                 Command::Cas { key, value, .. } => 4 + 8 + 1 + key.len() + value.len(),
                 Command::Delete { key } => 1 + key.len(),
                 Command::Expire | Command::Register => 0,
+                Command::IncrBy { key, .. } => 8 + 1 + key.len(),
+                Command::Append { key, value } => 1 + key.len() + value.len(),
+                Command::MSet { pairs, .. } => {
+                    1 + 4
+                        + pairs
+                            .iter()
+                            .map(|(k, v)| 1 + k.len() + 4 + v.len())
+                            .sum::<usize>()
+                }
             }
     }
 
@@ -252,6 +304,38 @@ impl Proposal {
             TAG_REGISTER => {
                 reader.expect_end()?;
                 Command::Register
+            }
+            TAG_INCR_BY => {
+                let by = reader.u64()? as i64;
+                let key = read_key(&mut reader, data)?;
+                reader.expect_end()?;
+                Command::IncrBy { key, by }
+            }
+            TAG_APPEND => {
+                let key = read_key(&mut reader, data)?;
+                let value = data.slice(reader.take_range(reader.remaining())?);
+                Command::Append { key, value }
+            }
+            TAG_MSET => {
+                let nx = match reader.u8()? {
+                    0 => false,
+                    1 => true,
+                    _ => return Err(DecodeError::InvalidEntry),
+                };
+                let count = reader.u32()? as usize;
+                // Each pair takes at least 6 bytes: a count past that is corrupt.
+                if count == 0 || count > reader.remaining() / 6 {
+                    return Err(DecodeError::InvalidEntry);
+                }
+                let mut pairs = Vec::with_capacity(count);
+                for _ in 0..count {
+                    let key = read_key(&mut reader, data)?;
+                    let len = reader.u32()? as usize;
+                    let value = data.slice(reader.take_range(len)?);
+                    pairs.push((key, value));
+                }
+                reader.expect_end()?;
+                Command::MSet { pairs, nx }
             }
             tag => return Err(DecodeError::UnknownCommand(tag)),
         };

@@ -137,9 +137,13 @@ fn command_strategy() -> impl Strategy<Value = Command> {
     let value = prop::collection::vec(any::<u8>(), 0..8).prop_map(Bytes::from);
     prop_oneof![
         4 => (key.clone(), 0u32..4, value.clone()).prop_map(|(key, exptime, value)| Command::Set { key, exptime, value }),
-        3 => (key.clone(), 0u32..4, 0u64..40, value).prop_map(|(key, exptime, version, value)| Command::Cas { key, exptime, version, value }),
-        2 => key.prop_map(|key| Command::Delete { key }),
+        3 => (key.clone(), 0u32..4, 0u64..40, value.clone()).prop_map(|(key, exptime, version, value)| Command::Cas { key, exptime, version, value }),
+        2 => key.clone().prop_map(|key| Command::Delete { key }),
         1 => Just(Command::Expire),
+        2 => (key.clone(), -3i64..4).prop_map(|(key, by)| Command::IncrBy { key, by }),
+        1 => (key.clone(), value.clone()).prop_map(|(key, value)| Command::Append { key, value }),
+        1 => (prop::collection::vec((key, value), 1..3), any::<bool>())
+            .prop_map(|(pairs, nx)| Command::MSet { pairs, nx }),
     ]
 }
 
@@ -226,6 +230,59 @@ impl Model {
             }
             // Sessions are modelled in tests/sessions.rs; here they leave the keys alone.
             Command::Register => Reply::Session { id: index },
+            Command::IncrBy { key, by } => {
+                let (current, expires) = match self.live(key, now) {
+                    Some((_, expires, value)) => (Some(value.clone()), *expires),
+                    None => (None, None),
+                };
+                let parsed = match &current {
+                    None => Some(0i64),
+                    Some(value) => std::str::from_utf8(value)
+                        .ok()
+                        .filter(|t| {
+                            *t == t.parse::<i64>().map(|n| n.to_string()).unwrap_or_default()
+                        })
+                        .and_then(|t| t.parse().ok()),
+                };
+                match parsed.map(|n| n.checked_add(*by)) {
+                    None => Reply::ErrValue {
+                        message: "value is not an integer or out of range".into(),
+                    },
+                    Some(None) => Reply::ErrValue {
+                        message: "increment or decrement would overflow".into(),
+                    },
+                    Some(Some(next)) => {
+                        let value = Bytes::from(next.to_string());
+                        self.entries.insert(key.clone(), (index, expires, value));
+                        Reply::Integer { value: next }
+                    }
+                }
+            }
+            Command::Append { key, value } => {
+                let (mut grown, expires) = match self.live(key, now) {
+                    Some((_, expires, current)) => (current.to_vec(), *expires),
+                    None => (Vec::new(), None),
+                };
+                grown.extend_from_slice(value);
+                let len = grown.len() as i64;
+                self.entries
+                    .insert(key.clone(), (index, expires, Bytes::from(grown)));
+                Reply::Integer { value: len }
+            }
+            Command::MSet { pairs, nx } => {
+                if *nx && pairs.iter().any(|(key, _)| self.live(key, now).is_some()) {
+                    return Reply::Integer { value: 0 };
+                }
+                for (key, value) in pairs {
+                    self.entries
+                        .insert(key.clone(), (index, None, value.clone()));
+                }
+                if *nx {
+                    Reply::Integer { value: 1 }
+                } else {
+                    Reply::Ok { version: index }
+                }
+            }
         }
     }
 

@@ -59,6 +59,16 @@ pub enum Reply<V = Bytes> {
     ErrMembership {
         reason: String,
     },
+    /// `INTEGER <n>`: the result of a counter or length command (only the Redis front end sends
+    /// those).
+    Integer {
+        value: i64,
+    },
+    /// `ERR_VALUE <message>`: the command could not apply to the key's current value (not an
+    /// integer, an overflow, a result too large); nothing changed.
+    ErrValue {
+        message: String,
+    },
 }
 
 impl<V> Reply<V> {
@@ -94,6 +104,8 @@ impl<V> Reply<V> {
                 table: convert(table),
             },
             Reply::ErrMembership { reason } => Reply::ErrMembership { reason },
+            Reply::Integer { value } => Reply::Integer { value },
+            Reply::ErrValue { message } => Reply::ErrValue { message },
         }
     }
 
@@ -166,6 +178,8 @@ impl<V: AsRef<[u8]>> Reply<V> {
                     .collect();
                 write_line(out, format_args!("ERR_MEMBERSHIP {reason}"))
             }
+            Reply::Integer { value } => write_line(out, format_args!("INTEGER {value}")),
+            Reply::ErrValue { message } => write_line(out, format_args!("ERR_VALUE {message}")),
         }
     }
 

@@ -64,8 +64,9 @@ impl Outcome {
             | Reply::Deleted
             | Reply::Session { .. }
             | Reply::Backup { .. }
-            | Reply::Members { .. } => Outcome::ok,
-            Reply::ErrMembership { .. } => Outcome::bad_request,
+            | Reply::Members { .. }
+            | Reply::Integer { .. } => Outcome::ok,
+            Reply::ErrMembership { .. } | Reply::ErrValue { .. } => Outcome::bad_request,
             Reply::ErrNotFound => Outcome::not_found,
             Reply::ErrVersion => Outcome::version_mismatch,
             Reply::ErrRedirect { .. } => Outcome::redirect,

@@ -138,7 +138,95 @@ impl Store {
                 self.sessions.register(index, now_ms);
                 Reply::Session { id: index }
             }
+            Command::IncrBy { key, by } => self.incr_by(index, now_ms, key, *by),
+            Command::Append { key, value } => {
+                let (current, expires_at_ms) = self.current(key, now_ms);
+                let len = current.len() + value.len();
+                if len > MAX_GROWN_VALUE {
+                    return Reply::ErrValue {
+                        message: format!("string exceeds maximum allowed size ({MAX_GROWN_VALUE})"),
+                    };
+                }
+                let mut grown = Vec::with_capacity(len);
+                grown.extend_from_slice(&current);
+                grown.extend_from_slice(value);
+                match self.put(index, key, &grown, expires_at_ms) {
+                    Ok(()) => Reply::Integer { value: len as i64 },
+                    Err(reply) => reply,
+                }
+            }
+            Command::MSet { pairs, nx } => {
+                if *nx
+                    && pairs
+                        .iter()
+                        .any(|(key, _)| self.live(key, now_ms).is_some())
+                {
+                    return Reply::Integer { value: 0 };
+                }
+                if pairs
+                    .iter()
+                    .any(|(key, value)| !is_valid_key(key) || u32::try_from(value.len()).is_err())
+                {
+                    return Reply::ErrCmdErr;
+                }
+                for (key, value) in pairs {
+                    // Valid keys and lengths (checked above): cannot fail.
+                    let _ = self.put(index, key, value, NEVER);
+                }
+                if *nx {
+                    Reply::Integer { value: 1 }
+                } else {
+                    Reply::Ok { version: index }
+                }
+            }
         }
+    }
+
+    /// The key's live value and expiry (empty and never-expiring when it is absent).
+    fn current(&self, key: &[u8], now_ms: u64) -> (Vec<u8>, u64) {
+        match self.live(key, now_ms) {
+            Some(entry) => (entry.value().to_vec(), entry.expires_at_ms),
+            None => (Vec::new(), NEVER),
+        }
+    }
+
+    fn incr_by(&mut self, index: u64, now_ms: u64, key: &[u8], by: i64) -> Reply {
+        let (current, expires_at_ms) = self.current(key, now_ms);
+        let value = if current.is_empty() && self.live(key, now_ms).is_none() {
+            Some(0)
+        } else {
+            parse_integer(&current)
+        };
+        let Some(value) = value else {
+            return Reply::ErrValue {
+                message: "value is not an integer or out of range".into(),
+            };
+        };
+        let Some(next) = value.checked_add(by) else {
+            return Reply::ErrValue {
+                message: "increment or decrement would overflow".into(),
+            };
+        };
+        match self.put(index, key, next.to_string().as_bytes(), expires_at_ms) {
+            Ok(()) => Reply::Integer { value: next },
+            Err(reply) => reply,
+        }
+    }
+
+    /// Writes `value` under `key` at `index`, expiring at `expires_at_ms`.
+    fn put(
+        &mut self,
+        index: u64,
+        key: &[u8],
+        value: &[u8],
+        expires_at_ms: u64,
+    ) -> Result<(), Reply> {
+        if !is_valid_key(key) {
+            return Err(Reply::ErrCmdErr);
+        }
+        let entry = Entry::new(key, value, index, expires_at_ms).ok_or(Reply::ErrCmdErr)?;
+        self.insert(entry);
+        Ok(())
     }
 
     /// Records that `index` was applied without changing the key-value state (for log entries
@@ -297,6 +385,19 @@ fn fingerprint(command: &Command) -> u64 {
         } => (2, *exptime, *version, key, value),
         Command::Delete { key } => (3, 0, 0, key, &[]),
         Command::Expire | Command::Register => (4, 0, 0, &[], &[]),
+        Command::IncrBy { key, by } => (6, 0, *by as u64, key, &[]),
+        Command::Append { key, value } => (7, 0, 0, key, value),
+        Command::MSet { pairs, nx } => {
+            // Every pair, framed, so that no two different MSETs collide by concatenation.
+            let mut crc = crc32c::crc32c(&[8, u8::from(*nx)]);
+            for (key, value) in pairs {
+                crc = crc32c::crc32c_append(crc, &(key.len() as u32).to_le_bytes());
+                crc = crc32c::crc32c_append(crc, key);
+                crc = crc32c::crc32c_append(crc, &(value.len() as u32).to_le_bytes());
+                crc = crc32c::crc32c_append(crc, value);
+            }
+            return u64::from(crc);
+        }
     };
     let mut header = [0u8; 1 + 4 + 8 + 4];
     header[0] = tag;
@@ -305,6 +406,24 @@ fn fingerprint(command: &Command) -> u64 {
     header[13..17].copy_from_slice(&(key.len() as u32).to_le_bytes());
     let crc = crc32c::crc32c_append(crc32c::crc32c(&header), key);
     u64::from(crc32c::crc32c_append(crc, value))
+}
+
+/// A value the Redis front end may grow with APPEND: its limit on a string.
+const MAX_GROWN_VALUE: usize = 512 << 20;
+
+/// A value as Redis reads an integer: optional `-`, decimal digits, no spaces, no leading `+` or
+/// zeros (other than `0` itself), within i64.
+fn parse_integer(value: &[u8]) -> Option<i64> {
+    let text = std::str::from_utf8(value).ok()?;
+    let digits = text.strip_prefix('-').unwrap_or(text);
+    let canonical = !digits.is_empty()
+        && digits.bytes().all(|b| b.is_ascii_digit())
+        && (digits == "0" || !digits.starts_with('0'))
+        && text != "-0";
+    if !canonical {
+        return None;
+    }
+    text.parse().ok()
 }
 
 /// getm's exptime: whole seconds left, rounded up, so a live expiring key never shows 0.

@@ -16,20 +16,13 @@ use crate::request::Op;
 pub const SUPPORTED: &[&str] = &[
     "PING", "ECHO", "SELECT", "HELLO", "CLIENT", "QUIT", "RESET", "COMMAND", "CONFIG", "TIME",
     "DBSIZE", "INFO", "GET", "SET", "SETEX", "PSETEX", "MGET", "DEL", "UNLINK", "EXISTS", "STRLEN",
-    "GETRANGE", "TTL", "TYPE",
+    "GETRANGE", "TTL", "TYPE", "INCR", "INCRBY", "DECR", "DECRBY", "APPEND", "MSET", "MSETNX",
 ];
 
 /// Commands of Redis that raftkv knows of but cannot run yet.
 const NOT_YET: &[&str] = &[
-    "INCR",
-    "INCRBY",
-    "DECR",
-    "DECRBY",
     "INCRBYFLOAT",
-    "APPEND",
     "SETRANGE",
-    "MSET",
-    "MSETNX",
     "SETNX",
     "GETSET",
     "GETDEL",
@@ -96,6 +89,8 @@ pub enum Finish {
     Ttl,
     /// `string` or `none`.
     Type,
+    /// The store's own answer: an integer, `+OK`, or the error it gave (INCR, APPEND, MSET...).
+    Store,
 }
 
 fn upper(word: &[u8]) -> String {
@@ -190,6 +185,48 @@ pub fn plan(args: &[Bytes], max_value_size: usize) -> Plan {
             }
         }
         "SET" if argc >= 3 => set(args, max_value_size),
+        "INCR" | "DECR" if argc == 2 => incr(&args[1], if name == "INCR" { 1 } else { -1 }),
+        "INCRBY" | "DECRBY" if argc == 3 => match integer(&args[2]) {
+            Some(by) if name == "INCRBY" => incr(&args[1], by),
+            Some(by) => match by.checked_neg() {
+                Some(by) => incr(&args[1], by),
+                None => now(Value::err("decrement would overflow")),
+            },
+            None => now(Value::err("value is not an integer or out of range")),
+        },
+        "APPEND" if argc == 3 => match key(&args[1]) {
+            Ok(key) => Plan::Node {
+                ops: vec![Op::write(Command::Append {
+                    key,
+                    value: args[2].clone(),
+                })],
+                finish: Finish::Store,
+            },
+            Err(error) => now(error),
+        },
+        "MSET" | "MSETNX" if argc >= 3 && argc % 2 == 1 => {
+            let mut pairs = Vec::with_capacity(argc / 2);
+            for pair in args[1..].chunks(2) {
+                match key(&pair[0]) {
+                    Ok(key) if pair[1].len() <= max_value_size => {
+                        pairs.push((key, pair[1].clone()))
+                    }
+                    Ok(_) => {
+                        return now(Value::err(
+                            "value larger than this cluster's max_value_size",
+                        ))
+                    }
+                    Err(error) => return now(error),
+                }
+            }
+            Plan::Node {
+                ops: vec![Op::write(Command::MSet {
+                    pairs,
+                    nx: name == "MSETNX",
+                })],
+                finish: Finish::Store,
+            }
+        }
         "SETEX" | "PSETEX" if argc == 4 => {
             let millis = name == "PSETEX";
             match integer(&args[2]) {
@@ -219,6 +256,16 @@ pub fn plan(args: &[Bytes], max_value_size: usize) -> Plan {
                 shown.join(" ")
             )))
         }
+    }
+}
+
+fn incr(word: &Bytes, by: i64) -> Plan {
+    match key(word) {
+        Ok(key) => Plan::Node {
+            ops: vec![Op::write(Command::IncrBy { key, by })],
+            finish: Finish::Store,
+        },
+        Err(error) => now(error),
     }
 }
 
@@ -453,6 +500,11 @@ pub fn finish(finish: Finish, replies: Vec<Reply>) -> Option<Value> {
         Finish::Type => match replies.first().and_then(value_of) {
             Some(_) => Value::Simple("string".into()),
             None => Value::Simple("none".into()),
+        },
+        Finish::Store => match replies.into_iter().next() {
+            Some(Reply::Integer { value }) => Value::Integer(value),
+            Some(Reply::ErrValue { message }) => Value::err(message),
+            _ => Value::ok(),
         },
     })
 }
