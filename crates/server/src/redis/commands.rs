@@ -245,15 +245,19 @@ pub fn plan(args: &[Bytes], max_value_size: usize) -> Plan {
             name.to_ascii_lowercase()
         ))),
         _ => {
-            let shown: Vec<String> = args[1..]
-                .iter()
-                .take(3)
-                .map(|a| format!("'{}'", String::from_utf8_lossy(a)))
-                .collect();
+            // Redis's wording exactly: arguments quoted, each followed by a space, until 128 bytes.
+            let mut shown = String::new();
+            for arg in &args[1..] {
+                if shown.len() >= 128 {
+                    break;
+                }
+                let room = 128 - shown.len();
+                let text = String::from_utf8_lossy(&arg[..arg.len().min(room)]).into_owned();
+                shown.push_str(&format!("'{text}' "));
+            }
             now(Value::err(format!(
-                "unknown command '{}', with args beginning with: {}",
-                String::from_utf8_lossy(&args[0]),
-                shown.join(" ")
+                "unknown command '{}', with args beginning with: {shown}",
+                String::from_utf8_lossy(&args[0])
             )))
         }
     }

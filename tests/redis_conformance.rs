@@ -1,0 +1,163 @@
+//! The same command script against a real Redis 7 (`redis-server`, when installed; `.ci/run` installs
+//! it where it can) and against raftkv's Redis port, reply for reply, byte for byte. Only commands
+//! raftkv supports, with keys valid on both. Skips with a message where `redis-server` is missing.
+
+mod support;
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use support::*;
+
+/// Each command as its words; replies are compared whole.
+const SCRIPT: &[&[&str]] = &[
+    &["PING"],
+    &["PING", "hello"],
+    &["ECHO", "a b"],
+    &["SELECT", "0"],
+    &["SET", "k", "v1"],
+    &["GET", "k"],
+    &["GET", "missing"],
+    &["SET", "k", "v2", "EX", "100"],
+    &["GET", "k"],
+    &["SET", "p", "0", "PX", "100000"],
+    &["SETEX", "e", "100", "x"],
+    &["SETEX", "e", "0", "x"],
+    &["MGET", "k", "missing", "e"],
+    &["EXISTS", "k", "missing", "k"],
+    &["STRLEN", "k"],
+    &["STRLEN", "missing"],
+    &["SET", "s", "This is a string"],
+    &["GETRANGE", "s", "0", "3"],
+    &["GETRANGE", "s", "-3", "-1"],
+    &["GETRANGE", "s", "10", "100"],
+    &["GETRANGE", "missing", "0", "-1"],
+    &["TYPE", "s"],
+    &["TYPE", "missing"],
+    &["TTL", "s"],
+    &["TTL", "missing"],
+    &["INCR", "n"],
+    &["INCRBY", "n", "41"],
+    &["DECR", "n"],
+    &["DECRBY", "n", "-10"],
+    &["INCR", "s"],
+    &["INCRBY", "n", "x"],
+    &["SET", "big", "9223372036854775807"],
+    &["INCR", "big"],
+    &["APPEND", "a", "Hello"],
+    &["APPEND", "a", " World"],
+    &["GET", "a"],
+    &["MSET", "m1", "1", "m2", "2"],
+    &["MGET", "m1", "m2"],
+    &["MSETNX", "m2", "x", "m3", "y"],
+    &["MSETNX", "m3", "x", "m4", "y"],
+    &["MSET", "m1"],
+    &["DEL", "m1", "m1", "missing"],
+    &["UNLINK", "m2"],
+    &["EXISTS", "m1", "m2"],
+    &["GET"],
+    &["SET", "k"],
+    &["NOSUCH", "a", "b"],
+    &["nosuch"],
+    &["SET", "k", "v", "BOGUS"],
+];
+
+fn encode(words: &[&str]) -> Vec<u8> {
+    let mut out = format!("*{}\r\n", words.len()).into_bytes();
+    for w in words {
+        out.extend_from_slice(format!("${}\r\n{w}\r\n", w.len()).as_bytes());
+    }
+    out
+}
+
+/// Sends the whole script, then reads until every reply has arrived (the replies' end is marked by a
+/// final `ECHO`).
+fn run(addr: &str) -> Vec<u8> {
+    let mut conn = TcpStream::connect(addr).expect("connect");
+    conn.set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    let mut request = Vec::new();
+    for words in SCRIPT {
+        request.extend(encode(words));
+    }
+    request.extend(encode(&["ECHO", "end-of-script"]));
+    conn.write_all(&request).expect("send");
+    let mut replies = Vec::new();
+    let mut buf = [0u8; 4096];
+    while !replies.ends_with(b"$13\r\nend-of-script\r\n") {
+        let n = conn.read(&mut buf).expect("read");
+        assert!(n > 0, "closed early: {}", show(&replies));
+        replies.extend_from_slice(&buf[..n]);
+    }
+    replies
+}
+
+/// Splits a reply stream into lines for a readable diff.
+fn lines(bytes: &[u8]) -> Vec<String> {
+    String::from_utf8_lossy(bytes)
+        .split("\r\n")
+        .map(str::to_string)
+        .collect()
+}
+
+struct Redis(Child);
+
+impl Drop for Redis {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+#[test]
+fn replies_match_redis_byte_for_byte() {
+    let Ok(path) = which("redis-server") else {
+        eprintln!("SKIPPED: redis-server is not installed (apt-get install redis-server)");
+        return;
+    };
+    let dir = tempfile::tempdir().expect("temporary directory");
+    let port = free_port();
+    let _redis = Redis(
+        Command::new(path)
+            .args([
+                "--port",
+                &port.to_string(),
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+            ])
+            .arg("--dir")
+            .arg(dir.path())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start redis-server"),
+    );
+    let redis_addr = format!("127.0.0.1:{port}");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while TcpStream::connect(&redis_addr).is_err() {
+        assert!(Instant::now() < deadline, "redis-server did not start");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let mut cluster = Cluster::start(3, FAST_TUNABLES);
+    let leader = cluster.wait_leader();
+    let expected = run(&redis_addr);
+    let actual = run(&cluster.nodes[leader].resp_addr);
+    let (expected, actual) = (lines(&expected), lines(&actual));
+    for (i, (e, a)) in expected.iter().zip(&actual).enumerate() {
+        assert_eq!(a, e, "reply line {i} differs from Redis");
+    }
+    assert_eq!(actual.len(), expected.len());
+}
+
+fn which(name: &str) -> Result<std::path::PathBuf, ()> {
+    std::env::var_os("PATH")
+        .iter()
+        .flat_map(std::env::split_paths)
+        .map(|dir| dir.join(name))
+        .find(|path| path.is_file())
+        .ok_or(())
+}
