@@ -117,9 +117,10 @@ fn every_command_through_the_leader_and_the_followers() {
             err.to_string().contains("wrong number of arguments"),
             "{err}"
         );
-        let err = redis::cmd("SETNX")
+        let err = redis::cmd("SETRANGE")
             .arg(k("x"))
-            .arg(1)
+            .arg(0)
+            .arg("x")
             .query::<()>(&mut c)
             .unwrap_err();
         assert!(err.to_string().contains("not supported"), "{err}");

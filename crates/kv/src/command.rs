@@ -12,6 +12,9 @@
 //! - IncrBy   (tag 6): `by:i64 | key_len:u8 | key`
 //! - Append   (tag 7): `key_len:u8 | key | value` (value runs to the end)
 //! - MSet     (tag 8): `nx:u8 | count:u32 | count × (key_len:u8 | key | value_len:u32 | value)`
+//! - SetWith  (tag 9): `condition:u8 (0 always, 1 if absent, 2 if present) | get:u8 |
+//!   expiry:u8 (0 never, 1 keep, 2 after ms, 3 at ms) | ms:u64 | key_len:u8 | key | value`
+//! - GetDel   (tag 10): `key_len:u8 | key`
 //!
 //! The leading format byte lets a later release change the layout while still reading old logs.
 
@@ -32,6 +35,30 @@ const TAG_REGISTER: u8 = 5;
 const TAG_INCR_BY: u8 = 6;
 const TAG_APPEND: u8 = 7;
 const TAG_MSET: u8 = 8;
+const TAG_SET_WITH: u8 = 9;
+const TAG_GET_DEL: u8 = 10;
+
+/// When a [`Command::SetWith`] writes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SetCondition {
+    Always,
+    /// Only if the key does not exist (Redis's NX).
+    IfAbsent,
+    /// Only if it does (XX).
+    IfPresent,
+}
+
+/// The expiry a [`Command::SetWith`] gives the key.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SetExpiry {
+    Never,
+    /// The key's current expiry (KEEPTTL).
+    Keep,
+    /// This many milliseconds after the entry's stamp (EX, PX); at least 1, at most ten years.
+    AfterMs(u64),
+    /// At this instant of the replicated clock, in ms since the Unix epoch (EXAT, PXAT).
+    AtMs(u64),
+}
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Command {
@@ -70,6 +97,20 @@ pub enum Command {
     MSet {
         pairs: Vec<(Bytes, Bytes)>,
         nx: bool,
+    },
+    /// Redis's SET with options (and SETNX, GETSET): writes `value` if `condition` holds, with
+    /// `expiry`; with `get`, answers the old value (or not found) whether or not it wrote, otherwise
+    /// `Ok`, or not found when the condition failed.
+    SetWith {
+        key: Bytes,
+        value: Bytes,
+        condition: SetCondition,
+        get: bool,
+        expiry: SetExpiry,
+    },
+    /// Delete the key and answer its value (GETDEL).
+    GetDel {
+        key: Bytes,
     },
 }
 
@@ -215,6 +256,35 @@ impl Proposal {
                 put_key(out, key);
                 out.put_slice(value);
             }
+            Command::SetWith {
+                key,
+                value,
+                condition,
+                get,
+                expiry,
+            } => {
+                out.put_u8(TAG_SET_WITH);
+                out.put_u8(match condition {
+                    SetCondition::Always => 0,
+                    SetCondition::IfAbsent => 1,
+                    SetCondition::IfPresent => 2,
+                });
+                out.put_u8(u8::from(*get));
+                let (kind, ms) = match expiry {
+                    SetExpiry::Never => (0, 0),
+                    SetExpiry::Keep => (1, 0),
+                    SetExpiry::AfterMs(ms) => (2, *ms),
+                    SetExpiry::AtMs(ms) => (3, *ms),
+                };
+                out.put_u8(kind);
+                out.put_u64_le(ms);
+                put_key(out, key);
+                out.put_slice(value);
+            }
+            Command::GetDel { key } => {
+                out.put_u8(TAG_GET_DEL);
+                put_key(out, key);
+            }
             Command::MSet { pairs, nx } => {
                 out.put_u8(TAG_MSET);
                 out.put_u8(u8::from(*nx));
@@ -239,6 +309,8 @@ impl Proposal {
                 Command::Expire | Command::Register => 0,
                 Command::IncrBy { key, .. } => 8 + 1 + key.len(),
                 Command::Append { key, value } => 1 + key.len() + value.len(),
+                Command::SetWith { key, value, .. } => 3 + 8 + 1 + key.len() + value.len(),
+                Command::GetDel { key } => 1 + key.len(),
                 Command::MSet { pairs, .. } => {
                     1 + 4
                         + pairs
@@ -316,6 +388,42 @@ impl Proposal {
                 let value = data.slice(reader.take_range(reader.remaining())?);
                 Command::Append { key, value }
             }
+            TAG_SET_WITH => {
+                let condition = match reader.u8()? {
+                    0 => SetCondition::Always,
+                    1 => SetCondition::IfAbsent,
+                    2 => SetCondition::IfPresent,
+                    _ => return Err(DecodeError::InvalidEntry),
+                };
+                let get = match reader.u8()? {
+                    0 => false,
+                    1 => true,
+                    _ => return Err(DecodeError::InvalidEntry),
+                };
+                let kind = reader.u8()?;
+                let ms = reader.u64()?;
+                let expiry = match (kind, ms) {
+                    (0, 0) => SetExpiry::Never,
+                    (1, 0) => SetExpiry::Keep,
+                    (2, ms) if (1..=MAX_EXPIRY_MS).contains(&ms) => SetExpiry::AfterMs(ms),
+                    (3, ms) if ms < u64::MAX => SetExpiry::AtMs(ms),
+                    _ => return Err(DecodeError::InvalidEntry),
+                };
+                let key = read_key(&mut reader, data)?;
+                let value = data.slice(reader.take_range(reader.remaining())?);
+                Command::SetWith {
+                    key,
+                    value,
+                    condition,
+                    get,
+                    expiry,
+                }
+            }
+            TAG_GET_DEL => {
+                let key = read_key(&mut reader, data)?;
+                reader.expect_end()?;
+                Command::GetDel { key }
+            }
             TAG_MSET => {
                 let nx = match reader.u8()? {
                     0 => false,
@@ -350,6 +458,9 @@ impl Proposal {
         })
     }
 }
+
+/// The longest relative expiry a [`SetExpiry::AfterMs`] may carry: ten years, as for `exptime`.
+pub const MAX_EXPIRY_MS: u64 = crate::protocol::MAX_EXPTIME_SECS as u64 * 1000;
 
 fn put_key(out: &mut BytesMut, key: &[u8]) {
     // Keys are at most 250 bytes; a longer one could only come from bypassing the parser, and is

@@ -20,7 +20,9 @@ pub mod command;
 mod decode_error;
 pub mod store;
 
-pub use command::{ClientWrite, Command, DecodeError, Proposal};
+pub use command::{
+    ClientWrite, Command, DecodeError, Proposal, SetCondition, SetExpiry, MAX_EXPIRY_MS,
+};
 /// The client protocol (`raftkv-protocol`), re-exported so that the state machine's users name one
 /// crate: requests, the reply type, the limits.
 pub use raftkv_protocol::{self as protocol, limits};

@@ -5,7 +5,10 @@ use std::collections::BTreeMap;
 
 use bytes::{Bytes, BytesMut};
 use proptest::prelude::*;
-use raftkv_kv::{Command, ParseError, ParseOutcome, Parser, Proposal, Reply, Request, Store};
+use raftkv_kv::{
+    Command, ParseError, ParseOutcome, Parser, Proposal, Reply, Request, SetCondition, SetExpiry,
+    Store,
+};
 
 const MAX_VALUE: usize = 64;
 
@@ -142,8 +145,19 @@ fn command_strategy() -> impl Strategy<Value = Command> {
         1 => Just(Command::Expire),
         2 => (key.clone(), -3i64..4).prop_map(|(key, by)| Command::IncrBy { key, by }),
         1 => (key.clone(), value.clone()).prop_map(|(key, value)| Command::Append { key, value }),
-        1 => (prop::collection::vec((key, value), 1..3), any::<bool>())
+        1 => (prop::collection::vec((key.clone(), value.clone()), 1..3), any::<bool>())
             .prop_map(|(pairs, nx)| Command::MSet { pairs, nx }),
+        2 => (key.clone(), value, 0u8..3, any::<bool>(), 0u8..4, 1u64..3000)
+            .prop_map(|(key, value, condition, get, kind, ms)| Command::SetWith {
+                key,
+                value,
+                condition: [SetCondition::Always, SetCondition::IfAbsent, SetCondition::IfPresent]
+                    [condition as usize],
+                get,
+                expiry: [SetExpiry::Never, SetExpiry::Keep, SetExpiry::AfterMs(ms), SetExpiry::AtMs(ms)]
+                    [kind as usize],
+            }),
+        1 => key.prop_map(|key| Command::GetDel { key }),
     ]
 }
 
@@ -268,6 +282,43 @@ impl Model {
                 self.entries
                     .insert(key.clone(), (index, expires, Bytes::from(grown)));
                 Reply::Integer { value: len }
+            }
+            Command::SetWith {
+                key,
+                value,
+                condition,
+                get,
+                expiry,
+            } => {
+                let old = self.live(key, now).cloned();
+                let applies = match condition {
+                    SetCondition::Always => true,
+                    SetCondition::IfAbsent => old.is_none(),
+                    SetCondition::IfPresent => old.is_some(),
+                };
+                if applies {
+                    let expires = match expiry {
+                        SetExpiry::Never => None,
+                        SetExpiry::Keep => old.as_ref().and_then(|(_, at, _)| *at),
+                        SetExpiry::AfterMs(ms) => Some(now + ms),
+                        SetExpiry::AtMs(at) => Some(*at),
+                    };
+                    self.entries
+                        .insert(key.clone(), (index, expires, value.clone()));
+                }
+                match (get, old, applies) {
+                    (true, Some((_, _, value)), _) => Reply::Value { value },
+                    (true, None, _) | (false, _, false) => Reply::ErrNotFound,
+                    (false, _, true) => Reply::Ok { version: index },
+                }
+            }
+            Command::GetDel { key } => {
+                let old = self.live(key, now).map(|(_, _, value)| value.clone());
+                self.entries.remove(key);
+                match old {
+                    Some(value) => Reply::Value { value },
+                    None => Reply::ErrNotFound,
+                }
             }
             Command::MSet { pairs, nx } => {
                 if *nx && pairs.iter().any(|(key, _)| self.live(key, now).is_some()) {

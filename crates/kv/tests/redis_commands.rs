@@ -2,7 +2,7 @@
 //! MSETNX: their rules, their log-entry encoding, and that a damaged entry is refused.
 
 use bytes::{Bytes, BytesMut};
-use raftkv_kv::{Command, Proposal, Reply, Request, Store};
+use raftkv_kv::{Command, Proposal, Reply, Request, SetCondition, SetExpiry, Store};
 
 fn b(text: &str) -> Bytes {
     Bytes::from(text.to_string())
@@ -183,6 +183,14 @@ fn entries_round_trip_and_damage_is_refused() {
             pairs: vec![(b("x"), b("1")), (b("y"), Bytes::new())],
             nx: true,
         },
+        Command::SetWith {
+            key: b("w"),
+            value: b("value"),
+            condition: SetCondition::IfPresent,
+            get: true,
+            expiry: SetExpiry::AfterMs(1500),
+        },
+        Command::GetDel { key: b("g") },
     ];
     for command in commands {
         let proposal = Proposal {
@@ -200,10 +208,58 @@ fn entries_round_trip_and_damage_is_refused() {
             if let Ok(decoded) = Proposal::decode(&damaged) {
                 // Only a value that runs to the end may be cut and still decode (to a shorter one).
                 assert!(
-                    matches!(decoded.command, Command::Append { .. }),
+                    matches!(
+                        decoded.command,
+                        Command::Append { .. } | Command::SetWith { .. }
+                    ),
                     "{decoded:?}"
                 );
             }
         }
     }
+}
+
+#[test]
+fn set_with_conditions_expiry_and_get() {
+    let mut store = Store::new();
+    let set = |value: &str, condition, get, expiry| Command::SetWith {
+        key: b("k"),
+        value: b(value),
+        condition,
+        get,
+        expiry,
+    };
+    use SetCondition::*;
+    assert_eq!(
+        store.apply(1, 1_000, &set("a", IfPresent, false, SetExpiry::Never)),
+        Reply::ErrNotFound
+    );
+    assert_eq!(
+        store.apply(
+            2,
+            1_000,
+            &set("a", IfAbsent, false, SetExpiry::AfterMs(500))
+        ),
+        Reply::Ok { version: 2 }
+    );
+    assert_eq!(store.expires_at(b"k"), Some(1_500));
+    assert_eq!(
+        store.apply(3, 1_100, &set("b", Always, true, SetExpiry::Keep)),
+        value("a")
+    );
+    assert_eq!(store.expires_at(b"k"), Some(1_500));
+    assert_eq!(
+        store.apply(4, 1_200, &set("c", IfAbsent, true, SetExpiry::Never)),
+        value("b"),
+        "not written, old value answered"
+    );
+    assert_eq!(get(&store, "k"), value("b"));
+    assert_eq!(
+        store.apply(5, 1_300, &Command::GetDel { key: b("k") }),
+        value("b")
+    );
+    assert_eq!(
+        store.apply(6, 1_300, &Command::GetDel { key: b("k") }),
+        Reply::ErrNotFound
+    );
 }

@@ -7,7 +7,7 @@ pub mod sessions;
 mod snapshot;
 mod table;
 
-use crate::command::{Command, Proposal};
+use crate::command::{Command, Proposal, SetCondition, SetExpiry};
 use crate::limits::{expiry_instant, is_valid_exptime, is_valid_key};
 use crate::protocol::{Reply, Request, SessionSeq};
 use digest::DigestHasher;
@@ -139,6 +139,44 @@ impl Store {
                 Reply::Session { id: index }
             }
             Command::IncrBy { key, by } => self.incr_by(index, now_ms, key, *by),
+            Command::SetWith {
+                key,
+                value,
+                condition,
+                get,
+                expiry,
+            } => {
+                let old = self
+                    .live(key, now_ms)
+                    .map(|e| (e.value_bytes(), e.expires_at_ms));
+                let applies = match condition {
+                    SetCondition::Always => true,
+                    SetCondition::IfAbsent => old.is_none(),
+                    SetCondition::IfPresent => old.is_some(),
+                };
+                if applies {
+                    let expires_at_ms = match expiry {
+                        SetExpiry::Never => NEVER,
+                        SetExpiry::Keep => old.as_ref().map_or(NEVER, |(_, at)| *at),
+                        SetExpiry::AfterMs(ms) => now_ms.saturating_add(*ms).min(NEVER - 1),
+                        SetExpiry::AtMs(at) => (*at).min(NEVER - 1),
+                    };
+                    if let Err(reply) = self.put(index, key, value, expires_at_ms) {
+                        return reply;
+                    }
+                }
+                match (get, old, applies) {
+                    (true, Some((value, _)), _) => Reply::Value { value },
+                    (true, None, _) | (false, _, false) => Reply::ErrNotFound,
+                    (false, _, true) => Reply::Ok { version: index },
+                }
+            }
+            Command::GetDel { key } => match self.remove(key) {
+                Some(entry) if entry.is_live_at(now_ms) => Reply::Value {
+                    value: entry.value_bytes(),
+                },
+                _ => Reply::ErrNotFound,
+            },
             Command::Append { key, value } => {
                 let (current, expires_at_ms) = self.current(key, now_ms);
                 let len = current.len() + value.len();
@@ -387,6 +425,23 @@ fn fingerprint(command: &Command) -> u64 {
         Command::Expire | Command::Register => (4, 0, 0, &[], &[]),
         Command::IncrBy { key, by } => (6, 0, *by as u64, key, &[]),
         Command::Append { key, value } => (7, 0, 0, key, value),
+        Command::GetDel { key } => (10, 0, 0, key, &[]),
+        Command::SetWith {
+            key,
+            value,
+            condition,
+            get,
+            expiry,
+        } => {
+            let (kind, ms) = match expiry {
+                SetExpiry::Never => (0u32, 0),
+                SetExpiry::Keep => (1, 0),
+                SetExpiry::AfterMs(ms) => (2, *ms),
+                SetExpiry::AtMs(ms) => (3, *ms),
+            };
+            let flags = kind | (u32::from(*get) << 4) | ((*condition as u32) << 8);
+            (9, flags, ms, key, value)
+        }
         Command::MSet { pairs, nx } => {
             // Every pair, framed, so that no two different MSETs collide by concatenation.
             let mut crc = crc32c::crc32c(&[8, u8::from(*nx)]);

@@ -6,7 +6,7 @@
 //! answered with an error that says so, never approximated by several non-atomic steps.
 
 use bytes::Bytes;
-use raftkv_kv::{Command, Reply, Request};
+use raftkv_kv::{Command, Reply, Request, SetCondition, SetExpiry};
 use raftkv_protocol::limits::{is_valid_key, MAX_EXPTIME_SECS};
 use raftkv_resp::Value;
 
@@ -17,15 +17,13 @@ pub const SUPPORTED: &[&str] = &[
     "PING", "ECHO", "SELECT", "HELLO", "CLIENT", "QUIT", "RESET", "COMMAND", "CONFIG", "TIME",
     "DBSIZE", "INFO", "GET", "SET", "SETEX", "PSETEX", "MGET", "DEL", "UNLINK", "EXISTS", "STRLEN",
     "GETRANGE", "TTL", "TYPE", "INCR", "INCRBY", "DECR", "DECRBY", "APPEND", "MSET", "MSETNX",
+    "SETNX", "GETSET", "GETDEL",
 ];
 
 /// Commands of Redis that raftkv knows of but cannot run yet.
 const NOT_YET: &[&str] = &[
     "INCRBYFLOAT",
     "SETRANGE",
-    "SETNX",
-    "GETSET",
-    "GETDEL",
     "GETEX",
     "EXPIRE",
     "PEXPIRE",
@@ -91,6 +89,10 @@ pub enum Finish {
     Type,
     /// The store's own answer: an integer, `+OK`, or the error it gave (INCR, APPEND, MSET...).
     Store,
+    /// `+OK` if written, null if the condition failed (SET NX/XX).
+    SetWith,
+    /// 1 if written, 0 if the key existed (SETNX).
+    SetNx,
 }
 
 fn upper(word: &[u8]) -> String {
@@ -185,6 +187,31 @@ pub fn plan(args: &[Bytes], max_value_size: usize) -> Plan {
             }
         }
         "SET" if argc >= 3 => set(args, max_value_size),
+        "SETNX" if argc == 3 => set_with(
+            &args[1],
+            &args[2],
+            SetCondition::IfAbsent,
+            false,
+            SetExpiry::Never,
+            Finish::SetNx,
+            max_value_size,
+        ),
+        "GETSET" if argc == 3 => set_with(
+            &args[1],
+            &args[2],
+            SetCondition::Always,
+            true,
+            SetExpiry::Never,
+            Finish::Value,
+            max_value_size,
+        ),
+        "GETDEL" if argc == 2 => match key(&args[1]) {
+            Ok(key) => Plan::Node {
+                ops: vec![Op::write(Command::GetDel { key })],
+                finish: Finish::Value,
+            },
+            Err(error) => now(error),
+        },
         "INCR" | "DECR" if argc == 2 => incr(&args[1], if name == "INCR" { 1 } else { -1 }),
         "INCRBY" | "DECRBY" if argc == 3 => match integer(&args[2]) {
             Some(by) if name == "INCRBY" => incr(&args[1], by),
@@ -301,31 +328,96 @@ fn reads(words: &[Bytes], finish: Finish) -> Plan {
     Plan::Node { ops, finish }
 }
 
-/// `SET key value [EX s | PX ms]`; the options that need more than a plain write are refused.
+/// `SET key value [NX | XX] [GET] [EX s | PX ms | EXAT s | PXAT ms | KEEPTTL]`: a plain write when it
+/// has no option or only EX (the CS733 port's own entry), otherwise a `SetWith` entry.
 fn set(args: &[Bytes], max_value_size: usize) -> Plan {
-    let mut ttl = None;
-    let mut millis = false;
+    let mut condition = SetCondition::Always;
+    let mut get = false;
+    let mut expiry: Option<SetExpiry> = None;
+    let mut seconds = None;
     let mut i = 3;
     while i < args.len() {
-        match upper(&args[i]).as_str() {
-            option @ ("EX" | "PX") if i + 1 < args.len() && ttl.is_none() => {
-                match integer(&args[i + 1]) {
-                    Some(n) if n > 0 => ttl = Some(n),
-                    Some(_) => return now(Value::err("invalid expire time in 'set' command")),
-                    None => return now(Value::err("value is not an integer or out of range")),
+        let option = upper(&args[i]);
+        let has_arg = i + 1 < args.len();
+        match option.as_str() {
+            "NX" if condition == SetCondition::Always => condition = SetCondition::IfAbsent,
+            "XX" if condition == SetCondition::Always => condition = SetCondition::IfPresent,
+            "GET" => get = true,
+            "KEEPTTL" if expiry.is_none() => expiry = Some(SetExpiry::Keep),
+            "EX" | "PX" | "EXAT" | "PXAT" if expiry.is_none() && has_arg => {
+                let Some(n) = integer(&args[i + 1]) else {
+                    return now(Value::err("value is not an integer or out of range"));
+                };
+                let ms = match option.as_str() {
+                    "EX" | "EXAT" => n.checked_mul(1000),
+                    _ => Some(n),
+                };
+                let ms = match ms {
+                    Some(ms) if n > 0 => ms as u64,
+                    _ => return now(Value::err("invalid expire time in 'set' command")),
+                };
+                expiry = Some(if option.ends_with("AT") {
+                    SetExpiry::AtMs(ms)
+                } else if ms > raftkv_kv::MAX_EXPIRY_MS {
+                    return now(Value::err("invalid expire time in 'set' command"));
+                } else {
+                    SetExpiry::AfterMs(ms)
+                });
+                if option == "EX" {
+                    seconds = Some(n);
                 }
-                millis = option == "PX";
-                i += 2;
-            }
-            option @ ("NX" | "XX" | "GET" | "KEEPTTL" | "EXAT" | "PXAT") => {
-                return now(Value::err(format!(
-                    "SET {option} is not supported by raftkv yet (see docs/redis.md)"
-                )))
+                i += 1;
             }
             _ => return now(Value::err(SYNTAX)),
         }
+        i += 1;
     }
-    store(&args[1], &args[2], ttl, millis, max_value_size)
+    let plain = condition == SetCondition::Always && !get;
+    match expiry {
+        None if plain => store(&args[1], &args[2], None, false, max_value_size),
+        Some(SetExpiry::AfterMs(_)) if plain && seconds.is_some() => {
+            store(&args[1], &args[2], seconds, false, max_value_size)
+        }
+        expiry => set_with(
+            &args[1],
+            &args[2],
+            condition,
+            get,
+            expiry.unwrap_or(SetExpiry::Never),
+            if get { Finish::Value } else { Finish::SetWith },
+            max_value_size,
+        ),
+    }
+}
+
+fn set_with(
+    word: &Bytes,
+    value: &Bytes,
+    condition: SetCondition,
+    get: bool,
+    expiry: SetExpiry,
+    finish: Finish,
+    max_value_size: usize,
+) -> Plan {
+    let key = match key(word) {
+        Ok(key) => key,
+        Err(error) => return now(error),
+    };
+    if value.len() > max_value_size {
+        return now(Value::err(
+            "value larger than this cluster's max_value_size",
+        ));
+    }
+    Plan::Node {
+        ops: vec![Op::write(Command::SetWith {
+            key,
+            value: value.clone(),
+            condition,
+            get,
+            expiry,
+        })],
+        finish,
+    }
 }
 
 /// A plain write of `value` under `word`, expiring after `ttl` seconds (or milliseconds, rounded up
@@ -505,6 +597,13 @@ pub fn finish(finish: Finish, replies: Vec<Reply>) -> Option<Value> {
             Some(_) => Value::Simple("string".into()),
             None => Value::Simple("none".into()),
         },
+        Finish::SetWith => match replies.first() {
+            Some(Reply::Ok { .. }) => Value::ok(),
+            _ => Value::Null,
+        },
+        Finish::SetNx => {
+            Value::Integer(i64::from(matches!(replies.first(), Some(Reply::Ok { .. }))))
+        }
         Finish::Store => match replies.into_iter().next() {
             Some(Reply::Integer { value }) => Value::Integer(value),
             Some(Reply::ErrValue { message }) => Value::err(message),
