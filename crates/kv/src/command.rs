@@ -15,6 +15,7 @@
 //! - SetWith  (tag 9): `condition:u8 (0 always, 1 if absent, 2 if present) | get:u8 |
 //!   expiry:u8 (0 never, 1 keep, 2 after ms, 3 at ms) | ms:u64 | key_len:u8 | key | value`
 //! - GetDel   (tag 10): `key_len:u8 | key`
+//! - SetTtl   (tag 11): `expiry:u8 (0 never, 2 after ms, 3 at ms) | ms:u64 | key_len:u8 | key`
 //!
 //! The leading format byte lets a later release change the layout while still reading old logs.
 
@@ -37,6 +38,7 @@ const TAG_APPEND: u8 = 7;
 const TAG_MSET: u8 = 8;
 const TAG_SET_WITH: u8 = 9;
 const TAG_GET_DEL: u8 = 10;
+const TAG_SET_TTL: u8 = 11;
 
 /// When a [`Command::SetWith`] writes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -111,6 +113,12 @@ pub enum Command {
     /// Delete the key and answer its value (GETDEL).
     GetDel {
         key: Bytes,
+    },
+    /// Give a live key a new expiry (EXPIRE, PEXPIRE, EXPIREAT, PEXPIREAT; an instant already past
+    /// deletes it) or none (PERSIST). Answers 1 if it changed something, else 0 (`Keep` is refused).
+    SetTtl {
+        key: Bytes,
+        expiry: SetExpiry,
     },
 }
 
@@ -195,6 +203,7 @@ impl Command {
             Request::Get { .. }
             | Request::Getm { .. }
             | Request::Backup
+            | Request::Pttl { .. }
             | Request::Members(_)
             | Request::Stale { .. }
             | Request::InSession { .. } => None,
@@ -285,6 +294,18 @@ impl Proposal {
                 out.put_u8(TAG_GET_DEL);
                 put_key(out, key);
             }
+            Command::SetTtl { key, expiry } => {
+                out.put_u8(TAG_SET_TTL);
+                let (kind, ms) = match expiry {
+                    SetExpiry::Never => (0, 0),
+                    SetExpiry::Keep => (1, 0),
+                    SetExpiry::AfterMs(ms) => (2, *ms),
+                    SetExpiry::AtMs(ms) => (3, *ms),
+                };
+                out.put_u8(kind);
+                out.put_u64_le(ms);
+                put_key(out, key);
+            }
             Command::MSet { pairs, nx } => {
                 out.put_u8(TAG_MSET);
                 out.put_u8(u8::from(*nx));
@@ -311,6 +332,7 @@ impl Proposal {
                 Command::Append { key, value } => 1 + key.len() + value.len(),
                 Command::SetWith { key, value, .. } => 3 + 8 + 1 + key.len() + value.len(),
                 Command::GetDel { key } => 1 + key.len(),
+                Command::SetTtl { key, .. } => 1 + 8 + 1 + key.len(),
                 Command::MSet { pairs, .. } => {
                     1 + 4
                         + pairs
@@ -418,6 +440,19 @@ impl Proposal {
                     get,
                     expiry,
                 }
+            }
+            TAG_SET_TTL => {
+                let kind = reader.u8()?;
+                let ms = reader.u64()?;
+                let expiry = match (kind, ms) {
+                    (0, 0) => SetExpiry::Never,
+                    (2, ms) if (1..=MAX_EXPIRY_MS).contains(&ms) => SetExpiry::AfterMs(ms),
+                    (3, ms) if ms < u64::MAX => SetExpiry::AtMs(ms),
+                    _ => return Err(DecodeError::InvalidEntry),
+                };
+                let key = read_key(&mut reader, data)?;
+                reader.expect_end()?;
+                Command::SetTtl { key, expiry }
             }
             TAG_GET_DEL => {
                 let key = read_key(&mut reader, data)?;

@@ -157,7 +157,11 @@ fn command_strategy() -> impl Strategy<Value = Command> {
                 expiry: [SetExpiry::Never, SetExpiry::Keep, SetExpiry::AfterMs(ms), SetExpiry::AtMs(ms)]
                     [kind as usize],
             }),
-        1 => key.prop_map(|key| Command::GetDel { key }),
+        1 => key.clone().prop_map(|key| Command::GetDel { key }),
+        1 => (key, 0u8..3, 1u64..3000).prop_map(|(key, kind, ms)| Command::SetTtl {
+            key,
+            expiry: [SetExpiry::Never, SetExpiry::AfterMs(ms), SetExpiry::AtMs(ms)][kind as usize],
+        }),
     ]
 }
 
@@ -311,6 +315,24 @@ impl Model {
                     (true, None, _) | (false, _, false) => Reply::ErrNotFound,
                     (false, _, true) => Reply::Ok { version: index },
                 }
+            }
+            Command::SetTtl { key, expiry } => {
+                let Some((_, expires, value)) = self.live(key, now).cloned() else {
+                    return Reply::Integer { value: 0 };
+                };
+                let at = match expiry {
+                    SetExpiry::Never if expires.is_none() => return Reply::Integer { value: 0 },
+                    SetExpiry::Never => None,
+                    SetExpiry::Keep => return Reply::ErrCmdErr,
+                    SetExpiry::AfterMs(ms) => Some(now + ms),
+                    SetExpiry::AtMs(at) => Some(*at),
+                };
+                if at.is_some_and(|at| at <= now) {
+                    self.entries.remove(key);
+                } else {
+                    self.entries.insert(key.clone(), (index, at, value));
+                }
+                Reply::Integer { value: 1 }
             }
             Command::GetDel { key } => {
                 let old = self.live(key, now).map(|(_, _, value)| value.clone());

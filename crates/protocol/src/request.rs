@@ -34,6 +34,11 @@ pub enum Request {
     Register,
     /// `backup`: a point-in-time copy of the whole store (answered `BACKUP <numbytes>` and the file).
     Backup,
+    /// The key's remaining lifetime in milliseconds (answered `INTEGER <ms>`, -1 for a key that never
+    /// expires, -2 for a missing one). Not a CS733 command: only the Redis front end asks it (PTTL, TTL).
+    Pttl {
+        key: Bytes,
+    },
     /// `members ...`: list or change the cluster's membership (answered `MEMBERS <numbytes>` and the
     /// table, or `ERR_MEMBERSHIP <reason>`).
     Members(MembersRequest),

@@ -272,7 +272,10 @@ fn request_bytes(request: &Request) -> usize {
         Request::Set { key, value, .. } | Request::Cas { key, value, .. } => {
             key.len() + value.len()
         }
-        Request::Get { key } | Request::Getm { key } | Request::Delete { key } => key.len(),
+        Request::Get { key }
+        | Request::Getm { key }
+        | Request::Delete { key }
+        | Request::Pttl { key } => key.len(),
         Request::Register | Request::Backup | Request::Members(_) => 0,
         Request::Stale { read, .. } => request_bytes(read),
         Request::InSession { write, .. } => request_bytes(write),
@@ -286,7 +289,7 @@ fn op_kind(request: &Request) -> OpKind {
         Request::Cas { .. } => OpKind::cas,
         Request::Delete { .. } => OpKind::delete,
         Request::Get { .. } => OpKind::get,
-        Request::Getm { .. } => OpKind::getm,
+        Request::Getm { .. } | Request::Pttl { .. } => OpKind::getm,
         Request::Register => OpKind::register,
         Request::Backup => OpKind::backup,
         Request::Members(_) => OpKind::members,
@@ -306,7 +309,9 @@ async fn submit(
     let started = Instant::now();
     let kind = op_kind(&request);
     let (op, noreply) = match request {
-        Request::Get { .. } | Request::Getm { .. } | Request::Backup => (Op::Read(request), false),
+        Request::Get { .. } | Request::Getm { .. } | Request::Pttl { .. } | Request::Backup => {
+            (Op::Read(request), false)
+        }
         Request::Members(members) => (Op::Members(members), false),
         Request::Stale { max_lag, read } => (
             Op::StaleRead {

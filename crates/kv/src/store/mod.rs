@@ -171,6 +171,26 @@ impl Store {
                     (false, _, true) => Reply::Ok { version: index },
                 }
             }
+            Command::SetTtl { key, expiry } => {
+                let Some(entry) = self.live(key, now_ms).cloned() else {
+                    return Reply::Integer { value: 0 };
+                };
+                let expires_at_ms = match expiry {
+                    SetExpiry::Never if entry.expires_at_ms == NEVER => {
+                        return Reply::Integer { value: 0 }
+                    }
+                    SetExpiry::Never => NEVER,
+                    SetExpiry::Keep => return Reply::ErrCmdErr,
+                    SetExpiry::AfterMs(ms) => now_ms.saturating_add(*ms).min(NEVER - 1),
+                    SetExpiry::AtMs(at) => (*at).min(NEVER - 1),
+                };
+                if expires_at_ms <= now_ms {
+                    self.remove(key);
+                } else if let Err(reply) = self.put(index, key, entry.value(), expires_at_ms) {
+                    return reply;
+                }
+                Reply::Integer { value: 1 }
+            }
             Command::GetDel { key } => match self.remove(key) {
                 Some(entry) if entry.is_live_at(now_ms) => Reply::Value {
                     value: entry.value_bytes(),
@@ -291,6 +311,13 @@ impl Store {
                     value: entry.value_bytes(),
                 },
                 None => Reply::ErrNotFound,
+            },
+            Request::Pttl { key } => Reply::Integer {
+                value: match self.live(key, now_ms) {
+                    None => -2,
+                    Some(entry) if entry.expires_at_ms == NEVER => -1,
+                    Some(entry) => (entry.expires_at_ms - now_ms).min(i64::MAX as u64) as i64,
+                },
             },
             _ => Reply::ErrCmdErr,
         }
@@ -426,6 +453,15 @@ fn fingerprint(command: &Command) -> u64 {
         Command::IncrBy { key, by } => (6, 0, *by as u64, key, &[]),
         Command::Append { key, value } => (7, 0, 0, key, value),
         Command::GetDel { key } => (10, 0, 0, key, &[]),
+        Command::SetTtl { key, expiry } => {
+            let (kind, ms) = match expiry {
+                SetExpiry::Never => (0u32, 0),
+                SetExpiry::Keep => (1, 0),
+                SetExpiry::AfterMs(ms) => (2, *ms),
+                SetExpiry::AtMs(ms) => (3, *ms),
+            };
+            (11, kind, ms, key, &[])
+        }
         Command::SetWith {
             key,
             value,

@@ -14,10 +14,46 @@ use crate::request::Op;
 
 /// The commands this front end knows, for `COMMAND COUNT` and error messages.
 pub const SUPPORTED: &[&str] = &[
-    "PING", "ECHO", "SELECT", "HELLO", "CLIENT", "QUIT", "RESET", "COMMAND", "CONFIG", "TIME",
-    "DBSIZE", "INFO", "GET", "SET", "SETEX", "PSETEX", "MGET", "DEL", "UNLINK", "EXISTS", "STRLEN",
-    "GETRANGE", "TTL", "TYPE", "INCR", "INCRBY", "DECR", "DECRBY", "APPEND", "MSET", "MSETNX",
-    "SETNX", "GETSET", "GETDEL",
+    "PING",
+    "ECHO",
+    "SELECT",
+    "HELLO",
+    "CLIENT",
+    "QUIT",
+    "RESET",
+    "COMMAND",
+    "CONFIG",
+    "TIME",
+    "DBSIZE",
+    "INFO",
+    "GET",
+    "SET",
+    "SETEX",
+    "PSETEX",
+    "MGET",
+    "DEL",
+    "UNLINK",
+    "EXISTS",
+    "STRLEN",
+    "GETRANGE",
+    "TTL",
+    "TYPE",
+    "INCR",
+    "INCRBY",
+    "DECR",
+    "DECRBY",
+    "APPEND",
+    "MSET",
+    "MSETNX",
+    "SETNX",
+    "GETSET",
+    "GETDEL",
+    "EXPIRE",
+    "PEXPIRE",
+    "EXPIREAT",
+    "PEXPIREAT",
+    "PERSIST",
+    "PTTL",
 ];
 
 /// Commands of Redis that raftkv knows of but cannot run yet.
@@ -25,12 +61,6 @@ const NOT_YET: &[&str] = &[
     "INCRBYFLOAT",
     "SETRANGE",
     "GETEX",
-    "EXPIRE",
-    "PEXPIRE",
-    "EXPIREAT",
-    "PEXPIREAT",
-    "PERSIST",
-    "PTTL",
     "RENAME",
     "RENAMENX",
     "KEYS",
@@ -83,7 +113,7 @@ pub enum Finish {
     Len,
     /// A byte range of the value (GETRANGE, inclusive, negative from the end).
     Range(i64, i64),
-    /// Seconds to live: -2 absent, -1 no expiry.
+    /// Seconds to live, from the milliseconds left: -2 absent, -1 no expiry.
     Ttl,
     /// `string` or `none`.
     Type,
@@ -166,7 +196,31 @@ pub fn plan(args: &[Bytes], max_value_size: usize) -> Plan {
         "GET" if argc == 2 => read(&args[1], Finish::Value, false),
         "STRLEN" if argc == 2 => read(&args[1], Finish::Len, false),
         "TYPE" if argc == 2 => read(&args[1], Finish::Type, false),
-        "TTL" if argc == 2 => read(&args[1], Finish::Ttl, true),
+        "TTL" | "PTTL" if argc == 2 => match key(&args[1]) {
+            Ok(key) => Plan::Node {
+                ops: vec![Op::Read(Request::Pttl { key })],
+                finish: if name == "TTL" {
+                    Finish::Ttl
+                } else {
+                    Finish::Store
+                },
+            },
+            Err(error) => now(error),
+        },
+        "EXPIRE" | "PEXPIRE" | "EXPIREAT" | "PEXPIREAT" if argc == 3 => expire(&name, args),
+        "EXPIRE" | "PEXPIRE" | "EXPIREAT" | "PEXPIREAT" if argc > 3 => now(Value::err(format!(
+            "{name} with NX, XX, GT or LT is not supported by raftkv yet (see docs/redis.md)"
+        ))),
+        "PERSIST" if argc == 2 => match key(&args[1]) {
+            Ok(key) => Plan::Node {
+                ops: vec![Op::write(Command::SetTtl {
+                    key,
+                    expiry: SetExpiry::Never,
+                })],
+                finish: Finish::Store,
+            },
+            Err(error) => now(error),
+        },
         "GETRANGE" if argc == 4 => match (integer(&args[2]), integer(&args[3])) {
             (Some(start), Some(end)) => read(&args[1], Finish::Range(start, end), false),
             _ => now(Value::err("value is not an integer or out of range")),
@@ -287,6 +341,40 @@ pub fn plan(args: &[Bytes], max_value_size: usize) -> Plan {
                 String::from_utf8_lossy(&args[0])
             )))
         }
+    }
+}
+
+/// EXPIRE/PEXPIRE (relative) and EXPIREAT/PEXPIREAT (an instant of the replicated clock). A time
+/// already past deletes the key, as in Redis.
+fn expire(name: &str, args: &[Bytes]) -> Plan {
+    let invalid = || {
+        now(Value::err(format!(
+            "invalid expire time in '{}' command",
+            name.to_ascii_lowercase()
+        )))
+    };
+    let Some(n) = integer(&args[2]) else {
+        return now(Value::err("value is not an integer or out of range"));
+    };
+    let millis = name.starts_with('P');
+    let Some(ms) = (if millis { Some(n) } else { n.checked_mul(1000) }) else {
+        return invalid();
+    };
+    let expiry = if name.ends_with("AT") {
+        SetExpiry::AtMs(ms.max(0) as u64)
+    } else if ms <= 0 {
+        SetExpiry::AtMs(0)
+    } else if ms as u64 > raftkv_kv::MAX_EXPIRY_MS {
+        return invalid();
+    } else {
+        SetExpiry::AfterMs(ms as u64)
+    };
+    match key(&args[1]) {
+        Ok(key) => Plan::Node {
+            ops: vec![Op::write(Command::SetTtl { key, expiry })],
+            finish: Finish::Store,
+        },
+        Err(error) => now(error),
     }
 }
 
@@ -588,9 +676,10 @@ pub fn finish(finish: Finish, replies: Vec<Reply>) -> Option<Value> {
             let value = replies.first().and_then(value_of).unwrap_or_default();
             Value::Bulk(range(&value, start, end))
         }
+        // Redis rounds the milliseconds left to the nearest second.
         Finish::Ttl => match replies.first() {
-            Some(Reply::ValueMeta { exptime: 0, .. }) => Value::Integer(-1),
-            Some(Reply::ValueMeta { exptime, .. }) => Value::Integer(*exptime as i64),
+            Some(Reply::Integer { value }) if *value < 0 => Value::Integer(*value),
+            Some(Reply::Integer { value }) => Value::Integer((value + 500) / 1000),
             _ => Value::Integer(-2),
         },
         Finish::Type => match replies.first().and_then(value_of) {
