@@ -77,8 +77,8 @@ fn decode_rejects_bad_entries() {
     trailing.push(0);
     assert_eq!(decode(&trailing), Err(DecodeError::TrailingBytes));
     let mut unknown = expire.clone();
-    unknown[9] = 9;
-    assert_eq!(decode(&unknown), Err(DecodeError::UnknownCommand(9)));
+    unknown[9] = 99;
+    assert_eq!(decode(&unknown), Err(DecodeError::UnknownCommand(99)));
     let mut bad_key = expire[..9].to_vec();
     bad_key.extend_from_slice(&[3, 2, b'k', b' ']);
     assert_eq!(decode(&bad_key), Err(DecodeError::InvalidKey));
