@@ -62,6 +62,29 @@ pub enum SetExpiry {
     AtMs(u64),
 }
 
+impl SetExpiry {
+    /// The entry's `expiry:u8 | ms:u64` fields.
+    pub fn to_wire(self) -> (u8, u64) {
+        match self {
+            SetExpiry::Never => (0, 0),
+            SetExpiry::Keep => (1, 0),
+            SetExpiry::AfterMs(ms) => (2, ms),
+            SetExpiry::AtMs(ms) => (3, ms),
+        }
+    }
+
+    /// The expiry those fields describe, if valid.
+    fn from_wire(kind: u8, ms: u64) -> Option<SetExpiry> {
+        match (kind, ms) {
+            (0, 0) => Some(SetExpiry::Never),
+            (1, 0) => Some(SetExpiry::Keep),
+            (2, ms) if (1..=MAX_EXPIRY_MS).contains(&ms) => Some(SetExpiry::AfterMs(ms)),
+            (3, ms) if ms < u64::MAX => Some(SetExpiry::AtMs(ms)),
+            _ => None,
+        }
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Command {
     Set {
@@ -279,12 +302,7 @@ impl Proposal {
                     SetCondition::IfPresent => 2,
                 });
                 out.put_u8(u8::from(*get));
-                let (kind, ms) = match expiry {
-                    SetExpiry::Never => (0, 0),
-                    SetExpiry::Keep => (1, 0),
-                    SetExpiry::AfterMs(ms) => (2, *ms),
-                    SetExpiry::AtMs(ms) => (3, *ms),
-                };
+                let (kind, ms) = expiry.to_wire();
                 out.put_u8(kind);
                 out.put_u64_le(ms);
                 put_key(out, key);
@@ -296,12 +314,7 @@ impl Proposal {
             }
             Command::SetTtl { key, expiry } => {
                 out.put_u8(TAG_SET_TTL);
-                let (kind, ms) = match expiry {
-                    SetExpiry::Never => (0, 0),
-                    SetExpiry::Keep => (1, 0),
-                    SetExpiry::AfterMs(ms) => (2, *ms),
-                    SetExpiry::AtMs(ms) => (3, *ms),
-                };
+                let (kind, ms) = expiry.to_wire();
                 out.put_u8(kind);
                 out.put_u64_le(ms);
                 put_key(out, key);
@@ -424,13 +437,7 @@ impl Proposal {
                 };
                 let kind = reader.u8()?;
                 let ms = reader.u64()?;
-                let expiry = match (kind, ms) {
-                    (0, 0) => SetExpiry::Never,
-                    (1, 0) => SetExpiry::Keep,
-                    (2, ms) if (1..=MAX_EXPIRY_MS).contains(&ms) => SetExpiry::AfterMs(ms),
-                    (3, ms) if ms < u64::MAX => SetExpiry::AtMs(ms),
-                    _ => return Err(DecodeError::InvalidEntry),
-                };
+                let expiry = SetExpiry::from_wire(kind, ms).ok_or(DecodeError::InvalidEntry)?;
                 let key = read_key(&mut reader, data)?;
                 let value = data.slice(reader.take_range(reader.remaining())?);
                 Command::SetWith {
@@ -444,12 +451,9 @@ impl Proposal {
             TAG_SET_TTL => {
                 let kind = reader.u8()?;
                 let ms = reader.u64()?;
-                let expiry = match (kind, ms) {
-                    (0, 0) => SetExpiry::Never,
-                    (2, ms) if (1..=MAX_EXPIRY_MS).contains(&ms) => SetExpiry::AfterMs(ms),
-                    (3, ms) if ms < u64::MAX => SetExpiry::AtMs(ms),
-                    _ => return Err(DecodeError::InvalidEntry),
-                };
+                let expiry = SetExpiry::from_wire(kind, ms)
+                    .filter(|e| *e != SetExpiry::Keep)
+                    .ok_or(DecodeError::InvalidEntry)?;
                 let key = read_key(&mut reader, data)?;
                 reader.expect_end()?;
                 Command::SetTtl { key, expiry }

@@ -454,13 +454,8 @@ fn fingerprint(command: &Command) -> u64 {
         Command::Append { key, value } => (7, 0, 0, key, value),
         Command::GetDel { key } => (10, 0, 0, key, &[]),
         Command::SetTtl { key, expiry } => {
-            let (kind, ms) = match expiry {
-                SetExpiry::Never => (0u32, 0),
-                SetExpiry::Keep => (1, 0),
-                SetExpiry::AfterMs(ms) => (2, *ms),
-                SetExpiry::AtMs(ms) => (3, *ms),
-            };
-            (11, kind, ms, key, &[])
+            let (kind, ms) = expiry.to_wire();
+            (11, u32::from(kind), ms, key, &[])
         }
         Command::SetWith {
             key,
@@ -469,13 +464,8 @@ fn fingerprint(command: &Command) -> u64 {
             get,
             expiry,
         } => {
-            let (kind, ms) = match expiry {
-                SetExpiry::Never => (0u32, 0),
-                SetExpiry::Keep => (1, 0),
-                SetExpiry::AfterMs(ms) => (2, *ms),
-                SetExpiry::AtMs(ms) => (3, *ms),
-            };
-            let flags = kind | (u32::from(*get) << 4) | ((*condition as u32) << 8);
+            let (kind, ms) = expiry.to_wire();
+            let flags = u32::from(kind) | (u32::from(*get) << 4) | ((*condition as u32) << 8);
             (9, flags, ms, key, value)
         }
         Command::MSet { pairs, nx } => {
