@@ -107,6 +107,30 @@ fn promotion_waits_for_the_learner_to_catch_up() {
     assert_eq!(c.node(leader).membership().quorum(), 3);
 }
 
+/// §4.2.1 again: on a log shorter than the allowed lag, a learner that never answered (its process
+/// not started yet) is still not caught up: it must hold the entry that made it a learner.
+/// (Found by tests/server_membership.rs: node 5 was promoted before it started, then refused to start
+/// as a voter with an empty data directory.)
+#[test]
+fn a_learner_that_never_answered_is_not_promoted_even_on_a_short_log() {
+    let (mut c, leader) = cluster_with_spares(3, &[4]);
+    c.isolate(4);
+    change(&mut c, leader, ConfChange::AddLearner(4)).unwrap();
+    c.settle();
+    assert!(c.node(leader).status().last_index < MAX_LAG);
+    let refused = c
+        .node(leader)
+        .propose_conf_change(ConfChange::Promote(4), Bytes::new(), MAX_LAG);
+    assert!(
+        matches!(refused, Err(ConfChangeError::NotCaughtUp { id: 4, .. })),
+        "{refused:?}"
+    );
+    c.heal();
+    c.tick_all(3);
+    change(&mut c, leader, ConfChange::Promote(4)).unwrap();
+    assert_eq!(voters(&mut c, leader), vec![1, 2, 3, 4]);
+}
+
 /// §4.1: one change at a time, and (the fix to single-server changes) none before the leader has
 /// committed an entry of its own term.
 #[test]

@@ -52,7 +52,10 @@ impl Raft {
         if let ConfChange::Promote(id) = change {
             let matched = self.progress.get(&id).map_or(0, |p| p.match_index);
             let lag = self.log.last_index().saturating_sub(matched);
-            if lag > max_lag {
+            // Also: the learner must hold the current membership (the entry that made it a learner or
+            // a later one). On a log shorter than `max_lag`, a learner that never answered at all is
+            // within the lag, and promoting it would make a voter of a node that may not exist yet.
+            if lag > max_lag || matched < self.config_index {
                 return Err(ConfChangeError::NotCaughtUp { id, lag });
             }
         }
