@@ -117,13 +117,12 @@ fn every_command_through_the_leader_and_the_followers() {
             err.to_string().contains("wrong number of arguments"),
             "{err}"
         );
-        let err = redis::cmd("SETRANGE")
+        let err = redis::cmd("LPUSH")
             .arg(k("x"))
-            .arg(0)
             .arg("x")
             .query::<()>(&mut c)
             .unwrap_err();
-        assert!(err.to_string().contains("not supported"), "{err}");
+        assert!(err.to_string().contains("unknown command 'LPUSH'"), "{err}");
         // Counters and other read-modify-write commands: one log entry each.
         assert_eq!(c.incr::<_, _, i64>(k("n"), 1).unwrap(), 1);
         assert_eq!(c.incr::<_, _, i64>(k("n"), 10).unwrap(), 11);
@@ -218,4 +217,87 @@ fn writes_through_a_follower_survive_a_leader_kill() {
     for (key, n) in &acked {
         assert_eq!(conn.get::<_, i64>(key).unwrap(), *n, "{key} lost");
     }
+}
+
+#[test]
+fn transactions_key_walks_and_the_newer_commands_through_every_node() {
+    let mut cluster = Cluster::start(3, FAST_TUNABLES);
+    let leader = cluster.wait_leader();
+    for i in [leader, (leader + 1) % 3, (leader + 2) % 3] {
+        let mut c = connect(&cluster.nodes[i].resp_addr);
+        let mut other = connect(&cluster.nodes[(i + 1) % 3].resp_addr);
+        let k = |name: &str| format!("t{i}:{name}");
+
+        // MULTI/EXEC as the redis crate sends it: one atomic pipeline.
+        let (a, n, got): (String, i64, String) = redis::pipe()
+            .atomic()
+            .set(k("a"), "1")
+            .incr(k("n"), 5)
+            .get(k("a"))
+            .query(&mut c)
+            .unwrap();
+        assert_eq!((a.as_str(), n, got.as_str()), ("OK", 5, "1"));
+
+        // WATCH: a write by another client between WATCH and EXEC aborts the transaction.
+        let _: () = redis::cmd("WATCH").arg(k("a")).query(&mut c).unwrap();
+        let _: () = other.set(k("a"), "changed").unwrap();
+        let aborted: Option<(String,)> = redis::pipe()
+            .atomic()
+            .set(k("a"), "mine")
+            .query(&mut c)
+            .unwrap();
+        assert_eq!(aborted, None);
+        assert_eq!(c.get::<_, String>(k("a")).unwrap(), "changed");
+        // ... and without one, it commits.
+        let _: () = redis::cmd("WATCH").arg(k("a")).query(&mut c).unwrap();
+        let done: Option<(String,)> = redis::pipe()
+            .atomic()
+            .set(k("a"), "mine")
+            .query(&mut c)
+            .unwrap();
+        assert_eq!(done, Some(("OK".to_string(),)));
+
+        // RENAME, INCRBYFLOAT, GETEX, SETRANGE.
+        let _: () = c.rename(k("a"), k("b")).unwrap();
+        assert_eq!(c.get::<_, String>(k("b")).unwrap(), "mine");
+        assert!(!c.exists::<_, bool>(k("a")).unwrap());
+        let f: f64 = c.incr(k("f"), 2.5).unwrap();
+        assert_eq!(f, 2.5);
+        let v: String = redis::cmd("GETEX")
+            .arg(k("b"))
+            .arg("EX")
+            .arg(100)
+            .query(&mut c)
+            .unwrap();
+        assert_eq!(v, "mine");
+        assert!(c.ttl::<_, i64>(k("b")).unwrap() > 90);
+        let len: i64 = c.setrange(k("b"), 2, "ne!").unwrap();
+        assert_eq!(len, 5);
+        assert_eq!(c.get::<_, String>(k("b")).unwrap(), "mine!");
+    }
+
+    // Walks over the key space: SCAN returns every key, KEYS filters, RANDOMKEY finds one.
+    let mut c = connect(&cluster.nodes[(leader + 1) % 3].resp_addr);
+    let _: () = redis::cmd("FLUSHALL").query(&mut c).unwrap();
+    let mut pipe = redis::pipe();
+    for n in 0..3000 {
+        pipe.set(format!("walk:{n}"), n).ignore();
+    }
+    let _: () = pipe.query(&mut c).unwrap();
+    let scanned: std::collections::HashSet<String> =
+        c.scan_match::<_, String>("walk:*").unwrap().collect();
+    assert_eq!(scanned.len(), 3000);
+    let mut tens: Vec<String> = c.keys("walk:1?").unwrap();
+    tens.sort();
+    assert_eq!(tens.len(), 10);
+    assert_eq!(tens[0], "walk:10");
+    let random: String = redis::cmd("RANDOMKEY").query(&mut c).unwrap();
+    assert!(random.starts_with("walk:"), "{random}");
+    // FLUSHDB empties every node.
+    let _: () = redis::cmd("FLUSHDB").query(&mut c).unwrap();
+    let left: Vec<String> = c.keys("*").unwrap();
+    assert!(left.is_empty(), "{left:?}");
+    let nothing: Option<String> = redis::cmd("RANDOMKEY").query(&mut c).unwrap();
+    assert_eq!(nothing, None);
+    cluster.terminate(leader);
 }

@@ -328,7 +328,10 @@ impl Worker {
                 | Reply::Members { .. }
                 | Reply::ErrMembership { .. }
                 | Reply::Integer { .. }
-                | Reply::ErrValue { .. } => Err(ErrorKind::Protocol),
+                | Reply::ErrValue { .. }
+                | Reply::Keys { .. }
+                | Reply::Multi { .. }
+                | Reply::ExecAborted => Err(ErrorKind::Protocol),
                 redirect @ Reply::ErrRedirect { .. } => {
                     // Leadership moved: finish what is outstanding, then reconnect there.
                     self.run

@@ -18,10 +18,12 @@ pub mod backup;
 mod byte_reader;
 pub mod command;
 mod decode_error;
+pub mod glob;
 pub mod store;
 
 pub use command::{
-    ClientWrite, Command, DecodeError, Proposal, SetCondition, SetExpiry, MAX_EXPIRY_MS,
+    ClientWrite, Command, DecodeError, Proposal, SetCondition, SetExpiry, TtlCondition, TxOp,
+    Watch, MAX_EXPIRY_MS,
 };
 /// The client protocol (`raftkv-protocol`), re-exported so that the state machine's users name one
 /// crate: requests, the reply type, the limits.

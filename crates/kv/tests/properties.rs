@@ -7,7 +7,7 @@ use bytes::{Bytes, BytesMut};
 use proptest::prelude::*;
 use raftkv_kv::{
     Command, ParseError, ParseOutcome, Parser, Proposal, Reply, Request, SetCondition, SetExpiry,
-    Store,
+    Store, TtlCondition, TxOp, Watch,
 };
 
 const MAX_VALUE: usize = 64;
@@ -135,7 +135,40 @@ proptest! {
 
 // ---------- the store against a model ----------
 
+/// Any command, transactions included.
 fn command_strategy() -> impl Strategy<Value = Command> {
+    let key = || "[a-c]{1,2}".prop_map(Bytes::from);
+    let op = prop_oneof![
+        3 => single_command_strategy()
+            .prop_filter("a transaction holds client writes only", |c| *c != Command::Expire)
+            .prop_map(TxOp::Write),
+        1 => key().prop_map(TxOp::Get),
+        1 => key().prop_map(TxOp::Pttl),
+    ];
+    let transaction = (
+        prop::collection::vec((key(), 0u64..40), 0..3),
+        prop::collection::vec(op, 0..4),
+    )
+        .prop_map(|(watches, ops)| Command::Transaction {
+            watches: watches
+                .into_iter()
+                .map(|(key, version)| Watch { key, version })
+                .collect(),
+            ops,
+        });
+    prop_oneof![12 => single_command_strategy(), 1 => transaction]
+}
+
+const TTL_CONDITIONS: [TtlCondition; 6] = [
+    TtlCondition::Always,
+    TtlCondition::IfNone,
+    TtlCondition::IfSome,
+    TtlCondition::IfLater,
+    TtlCondition::IfEarlier,
+    TtlCondition::IfSomeAndEarlier,
+];
+
+fn single_command_strategy() -> impl Strategy<Value = Command> {
     let key = "[a-c]{1,2}".prop_map(Bytes::from);
     let value = prop::collection::vec(any::<u8>(), 0..8).prop_map(Bytes::from);
     prop_oneof![
@@ -158,10 +191,21 @@ fn command_strategy() -> impl Strategy<Value = Command> {
                     [kind as usize],
             }),
         1 => key.clone().prop_map(|key| Command::GetDel { key }),
-        1 => (key, 0u8..3, 1u64..3000).prop_map(|(key, kind, ms)| Command::SetTtl {
+        2 => (key.clone(), 0u8..3, 1u64..3000, 0usize..6).prop_map(|(key, kind, ms, condition)| Command::SetTtl {
+            key,
+            expiry: [SetExpiry::Never, SetExpiry::AfterMs(ms), SetExpiry::AtMs(ms)][kind as usize],
+            condition: TTL_CONDITIONS[condition],
+        }),
+        1 => (key.clone(), 0u8..3, 1u64..3000).prop_map(|(key, kind, ms)| Command::GetEx {
             key,
             expiry: [SetExpiry::Never, SetExpiry::AfterMs(ms), SetExpiry::AtMs(ms)][kind as usize],
         }),
+        1 => (key.clone(), 0u32..6, prop::collection::vec(any::<u8>(), 0..4).prop_map(Bytes::from))
+            .prop_map(|(key, offset, value)| Command::SetRange { key, offset, value }),
+        1 => (key.clone(), prop::sample::select(vec![0.5, -1.25, 3.0, 0.1, 1e300]))
+            .prop_map(|(key, by)| Command::incr_by_float(key, by)),
+        1 => (key.clone(), key, any::<bool>()).prop_map(|(from, to, nx)| Command::Rename { from, to, nx }),
+        1 => Just(Command::Flush),
     ]
 }
 
@@ -178,6 +222,8 @@ enum Step {
         key: Bytes,
         meta: bool,
     },
+    /// KEYS with a pattern, compared as a sorted list.
+    Keys { delta_ms: i64, pattern: Bytes },
 }
 
 fn step_strategy() -> impl Strategy<Value = Step> {
@@ -186,6 +232,8 @@ fn step_strategy() -> impl Strategy<Value = Step> {
             .prop_map(|(delta_ms, command, cas_current)| Step::Apply { delta_ms, command, cas_current }),
         1 => (-500i64..1500, "[a-c]{1,2}".prop_map(Bytes::from), any::<bool>())
             .prop_map(|(delta_ms, key, meta)| Step::Read { delta_ms, key, meta }),
+        1 => (-500i64..1500, prop::sample::select(vec!["*", "a*", "?", "[ab]c", "*a"]))
+            .prop_map(|(delta_ms, pattern)| Step::Keys { delta_ms, pattern: Bytes::from_static(pattern.as_bytes()) }),
     ]
 }
 
@@ -316,7 +364,11 @@ impl Model {
                     (false, _, true) => Reply::Ok { version: index },
                 }
             }
-            Command::SetTtl { key, expiry } => {
+            Command::SetTtl {
+                key,
+                expiry,
+                condition,
+            } => {
                 let Some((_, expires, value)) = self.live(key, now).cloned() else {
                     return Reply::Integer { value: 0 };
                 };
@@ -327,6 +379,23 @@ impl Model {
                     SetExpiry::AfterMs(ms) => Some(now + ms),
                     SetExpiry::AtMs(at) => Some(*at),
                 };
+                // No expiry is later than any instant.
+                let later = |a: Option<u64>, b: Option<u64>| match (a, b) {
+                    (None, _) => false,
+                    (Some(_), None) => true,
+                    (Some(a), Some(b)) => a < b,
+                };
+                let allowed = match condition {
+                    TtlCondition::Always => true,
+                    TtlCondition::IfNone => expires.is_none(),
+                    TtlCondition::IfSome => expires.is_some(),
+                    TtlCondition::IfLater => later(expires, at),
+                    TtlCondition::IfEarlier => later(at, expires),
+                    TtlCondition::IfSomeAndEarlier => expires.is_some() && later(at, expires),
+                };
+                if !allowed {
+                    return Reply::Integer { value: 0 };
+                }
                 if at.is_some_and(|at| at <= now) {
                     self.entries.remove(key);
                 } else {
@@ -341,6 +410,117 @@ impl Model {
                     Some(value) => Reply::Value { value },
                     None => Reply::ErrNotFound,
                 }
+            }
+            Command::GetEx { key, expiry } => {
+                let Some((_, expires, value)) = self.live(key, now).cloned() else {
+                    return Reply::ErrNotFound;
+                };
+                let at = match expiry {
+                    SetExpiry::Never if expires.is_none() => return Reply::Value { value },
+                    SetExpiry::Never => None,
+                    SetExpiry::Keep => return Reply::ErrCmdErr,
+                    SetExpiry::AfterMs(ms) => Some(now + ms),
+                    SetExpiry::AtMs(at) => Some(*at),
+                };
+                if at.is_some_and(|at| at <= now) {
+                    self.entries.remove(key);
+                } else {
+                    self.entries.insert(key.clone(), (index, at, value.clone()));
+                }
+                Reply::Value { value }
+            }
+            Command::SetRange { key, offset, value } => {
+                let (mut grown, expires) = match self.live(key, now) {
+                    Some((_, expires, current)) => (current.to_vec(), *expires),
+                    None => (Vec::new(), None),
+                };
+                if value.is_empty() {
+                    return Reply::Integer {
+                        value: grown.len() as i64,
+                    };
+                }
+                let end = *offset as usize + value.len();
+                if grown.len() < end {
+                    grown.resize(end, 0);
+                }
+                grown[*offset as usize..end].copy_from_slice(value);
+                let len = grown.len() as i64;
+                self.entries
+                    .insert(key.clone(), (index, expires, Bytes::from(grown)));
+                Reply::Integer { value: len }
+            }
+            Command::IncrByFloat { key, by_bits } => {
+                let (current, expires) = match self.live(key, now) {
+                    Some((_, expires, value)) => (Some(value.clone()), *expires),
+                    None => (None, None),
+                };
+                let parsed = match &current {
+                    None => Some(0.0),
+                    Some(value) => raftkv_kv::store::parse_float(value),
+                };
+                let Some(parsed) = parsed else {
+                    return Reply::ErrValue {
+                        message: "value is not a valid float".into(),
+                    };
+                };
+                let next = parsed + f64::from_bits(*by_bits);
+                if !next.is_finite() {
+                    return Reply::ErrValue {
+                        message: "increment would produce NaN or Infinity".into(),
+                    };
+                }
+                let value = Bytes::from(format!("{}", next + 0.0));
+                self.entries
+                    .insert(key.clone(), (index, expires, value.clone()));
+                Reply::Value { value }
+            }
+            Command::Rename { from, to, nx } => {
+                let Some((_, expires, value)) = self.live(from, now).cloned() else {
+                    return Reply::ErrNotFound;
+                };
+                if *nx && self.live(to, now).is_some() {
+                    return Reply::Integer { value: 0 };
+                }
+                if from != to {
+                    self.entries.remove(from);
+                    self.entries.insert(to.clone(), (index, expires, value));
+                }
+                if *nx {
+                    Reply::Integer {
+                        value: i64::from(from != to),
+                    }
+                } else {
+                    Reply::Ok { version: index }
+                }
+            }
+            Command::Flush => {
+                self.entries.clear();
+                Reply::Ok { version: index }
+            }
+            Command::Transaction { watches, ops } => {
+                let unchanged = watches.iter().all(|watch| {
+                    self.live(&watch.key, now)
+                        .map_or(0, |(version, _, _)| *version)
+                        == watch.version
+                });
+                if !unchanged {
+                    return Reply::ExecAborted;
+                }
+                let replies = ops
+                    .iter()
+                    .map(|op| match op {
+                        TxOp::Write(command) => self.apply(index, now, command),
+                        TxOp::Get(key) => self.read(key, false, now),
+                        TxOp::Pttl(key) => Reply::Integer {
+                            value: match self.live(key, now) {
+                                None => -2,
+                                Some((_, None, _)) => -1,
+                                Some((_, Some(at), _)) => (at - now) as i64,
+                            },
+                        },
+                    })
+                    .collect();
+                Reply::Multi { replies }
             }
             Command::MSet { pairs, nx } => {
                 if *nx && pairs.iter().any(|(key, _)| self.live(key, now).is_some()) {
@@ -415,6 +595,19 @@ proptest! {
                     let now_ms = stamp_ms.saturating_add_signed(delta_ms);
                     let request = if meta { Request::Getm { key: key.clone() } } else { Request::Get { key: key.clone() } };
                     prop_assert_eq!(store.read(&request, now_ms), model.read(&key, meta, now_ms));
+                }
+                Step::Keys { delta_ms, pattern } => {
+                    let now_ms = stamp_ms.saturating_add_signed(delta_ms);
+                    let Reply::Keys { mut keys, .. } = store.read(&Request::Keys { pattern: pattern.clone() }, now_ms) else {
+                        panic!("KEYS answers keys");
+                    };
+                    keys.sort();
+                    let now = now_ms.max(model.clock_ms);
+                    let expected: Vec<Bytes> = model.entries.keys()
+                        .filter(|key| model.live(key, now).is_some() && raftkv_kv::glob::matches(&pattern, key))
+                        .cloned()
+                        .collect();
+                    prop_assert_eq!(keys, expected);
                 }
             }
         }

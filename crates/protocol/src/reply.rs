@@ -69,6 +69,19 @@ pub enum Reply<V = Bytes> {
     ErrValue {
         message: String,
     },
+    /// `KEYS <cursor> <count>` + one key per line: the keys a KEYS or SCAN found (only the Redis
+    /// front end asks; `cursor` is 0 for KEYS and at the end of a SCAN).
+    Keys {
+        cursor: u64,
+        keys: Vec<Bytes>,
+    },
+    /// `MULTI <count>` + that many replies: a transaction's replies, in order (only the Redis front
+    /// end sends transactions).
+    Multi {
+        replies: Vec<Reply>,
+    },
+    /// `EXEC_ABORTED`: a watched key changed, so the transaction did nothing.
+    ExecAborted,
 }
 
 impl<V> Reply<V> {
@@ -106,6 +119,9 @@ impl<V> Reply<V> {
             Reply::ErrMembership { reason } => Reply::ErrMembership { reason },
             Reply::Integer { value } => Reply::Integer { value },
             Reply::ErrValue { message } => Reply::ErrValue { message },
+            Reply::Keys { cursor, keys } => Reply::Keys { cursor, keys },
+            Reply::Multi { replies } => Reply::Multi { replies },
+            Reply::ExecAborted => Reply::ExecAborted,
         }
     }
 
@@ -180,6 +196,19 @@ impl<V: AsRef<[u8]>> Reply<V> {
             }
             Reply::Integer { value } => write_line(out, format_args!("INTEGER {value}")),
             Reply::ErrValue { message } => write_line(out, format_args!("ERR_VALUE {message}")),
+            Reply::Keys { cursor, keys } => {
+                write_line(out, format_args!("KEYS {cursor} {}", keys.len()));
+                for key in keys {
+                    put_block(out, key);
+                }
+            }
+            Reply::Multi { replies } => {
+                write_line(out, format_args!("MULTI {}", replies.len()));
+                for reply in replies {
+                    reply.encode(out);
+                }
+            }
+            Reply::ExecAborted => out.put_slice(b"EXEC_ABORTED\r\n"),
         }
     }
 

@@ -39,6 +39,26 @@ pub enum Request {
     Pttl {
         key: Bytes,
     },
+    /// Every live key matching a glob `pattern` (Redis's KEYS). Not a CS733 command.
+    Keys {
+        pattern: Bytes,
+    },
+    /// One page of a walk over every key (Redis's SCAN): start at `cursor` (0 first), return live
+    /// keys matching `pattern` (all if `None`) from about `count` held keys, and the cursor to go
+    /// on from (0 at the end). Not a CS733 command.
+    Scan {
+        cursor: u64,
+        pattern: Option<Bytes>,
+        count: u32,
+    },
+    /// A live key chosen by `seed`, which the asker draws at random (Redis's RANDOMKEY; answered as
+    /// a value, or not found when no key is live). Not a CS733 command.
+    RandomKey {
+        seed: u64,
+    },
+    /// The number of keys held, expired ones not yet reclaimed included, as Redis's DBSIZE counts
+    /// them (answered `INTEGER <n>`). Not a CS733 command.
+    DbSize,
     /// `members ...`: list or change the cluster's membership (answered `MEMBERS <numbytes>` and the
     /// table, or `ERR_MEMBERSHIP <reason>`).
     Members(MembersRequest),

@@ -39,12 +39,16 @@ pub struct Now {
 /// Whether answering `request` at the store's clock could differ from answering it at `wall_ms`
 /// (so the leader must first advance the replicated clock to `wall_ms`).
 pub fn read_needs_clock(store: &Store, request: &Request, wall_ms: u64) -> bool {
+    let clock = store.clock_ms();
     let (key, getm) = match request {
         Request::Get { key } => (key, false),
         Request::Getm { key } => (key, true),
+        // Walks of the key space: whether any key expires between the two clocks.
+        Request::Keys { .. } | Request::Scan { .. } | Request::RandomKey { .. } => {
+            return wall_ms > clock && store.has_expired(wall_ms);
+        }
         _ => return false,
     };
-    let clock = store.clock_ms();
     if wall_ms <= clock {
         return false;
     }

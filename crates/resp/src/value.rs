@@ -13,6 +13,8 @@ pub enum Value {
     Integer(i64),
     Bulk(Bytes),
     Null,
+    /// A null array (`*-1` in RESP2): what EXEC answers when a watched key changed.
+    NullArray,
     Array(Vec<Value>),
     Map(Vec<(Value, Value)>),
     Double(f64),
@@ -45,6 +47,8 @@ impl Value {
             }
             Value::Null if resp3 => out.put_slice(b"_\r\n"),
             Value::Null => out.put_slice(b"$-1\r\n"),
+            Value::NullArray if resp3 => out.put_slice(b"_\r\n"),
+            Value::NullArray => out.put_slice(b"*-1\r\n"),
             Value::Array(items) => {
                 line(out, b'*', items.len().to_string().as_bytes());
                 for item in items {

@@ -276,7 +276,13 @@ fn request_bytes(request: &Request) -> usize {
         | Request::Getm { key }
         | Request::Delete { key }
         | Request::Pttl { key } => key.len(),
-        Request::Register | Request::Backup | Request::Members(_) => 0,
+        Request::Keys { pattern } => pattern.len(),
+        Request::Scan { pattern, .. } => pattern.as_ref().map_or(0, |p| p.len()),
+        Request::Register
+        | Request::Backup
+        | Request::Members(_)
+        | Request::RandomKey { .. }
+        | Request::DbSize => 0,
         Request::Stale { read, .. } => request_bytes(read),
         Request::InSession { write, .. } => request_bytes(write),
     }
@@ -290,6 +296,10 @@ fn op_kind(request: &Request) -> OpKind {
         Request::Delete { .. } => OpKind::delete,
         Request::Get { .. } => OpKind::get,
         Request::Getm { .. } | Request::Pttl { .. } => OpKind::getm,
+        Request::Keys { .. }
+        | Request::Scan { .. }
+        | Request::RandomKey { .. }
+        | Request::DbSize => OpKind::get,
         Request::Register => OpKind::register,
         Request::Backup => OpKind::backup,
         Request::Members(_) => OpKind::members,
@@ -309,9 +319,14 @@ async fn submit(
     let started = Instant::now();
     let kind = op_kind(&request);
     let (op, noreply) = match request {
-        Request::Get { .. } | Request::Getm { .. } | Request::Pttl { .. } | Request::Backup => {
-            (Op::Read(request), false)
-        }
+        Request::Get { .. }
+        | Request::Getm { .. }
+        | Request::Pttl { .. }
+        | Request::Keys { .. }
+        | Request::Scan { .. }
+        | Request::RandomKey { .. }
+        | Request::DbSize
+        | Request::Backup => (Op::Read(request), false),
         Request::Members(members) => (Op::Members(members), false),
         Request::Stale { max_lag, read } => (
             Op::StaleRead {

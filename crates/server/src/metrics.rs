@@ -65,7 +65,10 @@ impl Outcome {
             | Reply::Session { .. }
             | Reply::Backup { .. }
             | Reply::Members { .. }
-            | Reply::Integer { .. } => Outcome::ok,
+            | Reply::Integer { .. }
+            | Reply::Keys { .. }
+            | Reply::Multi { .. }
+            | Reply::ExecAborted => Outcome::ok,
             Reply::ErrMembership { .. } | Reply::ErrValue { .. } => Outcome::bad_request,
             Reply::ErrNotFound => Outcome::not_found,
             Reply::ErrVersion => Outcome::version_mismatch,

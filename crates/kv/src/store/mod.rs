@@ -3,17 +3,22 @@
 mod digest;
 mod entry;
 mod expiry;
+mod keyspace;
 pub mod sessions;
 mod snapshot;
+mod strings;
 mod table;
+mod transaction;
 
-use crate::command::{Command, Proposal, SetCondition, SetExpiry};
+use crate::command::{Command, Proposal};
 use crate::limits::{expiry_instant, is_valid_exptime, is_valid_key};
 use crate::protocol::{Reply, Request, SessionSeq};
 use digest::DigestHasher;
 use entry::{Entry, NEVER};
 use sessions::{Admission, SessionLimits, SessionTable};
 use table::KeyTable;
+
+pub use strings::parse_float;
 
 /// The key-value state. Deterministic: its state is a function of the sequence of
 /// `(index, stamp_ms, command)` applied, never of the local clock or of hash-table order.
@@ -139,135 +144,39 @@ impl Store {
                 Reply::Session { id: index }
             }
             Command::IncrBy { key, by } => self.incr_by(index, now_ms, key, *by),
+            Command::IncrByFloat { key, by_bits } => {
+                self.incr_by_float(index, now_ms, key, f64::from_bits(*by_bits))
+            }
             Command::SetWith {
                 key,
                 value,
                 condition,
                 get,
                 expiry,
-            } => {
-                let old = self
-                    .live(key, now_ms)
-                    .map(|e| (e.value_bytes(), e.expires_at_ms));
-                let applies = match condition {
-                    SetCondition::Always => true,
-                    SetCondition::IfAbsent => old.is_none(),
-                    SetCondition::IfPresent => old.is_some(),
-                };
-                if applies {
-                    let expires_at_ms = match expiry {
-                        SetExpiry::Never => NEVER,
-                        SetExpiry::Keep => old.as_ref().map_or(NEVER, |(_, at)| *at),
-                        SetExpiry::AfterMs(ms) => now_ms.saturating_add(*ms).min(NEVER - 1),
-                        SetExpiry::AtMs(at) => (*at).min(NEVER - 1),
-                    };
-                    if let Err(reply) = self.put(index, key, value, expires_at_ms) {
-                        return reply;
-                    }
-                }
-                match (get, old, applies) {
-                    (true, Some((value, _)), _) => Reply::Value { value },
-                    (true, None, _) | (false, _, false) => Reply::ErrNotFound,
-                    (false, _, true) => Reply::Ok { version: index },
-                }
-            }
-            Command::SetTtl { key, expiry } => {
-                let Some(entry) = self.live(key, now_ms).cloned() else {
-                    return Reply::Integer { value: 0 };
-                };
-                let expires_at_ms = match expiry {
-                    SetExpiry::Never if entry.expires_at_ms == NEVER => {
-                        return Reply::Integer { value: 0 }
-                    }
-                    SetExpiry::Never => NEVER,
-                    SetExpiry::Keep => return Reply::ErrCmdErr,
-                    SetExpiry::AfterMs(ms) => now_ms.saturating_add(*ms).min(NEVER - 1),
-                    SetExpiry::AtMs(at) => (*at).min(NEVER - 1),
-                };
-                if expires_at_ms <= now_ms {
-                    self.remove(key);
-                } else if let Err(reply) = self.put(index, key, entry.value(), expires_at_ms) {
-                    return reply;
-                }
-                Reply::Integer { value: 1 }
-            }
+            } => self.set_with(index, now_ms, key, value, *condition, *get, *expiry),
+            Command::SetTtl {
+                key,
+                expiry,
+                condition,
+            } => self.set_ttl(index, now_ms, key, *expiry, *condition),
+            Command::GetEx { key, expiry } => self.get_ex(index, now_ms, key, *expiry),
             Command::GetDel { key } => match self.remove(key) {
                 Some(entry) if entry.is_live_at(now_ms) => Reply::Value {
                     value: entry.value_bytes(),
                 },
                 _ => Reply::ErrNotFound,
             },
-            Command::Append { key, value } => {
-                let (current, expires_at_ms) = self.current(key, now_ms);
-                let len = current.len() + value.len();
-                if len > MAX_GROWN_VALUE {
-                    return Reply::ErrValue {
-                        message: format!("string exceeds maximum allowed size ({MAX_GROWN_VALUE})"),
-                    };
-                }
-                let mut grown = Vec::with_capacity(len);
-                grown.extend_from_slice(&current);
-                grown.extend_from_slice(value);
-                match self.put(index, key, &grown, expires_at_ms) {
-                    Ok(()) => Reply::Integer { value: len as i64 },
-                    Err(reply) => reply,
-                }
+            Command::Append { key, value } => self.append(index, now_ms, key, value),
+            Command::SetRange { key, offset, value } => {
+                self.set_range(index, now_ms, key, *offset, value)
             }
-            Command::MSet { pairs, nx } => {
-                if *nx
-                    && pairs
-                        .iter()
-                        .any(|(key, _)| self.live(key, now_ms).is_some())
-                {
-                    return Reply::Integer { value: 0 };
-                }
-                if pairs
-                    .iter()
-                    .any(|(key, value)| !is_valid_key(key) || u32::try_from(value.len()).is_err())
-                {
-                    return Reply::ErrCmdErr;
-                }
-                for (key, value) in pairs {
-                    // Valid keys and lengths (checked above): cannot fail.
-                    let _ = self.put(index, key, value, NEVER);
-                }
-                if *nx {
-                    Reply::Integer { value: 1 }
-                } else {
-                    Reply::Ok { version: index }
-                }
+            Command::MSet { pairs, nx } => self.mset(index, now_ms, pairs, *nx),
+            Command::Rename { from, to, nx } => self.rename(index, now_ms, from, to, *nx),
+            Command::Flush => {
+                self.entries = KeyTable::default();
+                Reply::Ok { version: index }
             }
-        }
-    }
-
-    /// The key's live value and expiry (empty and never-expiring when it is absent).
-    fn current(&self, key: &[u8], now_ms: u64) -> (Vec<u8>, u64) {
-        match self.live(key, now_ms) {
-            Some(entry) => (entry.value().to_vec(), entry.expires_at_ms),
-            None => (Vec::new(), NEVER),
-        }
-    }
-
-    fn incr_by(&mut self, index: u64, now_ms: u64, key: &[u8], by: i64) -> Reply {
-        let (current, expires_at_ms) = self.current(key, now_ms);
-        let value = if current.is_empty() && self.live(key, now_ms).is_none() {
-            Some(0)
-        } else {
-            parse_integer(&current)
-        };
-        let Some(value) = value else {
-            return Reply::ErrValue {
-                message: "value is not an integer or out of range".into(),
-            };
-        };
-        let Some(next) = value.checked_add(by) else {
-            return Reply::ErrValue {
-                message: "increment or decrement would overflow".into(),
-            };
-        };
-        match self.put(index, key, next.to_string().as_bytes(), expires_at_ms) {
-            Ok(()) => Reply::Integer { value: next },
-            Err(reply) => reply,
+            Command::Transaction { watches, ops } => self.transaction(index, now_ms, watches, ops),
         }
     }
 
@@ -311,6 +220,16 @@ impl Store {
                     value: entry.value_bytes(),
                 },
                 None => Reply::ErrNotFound,
+            },
+            Request::Keys { pattern } => self.keys_matching(pattern, now_ms),
+            Request::Scan {
+                cursor,
+                pattern,
+                count,
+            } => self.scan(*cursor, pattern.as_deref(), *count, now_ms),
+            Request::RandomKey { seed } => self.random_key(*seed, now_ms),
+            Request::DbSize => Reply::Integer {
+                value: self.len() as i64,
             },
             Request::Pttl { key } => Reply::Integer {
                 value: match self.live(key, now_ms) {
@@ -453,10 +372,6 @@ fn fingerprint(command: &Command) -> u64 {
         Command::IncrBy { key, by } => (6, 0, *by as u64, key, &[]),
         Command::Append { key, value } => (7, 0, 0, key, value),
         Command::GetDel { key } => (10, 0, 0, key, &[]),
-        Command::SetTtl { key, expiry } => {
-            let (kind, ms) = expiry.to_wire();
-            (11, u32::from(kind), ms, key, &[])
-        }
         Command::SetWith {
             key,
             value,
@@ -479,6 +394,13 @@ fn fingerprint(command: &Command) -> u64 {
             }
             return u64::from(crc);
         }
+        // The rarer commands: their entry encoding is their identity (an allocation per write,
+        // which only the Redis front end's commands pay, and it does not use sessions).
+        command => {
+            let mut body = bytes::BytesMut::new();
+            command.encode_body(&mut body);
+            return u64::from(crc32c::crc32c(&body));
+        }
     };
     let mut header = [0u8; 1 + 4 + 8 + 4];
     header[0] = tag;
@@ -487,24 +409,6 @@ fn fingerprint(command: &Command) -> u64 {
     header[13..17].copy_from_slice(&(key.len() as u32).to_le_bytes());
     let crc = crc32c::crc32c_append(crc32c::crc32c(&header), key);
     u64::from(crc32c::crc32c_append(crc, value))
-}
-
-/// A value the Redis front end may grow with APPEND: its limit on a string.
-const MAX_GROWN_VALUE: usize = 512 << 20;
-
-/// A value as Redis reads an integer: optional `-`, decimal digits, no spaces, no leading `+` or
-/// zeros (other than `0` itself), within i64.
-fn parse_integer(value: &[u8]) -> Option<i64> {
-    let text = std::str::from_utf8(value).ok()?;
-    let digits = text.strip_prefix('-').unwrap_or(text);
-    let canonical = !digits.is_empty()
-        && digits.bytes().all(|b| b.is_ascii_digit())
-        && (digits == "0" || !digits.starts_with('0'))
-        && text != "-0";
-    if !canonical {
-        return None;
-    }
-    text.parse().ok()
 }
 
 /// getm's exptime: whole seconds left, rounded up, so a live expiring key never shows 0.

@@ -166,6 +166,13 @@ impl KeyTable {
         self.shards.iter().flat_map(|shard| shard.table.iter())
     }
 
+    /// The entries of shard `at` (below [`SHARDS`]), for walks that resume between shards (SCAN).
+    /// A key's shard never changes while this table lives, so a walk over every shard meets every
+    /// key that was held throughout.
+    pub fn shard(&self, at: usize) -> impl Iterator<Item = &Entry> {
+        self.shards[at].table.iter()
+    }
+
     /// [`KeyTable::iter`] for walks that read every entry's bytes (snapshot, digest).
     pub fn iter_warmed(&self) -> Warmed<'_, impl Iterator<Item = &Entry>> {
         Warmed {

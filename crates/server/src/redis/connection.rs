@@ -10,7 +10,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use bytes::{Bytes, BytesMut};
-use raftkv_kv::Reply;
+use raftkv_kv::{Reply, Request, Watch};
 use raftkv_resp::{parse_command, Parsed, Value};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -18,9 +18,10 @@ use tokio::sync::{mpsc, oneshot, OwnedSemaphorePermit, Semaphore};
 use tracing::debug;
 
 use super::commands::{self, Finish, LocalQuery, Plan};
+use super::transaction::{self, Exec, Part, Step, Transaction};
 use super::Context;
 use crate::reply_budget::{ChargedReply, ConnectionReplies};
-use crate::request::{ClientRequest, ReplyHandle};
+use crate::request::{ClientRequest, Op, ReplyHandle};
 
 /// Commands a connection may have in progress; beyond this its reader stops reading.
 const MAX_PIPELINE: usize = 1024;
@@ -42,9 +43,18 @@ enum Slot {
     Node {
         replies: Vec<oneshot::Receiver<ChargedReply>>,
         finish: Finish,
-        _permits: (OwnedSemaphorePermit, OwnedSemaphorePermit),
+        _permits: Permits,
+    },
+    /// EXEC: one reply, read through the transaction's parts.
+    Exec {
+        reply: oneshot::Receiver<ChargedReply>,
+        parts: Vec<Part>,
+        _permits: Permits,
     },
 }
+
+/// A command's bytes held against the connection's and the node's budgets until it is answered.
+type Permits = (OwnedSemaphorePermit, OwnedSemaphorePermit);
 
 pub(super) async fn serve(socket: TcpStream, ctx: Arc<Context>) {
     let _ = socket.set_nodelay(true);
@@ -59,6 +69,92 @@ struct Session {
     id: u64,
     name: Option<Bytes>,
     resp3: bool,
+    tx: Transaction,
+}
+
+/// What a connection's reader needs to hand requests to the node loop.
+struct Submitter {
+    ctx: Arc<Context>,
+    in_flight: Arc<Semaphore>,
+    budget: usize,
+    replies: Arc<ConnectionReplies>,
+}
+
+impl Submitter {
+    /// Sends `ops` in order, holding `cost` bytes against the budgets; `None` if the node or the
+    /// connection is closing.
+    async fn submit(
+        &self,
+        ops: Vec<Op>,
+        cost: usize,
+    ) -> Option<(Vec<oneshot::Receiver<ChargedReply>>, Permits)> {
+        let cost = cost.clamp(1, self.budget) as u32;
+        let own = self.in_flight.clone().acquire_many_owned(cost).await.ok()?;
+        let node_cost = cost.min(self.ctx.node_budget_permits);
+        let node = self
+            .ctx
+            .limits
+            .node_budget
+            .clone()
+            .acquire_many_owned(node_cost)
+            .await
+            .ok()?;
+        let mut receivers = Vec::with_capacity(ops.len());
+        for op in ops {
+            let (tx, rx) = oneshot::channel();
+            let handle = ReplyHandle {
+                sender: tx,
+                connection: self.replies.clone(),
+            };
+            self.ctx
+                .node
+                .send(ClientRequest { op, handle })
+                .await
+                .ok()?;
+            receivers.push(rx);
+        }
+        Some((receivers, (own, node)))
+    }
+
+    /// WATCH: each key's version now (0 if absent), read through ReadIndex; `Err` with the answer
+    /// if a read failed.
+    async fn watch(&self, keys: Vec<Bytes>, tx: &mut Transaction) -> Result<(), (Value, bool)> {
+        for key in keys {
+            if !raftkv_protocol::limits::is_valid_key(&key) {
+                return Err((
+                    Value::err("raftkv keys are 1 to 250 bytes of printable ASCII without spaces"),
+                    false,
+                ));
+            }
+            let cost = key.len();
+            let read = Op::Read(Request::Getm { key: key.clone() });
+            let Some((mut receivers, _permits)) = self.submit(vec![read], cost).await else {
+                return Err((Value::err("the node is shutting down"), true));
+            };
+            let reply = match receivers.pop() {
+                Some(receiver) => receiver
+                    .await
+                    .map_or(Reply::ErrInternal, |(reply, _)| reply),
+                None => Reply::ErrInternal,
+            };
+            let version = match reply {
+                Reply::ValueMeta { version, .. } => version,
+                Reply::ErrNotFound => 0,
+                other => {
+                    return Err(match commands::finish(Finish::Ok, vec![other]) {
+                        Some(value) => (value, false),
+                        None => (not_leader(), true),
+                    })
+                }
+            };
+            tx.watched(Watch { key, version });
+        }
+        Ok(())
+    }
+}
+
+fn not_leader() -> Value {
+    Value::Error("READONLY this node is no longer the leader; reconnect".into())
 }
 
 async fn read_commands(
@@ -73,6 +169,13 @@ async fn read_commands(
         id: NEXT_CLIENT_ID.fetch_add(1, Ordering::Relaxed),
         name: None,
         resp3: false,
+        tx: Transaction::default(),
+    };
+    let submitter = Submitter {
+        ctx: ctx.clone(),
+        in_flight,
+        budget,
+        replies,
     };
     let limits = raftkv_resp::Limits {
         max_bulk: ctx.limits.max_value_size,
@@ -91,7 +194,53 @@ async fn read_commands(
                     return;
                 }
             };
-            let slot = match commands::plan(&args, ctx.limits.max_value_size) {
+            let cost = args.iter().map(Bytes::len).sum::<usize>();
+            let plan = match session
+                .tx
+                .step(commands::plan(&args, ctx.limits.max_value_size))
+            {
+                Step::Run(plan) => plan,
+                Step::Answer(value) => Plan::Now {
+                    value,
+                    close: false,
+                },
+                Step::Watch(keys) => {
+                    let (value, close) = match submitter.watch(keys, &mut session.tx).await {
+                        Ok(()) => (Value::ok(), false),
+                        Err(answer) => answer,
+                    };
+                    Plan::Now { value, close }
+                }
+                Step::Exec => {
+                    let mut tx = std::mem::take(&mut session.tx);
+                    let exec = tx.exec(|query| local(query, &session, &ctx));
+                    session.tx = tx;
+                    match exec {
+                        Exec::Answer(value) => Plan::Now {
+                            value,
+                            close: false,
+                        },
+                        Exec::Submit { op, parts } => {
+                            let Some((mut receivers, permits)) =
+                                submitter.submit(vec![op], cost).await
+                            else {
+                                return;
+                            };
+                            let Some(reply) = receivers.pop() else { return };
+                            let slot = Slot::Exec {
+                                reply,
+                                parts,
+                                _permits: permits,
+                            };
+                            if slots.send(slot).await.is_err() {
+                                return;
+                            }
+                            continue;
+                        }
+                    }
+                }
+            };
+            let slot = match plan {
                 Plan::Now { value, close } => Slot::Now { value, close },
                 Plan::Hello { resp3, name } => {
                     if name.is_some() {
@@ -115,38 +264,16 @@ async fn read_commands(
                     close: false,
                 },
                 Plan::Node { ops, finish } => {
-                    let cost = args.iter().map(Bytes::len).sum::<usize>().clamp(1, budget) as u32;
-                    let Ok(own) = in_flight.clone().acquire_many_owned(cost).await else {
+                    let Some((replies, permits)) = submitter.submit(ops, cost).await else {
                         return;
                     };
-                    let node_cost = cost.min(ctx.node_budget_permits);
-                    let Ok(node) = ctx
-                        .limits
-                        .node_budget
-                        .clone()
-                        .acquire_many_owned(node_cost)
-                        .await
-                    else {
-                        return;
-                    };
-                    let mut receivers = Vec::with_capacity(ops.len());
-                    for op in ops {
-                        let (tx, rx) = oneshot::channel();
-                        let handle = ReplyHandle {
-                            sender: tx,
-                            connection: replies.clone(),
-                        };
-                        if ctx.node.send(ClientRequest { op, handle }).await.is_err() {
-                            return;
-                        }
-                        receivers.push(rx);
-                    }
                     Slot::Node {
-                        replies: receivers,
+                        replies,
                         finish,
-                        _permits: (own, node),
+                        _permits: permits,
                     }
                 }
+                Plan::Transaction(_) => unreachable!("the transaction state takes these"),
             };
             if slots.send(slot).await.is_err() {
                 return;
@@ -182,7 +309,6 @@ fn local(query: LocalQuery, session: &Session, ctx: &Context) -> Value {
     match query {
         LocalQuery::ClientName => session.name.clone().map_or(Value::Null, Value::Bulk),
         LocalQuery::ClientId => Value::Integer(session.id as i64),
-        LocalQuery::DbSize => Value::Integer(ctx.status.borrow().store_keys as i64),
         LocalQuery::Time => {
             let micros = std::time::SystemTime::now()
                 .duration_since(std::time::UNIX_EPOCH)
@@ -229,21 +355,14 @@ async fn write_replies(mut writer: impl AsyncWrite + Unpin, mut slots: mpsc::Rec
                     drop(charge);
                     answers.push(answer);
                 }
-                match commands::finish(finish, answers) {
-                    Some(value) => {
-                        value.encode(&mut out, resp3);
-                        false
-                    }
-                    None => {
-                        // Leadership moved: Redis clients do not follow redirects, so end the
-                        // connection; the client's reconnect reaches the new leader through any node.
-                        Value::Error(
-                            "READONLY this node is no longer the leader; reconnect".into(),
-                        )
-                        .encode(&mut out, resp3);
-                        true
-                    }
+                answer(commands::finish(finish, answers), &mut out, resp3)
+            }
+            Slot::Exec { reply, parts, .. } => {
+                if flush(&mut writer, &mut out).await.is_err() {
+                    return;
                 }
+                let reply = reply.await.map_or(Reply::ErrInternal, |(reply, _)| reply);
+                answer(transaction::exec_reply(reply, parts), &mut out, resp3)
             }
         };
         if close {
@@ -259,6 +378,21 @@ async fn write_replies(mut writer: impl AsyncWrite + Unpin, mut slots: mpsc::Rec
         }
     }
     let _ = flush(&mut writer, &mut out).await;
+}
+
+/// Encodes a command's answer; `None` (leadership moved) answers READONLY and asks to close: Redis
+/// clients do not follow redirects, and a reconnect reaches the new leader through any node.
+fn answer(value: Option<Value>, out: &mut BytesMut, resp3: bool) -> bool {
+    match value {
+        Some(value) => {
+            value.encode(out, resp3);
+            false
+        }
+        None => {
+            not_leader().encode(out, resp3);
+            true
+        }
+    }
 }
 
 async fn flush(writer: &mut (impl AsyncWrite + Unpin), out: &mut BytesMut) -> std::io::Result<()> {

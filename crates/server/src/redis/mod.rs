@@ -11,6 +11,7 @@
 mod commands;
 mod connection;
 mod proxy;
+mod transaction;
 
 use std::collections::HashMap;
 use std::sync::Arc;

@@ -1,0 +1,298 @@
+//! String commands: the reads (GET, MGET, ...) and the writes that set or compute a value (SET and
+//! its options, SETNX, GETSET, GETEX, MSET, INCR and friends, INCRBYFLOAT, APPEND, SETRANGE).
+
+use bytes::Bytes;
+use raftkv_kv::{Command, Request, SetCondition, SetExpiry};
+use raftkv_protocol::limits::MAX_EXPTIME_SECS;
+use raftkv_resp::Value;
+
+use super::{integer, key, now, upper, Finish, Plan, SYNTAX};
+use crate::request::Op;
+
+/// Redis's limit on a string that SETRANGE may grow (proto-max-bulk-len).
+const MAX_STRING: i64 = 512 << 20;
+
+pub(super) fn incr(word: &Bytes, by: i64) -> Plan {
+    match key(word) {
+        Ok(key) => Plan::Node {
+            ops: vec![Op::write(Command::IncrBy { key, by })],
+            finish: Finish::Store,
+        },
+        Err(error) => now(error),
+    }
+}
+
+pub(super) fn read(word: &Bytes, finish: Finish, meta: bool) -> Plan {
+    match key(word) {
+        Ok(key) => {
+            let request = if meta {
+                Request::Getm { key }
+            } else {
+                Request::Get { key }
+            };
+            Plan::Node {
+                ops: vec![Op::Read(request)],
+                finish,
+            }
+        }
+        Err(error) => now(error),
+    }
+}
+
+pub(super) fn reads(words: &[Bytes], finish: Finish) -> Plan {
+    let mut ops = Vec::with_capacity(words.len());
+    for word in words {
+        match key(word) {
+            Ok(key) => ops.push(Op::Read(Request::Get { key })),
+            Err(error) => return now(error),
+        }
+    }
+    Plan::Node { ops, finish }
+}
+
+/// `SET key value [NX | XX] [GET] [EX s | PX ms | EXAT s | PXAT ms | KEEPTTL]`: a plain write when it
+/// has no option or only EX (the CS733 port's own entry), otherwise a `SetWith` entry.
+pub(super) fn set(args: &[Bytes], max_value_size: usize) -> Plan {
+    let mut condition = SetCondition::Always;
+    let mut get = false;
+    let mut expiry: Option<SetExpiry> = None;
+    let mut seconds = None;
+    let mut i = 3;
+    while i < args.len() {
+        let option = upper(&args[i]);
+        let has_arg = i + 1 < args.len();
+        match option.as_str() {
+            "NX" if condition == SetCondition::Always => condition = SetCondition::IfAbsent,
+            "XX" if condition == SetCondition::Always => condition = SetCondition::IfPresent,
+            "GET" => get = true,
+            "KEEPTTL" if expiry.is_none() => expiry = Some(SetExpiry::Keep),
+            "EX" | "PX" | "EXAT" | "PXAT" if expiry.is_none() && has_arg => {
+                let Some(n) = integer(&args[i + 1]) else {
+                    return now(Value::err("value is not an integer or out of range"));
+                };
+                let ms = match option.as_str() {
+                    "EX" | "EXAT" => n.checked_mul(1000),
+                    _ => Some(n),
+                };
+                let ms = match ms {
+                    Some(ms) if n > 0 => ms as u64,
+                    _ => return now(Value::err("invalid expire time in 'set' command")),
+                };
+                expiry = Some(if option.ends_with("AT") {
+                    SetExpiry::AtMs(ms)
+                } else if ms > raftkv_kv::MAX_EXPIRY_MS {
+                    return now(Value::err("invalid expire time in 'set' command"));
+                } else {
+                    SetExpiry::AfterMs(ms)
+                });
+                if option == "EX" {
+                    seconds = Some(n);
+                }
+                i += 1;
+            }
+            _ => return now(Value::err(SYNTAX)),
+        }
+        i += 1;
+    }
+    let plain = condition == SetCondition::Always && !get;
+    match expiry {
+        None if plain => store(&args[1], &args[2], None, false, max_value_size),
+        Some(SetExpiry::AfterMs(_)) if plain && seconds.is_some() => {
+            store(&args[1], &args[2], seconds, false, max_value_size)
+        }
+        expiry => set_with(
+            &args[1],
+            &args[2],
+            condition,
+            get,
+            expiry.unwrap_or(SetExpiry::Never),
+            if get { Finish::Value } else { Finish::SetWith },
+            max_value_size,
+        ),
+    }
+}
+
+pub(super) fn set_with(
+    word: &Bytes,
+    value: &Bytes,
+    condition: SetCondition,
+    get: bool,
+    expiry: SetExpiry,
+    finish: Finish,
+    max_value_size: usize,
+) -> Plan {
+    let key = match key(word) {
+        Ok(key) => key,
+        Err(error) => return now(error),
+    };
+    if value.len() > max_value_size {
+        return now(Value::err(
+            "value larger than this cluster's max_value_size",
+        ));
+    }
+    Plan::Node {
+        ops: vec![Op::write(Command::SetWith {
+            key,
+            value: value.clone(),
+            condition,
+            get,
+            expiry,
+        })],
+        finish,
+    }
+}
+
+/// A plain write of `value` under `word`, expiring after `ttl` seconds (or milliseconds, rounded up
+/// to whole seconds: the store's expiry times are in seconds on the CS733 side).
+pub(super) fn store(
+    word: &Bytes,
+    value: &Bytes,
+    ttl: Option<i64>,
+    millis: bool,
+    max_value_size: usize,
+) -> Plan {
+    let key = match key(word) {
+        Ok(key) => key,
+        Err(error) => return now(error),
+    };
+    if value.len() > max_value_size {
+        return now(Value::err(format!(
+            "value of {} bytes is larger than this cluster's max_value_size ({max_value_size})",
+            value.len()
+        )));
+    }
+    let seconds = match ttl {
+        None => 0,
+        Some(ms) if millis => (ms as u64).div_ceil(1000),
+        Some(s) => s as u64,
+    };
+    let Ok(exptime) = u32::try_from(seconds).map(|s| s.min(MAX_EXPTIME_SECS + 1)) else {
+        return now(Value::err("invalid expire time in 'set' command"));
+    };
+    if exptime > MAX_EXPTIME_SECS {
+        return now(Value::err("invalid expire time in 'set' command"));
+    }
+    Plan::Node {
+        ops: vec![Op::write(Command::Set {
+            key,
+            exptime,
+            value: value.clone(),
+        })],
+        finish: Finish::Ok,
+    }
+}
+
+pub(super) fn getdel(word: &Bytes) -> Plan {
+    write(word, |key| Command::GetDel { key }, Finish::Value)
+}
+
+pub(super) fn append(word: &Bytes, value: &Bytes) -> Plan {
+    let value = value.clone();
+    write(word, |key| Command::Append { key, value }, Finish::Store)
+}
+
+/// The single write a command sends, or the error its key got.
+fn write(word: &Bytes, command: impl FnOnce(Bytes) -> Command, finish: Finish) -> Plan {
+    match key(word) {
+        Ok(key) => Plan::Node {
+            ops: vec![Op::write(command(key))],
+            finish,
+        },
+        Err(error) => now(error),
+    }
+}
+
+/// `GETEX key [EX s | PX ms | EXAT s | PXAT ms | PERSIST]`: a plain read without an option.
+pub(super) fn getex(args: &[Bytes]) -> Plan {
+    let invalid = || now(Value::err("invalid expire time in 'getex' command"));
+    let expiry = match args.len() {
+        2 => return read(&args[1], Finish::Value, false),
+        3 if upper(&args[2]) == "PERSIST" => SetExpiry::Never,
+        4 => {
+            let option = upper(&args[2]);
+            let Some(n) = integer(&args[3]) else {
+                return now(Value::err("value is not an integer or out of range"));
+            };
+            let ms = match option.as_str() {
+                "EX" | "EXAT" => n.checked_mul(1000),
+                "PX" | "PXAT" => Some(n),
+                _ => return now(Value::err(SYNTAX)),
+            };
+            match ms {
+                Some(ms) if n > 0 && option.ends_with("AT") => SetExpiry::AtMs(ms as u64),
+                Some(ms) if n > 0 && ms as u64 <= raftkv_kv::MAX_EXPIRY_MS => {
+                    SetExpiry::AfterMs(ms as u64)
+                }
+                _ => return invalid(),
+            }
+        }
+        _ => return now(Value::err(SYNTAX)),
+    };
+    write(
+        &args[1],
+        |key| Command::GetEx { key, expiry },
+        Finish::Value,
+    )
+}
+
+/// `SETRANGE key offset value`.
+pub(super) fn setrange(args: &[Bytes], max_value_size: usize) -> Plan {
+    let Some(offset) = integer(&args[2]) else {
+        return now(Value::err("value is not an integer or out of range"));
+    };
+    if offset < 0 {
+        return now(Value::err("offset is out of range"));
+    }
+    if offset + args[3].len() as i64 > MAX_STRING {
+        return now(Value::err(
+            "string exceeds maximum allowed size (proto-max-bulk-len)",
+        ));
+    }
+    if args[3].len() > max_value_size {
+        return now(Value::err(
+            "value larger than this cluster's max_value_size",
+        ));
+    }
+    let value = args[3].clone();
+    write(
+        &args[1],
+        |key| Command::SetRange {
+            key,
+            offset: offset as u32,
+            value,
+        },
+        Finish::Store,
+    )
+}
+
+/// `INCRBYFLOAT key increment`.
+pub(super) fn incrbyfloat(args: &[Bytes]) -> Plan {
+    match raftkv_kv::store::parse_float(&args[2]) {
+        Some(by) => write(
+            &args[1],
+            |key| Command::incr_by_float(key, by),
+            Finish::Store,
+        ),
+        None => now(Value::err("value is not a valid float")),
+    }
+}
+
+/// `MSET k v [k v ...]` and `MSETNX`: one entry, all or nothing.
+pub(super) fn mset(args: &[Bytes], nx: bool, max_value_size: usize) -> Plan {
+    let mut pairs = Vec::with_capacity(args.len() / 2);
+    for pair in args[1..].chunks(2) {
+        match key(&pair[0]) {
+            Ok(key) if pair[1].len() <= max_value_size => pairs.push((key, pair[1].clone())),
+            Ok(_) => {
+                return now(Value::err(
+                    "value larger than this cluster's max_value_size",
+                ))
+            }
+            Err(error) => return now(error),
+        }
+    }
+    Plan::Node {
+        ops: vec![Op::write(Command::MSet { pairs, nx })],
+        finish: Finish::Store,
+    }
+}
