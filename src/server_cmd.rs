@@ -34,6 +34,10 @@ pub struct Args {
     /// Override this node's peer address (host:port); same caveat as --client-addr.
     #[arg(long, value_name = "HOST:PORT")]
     pub peer_addr: Option<String>,
+    /// Bind every port on this host (e.g. 0.0.0.0) instead of the advertised addresses' hosts, which
+    /// are what other nodes and redirected clients connect to (listen_host in the file).
+    #[arg(long, value_name = "HOST")]
+    pub listen_host: Option<String>,
     /// Override this node's data directory.
     #[arg(long, value_name = "DIR")]
     pub data_dir: Option<PathBuf>,
@@ -218,6 +222,13 @@ fn apply_overrides(config: &mut ClusterConfig, index: usize, args: &Args) -> Vec
         node_field("peer_addr"),
         "--peer-addr",
     );
+    if let Some(host) = &args.listen_host {
+        node.listen_host = Some(host.clone());
+        applied.push(Override {
+            field: node_field("listen_host"),
+            flag: format!("--listen-host {host}"),
+        });
+    }
     if let Some(dir) = &args.data_dir {
         node.data_dir = dir.clone();
         applied.push(Override {

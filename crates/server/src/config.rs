@@ -133,6 +133,11 @@ pub struct NodeConfig {
     /// `host:port` of the node's Redis (RESP) port; none if absent. See `docs/redis.md`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub resp_addr: Option<String>,
+    /// The host to bind every port on, when it differs from the host others reach this node at: e.g.
+    /// `0.0.0.0` in a container whose advertised addresses name a service (`raftkv-0.raftkv:9000`).
+    /// Each port is the one of the advertised address. None: bind the advertised addresses themselves.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub listen_host: Option<String>,
     /// PEM certificate chain of this node, naming `node-<id>.raftkv` (and its hosts, for clients).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tls_cert: Option<PathBuf>,
@@ -142,6 +147,20 @@ pub struct NodeConfig {
 }
 
 impl NodeConfig {
+    /// Where to bind the port others reach at `advertised` (one of this node's addresses): the same
+    /// address, or `listen_host` with its port.
+    pub fn bind_addr(&self, advertised: &str) -> String {
+        let Some(host) = &self.listen_host else {
+            return advertised.to_string();
+        };
+        let port = advertised.rsplit_once(':').map_or("0", |(_, port)| port);
+        if host.contains(':') && !host.starts_with('[') {
+            format!("[{host}]:{port}")
+        } else {
+            format!("{host}:{port}")
+        }
+    }
+
     /// A node with these addresses and data directory and no TLS files.
     pub fn new(id: u64, client_addr: String, peer_addr: String, data_dir: PathBuf) -> NodeConfig {
         NodeConfig {
@@ -151,6 +170,7 @@ impl NodeConfig {
             data_dir,
             http_addr: None,
             resp_addr: None,
+            listen_host: None,
             tls_cert: None,
             tls_key: None,
         }
@@ -256,7 +276,9 @@ impl ClusterConfig {
 
         let mut ids: HashMap<u64, usize> = HashMap::new();
         let mut addrs: HashMap<String, String> = HashMap::new();
-        let mut data_dirs: HashMap<&Path, usize> = HashMap::new();
+        // Two nodes may share a data directory path only on different hosts (as every container of
+        // deploy/docker-compose.yml uses /var/lib/raftkv): keyed by the client address's host.
+        let mut data_dirs: HashMap<(String, &Path), usize> = HashMap::new();
         for (i, node) in self.nodes.iter().enumerate() {
             if node.id == 0 {
                 return reject(InvalidConfig::new(
@@ -303,6 +325,14 @@ impl ClusterConfig {
                     );
                 }
             }
+            if let Some(host) = &node.listen_host {
+                if let Err(why) = parse_host_port(&node.bind_addr("0.0.0.0:1")) {
+                    return reject(InvalidConfig::new(
+                        format!("nodes[{i}].listen_host"),
+                        format!("invalid host '{host}': {why}"),
+                    ));
+                }
+            }
             if node.data_dir.as_os_str().is_empty() {
                 return reject(InvalidConfig::new(
                     format!("nodes[{i}].data_dir"),
@@ -329,7 +359,8 @@ impl ClusterConfig {
                     return reject(InvalidConfig::new("tls.ca", "must not be empty"));
                 }
             }
-            if let Some(first) = data_dirs.insert(node.data_dir.as_path(), i) {
+            let host = machine_of(&node.client_addr);
+            if let Some(first) = data_dirs.insert((host, node.data_dir.as_path()), i) {
                 return reject(
                     InvalidConfig::new(
                         format!("nodes[{i}].data_dir"),
@@ -457,6 +488,23 @@ impl Tunables {
             }
         }
         Ok(())
+    }
+}
+
+/// Which machine an address is on, as far as the file tells: every loopback address is this one;
+/// any other host stands for itself (two names of one host are not recognised).
+fn machine_of(addr: &str) -> String {
+    let canonical = parse_host_port(addr).unwrap_or_default();
+    let host = canonical.rsplit_once(':').map_or("", |(host, _)| host);
+    let bare = host.trim_start_matches('[').trim_end_matches(']');
+    let loopback = bare == "localhost"
+        || bare
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback());
+    if loopback {
+        "loopback".to_string()
+    } else {
+        host.to_string()
     }
 }
 

@@ -178,18 +178,18 @@ pub async fn run_node_opts(
     let (status_tx, status_rx) = watch::channel(status::NodeStatus::default());
     let http_listener = match &me.http_addr {
         Some(addr) => Some(
-            TcpListener::bind(addr)
+            TcpListener::bind(me.bind_addr(addr))
                 .await
                 .with_context(|| format!("cannot listen for HTTP on http_addr {addr}"))?,
         ),
         None => None,
     };
-    let listener = TcpListener::bind(&me.client_addr)
+    let listener = TcpListener::bind(me.bind_addr(&me.client_addr))
         .await
         .with_context(|| format!("cannot listen for clients on {}", me.client_addr))?;
     let resp_listener = match &me.resp_addr {
         Some(addr) => Some(
-            TcpListener::bind(addr)
+            TcpListener::bind(me.bind_addr(addr))
                 .await
                 .with_context(|| format!("cannot listen for Redis clients on resp_addr {addr}"))?,
         ),

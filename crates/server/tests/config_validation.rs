@@ -175,3 +175,29 @@ fn single_node_cluster_is_valid() {
     let config = ClusterConfig::load(&path).expect("valid");
     assert_eq!(config.node_ids(), vec![9]);
 }
+
+/// Nodes on different hosts may use the same data directory path (every container of a compose file
+/// mounts its volume at /var/lib/raftkv); bind addresses come from `listen_host`.
+#[test]
+fn the_deployment_file_loads_hosts_share_paths_and_listen_host_binds() {
+    let deploy = concat!(env!("CARGO_MANIFEST_DIR"), "/../../deploy/cluster.toml");
+    let config = ClusterConfig::load(Path::new(deploy)).expect("deploy/cluster.toml is valid");
+    assert_eq!(config.node_ids(), vec![1, 2, 3]);
+    let node = config.node(2).expect("node 2");
+    assert_eq!(node.client_addr, "raftkv-2:9000");
+    assert_eq!(node.bind_addr(&node.client_addr), "0.0.0.0:9000");
+    assert_eq!(node.bind_addr(&node.peer_addr), "0.0.0.0:10000");
+    // On one host, the same path twice is still refused.
+    let same_host = THREE_NODES.replace("\"node3\"", "\"node1\"");
+    assert!(load_err(&same_host).contains("nodes[2].data_dir"));
+    let bad = std::fs::read_to_string(deploy).expect("read").replacen(
+        "listen_host = \"0.0.0.0\"",
+        "listen_host = \"not a host\"",
+        1,
+    );
+    assert!(
+        load_err(&bad).contains("nodes[0].listen_host"),
+        "{}",
+        load_err(&bad)
+    );
+}

@@ -152,12 +152,14 @@ impl Transport {
         let me = config
             .node(my_id)
             .ok_or_else(|| anyhow!("node {my_id} is not in the cluster configuration"))?;
-        let listener = TcpListener::bind(&me.peer_addr).await.with_context(|| {
-            format!(
-                "cannot listen for peers on peer_addr {} of node {my_id}",
-                me.peer_addr
-            )
-        })?;
+        let listener = TcpListener::bind(me.bind_addr(&me.peer_addr))
+            .await
+            .with_context(|| {
+                format!(
+                    "cannot listen for peers on peer_addr {} of node {my_id}",
+                    me.peer_addr
+                )
+            })?;
         let local_addr = listener.local_addr()?;
         let shutdown = CancellationToken::new();
         let hello = Handshake {
