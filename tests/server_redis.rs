@@ -301,3 +301,45 @@ fn transactions_key_walks_and_the_newer_commands_through_every_node() {
     assert_eq!(nothing, None);
     cluster.terminate(leader);
 }
+
+/// A transaction's queued commands count against the connection's byte budget: past it, the command
+/// is refused and EXEC discards the transaction; the connection then works as before (its permits
+/// were given back, nothing waits forever).
+#[test]
+fn a_transaction_larger_than_the_connection_budget_is_refused_and_nothing_hangs() {
+    let mut cluster = Cluster::start(3, FAST_TUNABLES);
+    let leader = cluster.wait_leader();
+    let mut c = connect(&cluster.nodes[leader].resp_addr);
+    let value = vec![b'v'; 900_000];
+    let _: () = redis::cmd("MULTI").query(&mut c).unwrap();
+    let mut refused = 0;
+    for n in 0..6 {
+        let queued: RedisResult<String> = redis::cmd("SET")
+            .arg(format!("big{n}"))
+            .arg(&value[..])
+            .query(&mut c);
+        match queued {
+            Ok(status) => assert_eq!(status, "QUEUED"),
+            Err(err) => {
+                assert!(
+                    err.to_string().contains("max_request_bytes_in_flight"),
+                    "{err}"
+                );
+                refused += 1;
+            }
+        }
+    }
+    assert!(refused >= 1, "4 MiB of budget cannot queue 5.4 MB");
+    let exec: RedisResult<Value> = redis::cmd("EXEC").query(&mut c);
+    let exec_err = exec.unwrap_err().to_string();
+    // The client names the EXECABORT code as its own error kind.
+    assert!(exec_err.contains("Transaction discarded"), "{exec_err}");
+    assert!(!c.exists::<_, bool>("big0").unwrap());
+    let (a,): (String,) = redis::pipe()
+        .atomic()
+        .set("small", "1")
+        .query(&mut c)
+        .unwrap();
+    assert_eq!(a, "OK");
+    cluster.terminate(leader);
+}

@@ -224,3 +224,27 @@ fn session_writes_and_registrations_round_trip_and_bad_ones_do_not_decode() {
         );
     }
 }
+
+/// A transaction nested in a transaction, many levels deep, is refused at the first level without
+/// decoding the rest (a hostile entry must not recurse the decoder into a stack overflow).
+#[test]
+fn deeply_nested_transactions_are_refused_without_recursion() {
+    // Level k's body: `18 | 0 watches | 1 op | op_len | 0 | level k-1's body`, 14 bytes more than
+    // the level inside it; the innermost is an empty transaction (9 bytes). Written outermost first.
+    const LEVELS: usize = 50_000;
+    let body_len = |level: usize| 9 + 14 * level;
+    let mut body = Vec::with_capacity(body_len(LEVELS));
+    for level in (1..=LEVELS).rev() {
+        body.extend_from_slice(&[18, 0, 0, 0, 0, 1, 0, 0, 0]);
+        body.extend_from_slice(&(1 + body_len(level - 1) as u32).to_le_bytes());
+        body.push(0);
+    }
+    body.extend_from_slice(&[18, 0, 0, 0, 0, 0, 0, 0, 0]);
+    let mut entry = vec![1u8];
+    entry.extend_from_slice(&0u64.to_le_bytes());
+    entry.extend_from_slice(&body);
+    assert_eq!(
+        Proposal::decode(&Bytes::from(entry)),
+        Err(DecodeError::InvalidEntry)
+    );
+}

@@ -66,10 +66,7 @@ impl ReplyBudget {
         reply: Reply,
         connection: &Arc<ConnectionReplies>,
     ) -> ChargedReply {
-        let bytes = match &reply {
-            Reply::Value { value } | Reply::ValueMeta { value, .. } => value.len(),
-            _ => 0,
-        };
+        let bytes = reply_bytes(&reply);
         if bytes == 0 {
             return (reply, None);
         }
@@ -137,6 +134,17 @@ impl Drop for Charge {
             .fetch_sub(self.bytes, Ordering::AcqRel);
         // The connection's reader may be waiting on its own limit, or for its queue to empty.
         self.connection.drained.notify_waiters();
+    }
+}
+
+/// The bytes a reply holds in memory until it is written: values, keys of a KEYS or SCAN, and every
+/// reply of a transaction.
+fn reply_bytes(reply: &Reply) -> usize {
+    match reply {
+        Reply::Value { value } | Reply::ValueMeta { value, .. } => value.len(),
+        Reply::Keys { keys, .. } => keys.iter().map(|key| key.len() + 16).sum(),
+        Reply::Multi { replies } => replies.iter().map(reply_bytes).sum(),
+        _ => 0,
     }
 }
 

@@ -197,7 +197,9 @@ fn read_transaction(reader: &mut ByteReader<'_>, data: &Bytes) -> Result<Command
     if count > reader.remaining() / 10 {
         return Err(DecodeError::InvalidEntry);
     }
-    let mut watches = Vec::with_capacity(count);
+    // Capacity from the data only up to a point: a hostile count must not reserve more than the
+    // entry could hold many times over.
+    let mut watches = Vec::with_capacity(count.min(1024));
     for _ in 0..count {
         let key = read_key(reader, data)?;
         let version = reader.u64()?;
@@ -207,12 +209,21 @@ fn read_transaction(reader: &mut ByteReader<'_>, data: &Bytes) -> Result<Command
     if count > reader.remaining() / 6 {
         return Err(DecodeError::InvalidEntry);
     }
-    let mut ops = Vec::with_capacity(count);
+    let mut ops = Vec::with_capacity(count.min(1024));
     for _ in 0..count {
         let len = reader.u32()? as usize;
         let op = data.slice(reader.take_range(len)?);
         let mut op_reader = ByteReader::new(&op);
         ops.push(match op_reader.u8()? {
+            // The tag is checked before decoding: a transaction nested in a transaction would
+            // otherwise be decoded (recursively, as deep as a hostile entry likes) before refusal.
+            0 if matches!(
+                op.get(1),
+                Some(&(TAG_EXPIRE | TAG_REGISTER | TAG_TRANSACTION))
+            ) =>
+            {
+                return Err(DecodeError::InvalidEntry)
+            }
             0 => match Command::decode_body(&mut op_reader, &op)? {
                 Command::Expire | Command::Register | Command::Transaction { .. } => {
                     return Err(DecodeError::InvalidEntry)

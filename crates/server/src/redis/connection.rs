@@ -14,11 +14,11 @@ use raftkv_kv::{Reply, Request, Watch};
 use raftkv_resp::{parse_command, Parsed, Value};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
-use tokio::sync::{mpsc, oneshot, OwnedSemaphorePermit, Semaphore};
+use tokio::sync::{mpsc, oneshot, Semaphore};
 use tracing::debug;
 
 use super::commands::{self, Finish, LocalQuery, Plan};
-use super::transaction::{self, Exec, Part, Step, Transaction};
+use super::transaction::{self, Exec, Part, Permits, Step, Transaction};
 use super::Context;
 use crate::reply_budget::{ChargedReply, ConnectionReplies};
 use crate::request::{ClientRequest, Op, ReplyHandle};
@@ -49,12 +49,9 @@ enum Slot {
     Exec {
         reply: oneshot::Receiver<ChargedReply>,
         parts: Vec<Part>,
-        _permits: Permits,
+        _permits: (Permits, Vec<Permits>),
     },
 }
-
-/// A command's bytes held against the connection's and the node's budgets until it is answered.
-type Permits = (OwnedSemaphorePermit, OwnedSemaphorePermit);
 
 pub(super) async fn serve(socket: TcpStream, ctx: Arc<Context>) {
     let _ = socket.set_nodelay(true);
@@ -83,11 +80,8 @@ struct Submitter {
 impl Submitter {
     /// Sends `ops` in order, holding `cost` bytes against the budgets; `None` if the node or the
     /// connection is closing.
-    async fn submit(
-        &self,
-        ops: Vec<Op>,
-        cost: usize,
-    ) -> Option<(Vec<oneshot::Receiver<ChargedReply>>, Permits)> {
+    /// Takes `cost` bytes from both budgets (waiting for room); `None` if the node is closing.
+    async fn reserve(&self, cost: usize) -> Option<Permits> {
         let cost = cost.clamp(1, self.budget) as u32;
         let own = self.in_flight.clone().acquire_many_owned(cost).await.ok()?;
         let node_cost = cost.min(self.ctx.node_budget_permits);
@@ -99,6 +93,15 @@ impl Submitter {
             .acquire_many_owned(node_cost)
             .await
             .ok()?;
+        Some((own, node))
+    }
+
+    async fn submit(
+        &self,
+        ops: Vec<Op>,
+        cost: usize,
+    ) -> Option<(Vec<oneshot::Receiver<ChargedReply>>, Permits)> {
+        let permits = self.reserve(cost).await?;
         let mut receivers = Vec::with_capacity(ops.len());
         for op in ops {
             let (tx, rx) = oneshot::channel();
@@ -113,7 +116,7 @@ impl Submitter {
                 .ok()?;
             receivers.push(rx);
         }
-        Some((receivers, (own, node)))
+        Some((receivers, permits))
     }
 
     /// WATCH: each key's version now (0 if absent), read through ReadIndex; `Err` with the answer
@@ -195,10 +198,16 @@ async fn read_commands(
                 }
             };
             let cost = args.iter().map(Bytes::len).sum::<usize>();
-            let plan = match session
-                .tx
-                .step(commands::plan(&args, ctx.limits.max_value_size))
-            {
+            let plan = commands::plan(&args, ctx.limits.max_value_size);
+            let queued = session.tx.in_multi() && !matches!(plan, Plan::Transaction(_));
+            let too_large = queued && !session.tx.fits(cost, submitter.budget);
+            if queued && !too_large {
+                let Some(permits) = submitter.reserve(cost).await else {
+                    return;
+                };
+                session.tx.hold(permits, cost);
+            }
+            let plan = match session.tx.step(plan, too_large) {
                 Step::Run(plan) => plan,
                 Step::Answer(value) => Plan::Now {
                     value,
@@ -220,7 +229,7 @@ async fn read_commands(
                             value,
                             close: false,
                         },
-                        Exec::Submit { op, parts } => {
+                        Exec::Submit { op, parts, held } => {
                             let Some((mut receivers, permits)) =
                                 submitter.submit(vec![op], cost).await
                             else {
@@ -230,7 +239,7 @@ async fn read_commands(
                             let slot = Slot::Exec {
                                 reply,
                                 parts,
-                                _permits: permits,
+                                _permits: (permits, held),
                             };
                             if slots.send(slot).await.is_err() {
                                 return;

@@ -6,13 +6,19 @@
 
 use raftkv_kv::{Command, Reply, Request, TxOp, Watch};
 use raftkv_resp::Value;
+use tokio::sync::OwnedSemaphorePermit;
 
 use super::commands::{self, Finish, LocalQuery, Plan, TxCommand};
 use crate::request::Op;
 
-/// The most commands one MULTI may queue: the transaction is one log entry, and its size is
-/// bounded by the connection's budget too, but a count bound keeps a runaway client cheap to stop.
+/// The most commands one MULTI may queue (its bytes are bounded by the connection's budget too).
 const MAX_QUEUED: usize = 10_000;
+
+/// Bytes of the connection's budget a transaction leaves for EXEC itself.
+const EXEC_ROOM: usize = 64;
+
+/// A command's bytes held against the connection's and the node's budgets until it is answered.
+pub(super) type Permits = (OwnedSemaphorePermit, OwnedSemaphorePermit);
 
 /// The connection's transaction state.
 #[derive(Default)]
@@ -21,6 +27,12 @@ pub(super) struct Transaction {
     queued: Option<Vec<Queued>>,
     /// A command was refused while queuing: EXEC must discard the transaction.
     failed: bool,
+    /// Bytes of the queued commands' arguments (each held in `held`): the transaction is one log
+    /// entry and one request, held against the connection's budget like any other.
+    queued_bytes: usize,
+    /// The budgets' permits for those bytes, taken as each command is queued and kept until EXEC's
+    /// answer is written (or DISCARD): queued commands count against the node's memory bound too.
+    held: Vec<Permits>,
     watches: Vec<Watch>,
 }
 
@@ -48,8 +60,13 @@ pub(super) enum Part {
 pub(super) enum Exec {
     /// Answer without the log (an error, or a transaction without requests or watches).
     Answer(Value),
-    /// Send this write; its reply and `parts` make the answer.
-    Submit { op: Op, parts: Vec<Part> },
+    /// Send this write; its reply and `parts` make the answer. `held` are the queued commands'
+    /// permits, to keep until then.
+    Submit {
+        op: Op,
+        parts: Vec<Part>,
+        held: Vec<Permits>,
+    },
 }
 
 /// What to do with a command given the transaction state.
@@ -69,9 +86,21 @@ impl Transaction {
         self.queued.is_some()
     }
 
+    /// Whether a command of `cost` bytes may still be queued within `max_bytes` (leaving room for
+    /// EXEC's own request, which takes its permits from the same budget).
+    pub(super) fn fits(&self, cost: usize, max_bytes: usize) -> bool {
+        self.queued_bytes + cost <= max_bytes.saturating_sub(EXEC_ROOM)
+    }
+
+    /// Keeps the permits of a command of `cost` bytes about to be queued.
+    pub(super) fn hold(&mut self, permits: Permits, cost: usize) {
+        self.held.push(permits);
+        self.queued_bytes += cost;
+    }
+
     /// Takes a planned command: transaction commands change the state; inside MULTI other commands
-    /// are queued.
-    pub(super) fn step(&mut self, plan: Plan) -> Step {
+    /// are queued, unless `too_large` (it did not [`Transaction::fits`]).
+    pub(super) fn step(&mut self, plan: Plan, too_large: bool) -> Step {
         let plan = match plan {
             Plan::Transaction(command) => return self.command(command),
             plan if !self.in_multi() => return Step::Run(plan),
@@ -81,14 +110,15 @@ impl Transaction {
             Plan::Now {
                 value,
                 close: false,
-            } => match value {
-                Value::Error(_) => {
-                    // Redis discards a transaction a command of which was refused.
+            } => {
+                if commands::aborts_transaction(&value) {
+                    // As Redis: an unknown command or a wrong argument count discards the
+                    // transaction; other errors are answered in their place in EXEC's reply.
                     self.failed = true;
                     return Step::Answer(value);
                 }
-                value => Queued::Answer(value),
-            },
+                Queued::Answer(value)
+            }
             Plan::Local(query) => Queued::Local(query),
             Plan::Node { ops, finish } => match ops.into_iter().map(tx_op).collect() {
                 Some(ops) => Queued::Node { ops, finish },
@@ -107,10 +137,11 @@ impl Transaction {
             Plan::Transaction(_) => unreachable!("handled above"),
         };
         let queue = self.queued.get_or_insert_with(Vec::new);
-        if queue.len() >= MAX_QUEUED {
+        if queue.len() >= MAX_QUEUED || too_large {
             self.failed = true;
             return Step::Answer(Value::err(format!(
-                "a transaction holds at most {MAX_QUEUED} commands"
+                "a transaction holds at most {MAX_QUEUED} commands, and the bytes of \
+                 max_request_bytes_in_flight"
             )));
         }
         queue.push(entry);
@@ -136,13 +167,18 @@ impl Transaction {
                 Step::Answer(Value::err("WATCH inside MULTI is not allowed"))
             }
             (TxCommand::Watch(keys), false) => Step::Watch(keys),
+            (TxCommand::Reset, _) => {
+                self.reset();
+                Step::Answer(Value::Simple("RESET".into()))
+            }
             (TxCommand::Unwatch, _) => {
                 // Inside MULTI, Redis queues UNWATCH; its effect (none, after EXEC) is the same.
                 if self.in_multi() {
-                    return self.step(Plan::Now {
+                    let ok = Plan::Now {
                         value: Value::ok(),
                         close: false,
-                    });
+                    };
+                    return self.step(ok, false);
                 }
                 self.watches.clear();
                 Step::Answer(Value::ok())
@@ -163,6 +199,8 @@ impl Transaction {
         let queued = self.queued.take().unwrap_or_default();
         let failed = std::mem::take(&mut self.failed);
         let watches = std::mem::take(&mut self.watches);
+        self.queued_bytes = 0;
+        let held = std::mem::take(&mut self.held);
         if failed {
             return Exec::Answer(Value::Error(
                 "EXECABORT Transaction discarded because of previous errors.".into(),
@@ -194,6 +232,7 @@ impl Transaction {
         Exec::Submit {
             op: Op::write(Command::Transaction { watches, ops }),
             parts,
+            held,
         }
     }
 

@@ -19,12 +19,13 @@ pub(super) fn expire(name: &str, args: &[Bytes]) -> Plan {
             name.to_ascii_lowercase()
         )))
     };
-    let Some(n) = integer(&args[2]) else {
-        return now(Value::err("value is not an integer or out of range"));
-    };
+    // Options first, as Redis checks them.
     let condition = match ttl_condition(&args[3..]) {
         Ok(condition) => condition,
         Err(error) => return now(error),
+    };
+    let Some(n) = integer(&args[2]) else {
+        return now(Value::err("value is not an integer or out of range"));
     };
     let millis = name.starts_with('P');
     let Some(ms) = (if millis { Some(n) } else { n.checked_mul(1000) }) else {
@@ -61,7 +62,12 @@ fn ttl_condition(options: &[Bytes]) -> Result<TtlCondition, Value> {
             "XX" => xx = true,
             "GT" => gt = true,
             "LT" => lt = true,
-            other => return Err(Value::err(format!("Unsupported option {other}"))),
+            _ => {
+                return Err(Value::err(format!(
+                    "Unsupported option {}",
+                    String::from_utf8_lossy(option)
+                )))
+            }
         }
     }
     if nx && (xx || gt || lt) {

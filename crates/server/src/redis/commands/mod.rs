@@ -111,6 +111,8 @@ pub enum TxCommand {
     Discard,
     Watch(Vec<Bytes>),
     Unwatch,
+    /// RESET: leaves MULTI and forgets watches.
+    Reset,
 }
 
 /// How the replies of a command's requests become its Redis reply.
@@ -149,6 +151,14 @@ pub enum Finish {
 
 fn upper(word: &[u8]) -> String {
     String::from_utf8_lossy(word).to_ascii_uppercase()
+}
+
+/// Whether an answer given while queuing discards the transaction, as in Redis: an unknown command or
+/// a wrong number of arguments (found before the command could run). Other errors are the command's
+/// own answer, given in its place in EXEC's reply.
+pub fn aborts_transaction(value: &Value) -> bool {
+    matches!(value, Value::Error(text)
+        if text.starts_with("ERR wrong number of arguments") || text.starts_with("ERR unknown command"))
 }
 
 /// `-ERR wrong number of arguments for 'x' command`.
@@ -203,7 +213,7 @@ pub fn plan(args: &[Bytes], max_value_size: usize) -> Plan {
             value: Value::ok(),
             close: true,
         },
-        "RESET" if argc == 1 => now(Value::Simple("RESET".into())),
+        "RESET" if argc == 1 => Plan::Transaction(TxCommand::Reset),
         "HELLO" => server::hello(args),
         "CLIENT" if argc >= 2 => server::client(args),
         "COMMAND" => server::command(args),

@@ -243,7 +243,8 @@ pub(super) fn setrange(args: &[Bytes], max_value_size: usize) -> Plan {
     if offset < 0 {
         return now(Value::err("offset is out of range"));
     }
-    if offset + args[3].len() as i64 > MAX_STRING {
+    // An empty value changes nothing whatever the offset (the store answers the length).
+    if !args[3].is_empty() && offset > MAX_STRING - args[3].len() as i64 {
         return now(Value::err(
             "string exceeds maximum allowed size (proto-max-bulk-len)",
         ));
@@ -258,7 +259,7 @@ pub(super) fn setrange(args: &[Bytes], max_value_size: usize) -> Plan {
         &args[1],
         |key| Command::SetRange {
             key,
-            offset: offset as u32,
+            offset: offset.min(i64::from(u32::MAX)) as u32,
             value,
         },
         Finish::Store,
