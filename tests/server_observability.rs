@@ -257,3 +257,48 @@ fn log_format_json_writes_one_object_per_line() {
         );
     }
 }
+
+#[test]
+fn digests_agree_once_every_node_applied_the_same_log() {
+    let mut cluster = Cluster::start(3, FAST_TUNABLES);
+    cluster.wait_leader();
+    let load = WriteLoad::start(cluster.addrs(), "digest", 2);
+    std::thread::sleep(Duration::from_millis(500));
+    let (acked, _) = load.stop();
+    assert!(!acked.is_empty());
+    // Once writes stop, the followers apply up to the leader's index; then all three digests
+    // describe the same state at the same index.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let digests: Vec<serde_json::Value> = (0..3)
+            .map(|i| {
+                let (code, body) =
+                    http_get(&cluster.nodes[i].http_addr, "/digest").expect("GET /digest");
+                assert_eq!(code, 200, "{body}");
+                serde_json::from_str(&body).expect("JSON")
+            })
+            .collect();
+        let index = |d: &serde_json::Value| d["applied_index"].as_u64().expect("applied_index");
+        if digests.iter().all(|d| index(d) == index(&digests[0])) {
+            assert!(index(&digests[0]) as usize > acked.len());
+            for d in &digests {
+                assert_eq!(d["digest"], digests[0]["digest"], "{digests:?}");
+                assert_eq!(d["digest"].as_str().map(str::len), Some(16));
+            }
+            break;
+        }
+        assert!(Instant::now() < deadline, "never at one index: {digests:?}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    // A new write changes the digest.
+    let before = http_get(&cluster.nodes[0].http_addr, "/digest")
+        .expect("digest")
+        .1;
+    let mut client = Client::new(cluster.addrs());
+    client.call_retry(b"set digest-change 0 1\r\nx\r\n", Duration::from_secs(10));
+    std::thread::sleep(Duration::from_millis(300));
+    let after = http_get(&cluster.nodes[0].http_addr, "/digest")
+        .expect("digest")
+        .1;
+    assert_ne!(before, after);
+}

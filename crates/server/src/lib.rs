@@ -267,12 +267,14 @@ pub async fn run_node_opts(
         shutdown_rx.clone(),
     ));
     tokio::spawn(tls.watch(shutdown_rx.clone()));
+    let digest_requests = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
     if let Some(http_listener) = http_listener {
         info!(node = id, addr = ?http_listener.local_addr().ok(), "HTTP endpoint listening");
         tokio::spawn(http::serve(
             http_listener,
             metrics.clone(),
             status_rx,
+            digest_requests.clone(),
             shutdown_rx.clone(),
         ));
     }
@@ -294,6 +296,7 @@ pub async fn run_node_opts(
         started,
         metrics,
         status: status_tx,
+        digest_requests,
         members,
         round_trips: Default::default(),
         cluster_id: config.cluster_id.clone(),

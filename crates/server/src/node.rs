@@ -49,6 +49,9 @@ pub struct NodeLoop {
     pub metrics: Arc<Metrics>,
     /// Where the node's status is published for the HTTP endpoint.
     pub status: watch::Sender<NodeStatus>,
+    /// `GET /digest` requests so far: the status carries the state's digest until it has answered
+    /// the newest.
+    pub digest_requests: Arc<std::sync::atomic::AtomicU64>,
     pub members: Vec<Member>,
     pub round_trips: RoundTrips,
     /// Written into every backup's header.
@@ -68,6 +71,8 @@ struct Published {
     role: String,
     term: u64,
     commit: u64,
+    /// The newest digest request answered.
+    digest_answered: u64,
 }
 
 impl NodeLoop {
@@ -133,11 +138,15 @@ impl NodeLoop {
     /// Refreshes the published status and the gauges (every [`STATUS_PERIOD`]), and logs the changes
     /// an operator cares about.
     fn publish_status(&mut self, published: &mut Published) {
-        if published.at.is_some_and(|at| at.elapsed() < STATUS_PERIOD) {
+        let digest_wanted = self
+            .digest_requests
+            .load(std::sync::atomic::Ordering::SeqCst);
+        let digest_due = digest_wanted > published.digest_answered;
+        if !digest_due && published.at.is_some_and(|at| at.elapsed() < STATUS_PERIOD) {
             return;
         }
         published.at = Some(Instant::now());
-        let status = status::observe(
+        let mut status = status::observe(
             &self.replica,
             &self.members,
             &self.metrics,
@@ -161,6 +170,16 @@ impl NodeLoop {
         published.role.clone_from(&status.role);
         published.term = status.term;
         published.commit = status.commit_index;
+        if digest_due {
+            let store = self.replica.store();
+            status.digest = Some(status::StateDigest {
+                request: digest_wanted,
+                applied_index: store.applied_index(),
+                keys: store.len() as u64,
+                digest: format!("{:016x}", store.digest()),
+            });
+            published.digest_answered = digest_wanted;
+        }
         self.status.send_replace(status);
     }
 

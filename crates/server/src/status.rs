@@ -50,6 +50,22 @@ pub struct NodeStatus {
     pub uptime_seconds: f64,
     /// Why the node cannot serve, or `None` when it is healthy.
     pub unhealthy: Option<String>,
+    /// The state's digest, present only in the status published to answer a `GET /digest`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub digest: Option<StateDigest>,
+}
+
+/// The node's whole state machine condensed to one number at one applied index: replicas that have
+/// applied the same log report the same digest (`raftkv_kv::Store::digest`), so a tester can tell
+/// that healed replicas converged. Computing it reads every entry, so it is taken only on request.
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct StateDigest {
+    /// Which `GET /digest` request it answers (they are counted per node).
+    pub request: u64,
+    pub applied_index: u64,
+    pub keys: u64,
+    /// 16 hex digits.
+    pub digest: String,
 }
 
 impl NodeStatus {
@@ -171,5 +187,6 @@ pub fn observe<H>(
         version: env!("CARGO_PKG_VERSION").to_string(),
         uptime_seconds: uptime,
         unhealthy,
+        digest: None,
     }
 }
