@@ -8,7 +8,6 @@
 //! a timeout, so no test can hang on a silent server.
 #![allow(dead_code)]
 
-pub mod netns;
 pub mod spawner;
 
 use std::collections::HashSet;

@@ -207,6 +207,9 @@ pub struct Tunables {
     /// The leader removes a member it has not heard from for this long; 0 = never (the default). It
     /// never removes a voter this way when fewer than three would remain.
     pub auto_remove_after_s: u64,
+    /// TEST ONLY, never in production: acknowledge writes without fsyncing the log, so that a power
+    /// loss loses them (`raftkv-chaos --unsafe-skip-fsync` shows its power-loss check catches that).
+    pub unsafe_skip_fsync: bool,
 }
 
 impl Default for Tunables {
@@ -226,6 +229,7 @@ impl Default for Tunables {
             client_request_timeout_s: 30,
             client_idle_timeout_s: 0,
             auto_remove_after_s: 0,
+            unsafe_skip_fsync: false,
         }
     }
 }

@@ -114,8 +114,21 @@ pub async fn run_node_opts(
         .join
         .is_none()
         .then(|| bootstrap::address_book(&config));
+    let skip_fsync = config.tunables.unsafe_skip_fsync;
+    if skip_fsync {
+        warn!(
+            node = id,
+            "unsafe_skip_fsync is on: writes are acknowledged before they are on disk, and a power \
+             loss loses them. This switch exists for tests only"
+        );
+    }
     let (wal, initial, stats) = tokio::task::spawn_blocking(move || {
-        let (mut wal, mut initial, stats) = Wal::open(&data_dir, wal_options())?;
+        let fs: std::sync::Arc<dyn raftkv_wal::fs::Fs> = if skip_fsync {
+            std::sync::Arc::new(raftkv_wal::fs::UnsyncedFs)
+        } else {
+            std::sync::Arc::new(raftkv_wal::fs::RealFs)
+        };
+        let (mut wal, mut initial, stats) = Wal::open_with_fs(fs, &data_dir, wal_options())?;
         if let Some(book) = bootstrap.filter(|_| raftkv_replica::is_fresh(&initial)) {
             bootstrap::write(&mut wal, &mut initial, &book)?;
         }

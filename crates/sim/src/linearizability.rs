@@ -61,6 +61,19 @@ pub enum OpKind {
     Getm { value: Option<(WriteId, u64, u64)> },
 }
 
+impl OpKind {
+    /// The version this operation learned of its key, if its reply told one.
+    pub fn version(&self) -> Option<u64> {
+        match *self {
+            OpKind::Set { version, .. } | OpKind::Cas { version, .. } => version,
+            OpKind::Getm {
+                value: Some((_, version, _)),
+            } => Some(version),
+            _ => None,
+        }
+    }
+}
+
 /// One client operation: invocation time, response time (None: unknown outcome), what it did.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Op {

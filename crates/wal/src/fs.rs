@@ -144,3 +144,73 @@ impl Fs for RealFs {
         true
     }
 }
+
+/// TEST ONLY: the real file system with every fsync skipped (`unsafe_skip_fsync` in a cluster file).
+/// Writes are acknowledged while they sit in the page cache; a power loss then loses them. It exists
+/// to prove that the power-loss tests catch exactly that (`raftkv-chaos --unsafe-skip-fsync`).
+#[derive(Clone, Copy, Debug, Default)]
+pub struct UnsyncedFs;
+
+/// A real file whose syncs do nothing.
+#[derive(Debug)]
+struct UnsyncedFile(Box<dyn WalFile>);
+
+impl WalFile for UnsyncedFile {
+    fn write_all(&mut self, bytes: &[u8]) -> io::Result<()> {
+        self.0.write_all(bytes)
+    }
+
+    fn sync_data(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+impl Fs for UnsyncedFs {
+    fn create_dir_all(&self, dir: &Path) -> io::Result<()> {
+        RealFs.create_dir_all(dir)
+    }
+
+    fn list_dir(&self, dir: &Path) -> io::Result<Vec<String>> {
+        RealFs.list_dir(dir)
+    }
+
+    fn read(&self, path: &Path) -> io::Result<Vec<u8>> {
+        RealFs.read(path)
+    }
+
+    fn file_len(&self, path: &Path) -> io::Result<u64> {
+        RealFs.file_len(path)
+    }
+
+    fn create(&self, path: &Path) -> io::Result<Box<dyn WalFile>> {
+        Ok(Box::new(UnsyncedFile(RealFs.create(path)?)))
+    }
+
+    fn open_at(&self, path: &Path, offset: u64) -> io::Result<Box<dyn WalFile>> {
+        Ok(Box::new(UnsyncedFile(RealFs.open_at(path, offset)?)))
+    }
+
+    fn truncate(&self, path: &Path, len: u64) -> io::Result<()> {
+        OpenOptions::new().write(true).open(path)?.set_len(len)
+    }
+
+    fn rename(&self, from: &Path, to: &Path) -> io::Result<()> {
+        RealFs.rename(from, to)
+    }
+
+    fn remove_file(&self, path: &Path) -> io::Result<()> {
+        RealFs.remove_file(path)
+    }
+
+    fn sync_dir(&self, _dir: &Path) -> io::Result<()> {
+        Ok(())
+    }
+
+    fn try_lock(&self, path: &Path) -> io::Result<Option<LockGuard>> {
+        RealFs.try_lock(path)
+    }
+
+    fn allows_background_work(&self) -> bool {
+        true
+    }
+}

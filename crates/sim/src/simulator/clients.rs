@@ -396,14 +396,7 @@ impl Simulator {
                 self.history.respond(slot, kind, self.now);
                 let client = &mut self.clients[c];
                 client.completed += 1;
-                let version = match kind {
-                    OpKind::Set { version, .. } | OpKind::Cas { version, .. } => version,
-                    OpKind::Getm {
-                        value: Some((_, version, _)),
-                    } => Some(version),
-                    _ => None,
-                };
-                if let Some(version) = version {
+                if let Some(version) = kind.version() {
                     client.versions.insert(key, version);
                 }
                 client.next_at = client
