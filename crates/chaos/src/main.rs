@@ -75,6 +75,19 @@ struct Args {
 
 fn main() -> ExitCode {
     let args = Args::parse();
+    // The first Ctrl-C (or SIGTERM) ends the faults early: the run still heals, removes its namespaces
+    // and mount, and checks what it recorded. A second one exits at once, leaving them behind.
+    let handler = ctrlc::set_handler(|| {
+        if nemesis::STOP.swap(true, std::sync::atomic::Ordering::SeqCst) {
+            std::process::exit(130);
+        }
+        eprintln!("interrupted: healing, then checking what was recorded (again to quit at once)");
+    });
+    if let Err(err) = handler {
+        eprintln!(
+            "raftkv-chaos: cannot catch Ctrl-C ({err}); interrupting will leave namespaces behind"
+        );
+    }
     let result = match &args.check {
         Some(path) => run::check_file(path),
         None => configure(&args).and_then(|config| run::run(&config)),

@@ -1,6 +1,7 @@
 //! The faults, and the schedule that injects them: quiet, fault, hold, heal, again, each nemesis in
 //! turn, every injection and heal recorded as an [`Event`] in the history.
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use raftkv_sim::rng::Rng;
@@ -109,6 +110,25 @@ impl Default for Timing {
     }
 }
 
+/// Set (by a Ctrl-C handler) to end the faults early: the run then heals and checks what it recorded.
+pub static STOP: AtomicBool = AtomicBool::new(false);
+
+fn stopping() -> bool {
+    STOP.load(Ordering::SeqCst)
+}
+
+/// Sleeps for `span`, or until [`STOP`].
+fn nap(span: Duration) {
+    let until = Instant::now() + span;
+    while !stopping() {
+        let left = until.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return;
+        }
+        std::thread::sleep(left.min(Duration::from_millis(100)));
+    }
+}
+
 fn between(rng: &mut Rng, (low, high): (Duration, Duration)) -> Duration {
     let span = high.saturating_sub(low).as_millis() as u64;
     low + Duration::from_millis(rng.below(span + 1))
@@ -153,10 +173,10 @@ impl Schedule<'_> {
     /// Faults, one nemesis after another, until `until` (time since start).
     pub fn run(&mut self, until: Duration) -> Result<(), String> {
         let mut turn = 0;
-        while self.start.elapsed() < until {
+        while self.start.elapsed() < until && !stopping() {
             let quiet = between(&mut self.rng, self.timing.quiet);
-            std::thread::sleep(quiet);
-            if self.start.elapsed() >= until || self.nemeses.is_empty() {
+            nap(quiet);
+            if self.start.elapsed() >= until || self.nemeses.is_empty() || stopping() {
                 break;
             }
             let nemesis = self.nemeses[turn % self.nemeses.len()];
@@ -166,7 +186,7 @@ impl Schedule<'_> {
             self.record(false, format!("{}: {what}", nemesis.name()));
             let hold = between(&mut self.rng, self.timing.fault);
             let remaining = until.saturating_sub(self.start.elapsed());
-            std::thread::sleep(hold.min(remaining.max(Duration::from_secs(1))));
+            nap(hold.min(remaining.max(Duration::from_secs(1))));
             self.heal(undo)?;
             self.record(true, format!("{} healed", nemesis.name()));
         }
