@@ -7,8 +7,11 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use raftkv_protocol::{Reply, ReplyKind};
+
 use crate::http;
 use crate::netns::{self, Network};
+use crate::wire::Conn;
 
 /// Debian's `faketime` package; the multi-threaded variant, as the server runs threads.
 pub const LIBFAKETIME: &str = "/usr/lib/x86_64-linux-gnu/faketime/libfaketimeMT.so.1";
@@ -46,8 +49,11 @@ pub struct Cluster {
     /// What the tester dials, per node.
     client_addrs: Vec<String>,
     http_addrs: Vec<String>,
-    /// What redirects name, per node (the advertised client address).
+    /// What redirects name, per node (the advertised client address), and its advertised peer address.
     advertised: Vec<String>,
+    advertised_peers: Vec<String>,
+    /// Nodes that (re)joined the cluster with `--join` after a membership change: they keep starting so.
+    joined: Vec<bool>,
 }
 
 impl Cluster {
@@ -60,7 +66,7 @@ impl Cluster {
         } else {
             None
         };
-        let (text, client_addrs, http_addrs, advertised) = match &net {
+        let (text, client_addrs, http_addrs, advertised, advertised_peers) = match &net {
             Some(net) => {
                 let text = grow_deploy_config(n);
                 let client: Vec<String> = (0..n)
@@ -72,7 +78,10 @@ impl Cluster {
                 let advertised = (0..n)
                     .map(|i| format!("{}:{}", Network::host(i), netns::CLIENT_PORT))
                     .collect();
-                (text, client, http, advertised)
+                let peers: Vec<String> = (0..n)
+                    .map(|i| format!("{}:{}", Network::host(i), netns::PEER_PORT))
+                    .collect();
+                (text, client, http, advertised, peers)
             }
             None => {
                 let port = |i: usize, k: u16| options.base_port + 10 * i as u16 + k;
@@ -95,7 +104,10 @@ impl Cluster {
                 let http = (0..n)
                     .map(|i| format!("127.0.0.1:{}", port(i, 2)))
                     .collect();
-                (text, client.clone(), http, client)
+                let peers: Vec<String> = (0..n)
+                    .map(|i| format!("127.0.0.1:{}", port(i, 1)))
+                    .collect();
+                (text, client.clone(), http, client, peers)
             }
         };
         let text = if options.skip_fsync {
@@ -123,6 +135,8 @@ impl Cluster {
             client_addrs,
             http_addrs,
             advertised,
+            advertised_peers,
+            joined: vec![false; n],
         })
     }
 
@@ -166,7 +180,19 @@ impl Cluster {
             .arg(&self.config)
             .args(["--id", &(i + 1).to_string()])
             .arg("--data-dir")
-            .arg(self.data_dir(i))
+            .arg(self.data_dir(i));
+        if self.joined[i] {
+            let others: Vec<&str> = (0..self.nodes())
+                .filter(|&j| j != i)
+                .map(|j| self.advertised[j].as_str())
+                .collect();
+            command
+                .arg("--join")
+                .arg(others.join(","))
+                .args(["--client-addr", &self.advertised[i]])
+                .args(["--peer-addr", &self.advertised_peers[i]]);
+        }
+        command
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(log);
@@ -202,6 +228,58 @@ impl Cluster {
             let _ = child.wait();
         }
         self.paused[i] = false;
+    }
+
+    /// Node `i` lost everything: it is stopped, its data directory removed, and from now on it starts
+    /// with `--join` (it must have been removed from the membership first, or `--join` refuses it).
+    pub fn wipe_for_rejoin(&mut self, i: usize) -> Result<(), String> {
+        self.kill(i);
+        let dir = self.data_dir(i);
+        if dir.exists() {
+            std::fs::remove_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+        }
+        self.joined[i] = true;
+        Ok(())
+    }
+
+    /// Sends a `members add|promote|remove` line to the leader (following redirects, retrying
+    /// while another change is in progress or the learner catches up) until it is answered with the
+    /// membership table or `done` says a refusal means it already happened; `Err` after `limit`.
+    pub fn change_members(
+        &self,
+        request: &str,
+        done: impl Fn(&str) -> bool,
+        limit: Duration,
+    ) -> Result<(), String> {
+        let deadline = Instant::now() + limit;
+        let mut target = self.leader().unwrap_or(0);
+        let mut last = String::new();
+        while Instant::now() < deadline {
+            let reply = Conn::connect(&self.client_addrs[target], Duration::from_secs(2)).and_then(
+                |mut conn| {
+                    conn.call(
+                        format!("{request}\r\n").as_bytes(),
+                        ReplyKind::MembersChange,
+                    )
+                },
+            );
+            match reply {
+                Ok(Reply::Members { .. }) => return Ok(()),
+                Ok(Reply::ErrMembership { reason }) if done(&reason) => return Ok(()),
+                Ok(reply @ Reply::ErrRedirect { .. }) => {
+                    let addr = reply.redirect_address().unwrap_or_default();
+                    target = self.index_of(&addr).unwrap_or((target + 1) % self.nodes());
+                    continue;
+                }
+                Ok(other) => last = format!("{other:?}"),
+                Err(err) => {
+                    last = format!("{err:?}");
+                    target = self.leader().unwrap_or((target + 1) % self.nodes());
+                }
+            }
+            std::thread::sleep(Duration::from_millis(200));
+        }
+        Err(format!("`{request}` did not complete: {last}"))
     }
 
     /// SIGSTOP (`pause`) or SIGCONT: a stalled process, as in a long GC pause or a VM migration.

@@ -35,9 +35,12 @@ pub enum Nemesis {
     Clock,
     /// kill -9 a node, or all, and drop what they wrote but did not fsync (power-loss file system).
     PowerLoss,
+    /// Remove a node (the leader, sometimes) from the membership and wipe it; at the heal it joins
+    /// again, empty, as a learner, and is promoted once caught up.
+    Membership,
 }
 
-pub const ALL: [Nemesis; 12] = [
+pub const ALL: [Nemesis; 13] = [
     Nemesis::Kill,
     Nemesis::KillLeader,
     Nemesis::Pause,
@@ -50,6 +53,7 @@ pub const ALL: [Nemesis; 12] = [
     Nemesis::Slow,
     Nemesis::Clock,
     Nemesis::PowerLoss,
+    Nemesis::Membership,
 ];
 
 impl Nemesis {
@@ -67,6 +71,7 @@ impl Nemesis {
             Nemesis::Slow => "slow",
             Nemesis::Clock => "clock",
             Nemesis::PowerLoss => "power-loss",
+            Nemesis::Membership => "membership",
         }
     }
 
@@ -87,6 +92,9 @@ impl Nemesis {
         )
     }
 }
+
+/// Longest wait for one membership change (elections, a learner catching up).
+const MEMBERSHIP_WAIT: Duration = Duration::from_secs(60);
 
 /// Cuts the power of the nodes whose data directories are named: everything they wrote and did not
 /// fsync is gone (the processes must already be dead).
@@ -137,6 +145,8 @@ fn between(rng: &mut Rng, (low, high): (Duration, Duration)) -> Duration {
 /// What must be undone at the heal.
 #[derive(Default)]
 struct Undo {
+    /// Removed from the membership and wiped: to join again and be promoted.
+    rejoin: Vec<usize>,
     restart: Vec<usize>,
     resume: Vec<usize>,
     network: bool,
@@ -262,6 +272,22 @@ impl Schedule<'_> {
                 let names: Vec<String> = victims.iter().map(|i| (i + 1).to_string()).collect();
                 Ok(format!("power lost on node(s) {}", names.join(",")))
             }
+            Nemesis::Membership => {
+                let i = if self.rng.below(3) == 0 {
+                    self.leader_or_any()
+                } else {
+                    self.pick(n)
+                };
+                let id = i + 1;
+                self.cluster.change_members(
+                    &format!("members remove {id}"),
+                    |reason| reason.contains("is not a member"),
+                    MEMBERSHIP_WAIT,
+                )?;
+                self.cluster.wipe_for_rejoin(i)?;
+                undo.rejoin.push(i);
+                Ok(format!("node {id} removed from the membership and wiped"))
+            }
             Nemesis::Clock => {
                 let i = if self.rng.below(2) == 0 {
                     self.leader_or_any()
@@ -370,6 +396,16 @@ impl Schedule<'_> {
         }
         for i in undo.restart {
             self.cluster.start(i)?;
+        }
+        for i in undo.rejoin {
+            // `--join` adds it as a learner; promotion waits until it has caught up.
+            self.cluster.start(i)?;
+            let id = i + 1;
+            self.cluster.change_members(
+                &format!("members promote {id}"),
+                |reason| reason.contains("already a voter"),
+                MEMBERSHIP_WAIT,
+            )?;
         }
         Ok(())
     }

@@ -18,6 +18,7 @@ use std::process::{Command, Stdio};
 /// The client port of every node (and the peer port, the Redis port, the HTTP port), the same on every
 /// "host", as `deploy/cluster.toml` has them.
 pub const CLIENT_PORT: u16 = 9000;
+pub const PEER_PORT: u16 = 10000;
 pub const HTTP_PORT: u16 = 8080;
 
 pub struct Network {
