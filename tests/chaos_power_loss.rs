@@ -22,6 +22,7 @@ fn config(dir: &std::path::Path, skip_fsync: bool) -> RunConfig {
         workload: Settings {
             clients: 4,
             keys: 8,
+            key_lifetime: Duration::from_secs(10),
             op_timeout: Duration::from_millis(1000),
             think: Duration::from_millis(5),
             seed: 7,

@@ -42,6 +42,7 @@ fn every_nemesis_in_turn_leaves_a_linearizable_history_and_nothing_lost() {
             missing.is_none()
         })
         .collect();
+    let names: Vec<&str> = nemeses.iter().map(|n| n.name()).collect();
     let dir = tempfile::tempdir().expect("temp dir");
     let config = RunConfig {
         // About four seconds per nemesis: every one gets its turn.
@@ -52,6 +53,7 @@ fn every_nemesis_in_turn_leaves_a_linearizable_history_and_nothing_lost() {
         workload: Settings {
             clients: 6,
             keys: 12,
+            key_lifetime: Duration::from_secs(10),
             op_timeout: Duration::from_millis(1000),
             think: Duration::from_millis(5),
             seed: 20_261_203,
@@ -69,5 +71,15 @@ fn every_nemesis_in_turn_leaves_a_linearizable_history_and_nothing_lost() {
     let summary = run(&config).expect("the run itself");
     println!("{summary}");
     assert!(summary.passed(), "{summary}");
+    let history = raftkv_chaos::history::History::load(&summary.history).expect("the history");
+    for nemesis in &names {
+        assert!(
+            history
+                .events
+                .iter()
+                .any(|e| e.what.starts_with(&format!("{nemesis}:"))),
+            "{nemesis} never ran"
+        );
+    }
     assert!(summary.ok > 1000, "the clients did work: {summary}");
 }

@@ -3,6 +3,7 @@
 //! (libfaketime, re-reading a per-node offset file), and power loss (a node's data on a file system
 //! that forgets what was not fsynced, mounted by the caller).
 
+use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -15,6 +16,9 @@ use crate::wire::Conn;
 
 /// Debian's `faketime` package; the multi-threaded variant, as the server runs threads.
 pub const LIBFAKETIME: &str = "/usr/lib/x86_64-linux-gnu/faketime/libfaketimeMT.so.1";
+
+/// Entries between snapshots in a chaos cluster (the default, 100,000, would never come in a short run).
+const CHAOS_SNAPSHOT_ENTRIES: u64 = 2_000;
 
 /// The deployment's cluster file, which the namespaces run (grown to the number of nodes).
 const DEPLOY_CONFIG: &str = include_str!("../../../deploy/cluster.toml");
@@ -54,6 +58,7 @@ pub struct Cluster {
     advertised_peers: Vec<String>,
     /// Nodes that (re)joined the cluster with `--join` after a membership change: they keep starting so.
     joined: Vec<bool>,
+    exits: Vec<String>,
 }
 
 impl Cluster {
@@ -110,15 +115,12 @@ impl Cluster {
                 (text, client.clone(), http, client, peers)
             }
         };
-        let text = if options.skip_fsync {
-            text.replacen(
-                "[tunables]\n",
-                "[tunables]\n# Test only: acknowledges writes that are not on disk.\nunsafe_skip_fsync = true\n",
-                1,
-            )
-        } else {
-            text
-        };
+        // Snapshots, log compaction and segment rolls happen within a short run, so faults hit them.
+        let mut extra = format!("snapshot_entries = {CHAOS_SNAPSHOT_ENTRIES}\n");
+        if options.skip_fsync {
+            extra.push_str("# Test only: acknowledges writes that are not on disk.\nunsafe_skip_fsync = true\n");
+        }
+        let text = text.replacen("[tunables]\n", &format!("[tunables]\n{extra}"), 1);
         let config = options.dir.join("cluster.toml");
         std::fs::write(&config, text).map_err(|e| e.to_string())?;
         if options.fake_clocks {
@@ -137,6 +139,7 @@ impl Cluster {
             advertised,
             advertised_peers,
             joined: vec![false; n],
+            exits: Vec::new(),
         })
     }
 
@@ -162,7 +165,7 @@ impl Cluster {
     }
 
     pub fn start(&mut self, i: usize) -> Result<(), String> {
-        if self.children[i].is_some() {
+        if self.reap(i).is_none() && self.children[i].is_some() {
             return Ok(());
         }
         let log = std::fs::OpenOptions::new()
@@ -196,6 +199,9 @@ impl Cluster {
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(log);
+        if self.options.skip_fsync {
+            command.env("RAFTKV_ALLOW_UNSAFE_SKIP_FSYNC", "1");
+        }
         if self.options.fake_clocks {
             command
                 .env("LD_PRELOAD", LIBFAKETIME)
@@ -204,6 +210,8 @@ impl Cluster {
                 // Timers keep real monotonic time; only the wall clock moves.
                 .env("FAKETIME_DONT_FAKE_MONOTONIC", "1");
         }
+        // Its own process group: a Ctrl-C at the terminal is the tester's to handle, not the nodes'.
+        command.process_group(0);
         let child = command
             .spawn()
             .map_err(|e| format!("start node {}: {e}", i + 1))?;
@@ -218,6 +226,25 @@ impl Cluster {
 
     pub fn is_running(&self, i: usize) -> bool {
         self.children[i].is_some()
+    }
+
+    /// If node `i` was started and has exited by itself (not killed by the tester): how it ended.
+    /// Forgets the process, so that [`Cluster::start`] starts it again.
+    pub fn reap(&mut self, i: usize) -> Option<String> {
+        let exited = self.children[i].as_mut()?.try_wait().ok()??;
+        self.children[i] = None;
+        self.exits
+            .push(format!("node {} exited by itself: {exited}", i + 1));
+        Some(exited.to_string())
+    }
+
+    /// Nodes that exited by themselves during the run (a node must not: it stops only when told, or
+    /// when it finds its data corrupt, which after a fault the tester injected is a finding).
+    pub fn unexpected_exits(&mut self) -> Vec<String> {
+        for i in 0..self.nodes() {
+            self.reap(i);
+        }
+        self.exits.clone()
     }
 
     /// SIGKILL: the process dies at once; what it wrote but did not fsync stays in the page cache

@@ -28,17 +28,28 @@ pub fn key_name(key: Key) -> String {
     }
 }
 
-/// A value names the write that stored it.
-pub fn value_of(write: u64) -> String {
-    format!("w{write}")
+/// A value names the write that stored it, followed by `pad` bytes of padding (larger values make
+/// the log roll segments and take snapshots sooner).
+pub fn value_of(write: u64, pad: usize) -> String {
+    let mut value = format!("w{write}");
+    if pad > 0 {
+        value.push('.');
+        value.extend(std::iter::repeat_n('p', pad));
+    }
+    value
 }
 
-/// The write a value names, if it is one of the workload's.
+/// The write a value names, if it is one of the workload's (and its padding is intact).
 pub fn write_of(value: &[u8]) -> Option<u64> {
-    std::str::from_utf8(value.strip_prefix(b"w")?)
-        .ok()?
-        .parse()
-        .ok()
+    let rest = value.strip_prefix(b"w")?;
+    let (digits, pad) = match rest.iter().position(|&b| b == b'.') {
+        Some(dot) => (&rest[..dot], &rest[dot + 1..]),
+        None => (rest, &b""[..]),
+    };
+    if !pad.iter().all(|&b| b == b'p') {
+        return None;
+    }
+    std::str::from_utf8(digits).ok()?.parse().ok()
 }
 
 /// A fault injected or healed.
@@ -295,8 +306,10 @@ mod tests {
     fn names_and_values_map_back() {
         assert_eq!(key_name(4), "r4");
         assert_eq!(key_name(LEDGER_BASE + 4), "l4");
-        assert_eq!(write_of(value_of(42).as_bytes()), Some(42));
+        assert_eq!(write_of(value_of(42, 0).as_bytes()), Some(42));
+        assert_eq!(write_of(value_of(42, 100).as_bytes()), Some(42));
         assert_eq!(write_of(b"x42"), None);
+        assert_eq!(write_of(b"w42.ppq"), None);
     }
 
     #[test]

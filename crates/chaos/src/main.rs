@@ -24,8 +24,9 @@ use raftkv_chaos::{cluster, netns};
     about = "Run a raftkv cluster of real processes under faults; check every history"
 )]
 struct Args {
-    /// Faults to inject, in turn: `all`, or a comma-separated list of kill, kill-leader, pause,
-    /// all-kill, partition, isolate-leader, bridge, one-way, loss, slow, clock, power-loss.
+    /// Faults to inject, in turn: `all`, `none`, or a comma-separated list of kill, kill-leader,
+    /// pause, all-kill, partition, isolate-leader, bridge, one-way, loss, slow, clock, power-loss,
+    /// membership. Each runs at least once, even past --duration.
     #[arg(long, default_value = "all")]
     nemesis: String,
     /// Seconds of faults (the run then heals, lets the cluster recover and checks).
@@ -43,6 +44,10 @@ struct Args {
     /// Register keys the clients share.
     #[arg(long, default_value_t = 16)]
     keys: u64,
+    /// Seconds before the clients move to a fresh set of registers (keeps each key's history, and so
+    /// the checker's work, bounded in long runs).
+    #[arg(long, default_value_t = 30)]
+    key_lifetime_s: u64,
     /// Pause between one client's operations, in milliseconds.
     #[arg(long, default_value_t = 5)]
     think_ms: u64,
@@ -112,6 +117,8 @@ fn main() -> ExitCode {
 fn select_nemeses(args: &Args) -> Result<Vec<Nemesis>, String> {
     let asked: Vec<Nemesis> = if args.nemesis == "all" {
         nemesis::ALL.to_vec()
+    } else if args.nemesis == "none" {
+        Vec::new()
     } else {
         args.nemesis
             .split(',')
@@ -167,6 +174,9 @@ fn build_binary() -> Result<PathBuf, String> {
 }
 
 fn configure(args: &Args) -> Result<RunConfig, String> {
+    if args.nodes < 3 || args.clients == 0 || args.keys == 0 {
+        return Err("--nodes must be at least 3, --clients and --keys at least 1".into());
+    }
     let nemeses = select_nemeses(args)?;
     let seed = args.seed.unwrap_or_else(|| {
         std::time::SystemTime::now()
@@ -188,6 +198,7 @@ fn configure(args: &Args) -> Result<RunConfig, String> {
         workload: Settings {
             clients: args.clients,
             keys: args.keys,
+            key_lifetime: Duration::from_secs(args.key_lifetime_s.max(1)),
             op_timeout: Duration::from_millis(args.op_timeout_ms),
             think: Duration::from_millis(args.think_ms),
             seed,

@@ -180,13 +180,17 @@ impl Schedule<'_> {
         self.events.push(Event { at_us, heal, what });
     }
 
-    /// Faults, one nemesis after another, until `until` (time since start).
+    /// Faults, one nemesis after another, until `until` (time since start) and every nemesis has had
+    /// its turn at least once.
     pub fn run(&mut self, until: Duration) -> Result<(), String> {
         let mut turn = 0;
-        while self.start.elapsed() < until && !stopping() {
+        let count = self.nemeses.len();
+        let start = self.start;
+        let more = |turn: usize| (start.elapsed() < until || turn < count) && !stopping();
+        while more(turn) && !self.nemeses.is_empty() {
             let quiet = between(&mut self.rng, self.timing.quiet);
             nap(quiet);
-            if self.start.elapsed() >= until || self.nemeses.is_empty() || stopping() {
+            if !more(turn) {
                 break;
             }
             let nemesis = self.nemeses[turn % self.nemeses.len()];

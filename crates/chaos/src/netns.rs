@@ -3,11 +3,12 @@
 //! `ip netns exec` mounts over `/etc/hosts`): the shape of `deploy/docker-compose.yml` and of a
 //! Kubernetes StatefulSet.
 //!
-//! Network faults are made in the namespaces, so they hit exactly the traffic between nodes (the
-//! tester itself, on the bridge's address, always reaches every node): a cut link (`ip link set eth0
-//! down`), dropped packets from chosen peers or a random share of them (an nftables table `inet chaos`
-//! per namespace: `ip saddr ... drop`, `numgen random mod 100 < N drop`), and a slow link (`tc netem`
-//! delay and reordering where the kernel has it, else a `tbf` rate limit whose queue delays packets).
+//! Network faults are made in the namespaces: dropped packets from chosen peers or a random share of
+//! them (an nftables table `inet chaos` per namespace: `ip saddr ... drop`, `numgen random mod 100 < N
+//! drop`) hit exactly the traffic between nodes (the tester, on the bridge's address, still reaches
+//! every node); a cut link (`ip link set eth0 down`) and a slow link (`tc netem` delay and reordering
+//! where the kernel has it, else a `tbf` rate limit whose queue delays packets) hit the node's
+//! clients too.
 //! Needs root, `ip`, and for packet rules `nft`. Everything made is removed on drop.
 
 use std::collections::BTreeSet;
@@ -95,7 +96,7 @@ impl Network {
         let tag = format!("rkc{}", pid % 100_000);
         let mut network = Network {
             bridge: format!("{tag}br"),
-            subnet: format!("10.232.{}", pid % 250),
+            subnet: free_subnet(pid)?,
             tag,
             nodes,
             blocked: vec![BTreeSet::new(); nodes],
@@ -199,7 +200,7 @@ impl Network {
         }
         let tbf = [
             "-n", &ns, "qdisc", "replace", "dev", "eth0", "root", "tbf", "rate", "2mbit", "burst",
-            "8kbit", "latency", "200ms",
+            "32k", "latency", "200ms",
         ];
         run("tc", &tbf, None)?;
         Ok("tbf 2 Mbit/s, up to 200 ms queued (this kernel has no netem)".into())
@@ -273,6 +274,19 @@ impl Drop for Network {
             let _ = ip(&["link", "del", &self.bridge]);
         }
     }
+}
+
+/// A `10.232.x` /24 no interface of this machine uses (another run's bridge, say).
+fn free_subnet(pid: u32) -> Result<String, String> {
+    let out = Command::new("ip")
+        .args(["-o", "-4", "addr", "show"])
+        .output()
+        .map_err(|e| format!("ip: {e}"))?;
+    let used = String::from_utf8_lossy(&out.stdout);
+    (0..250)
+        .map(|i| format!("10.232.{}", (pid + i) % 250))
+        .find(|subnet| !used.contains(&format!(" {subnet}.")))
+        .ok_or_else(|| "every 10.232.x.0/24 subnet is in use".to_string())
 }
 
 /// The effective user id, read from `/proc` (no `unsafe` call needed).

@@ -15,9 +15,10 @@ pub fn unavailable() -> Option<String> {
 pub struct PowerLossFs(LazyFs);
 
 impl PowerLossFs {
-    /// Mounts the lazy file system on `dir` (the nodes' data root).
-    pub fn mount(dir: &Path) -> Result<PowerLossFs, String> {
-        LazyFs::mount(dir)
+    /// Mounts the lazy file system on `dir` (the nodes' data root); `seed` decides which unsynced
+    /// writes survive each power loss.
+    pub fn mount(dir: &Path, seed: u64) -> Result<PowerLossFs, String> {
+        LazyFs::mount(dir, seed)
             .map(PowerLossFs)
             .map_err(|e| format!("mount the power-loss file system on {}: {e}", dir.display()))
     }

@@ -41,31 +41,43 @@ pub struct Summary {
     pub ok: u64,
     pub failed: u64,
     pub unknown: u64,
-    /// "yes", "no", or "unknown" (the search ran out of budget on some key).
-    pub linearizable: &'static str,
+    pub linearizable: Linearizable,
     pub lost: u64,
     pub diverged: u64,
+    /// Replies no correct node sends, and nodes that exited by themselves.
+    pub anomalies: u64,
     pub history: PathBuf,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Linearizable {
+    Yes,
+    No,
+    /// The search ran out of budget on some key: not proven either way (fails the run).
+    Unknown,
 }
 
 impl Summary {
     pub fn passed(&self) -> bool {
-        self.linearizable == "yes" && self.lost == 0 && self.diverged == 0
+        self.linearizable == Linearizable::Yes
+            && self.lost == 0
+            && self.diverged == 0
+            && self.anomalies == 0
     }
 }
 
 impl fmt::Display for Summary {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let linearizable = match self.linearizable {
+            Linearizable::Yes => "yes",
+            Linearizable::No => "no",
+            Linearizable::Unknown => "unknown",
+        };
         write!(
             f,
-            "ops={} ok={} failed={} unknown={} linearizable={} lost={} diverged={}",
-            self.ops,
-            self.ok,
-            self.failed,
-            self.unknown,
-            self.linearizable,
-            self.lost,
-            self.diverged
+            "ops={} ok={} failed={} unknown={} linearizable={linearizable} lost={} diverged={} \
+             anomalies={}",
+            self.ops, self.ok, self.failed, self.unknown, self.lost, self.diverged, self.anomalies
         )
     }
 }
@@ -92,7 +104,7 @@ pub fn run(config: &RunConfig) -> Result<Summary, String> {
         dir.display()
     );
     let power = if config.nemeses.contains(&Nemesis::PowerLoss) {
-        Some(PowerLossFs::mount(&data)?)
+        Some(PowerLossFs::mount(&data, config.workload.seed)?)
     } else {
         None
     };
@@ -143,14 +155,29 @@ pub fn run(config: &RunConfig) -> Result<Summary, String> {
     // Some time without faults: the cluster must recover and serve again.
     let recovered = cluster.wait_leader(Duration::from_secs(30));
     std::thread::sleep(Duration::from_secs(3));
-    let (ops, counts) = load.stop();
+    let recorded = load.stop()?;
     faults?;
     healed?;
     if recovered.is_none() {
         eprintln!("no leader 30 s after healing\n{}", cluster.log_tails(30));
     }
+    if recorded.counts.ok == 0 {
+        return Err(format!(
+            "no client operation got an answer in the whole run\n{}",
+            cluster.log_tails(20)
+        ));
+    }
+    let ops = recorded.ops;
+    let counts = recorded.counts;
+    for anomaly in &recorded.anomalies {
+        eprintln!("ANOMALY: {anomaly}");
+    }
+    let exits = cluster.unexpected_exits();
+    for exit in &exits {
+        eprintln!("ANOMALY: {exit}");
+    }
 
-    let mut keys: Vec<u64> = (0..config.workload.keys).collect();
+    let mut keys: Vec<u64> = (0..recorded.generations * config.workload.keys).collect();
     keys.extend(
         ops.iter()
             .filter(|op| op.key >= LEDGER_BASE && matches!(op.kind, OpKind::Set { .. }))
@@ -158,7 +185,7 @@ pub fn run(config: &RunConfig) -> Result<Summary, String> {
     );
     keys.sort_unstable();
     keys.dedup();
-    let final_reads = workload::final_reads(&targets, keys, start, Duration::from_secs(60));
+    let final_reads = workload::final_reads(&targets, keys, start, Duration::from_secs(30));
     let diverged = converge(&cluster, Duration::from_secs(30));
     let mut history = History {
         ops,
@@ -166,6 +193,7 @@ pub fn run(config: &RunConfig) -> Result<Summary, String> {
         notes: vec![
             ("failed".into(), counts.failed),
             ("diverged".into(), diverged.len() as u64),
+            ("anomalies".into(), counts.anomalies + exits.len() as u64),
         ],
     };
     match final_reads {
@@ -224,6 +252,8 @@ fn converge(cluster: &Cluster, limit: Duration) -> Vec<String> {
 
 /// Operations of an illegal sub-history printed; the rest are in the history file.
 const SHOWN_OPS: usize = 40;
+/// Lost writes and misordered versions printed; the rest are counted.
+const SHOWN_PROBLEMS: usize = 10;
 
 /// Re-checks a saved history.
 pub fn check_file(path: &Path) -> Result<Summary, String> {
@@ -239,11 +269,23 @@ pub fn report(history: &History, path: &Path) -> Summary {
     let unknown = history.ops.iter().filter(|op| op.ret.is_none()).count() as u64;
     let failed = history.note("failed").unwrap_or(0);
     let ok = history.ops.len() as u64 - unknown;
-    for line in &lost {
+    for line in lost.iter().take(SHOWN_PROBLEMS) {
         eprintln!("LOST: {line}");
+    }
+    if lost.len() > SHOWN_PROBLEMS {
+        eprintln!("... {} more lost", lost.len() - SHOWN_PROBLEMS);
     }
     if let Outcome::Illegal { key, why, .. } = &verdict.outcome {
         eprintln!("NOT linearizable on key {} ({key}): {why}", key_name(*key));
+    }
+    // Versions are log indexes, one order over all keys: a per-key check cannot see a log suffix
+    // rewritten under keys nobody read back.
+    let misordered = verdict::version_order(history);
+    for line in misordered.iter().take(SHOWN_PROBLEMS) {
+        eprintln!("NOT linearizable across keys: {line}");
+    }
+    if misordered.len() > SHOWN_PROBLEMS {
+        eprintln!("... {} more across keys", misordered.len() - SHOWN_PROBLEMS);
     }
     if let Some((key, ops)) = verdict::shrunk(&verdict) {
         eprintln!(
@@ -264,6 +306,18 @@ pub fn report(history: &History, path: &Path) -> Summary {
             verdict.inconclusive_keys
         );
     }
+    let mut per_nemesis: std::collections::BTreeMap<&str, u64> = Default::default();
+    for event in history.events.iter().filter(|e| !e.heal) {
+        let name = event.what.split(':').next().unwrap_or_default();
+        *per_nemesis.entry(name).or_default() += 1;
+    }
+    if !per_nemesis.is_empty() {
+        let counts: Vec<String> = per_nemesis
+            .iter()
+            .map(|(n, c)| format!("{n}={c}"))
+            .collect();
+        eprintln!("faults injected: {}", counts.join(" "));
+    }
     let recovery = verdict::recovery_windows(history);
     if let Some(ms) = recovery.iter().flatten().max() {
         eprintln!(
@@ -276,16 +330,17 @@ pub fn report(history: &History, path: &Path) -> Summary {
         ok,
         failed,
         unknown,
-        linearizable: if verdict.illegal() {
-            "no"
+        linearizable: if verdict.illegal() || !misordered.is_empty() {
+            Linearizable::No
         } else if verdict.inconclusive() {
-            "unknown"
+            Linearizable::Unknown
         } else {
-            "yes"
+            Linearizable::Yes
         },
         // A run whose final reads failed cannot vouch for a single write.
         lost: lost.len() as u64 + final_reads_failed,
         diverged: history.note("diverged").unwrap_or(0),
+        anomalies: history.note("anomalies").unwrap_or(0),
         history: path.to_path_buf(),
     };
     if !summary.passed() {

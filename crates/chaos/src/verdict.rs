@@ -76,11 +76,22 @@ pub fn lost_writes(history: &History) -> Vec<String> {
             }
             continue;
         }
-        let may_vanish = ops.iter().any(|op| match op.kind {
-            OpKind::Delete { deleted } => deleted != Some(false),
-            OpKind::Set { ttl_s, .. } | OpKind::Cas { ttl_s, .. } => ttl_s > 0,
-            _ => false,
-        });
+        // Only a delete or an expiring write that may have taken effect after the newest
+        // acknowledged write (it had not returned before that write was sent) explains absence.
+        let newest_call = ops
+            .iter()
+            .filter(|op| op.kind.version() == Some(newest) && op.ret.is_some())
+            .map(|op| op.call)
+            .min()
+            .unwrap_or(0);
+        let may_vanish = ops
+            .iter()
+            .filter(|op| op.ret.is_none_or(|ret| ret >= newest_call))
+            .any(|op| match op.kind {
+                OpKind::Delete { deleted } => deleted != Some(false),
+                OpKind::Set { ttl_s, .. } | OpKind::Cas { ttl_s, .. } => ttl_s > 0,
+                _ => false,
+            });
         match last_read.kind {
             OpKind::Getm {
                 value: Some((_, version, _)),
@@ -96,8 +107,49 @@ pub fn lost_writes(history: &History) -> Vec<String> {
     lost
 }
 
-/// For each heal, how long until the next operation with a definite answer was invoked and answered
-/// (milliseconds); `None` where nothing answered before the history ends.
+/// Violations of the one order of versions over all keys (each a line): versions are log indexes, so
+/// no version may be acknowledged to two writes, and a write acknowledged before another was sent
+/// must have the smaller version.
+pub fn version_order(history: &History) -> Vec<String> {
+    let mut acked: Vec<&Op> = history
+        .ops
+        .iter()
+        .filter(|op| op.ret.is_some() && matches!(op.kind, OpKind::Set { .. } | OpKind::Cas { .. }))
+        .filter(|op| op.kind.version().is_some())
+        .collect();
+    let mut problems = Vec::new();
+    let mut owners: std::collections::HashMap<u64, &Op> = Default::default();
+    for op in &acked {
+        let version = op.kind.version().unwrap_or_default();
+        if let Some(other) = owners.insert(version, op) {
+            problems.push(format!(
+                "version {version} acknowledged twice: {other:?} and {op:?}"
+            ));
+        }
+    }
+    // Sweep by call time, knowing the newest version among writes that returned before it.
+    let mut by_return = acked.clone();
+    by_return.sort_by_key(|op| op.ret);
+    acked.sort_by_key(|op| op.call);
+    let mut returned = by_return.iter().peekable();
+    let mut newest: Option<&Op> = None;
+    for op in acked {
+        while let Some(done) = returned.next_if(|done| done.ret.is_some_and(|ret| ret < op.call)) {
+            if newest.is_none_or(|n| n.kind.version() < done.kind.version()) {
+                newest = Some(done);
+            }
+        }
+        if let Some(before) = newest.filter(|n| n.kind.version() >= op.kind.version()) {
+            problems.push(format!(
+                "{op:?} was sent after {before:?} was acknowledged, yet has an older version"
+            ));
+        }
+    }
+    problems
+}
+
+/// For each heal, how long until the next operation with a definite answer returned (milliseconds);
+/// `None` where nothing answered before the history ends.
 pub fn recovery_windows(history: &History) -> Vec<Option<u64>> {
     let mut answered: Vec<u64> = history
         .ops
@@ -205,6 +257,32 @@ mod tests {
             notes: vec![],
         };
         assert_eq!(lost_writes(&history).len(), 1);
+    }
+
+    #[test]
+    fn versions_keep_one_order_across_keys() {
+        let fine = History {
+            ops: vec![
+                op(1, 2, set(7, 0, Some(10)), 0, Some(5)),
+                op(2, 3, set(8, 0, Some(12)), 6, Some(9)),
+                op(3, 4, set(9, 0, Some(11)), 4, Some(9)),
+            ],
+            events: vec![],
+            notes: vec![],
+        };
+        assert!(
+            version_order(&fine).is_empty(),
+            "{:?}",
+            version_order(&fine)
+        );
+        let mut rewritten = fine.clone();
+        rewritten
+            .ops
+            .push(op(4, 5, set(10, 0, Some(9)), 20, Some(25)));
+        assert_eq!(version_order(&rewritten).len(), 1);
+        let mut twice = fine.clone();
+        twice.ops.push(op(4, 5, set(10, 0, Some(12)), 1, Some(30)));
+        assert_eq!(version_order(&twice).len(), 1);
     }
 
     #[test]

@@ -39,8 +39,11 @@ impl Targets {
 #[derive(Clone, Debug)]
 pub struct Settings {
     pub clients: usize,
-    /// Register keys.
+    /// Register keys in use at a time.
     pub keys: u64,
+    /// Clients move to a fresh set of registers this often (Jepsen's independent keys), so that no
+    /// key's history grows without bound in a long run and the checker's work stays linear.
+    pub key_lifetime: Duration,
     /// Longest wait for a reply before the outcome is unknown.
     pub op_timeout: Duration,
     /// Pause between a client's operations.
@@ -57,6 +60,8 @@ pub struct Counts {
     pub failed: u64,
     /// A write whose fate the client cannot know.
     pub unknown: u64,
+    /// Replies that no correct node sends (garbled, or not one of the command's replies).
+    pub anomalies: u64,
 }
 
 impl Counts {
@@ -64,13 +69,29 @@ impl Counts {
         self.ok += other.ok;
         self.failed += other.failed;
         self.unknown += other.unknown;
+        self.anomalies += other.anomalies;
     }
 }
 
-/// The clients, running until [`Workload::stop`].
+/// What the clients recorded.
+#[derive(Debug, Default)]
+pub struct Recorded {
+    pub ops: Vec<Op>,
+    pub counts: Counts,
+    /// The first anomalies, described.
+    pub anomalies: Vec<String>,
+    /// Register generations used (see [`Settings::key_lifetime`]): registers `0..generations * keys`.
+    pub generations: u64,
+}
+
+/// Anomalies described per client; the rest are only counted.
+const DESCRIBED_ANOMALIES: usize = 10;
+
+/// The clients, running until [`Workload::stop`] (or until dropped).
 pub struct Workload {
     stop: Arc<AtomicBool>,
-    threads: Vec<std::thread::JoinHandle<(Vec<Op>, Counts)>>,
+    threads: Vec<std::thread::JoinHandle<Recorded>>,
+    shared: Arc<Shared>,
 }
 
 struct Shared {
@@ -100,22 +121,44 @@ impl Workload {
                 std::thread::spawn(move || Client::new(id as u64, &shared).run(&shared))
             })
             .collect();
-        Workload { stop, threads }
+        Workload {
+            stop,
+            threads,
+            shared,
+        }
     }
 
-    /// Stops the clients (each finishes its operation in flight); their operations and counts.
-    pub fn stop(self) -> (Vec<Op>, Counts) {
+    /// Stops the clients (each finishes its operation in flight); what they recorded. `Err` if a
+    /// client panicked: its history is gone, so nothing could be concluded.
+    pub fn stop(mut self) -> Result<Recorded, String> {
         self.stop.store(true, Ordering::SeqCst);
-        let mut ops = Vec::new();
-        let mut counts = Counts::default();
-        for thread in self.threads {
-            if let Ok((mine, my_counts)) = thread.join() {
-                ops.extend(mine);
-                counts.add(my_counts);
-            }
+        let mut all = Recorded::default();
+        for thread in std::mem::take(&mut self.threads) {
+            let mine = thread
+                .join()
+                .map_err(|_| "a client thread panicked; its history is lost".to_string())?;
+            all.ops.extend(mine.ops);
+            all.counts.add(mine.counts);
+            all.anomalies.extend(mine.anomalies);
         }
-        ops.sort_by_key(|op| op.call);
-        (ops, counts)
+        all.ops.sort_by_key(|op| op.call);
+        all.generations = self.shared.generation() + 1;
+        Ok(all)
+    }
+}
+
+impl Drop for Workload {
+    fn drop(&mut self) {
+        // Unwinding past a running workload must not leave its clients hammering the cluster.
+        self.stop.store(true, Ordering::SeqCst);
+    }
+}
+
+impl Shared {
+    /// The register generation in use now.
+    fn generation(&self) -> u64 {
+        let lifetime = self.settings.key_lifetime.as_millis().max(1);
+        (self.start.elapsed().as_millis() / lifetime) as u64
     }
 }
 
@@ -154,12 +197,20 @@ impl Plan {
     fn encode(self, key: &str, out: &mut Vec<u8>) {
         let key = key.as_bytes();
         match self {
-            Plan::Set { write, ttl_s } => encode_set(out, key, ttl_s, value_of(write).as_bytes()),
+            Plan::Set { write, ttl_s } => {
+                encode_set(out, key, ttl_s, value_of(write, padding(write)).as_bytes())
+            }
             Plan::Cas {
                 write,
                 ttl_s,
                 expected,
-            } => encode_cas(out, key, ttl_s, expected, value_of(write).as_bytes()),
+            } => encode_cas(
+                out,
+                key,
+                ttl_s,
+                expected,
+                value_of(write, padding(write)).as_bytes(),
+            ),
             Plan::Delete => encode_delete(out, key),
             Plan::Get => encode_get(out, key),
             Plan::Getm => encode_getm(out, key),
@@ -192,12 +243,19 @@ impl Plan {
     }
 }
 
+/// Padding of a write's value: 0 to 896 bytes, so the log grows fast enough to roll segments.
+fn padding(write: u64) -> usize {
+    (write % 8) as usize * 128
+}
+
 /// What a reply means for the operation.
 enum Answer {
     Known(OpKind),
     /// Nothing was applied; try `Some(node)` next if the reply named the leader.
     Failed(Option<String>),
     Unknown,
+    /// No correct node answers this (described): a write's fate is then unknown, a read says nothing.
+    Anomaly(String),
 }
 
 /// A value nobody wrote reads as this write, which no operation has: the checker flags it.
@@ -258,7 +316,9 @@ fn interpret(plan: Plan, reply: Reply) -> Answer {
         (Plan::Getm, Reply::ErrNotFound) => Answer::Known(OpKind::Getm { value: None }),
         // The leader lost its leadership (or knew none) with the write in flight.
         (plan, Reply::ErrInternal) if plan.is_write() => Answer::Unknown,
-        _ => Answer::Failed(None),
+        // A read refused for want of a leader: nothing to learn.
+        (_, Reply::ErrInternal) => Answer::Failed(None),
+        (plan, other) => Answer::Anomaly(format!("{plan:?} answered {other:?}")),
     }
 }
 
@@ -271,8 +331,7 @@ struct Client {
     connections: u64,
     /// The newest version this client saw per register, for its `cas` guesses.
     versions: HashMap<Key, u64>,
-    ops: Vec<Op>,
-    counts: Counts,
+    recorded: Recorded,
     request: Vec<u8>,
 }
 
@@ -287,19 +346,18 @@ impl Client {
             conn_id: 0,
             connections: 0,
             versions: HashMap::new(),
-            ops: Vec::new(),
-            counts: Counts::default(),
+            recorded: Recorded::default(),
             request: Vec::with_capacity(256),
         }
     }
 
-    fn run(mut self, shared: &Shared) -> (Vec<Op>, Counts) {
+    fn run(mut self, shared: &Shared) -> Recorded {
         while !shared.stop.load(Ordering::Relaxed) {
             let (key, plan) = self.choose(shared);
             self.perform(shared, key, plan);
             std::thread::sleep(shared.settings.think);
         }
-        (self.ops, self.counts)
+        self.recorded
     }
 
     fn choose(&mut self, shared: &Shared) -> (Key, Plan) {
@@ -315,7 +373,8 @@ impl Client {
                 },
             );
         }
-        let key = self.rng.below(shared.settings.keys);
+        let keys = shared.settings.keys;
+        let key = shared.generation() * keys + self.rng.below(keys);
         // Odd registers sometimes get a lifetime; even ones never expire.
         let ttl_s = if key % 2 == 1 && self.rng.below(2) == 0 {
             1 + self.rng.below(3) as u32
@@ -381,8 +440,11 @@ impl Client {
         let ret = Self::now_us(shared).max(call);
         let answer = match result {
             Ok(reply) => interpret(plan, reply),
-            Err(CallError::NotSent(_)) => Answer::Failed(None),
-            Err(CallError::Lost(_)) => {
+            Err(CallError::Garbled(why)) => {
+                self.next_target(nodes);
+                Answer::Anomaly(format!("{plan:?}: {why}"))
+            }
+            Err(CallError::NotSent(_) | CallError::Lost(_)) => {
                 self.next_target(nodes);
                 if plan.is_write() {
                     Answer::Unknown
@@ -391,18 +453,33 @@ impl Client {
                 }
             }
         };
+        let answer = match answer {
+            Answer::Anomaly(what) => {
+                self.recorded.counts.anomalies += 1;
+                if self.recorded.anomalies.len() < DESCRIBED_ANOMALIES {
+                    self.recorded.anomalies.push(what);
+                }
+                if plan.is_write() {
+                    Answer::Unknown
+                } else {
+                    Answer::Failed(None)
+                }
+            }
+            other => other,
+        };
         let (kind, ret) = match answer {
             Answer::Known(kind) => {
-                self.counts.ok += 1;
+                self.recorded.counts.ok += 1;
                 self.learn(key, kind);
                 (kind, Some(ret))
             }
             Answer::Unknown => {
-                self.counts.unknown += 1;
+                self.recorded.counts.unknown += 1;
                 (plan.unknown(), None)
             }
+            Answer::Anomaly(_) => unreachable!("turned into unknown or failed above"),
             Answer::Failed(redirect) => {
-                self.counts.failed += 1;
+                self.recorded.counts.failed += 1;
                 match redirect.and_then(|addr| shared.targets.index_of(&addr)) {
                     Some(leader) if leader != self.target => {
                         self.conn = None;
@@ -417,7 +494,7 @@ impl Client {
                 return;
             }
         };
-        self.ops.push(Op {
+        self.recorded.ops.push(Op {
             conn: self.conn_id,
             key,
             kind,
@@ -435,15 +512,15 @@ impl Client {
 }
 
 /// After healing: reads every register (`getm`) and every ledger key written (`get`) until each has a
-/// definite answer from the leader, or `limit` passes. The reads join the history (connection
-/// [`FINAL_CONN`]); `Err` names a key no node would answer for.
+/// definite answer from the leader, giving up if no key gets one for `limit`. The reads join the
+/// history (connection [`FINAL_CONN`]); `Err` names a key no node would answer for.
 pub fn final_reads(
     targets: &Targets,
     keys: impl IntoIterator<Item = Key>,
     start: Instant,
     limit: Duration,
 ) -> Result<Vec<Op>, String> {
-    let deadline = Instant::now() + limit;
+    let mut deadline = Instant::now() + limit;
     let nodes = targets.dial.len();
     let mut target = 0;
     let mut conn: Option<Conn> = None;
@@ -475,6 +552,7 @@ pub fn final_reads(
             let ret = (start.elapsed().as_micros() as u64).max(call);
             match reply.map(|reply| interpret(plan, reply)) {
                 Ok(Answer::Known(kind)) => {
+                    deadline = Instant::now() + limit;
                     ops.push(Op {
                         conn: FINAL_CONN,
                         key,

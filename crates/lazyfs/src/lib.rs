@@ -1,19 +1,24 @@
 //! # raftkv-lazyfs: a file system that loses what was not fsynced
 //!
 //! `kill -9` leaves a dead process's writes in the page cache, so no process test can tell whether a
-//! node skipped an `fsync`. This FUSE file system (LazyFS-style) keeps every file in memory twice: as
-//! the processes see it, and as a disk would have it after the last `fsync`/`fdatasync` of that file.
-//! [`LazyFs::power_loss`] throws away, under the given directories, everything written since: files
-//! fall back to their last synced contents, exactly what a machine that lost power would find.
+//! node skipped an `fsync`. This FUSE file system (LazyFS-style) keeps every file and directory in
+//! memory twice: as the processes see it, and as a disk holds it after the last `fsync`.
+//! [`LazyFs::power_loss`] throws away, under the given directories, what was not made durable:
 //!
-//! Model and limits: file data is durable only through `fsync`/`fdatasync` of the file; directory
-//! operations (create, rename, unlink, mkdir) are durable at once, like a journaling file system's
-//! metadata, so a file created and never synced comes back empty, not absent. Every open uses direct
-//! I/O, so no stale page survives a power loss in the kernel's cache. Everything lives in memory; it
-//! is for tests. Mounting needs root (or `fusermount3`) and `/dev/fuse`.
+//! - a file's contents are durable through `fsync`/`fdatasync` of the file; of the writes made since,
+//!   a random prefix survives (a disk may write some on its own), the last one perhaps torn at a
+//!   512-byte boundary;
+//! - a directory's entries (creations, renames, removals) are durable through `fsync` of the
+//!   directory, as POSIX requires: a file created, renamed or removed since comes back as it was.
+//!
+//! It does not model reordered writes within a file, lost metadata such as sizes set by a sync of a
+//! neighbouring file, or an fsync that fails. An unlinked file stays readable through an open
+//! descriptor only until its removal is durable. Everything lives in memory; it is for tests.
+//! Mounting needs root (or `fusermount3`) and `/dev/fuse`.
 //!
 //! It owns that file system and nothing else: no knowledge of raftkv's files.
 
+mod fuse;
 mod tree;
 
 use std::path::{Path, PathBuf};
@@ -37,14 +42,15 @@ pub fn unavailable() -> Option<String> {
 }
 
 impl LazyFs {
-    /// Mounts an empty file system on `mountpoint` (an existing directory).
-    pub fn mount(mountpoint: &Path) -> std::io::Result<LazyFs> {
-        let tree = Arc::new(Mutex::new(Tree::new()));
+    /// Mounts an empty file system on `mountpoint` (an existing directory); `seed` decides which
+    /// unsynced writes survive each power loss.
+    pub fn mount(mountpoint: &Path, seed: u64) -> std::io::Result<LazyFs> {
+        let tree = Arc::new(Mutex::new(Tree::new(seed)));
         let options = [
             fuser::MountOption::FSName("raftkv-lazyfs".into()),
             fuser::MountOption::RW,
         ];
-        let session = fuser::spawn_mount2(tree::Fuse(tree.clone()), mountpoint, &options)?;
+        let session = fuser::spawn_mount2(fuse::Fuse(tree.clone()), mountpoint, &options)?;
         Ok(LazyFs {
             mountpoint: mountpoint.to_path_buf(),
             tree,
@@ -56,8 +62,8 @@ impl LazyFs {
         &self.mountpoint
     }
 
-    /// Power loss under `dirs` (paths inside the mount): every file below them goes back to what its
-    /// last fsync made durable. The processes using them must be dead already (a live one would keep
+    /// Power loss under `dirs` (paths inside the mount): everything below them goes back to what was
+    /// durable (see the crate's documentation). The processes using them must be dead already (a live one would keep
     /// writing into the past). `Err` if a directory is not in this file system.
     pub fn power_loss(&self, dirs: &[PathBuf]) -> Result<(), String> {
         let mut tree = self.tree.lock().map_err(|_| "the file system panicked")?;

@@ -209,6 +209,7 @@ pub struct Tunables {
     pub auto_remove_after_s: u64,
     /// TEST ONLY, never in production: acknowledge writes without fsyncing the log, so that a power
     /// loss loses them (`raftkv-chaos --unsafe-skip-fsync` shows its power-loss check catches that).
+    /// A node refuses it unless `RAFTKV_ALLOW_UNSAFE_SKIP_FSYNC=1` is in its environment too.
     pub unsafe_skip_fsync: bool,
 }
 

@@ -115,6 +115,12 @@ pub async fn run_node_opts(
         .is_none()
         .then(|| bootstrap::address_book(&config));
     let skip_fsync = config.tunables.unsafe_skip_fsync;
+    if skip_fsync && std::env::var("RAFTKV_ALLOW_UNSAFE_SKIP_FSYNC").as_deref() != Ok("1") {
+        anyhow::bail!(
+            "unsafe_skip_fsync is a test-only switch that acknowledges writes before they are on \
+             disk; it also needs RAFTKV_ALLOW_UNSAFE_SKIP_FSYNC=1 in the environment"
+        );
+    }
     if skip_fsync {
         warn!(
             node = id,
