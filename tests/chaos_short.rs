@@ -31,7 +31,8 @@ fn every_nemesis_in_turn_leaves_a_linearizable_history_and_nothing_lost() {
         .filter(|n| netns || !n.needs_netns())
         .filter(|n| {
             let missing = match n {
-                Nemesis::Clock => (!std::path::Path::new(cluster::LIBFAKETIME).exists())
+                Nemesis::Clock => cluster::libfaketime()
+                    .is_none()
                     .then(|| "libfaketime is not installed".to_string()),
                 Nemesis::PowerLoss => power::unavailable(),
                 _ => None,

@@ -14,8 +14,20 @@ use crate::http;
 use crate::netns::{self, Network};
 use crate::wire::Conn;
 
-/// Debian's `faketime` package; the multi-threaded variant, as the server runs threads.
-pub const LIBFAKETIME: &str = "/usr/lib/x86_64-linux-gnu/faketime/libfaketimeMT.so.1";
+/// Where Debian's `faketime` package puts its library (the multi-threaded variant, as the server
+/// runs threads), per architecture.
+const LIBFAKETIME_PATHS: [&str; 3] = [
+    "/usr/lib/x86_64-linux-gnu/faketime/libfaketimeMT.so.1",
+    "/usr/lib/aarch64-linux-gnu/faketime/libfaketimeMT.so.1",
+    "/usr/lib/faketime/libfaketimeMT.so.1",
+];
+
+/// libfaketime on this machine, if installed.
+pub fn libfaketime() -> Option<&'static str> {
+    LIBFAKETIME_PATHS
+        .into_iter()
+        .find(|path| Path::new(path).exists())
+}
 
 /// Entries between snapshots in a chaos cluster (the default, 100,000, would never come in a short run).
 const CHAOS_SNAPSHOT_ENTRIES: u64 = 2_000;
@@ -202,9 +214,9 @@ impl Cluster {
         if self.options.skip_fsync {
             command.env("RAFTKV_ALLOW_UNSAFE_SKIP_FSYNC", "1");
         }
-        if self.options.fake_clocks {
+        if let Some(library) = libfaketime().filter(|_| self.options.fake_clocks) {
             command
-                .env("LD_PRELOAD", LIBFAKETIME)
+                .env("LD_PRELOAD", library)
                 .env("FAKETIME_TIMESTAMP_FILE", clock_file(&self.options.dir, i))
                 .env("FAKETIME_CACHE_DURATION", "1")
                 // Timers keep real monotonic time; only the wall clock moves.
@@ -328,6 +340,16 @@ impl Cluster {
         }
         std::fs::write(clock_file(&self.options.dir, i), format!("{offset_s:+}s\n"))
             .map_err(|e| e.to_string())
+    }
+
+    /// How far node `i`'s wall clock is from this process's, in seconds, as its `/status` says.
+    pub fn clock_offset(&self, i: usize) -> Option<i64> {
+        let node_ms = self.status(i)?["wall_clock_ms"].as_u64()?;
+        let now_ms = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .ok()?
+            .as_millis() as i64;
+        Some((node_ms as i64 - now_ms) / 1000)
     }
 
     /// Resumes paused nodes, restarts dead ones, puts clocks right.

@@ -133,11 +133,8 @@ fn select_nemeses(args: &Args) -> Result<Vec<Nemesis>, String> {
             Some("needs --netns".to_string())
         } else if nemesis.needs_netns() {
             netns::packet_rules_unavailable()
-        } else if nemesis == Nemesis::Clock && !Path::new(cluster::LIBFAKETIME).exists() {
-            Some(format!(
-                "{} is missing (Debian: faketime)",
-                cluster::LIBFAKETIME
-            ))
+        } else if nemesis == Nemesis::Clock && cluster::libfaketime().is_none() {
+            Some("libfaketime is not installed (Debian: faketime)".to_string())
         } else if nemesis == Nemesis::PowerLoss {
             raftkv_chaos::power::unavailable()
         } else {

@@ -306,6 +306,22 @@ impl Schedule<'_> {
                 };
                 self.cluster.set_clock(i, offset)?;
                 undo.clocks.push(i);
+                // The fault must be real: the node's own status must show its clock moved.
+                let deadline = Instant::now() + Duration::from_secs(5);
+                loop {
+                    let seen = self.cluster.clock_offset(i);
+                    if seen.is_some_and(|seen| (seen - offset).abs() <= 2) {
+                        break;
+                    }
+                    if Instant::now() >= deadline {
+                        return Err(format!(
+                            "node {}'s clock did not move to {offset:+} s (its /status says \
+                             {seen:?} s): is libfaketime preloaded?",
+                            i + 1
+                        ));
+                    }
+                    std::thread::sleep(Duration::from_millis(200));
+                }
                 Ok(format!("node {}'s clock jumped {offset:+} s", i + 1))
             }
             _ => self.inject_network(nemesis, undo),

@@ -170,6 +170,7 @@ impl NodeLoop {
         published.role.clone_from(&status.role);
         published.term = status.term;
         published.commit = status.commit_index;
+        status.wall_clock_ms = wall_clock_ms();
         if digest_due {
             let store = self.replica.store();
             status.digest = Some(status::StateDigest {

@@ -50,6 +50,10 @@ pub struct NodeStatus {
     pub uptime_seconds: f64,
     /// Why the node cannot serve, or `None` when it is healthy.
     pub unhealthy: Option<String>,
+    /// This node's wall clock when the status was taken (ms since the Unix epoch): comparing it with
+    /// another clock shows skew. Nothing in raftkv's correctness depends on it.
+    #[serde(default)]
+    pub wall_clock_ms: u64,
     /// The state's digest, present only in the status published to answer a `GET /digest`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub digest: Option<StateDigest>,
@@ -187,6 +191,7 @@ pub fn observe<H>(
         version: env!("CARGO_PKG_VERSION").to_string(),
         uptime_seconds: uptime,
         unhealthy,
+        wall_clock_ms: 0,
         digest: None,
     }
 }
