@@ -67,7 +67,8 @@ fn ip(args: &[&str]) -> Result<(), String> {
     run("ip", args, None)
 }
 
-/// Why namespaces cannot be made here, or `None` if they can (as far as can be told without trying).
+/// Why namespaces cannot be made here, or `None` if they can: tried for real, with a namespace made
+/// and removed at once.
 pub fn unavailable() -> Option<String> {
     if effective_uid() != 0 {
         return Some("network namespaces need root".into());
@@ -75,15 +76,32 @@ pub fn unavailable() -> Option<String> {
     if Command::new("ip").arg("-V").output().is_err() {
         return Some("`ip` (iproute2) is not installed".into());
     }
-    None
+    probe(&[]).err()
 }
 
-/// Why packet rules cannot be made here (no `nft`), or `None`.
+/// Why packet rules cannot be made in a namespace here (no `nft`, no nf_tables), or `None`.
 pub fn packet_rules_unavailable() -> Option<String> {
     match Command::new("nft").arg("--version").output() {
-        Ok(out) if out.status.success() => None,
-        _ => Some("`nft` (nftables) is not installed".into()),
+        Ok(out) if out.status.success() => {}
+        _ => return Some("`nft` (nftables) is not installed".into()),
     }
+    probe(&["nft", "add", "table", "inet", "chaos_probe"]).err()
+}
+
+/// Makes a namespace, runs `command` in it (if any), removes it.
+fn probe(command: &[&str]) -> Result<(), String> {
+    let ns = format!("rkcprobe{}", std::process::id() % 100_000);
+    ip(&["netns", "add", &ns]).map_err(|e| format!("cannot make a network namespace: {e}"))?;
+    let result = match command.split_first() {
+        Some((program, args)) => {
+            let mut all = vec!["netns", "exec", ns.as_str(), program];
+            all.extend_from_slice(args);
+            ip(&all).map_err(|e| format!("cannot run {program} in a namespace: {e}"))
+        }
+        None => Ok(()),
+    };
+    let _ = ip(&["netns", "del", &ns]);
+    result
 }
 
 impl Network {

@@ -33,12 +33,18 @@ pub struct LazyFs {
     _session: fuser::BackgroundSession,
 }
 
-/// Why this machine cannot mount it, or `None` if it can (as far as can be told without trying).
+/// Why this machine cannot mount it, or `None` if it can: tried for real, on a scratch directory.
 pub fn unavailable() -> Option<String> {
     if !Path::new("/dev/fuse").exists() {
         return Some("/dev/fuse is missing".into());
     }
-    None
+    let dir = std::env::temp_dir().join(format!("raftkv-lazyfs-probe-{}", std::process::id()));
+    if let Err(err) = std::fs::create_dir_all(&dir) {
+        return Some(format!("{}: {err}", dir.display()));
+    }
+    let mounted = LazyFs::mount(&dir, 0).map(drop);
+    let _ = std::fs::remove_dir(&dir);
+    mounted.err().map(|err| format!("cannot mount FUSE: {err}"))
 }
 
 impl LazyFs {
