@@ -325,6 +325,13 @@ pub fn report(history: &History, path: &Path) -> Summary {
             recovery.len()
         );
     }
+    if let Some((gap_us, at_us)) = verdict::longest_silence(history) {
+        eprintln!(
+            "longest time without any answer: {} ms, from {:.3} s",
+            gap_us / 1000,
+            at_us as f64 / 1e6
+        );
+    }
     let summary = Summary {
         ops: ok + unknown + failed,
         ok,

@@ -148,6 +148,22 @@ pub fn version_order(history: &History) -> Vec<String> {
     problems
 }
 
+/// The longest time no client operation got a definite answer (microseconds), and when it began:
+/// the worst unavailability the clients saw, faults included.
+pub fn longest_silence(history: &History) -> Option<(u64, u64)> {
+    let mut answered: Vec<u64> = history
+        .ops
+        .iter()
+        .filter(|op| op.conn != FINAL_CONN)
+        .filter_map(|op| op.ret)
+        .collect();
+    answered.sort_unstable();
+    answered
+        .windows(2)
+        .map(|pair| (pair[1] - pair[0], pair[0]))
+        .max()
+}
+
 /// For each heal, how long until the next operation with a definite answer returned (milliseconds);
 /// `None` where nothing answered before the history ends.
 pub fn recovery_windows(history: &History) -> Vec<Option<u64>> {
