@@ -7,28 +7,9 @@
 mod support;
 
 use std::collections::HashMap;
-use std::io::{Read, Write};
-use std::net::TcpStream;
 use std::time::{Duration, Instant};
 
 use support::*;
-
-/// `GET path` over HTTP/1.1; returns the status code and the body.
-fn http_get(addr: &str, path: &str) -> Option<(u16, String)> {
-    let mut stream = TcpStream::connect(addr).ok()?;
-    stream.set_read_timeout(Some(IO_TIMEOUT)).ok()?;
-    write!(
-        stream,
-        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
-    )
-    .ok()?;
-    let mut response = String::new();
-    stream.read_to_string(&mut response).ok()?;
-    let (head, body) = response.split_once("\r\n\r\n")?;
-    let code = head.split_whitespace().nth(1)?.parse().ok()?;
-    // axum answers small bodies with a Content-Length; a chunked body is not expected here.
-    Some((code, body.to_string()))
-}
 
 /// The samples of a scrape, by metric name and labels, parsed as Prometheus exposition text.
 fn scrape(addr: &str) -> HashMap<String, f64> {

@@ -17,6 +17,9 @@ pub struct Config {
     pub pre_vote: bool,
     /// A leader that has not heard from a majority within an election timeout steps down (§6.2).
     pub check_quorum: bool,
+    /// Serve reads on the leader without a heartbeat round while its lease holds (see the `lease`
+    /// module for the clock assumption it makes). Needs `check_quorum` on every node; off by default.
+    pub lease_reads: bool,
     /// Most entries in one Append message.
     pub max_entries_per_msg: usize,
     /// Most entry bytes in one Append message (a single larger entry still goes alone).
@@ -37,6 +40,7 @@ impl Config {
             heartbeat_ticks: 2,
             pre_vote: true,
             check_quorum: true,
+            lease_reads: false,
             max_entries_per_msg: 4096,
             max_bytes_per_msg: 1 << 20,
             max_inflight_msgs: 256,

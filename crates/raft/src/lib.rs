@@ -118,6 +118,7 @@
 #![forbid(unsafe_code)]
 
 mod config;
+mod lease;
 mod log;
 mod membership;
 mod progress;
@@ -128,6 +129,7 @@ mod rng;
 mod types;
 
 pub use config::Config;
+pub use lease::{lease_ticks, MAX_CLOCK_RATE_DIFFERENCE_PERCENT};
 pub use membership::{ConfChange, ConfChangeError, MAX_CONTEXT_BYTES, MAX_MEMBERS};
 pub use raft::{InitialState, ProposeError, Raft, Status};
 pub use ready::Ready;

@@ -47,6 +47,12 @@ impl ReadIndexQueue {
         Some(self.last_round)
     }
 
+    /// A round of its own for a heartbeat that carries no new reads (the leader lease renews on it).
+    pub(crate) fn next_round(&mut self) -> u64 {
+        self.last_round += 1;
+        self.last_round
+    }
+
     /// Serves, into `out`, every read of rounds up to `confirmed`.
     pub(crate) fn confirm(&mut self, confirmed: u64, out: &mut Vec<ReadState>) {
         while let Some((round, _, _)) = self.rounds.front() {
@@ -57,11 +63,6 @@ impl ReadIndexQueue {
                 out.extend(reads.into_iter().map(|ctx| ReadState { ctx, index }));
             }
         }
-    }
-
-    /// The rounds under way, for counting acknowledgements.
-    pub(crate) fn pending_rounds(&self) -> impl Iterator<Item = u64> + '_ {
-        self.rounds.iter().map(|(round, _, _)| *round)
     }
 
     /// The newest round still waiting for acknowledgements, or 0 if none.

@@ -47,6 +47,9 @@ pub struct ReplicaConfig {
     /// the same limits: the server always uses [`SessionLimits::DEFAULT`]; the simulator draws smaller
     /// ones to exercise expiry and eviction.
     pub session_limits: SessionLimits,
+    /// The period of [`Replica::tick`]. With leader leases the replica delivers every tick its
+    /// monotonic clock says is due (a paused process catches up before it serves a read).
+    pub tick_ms: u64,
     /// A deliberate bug, for tests of the simulator only (see [`Mutation`]).
     pub mutation: Option<Mutation>,
     /// Copy every applied entry into [`Outputs::applied`] (the simulator's safety checks use it).
@@ -129,6 +132,8 @@ pub struct Replica<H> {
     pub(crate) store: Store,
     pub(crate) config: ReplicaConfig,
     pub(crate) now: Now,
+    /// With leader leases: the monotonic time the core's ticks have been delivered up to.
+    ticked_to_ms: Option<u64>,
     pub(crate) out: Outputs<H>,
     pub(crate) snapshot_policy: SnapshotPolicy,
     pub(crate) writes: BTreeMap<Index, PendingWrite<H>>,
@@ -183,6 +188,7 @@ impl<H> Replica<H> {
             store,
             config,
             now: Now::default(),
+            ticked_to_ms: None,
             out: Outputs::default(),
             snapshot_policy,
             writes: BTreeMap::new(),
@@ -243,7 +249,10 @@ impl<H> Replica<H> {
     /// One tick of the core's logical clock, at `now`.
     pub fn tick(&mut self, now: Now) {
         self.set_now(now);
-        self.raft.tick();
+        if !self.config.raft.lease_reads {
+            // With leases `set_now` delivered every tick due by now, this one included.
+            self.raft.tick();
+        }
         self.expire_waiting();
         if !self.waiting_for_leader.is_empty() && self.raft.status().role == Role::Leader {
             // A leadership transfer that ended without a change of leader leaves no other cue.
@@ -300,6 +309,38 @@ impl<H> Replica<H> {
 
     pub(crate) fn set_now(&mut self, now: Now) {
         self.now = now;
+        if self.config.raft.lease_reads {
+            self.catch_up_ticks(now.mono_ms);
+        }
+    }
+
+    /// Tells the replica the time before inputs that carry none (peer messages): with leader leases
+    /// the core's clock must not lag the monotonic clock when it decides whether a lease holds.
+    pub fn advance_clock(&mut self, now: Now) {
+        self.set_now(now);
+    }
+
+    /// The lease's clock assumption made true: the core has had one tick per `tick_ms` of monotonic
+    /// time, however long the process was paused or starved. (Without leases a late tick is simply
+    /// late, as it always was: elections only get slower.)
+    fn catch_up_ticks(&mut self, mono_ms: u64) {
+        let tick_ms = self.config.tick_ms.max(1);
+        let Some(ticked_to) = self.ticked_to_ms else {
+            self.ticked_to_ms = Some(mono_ms);
+            return;
+        };
+        let due = mono_ms.saturating_sub(ticked_to) / tick_ms;
+        // Past a few election timeouts every lease has expired and every timer fired: the rest would
+        // change nothing.
+        let cap = 4 * u64::from(self.config.raft.election_ticks.max(1));
+        for _ in 0..due.min(cap) {
+            self.raft.tick();
+        }
+        self.ticked_to_ms = Some(if due > cap {
+            mono_ms
+        } else {
+            ticked_to + due * tick_ms
+        });
     }
 
     // ----- Ready ---------------------------------------------------------------------------------

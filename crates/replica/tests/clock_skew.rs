@@ -54,6 +54,7 @@ impl Cluster {
                     snapshot_entries: 1 << 40,
                     snapshot_bytes: 1 << 40,
                     session_limits: raftkv_kv::SessionLimits::DEFAULT,
+                    tick_ms: 10,
                     mutation,
                     record_applied: false,
                 };

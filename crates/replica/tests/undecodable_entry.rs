@@ -45,6 +45,7 @@ fn an_undecodable_committed_entry_stops_the_replica() {
         snapshot_entries: 1 << 40,
         snapshot_bytes: 1 << 40,
         session_limits: raftkv_kv::SessionLimits::DEFAULT,
+        tick_ms: 1,
         mutation: None,
         record_applied: false,
     };

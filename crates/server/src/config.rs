@@ -211,6 +211,11 @@ pub struct Tunables {
     /// loss loses them (`raftkv-chaos --unsafe-skip-fsync` shows its power-loss check catches that).
     /// A node refuses it unless `RAFTKV_ALLOW_UNSAFE_SKIP_FSYNC=1` is in its environment too.
     pub unsafe_skip_fsync: bool,
+    /// Serve linearizable reads on the leader from its lease, without a heartbeat round, while a
+    /// majority is known to refuse any other candidate. Off by default: safe only while the nodes'
+    /// monotonic clocks run at rates within 10 % of each other (wall clocks may still skew and jump).
+    /// See docs/protocol.md, "Read consistency".
+    pub lease_reads: bool,
 }
 
 impl Default for Tunables {
@@ -231,6 +236,7 @@ impl Default for Tunables {
             client_idle_timeout_s: 0,
             auto_remove_after_s: 0,
             unsafe_skip_fsync: false,
+            lease_reads: false,
         }
     }
 }

@@ -176,6 +176,7 @@ pub async fn run_node_opts(
         snapshot_entries: config.tunables.snapshot_entries,
         snapshot_bytes: config.tunables.snapshot_bytes,
         session_limits: raftkv_kv::SessionLimits::DEFAULT,
+        tick_ms: config.tunables.tick_ms,
         mutation: None,
         record_applied: false,
     };
@@ -343,6 +344,7 @@ fn raft_config(config: &ClusterConfig, id: u64) -> raftkv_raft::Config {
     let mut raft = raftkv_raft::Config::new(id, config.node_ids());
     raft.election_ticks = (t.election_timeout_ms / t.tick_ms).max(2) as u32;
     raft.heartbeat_ticks = (t.heartbeat_ms / t.tick_ms).max(1) as u32;
+    raft.lease_reads = t.lease_reads;
     // The core's only randomness is election jitter; any seed that differs between nodes and runs will do.
     raft.seed = node::wall_clock_ms()
         ^ (u64::from(std::process::id()) << 32)

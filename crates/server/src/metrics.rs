@@ -113,6 +113,7 @@ pub struct Metrics {
     pub proposals_committed: Counter,
     pub proposals_pending: Gauge,
     pub proposals_failed: Counter,
+    pub reads_lease: Counter,
     pub client_requests: Family<RequestLabels, Counter>,
     pub client_connections: Gauge,
     pub request_duration: Family<OpLabels, Histogram>,
@@ -169,6 +170,7 @@ impl Metrics {
             proposals_committed: Counter::default(),
             proposals_pending: Gauge::default(),
             proposals_failed: Counter::default(),
+            reads_lease: Counter::default(),
             client_requests: Family::default(),
             client_connections: Gauge::default(),
             request_duration: Family::new_with_constructor(latency_histogram),
@@ -249,6 +251,11 @@ impl Metrics {
             "proposals_failed",
             "Writes answered ERR_INTERNAL (outcome unknown)",
             self.proposals_failed.clone(),
+        );
+        r.register(
+            "reads_lease",
+            "Reads served from the leader lease, without a heartbeat round (lease_reads = true)",
+            self.reads_lease.clone(),
         );
         r.register(
             "client_requests",

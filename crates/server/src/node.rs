@@ -71,6 +71,8 @@ struct Published {
     role: String,
     term: u64,
     commit: u64,
+    /// Reads served from the lease, as last counted.
+    lease_reads: u64,
     /// The newest digest request answered.
     digest_answered: u64,
 }
@@ -166,6 +168,11 @@ impl NodeLoop {
                 .proposals_committed
                 .inc_by(status.commit_index.saturating_sub(published.commit));
         }
+        let lease_reads = self.replica.raft().lease_reads_served();
+        self.metrics
+            .reads_lease
+            .inc_by(lease_reads.saturating_sub(published.lease_reads));
+        published.lease_reads = lease_reads;
         published.leader = status.leader;
         published.role.clone_from(&status.role);
         published.term = status.term;
@@ -192,6 +199,9 @@ impl NodeLoop {
     }
 
     fn step_all(&mut self, batch: Vec<Message>) {
+        // A message may make this node leader and route waiting reads: its clock must be current.
+        let clock = self.now();
+        self.replica.advance_clock(clock);
         let now = Instant::now();
         for msg in batch {
             self.round_trips.received(&msg, now, &self.metrics);

@@ -48,6 +48,8 @@ pub struct Summary {
     pub sessions_lost: u64,
     /// Membership changes that committed (in seeds that make them).
     pub membership_changes: u64,
+    /// Reads served from a leader lease (in seeds that turn leases on).
+    pub lease_reads: u64,
     pub failures: Vec<Report>,
     pub elapsed: Duration,
 }
@@ -62,14 +64,15 @@ impl Summary {
     pub fn line(&self) -> String {
         format!(
             "seeds={} violations={} non_linearizable={} inconclusive={} retried_writes={} \
-             sessions_lost={} membership_changes={}",
+             sessions_lost={} membership_changes={} lease_reads={}",
             self.seeds,
             self.violations,
             self.non_linearizable,
             self.inconclusive,
             self.retried_writes,
             self.sessions_lost,
-            self.membership_changes
+            self.membership_changes,
+            self.lease_reads
         )
     }
 }
@@ -92,6 +95,7 @@ pub fn run_seeds(
         summary.retried_writes += report.stats.retries;
         summary.sessions_lost += report.stats.sessions_lost;
         summary.membership_changes += report.stats.membership_changes;
+        summary.lease_reads += report.stats.lease_reads;
         if report.failed() {
             on_failure(&report);
             summary.failures.push(report);

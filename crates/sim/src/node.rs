@@ -42,6 +42,8 @@ pub struct Node {
     /// This node ticks when its monotonic clock is a multiple of the tick interval.
     pub tick_ms: u64,
     pub crashes: u64,
+    /// Reads its replicas released from a leader lease, over every restart.
+    pub lease_reads: u64,
     /// Why the node stopped by itself (a storage failure), if it did.
     pub stopped: Option<String>,
     /// For a node of the initial cluster: the membership it bootstraps its empty disk with.
@@ -77,6 +79,7 @@ impl Node {
             log_terms: BTreeMap::new(),
             tick_ms,
             crashes: 0,
+            lease_reads: 0,
             stopped: None,
             bootstrap: None,
             member_peers: BTreeSet::new(),
@@ -155,6 +158,10 @@ impl Node {
     /// Power loss: the process and everything not durable are gone.
     pub fn crash(&mut self, seed: u64) {
         assert!(self.replica.is_some(), "node {} crashed twice", self.id);
+        self.lease_reads += self
+            .replica
+            .as_ref()
+            .map_or(0, |r| r.raft().lease_reads_served());
         self.replica = None;
         self.loopback.clear();
         self.learned.clear();

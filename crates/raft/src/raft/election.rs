@@ -37,8 +37,15 @@ impl Raft {
         }
         if self.heartbeat_elapsed >= self.config.heartbeat_ticks {
             self.heartbeat_elapsed = 0;
-            // Re-ask for the newest read round, in case its own heartbeats or their answers were lost.
-            let round = self.reads.newest_pending_round();
+            let round = if self.lease_reads_enabled() {
+                // A round of its own renews the lease; it confirms any pending read round as well.
+                let round = self.reads.next_round();
+                self.lease.sent(round, self.ticks);
+                round
+            } else {
+                // Re-ask for the newest read round, in case its heartbeats or their answers were lost.
+                self.reads.newest_pending_round()
+            };
             self.broadcast_heartbeat(round);
         }
     }
@@ -109,10 +116,22 @@ impl Raft {
 
     /// With check-quorum, a node that heard from a leader within the minimum election timeout refuses to
     /// help depose it (§4.2.3), so a node that rejoins after a partition cannot disrupt a healthy leader.
+    ///
+    /// With leader leases, a node also refuses for its first election timeout after it starts: it may
+    /// have answered a leader's heartbeat just before it crashed, and that leader counts on it.
     pub(super) fn in_leader_lease(&self) -> bool {
-        self.config.check_quorum
-            && self.leader.is_some()
-            && self.election_elapsed < self.config.election_ticks
+        let heard_from_leader =
+            self.leader.is_some() && self.election_elapsed < self.config.election_ticks;
+        let just_started =
+            self.lease_reads_enabled() && self.ticks < u64::from(self.config.election_ticks);
+        self.config.check_quorum && (heard_from_leader || just_started)
+    }
+
+    /// Leader leases need check-quorum (the refusal window they stand on) and enough ticks for a margin.
+    pub(super) fn lease_reads_enabled(&self) -> bool {
+        self.config.lease_reads
+            && self.config.check_quorum
+            && crate::lease::lease_ticks(self.config.election_ticks) > 0
     }
 
     pub(super) fn become_follower(&mut self, term: Term, leader: Option<NodeId>) {
@@ -282,6 +301,7 @@ impl Raft {
         self.transfer_target = None;
         self.election_elapsed = 0;
         self.heartbeat_elapsed = 0;
+        self.lease.new_term();
         let next = self.log.last_index() + 1;
         // Learners too: they receive the log like voters, they just do not count.
         self.progress = self

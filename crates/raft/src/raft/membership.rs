@@ -100,6 +100,8 @@ impl Raft {
     pub(super) fn set_membership(&mut self, membership: Membership, index: Index) {
         self.membership = membership;
         self.config_index = index;
+        // Acknowledgements counted under the old voters say nothing about a majority of the new ones.
+        self.lease.forget_rounds();
         if self.role == Role::Leader {
             let next = self.log.last_index() + 1;
             for id in self.membership.members().collect::<Vec<_>>() {

@@ -10,6 +10,7 @@ use std::collections::BTreeMap;
 use bytes::Bytes;
 
 use crate::config::Config;
+use crate::lease::Lease;
 use crate::log::RaftLog;
 use crate::progress::{Progress, ReplicationState};
 use crate::read_index::ReadIndexQueue;
@@ -100,6 +101,11 @@ pub struct Raft {
     /// Per-follower replication state; only meaningful on a leader.
     progress: BTreeMap<NodeId, Progress>,
     reads: ReadIndexQueue,
+    /// Ticks since this node started: the leader lease's clock.
+    ticks: u64,
+    lease: Lease,
+    /// Reads released from the lease, for drivers' metrics and the simulator's coverage.
+    lease_reads_served: u64,
     transfer_target: Option<NodeId>,
     transfer_elapsed: u32,
     /// New entries on the leader that followers have not been offered yet.
@@ -135,6 +141,9 @@ impl Raft {
             votes: BTreeMap::new(),
             progress: BTreeMap::new(),
             reads: ReadIndexQueue::default(),
+            ticks: 0,
+            lease: Lease::default(),
+            lease_reads_served: 0,
             transfer_target: None,
             transfer_elapsed: 0,
             broadcast_pending: false,
@@ -161,6 +170,7 @@ impl Raft {
 
     /// Advances logical time by one tick.
     pub fn tick(&mut self) {
+        self.ticks += 1;
         match self.role {
             Role::Leader => self.tick_leader(),
             _ => self.tick_election(),
@@ -228,8 +238,19 @@ impl Raft {
     /// Requests a linearizable read. `ctx` comes back in a `ReadState` once the read is safe. Reads are
     /// dropped if this node loses leadership before that: the driver sees the role change in
     /// `Ready::soft_state` and must fail every read it still waits for.
+    ///
+    /// With [`Config::lease_reads`], a read that arrives while the leader's lease holds is released at
+    /// once, at the commit index (the lease stands in for the heartbeat round).
     pub fn read_index(&mut self, ctx: u64) -> Result<(), ProposeError> {
         self.ensure_leader()?;
+        if self.holds_lease() {
+            self.lease_reads_served += 1;
+            self.read_states.push(ReadState {
+                ctx,
+                index: self.log.commit,
+            });
+            return Ok(());
+        }
         if self.is_sole_voter() && self.committed_in_current_term() {
             self.read_states.push(ReadState {
                 ctx,
@@ -266,6 +287,21 @@ impl Raft {
             self.broadcast_pending = true;
         }
         Ok(())
+    }
+
+    /// Whether this leader may serve reads from its lease now (always false without
+    /// [`Config::lease_reads`]).
+    pub fn holds_lease(&self) -> bool {
+        self.role == Role::Leader
+            && self.lease_reads_enabled()
+            && self.transfer_target.is_none()
+            && self.committed_in_current_term()
+            && self.lease.holds(self.ticks)
+    }
+
+    /// How many reads this node has released from its lease since it started.
+    pub fn lease_reads_served(&self) -> u64 {
+        self.lease_reads_served
     }
 
     pub fn has_ready(&self) -> bool {

@@ -32,6 +32,9 @@ impl Raft {
             }
         }
         if let Some(round) = self.reads.start_round(self.log.commit) {
+            if self.lease_reads_enabled() {
+                self.lease.sent(round, self.ticks);
+            }
             self.broadcast_heartbeat(round);
         }
     }
@@ -217,25 +220,38 @@ impl Raft {
         }
     }
 
-    /// Releases every read round that a majority has acknowledged.
+    /// Releases every read round that a majority has acknowledged, and renews the lease from it.
     pub(super) fn confirm_reads(&mut self) {
-        let quorum = self.membership.quorum();
-        let mut confirmed = 0;
-        for round in self.reads.pending_rounds() {
-            let own = usize::from(self.membership.is_voter(self.id));
-            let acks = own
-                + self
-                    .progress
-                    .iter()
-                    .filter(|(id, p)| self.membership.is_voter(**id) && p.read_round_acked >= round)
-                    .count();
-            if acks >= quorum {
-                confirmed = round;
-            }
-        }
+        let confirmed = self.quorum_acked_round();
         if confirmed > 0 {
             self.reads.confirm(confirmed, &mut self.read_states);
+            if self.lease_reads_enabled() {
+                let lease_ticks = crate::lease::lease_ticks(self.config.election_ticks);
+                self.lease.confirmed(confirmed, lease_ticks);
+            }
         }
+    }
+
+    /// The newest heartbeat round a majority of voters has answered (the leader answers its own).
+    fn quorum_acked_round(&self) -> u64 {
+        let quorum = self.membership.quorum();
+        let mut acked: Vec<u64> = self
+            .membership
+            .voters
+            .iter()
+            .map(|id| {
+                if *id == self.id {
+                    u64::MAX
+                } else {
+                    self.progress.get(id).map_or(0, |p| p.read_round_acked)
+                }
+            })
+            .collect();
+        if quorum == 0 || acked.len() < quorum {
+            return 0;
+        }
+        acked.sort_unstable_by(|a, b| b.cmp(a));
+        acked[quorum - 1]
     }
 
     /// §5.3, §5.4.2: the highest index stored on a majority commits, if it is from the current term.
@@ -391,6 +407,10 @@ impl Raft {
 
     /// A message that does not depend on this node's unsaved state.
     pub(super) fn send(&mut self, to: NodeId, body: MessageBody) {
+        if matches!(body, MessageBody::TimeoutNow) {
+            // Its recipient's election is granted inside the voters' refusal window.
+            self.lease.revoke();
+        }
         self.messages.push(Message {
             from: self.id,
             to,

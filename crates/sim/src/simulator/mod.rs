@@ -87,6 +87,8 @@ pub struct Stats {
     pub membership_requests: u64,
     /// Membership changes that committed and were answered.
     pub membership_changes: u64,
+    /// Reads served from a leader lease (seeds with leases on).
+    pub lease_reads: u64,
     pub net: NetworkStats,
 }
 
@@ -214,6 +216,8 @@ impl Simulator {
             params.pre_vote = true;
             params.check_quorum = true;
         }
+        // Drawn apart too: seeds drawn before leases existed keep running as they did.
+        params.lease_reads = params.check_quorum && Rng::new(seed ^ 0x1EA5_E5EE).chance(400_000);
         let membership_rng = Rng::new(seed ^ 0x3E3B_E126);
         let initial_voters = membership
             .as_ref()
@@ -248,6 +252,7 @@ impl Simulator {
                 raft.heartbeat_ticks = params.heartbeat_ticks;
                 raft.pre_vote = params.pre_vote;
                 raft.check_quorum = params.check_quorum;
+                raft.lease_reads = params.lease_reads;
                 raft.max_entries_per_msg = params.max_entries_per_msg;
                 raft.max_inflight_msgs = params.max_inflight_msgs;
                 raft.seed = rng.next_u64();
@@ -261,6 +266,7 @@ impl Simulator {
                     snapshot_entries: params.snapshot_entries,
                     snapshot_bytes: params.snapshot_bytes,
                     session_limits: params.session_limits,
+                    tick_ms: params.tick_ms,
                     mutation: options.mutation,
                     record_applied: true,
                 };
@@ -385,6 +391,16 @@ impl Simulator {
             .max()
             .unwrap_or(0);
         stats.crashes = self.nodes.iter().map(|n| n.crashes).sum();
+        stats.lease_reads = self
+            .nodes
+            .iter()
+            .map(|n| {
+                n.lease_reads
+                    + n.replica
+                        .as_ref()
+                        .map_or(0, |r| r.raft().lease_reads_served())
+            })
+            .sum();
         stats.net = self.net.stats;
         Report {
             seed: self.seed,

@@ -36,6 +36,8 @@ pub struct Params {
     pub heartbeat_ticks: u32,
     pub pre_vote: bool,
     pub check_quorum: bool,
+    /// Reads served from the leader's lease (only with check-quorum; drawn apart from the rest).
+    pub lease_reads: bool,
     pub max_entries_per_msg: usize,
     pub max_inflight_msgs: usize,
     /// The store's session limits (tiny in some seeds with session clients, drawn apart).
@@ -86,6 +88,7 @@ impl Params {
             heartbeat_ticks: rng.range(1, u64::from(election_ticks / 3)) as u32,
             pre_vote: rng.chance(750_000),
             check_quorum: rng.chance(750_000),
+            lease_reads: false,
             max_entries_per_msg: rng.range(1, 64) as usize,
             max_inflight_msgs: rng.range(1, 16) as usize,
             session_limits: raftkv_kv::SessionLimits::DEFAULT,
