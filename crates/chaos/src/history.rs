@@ -10,7 +10,7 @@
 use std::fmt::Write as _;
 use std::path::Path;
 
-use raftkv_sim::linearizability::{CasOutcome, Key, Op, OpKind};
+use raftkv_sim::linearizability::{CasOutcome, Key, Op, OpKind, SetCondition};
 
 /// Keys below this are registers (read, written, swapped, deleted by every client); keys from it on are
 /// the ledger: each written once, never deleted, read back at the end.
@@ -134,6 +134,30 @@ impl History {
                 OpKind::Getm {
                     value: Some((write, version, remaining)),
                 } => writeln!(out, "getm {write} {version} {remaining}"),
+                OpKind::SetWith {
+                    write,
+                    ttl_s,
+                    condition,
+                    get,
+                    wrote,
+                    old,
+                    version,
+                } => {
+                    let condition = match condition {
+                        SetCondition::Always => "always",
+                        SetCondition::IfAbsent => "nx",
+                        SetCondition::IfPresent => "xx",
+                    };
+                    writeln!(
+                        out,
+                        "setwith {write} {ttl_s} {condition} {} {} {} {}",
+                        u64::from(get),
+                        opt(wrote.map(u64::from)),
+                        found_text(old),
+                        opt(version)
+                    )
+                }
+                OpKind::GetDel { value } => writeln!(out, "getdel {}", found_text(value)),
             };
         }
         out
@@ -179,6 +203,26 @@ impl History {
     }
 }
 
+/// What a GET of SET or a GETDEL found: `-` unknown (or not asked), `absent`, or the write's id.
+fn found_text(found: Option<Option<u64>>) -> String {
+    match found {
+        None => "-".to_string(),
+        Some(None) => "absent".to_string(),
+        Some(Some(write)) => write.to_string(),
+    }
+}
+
+fn parse_found(token: &str) -> Result<Option<Option<u64>>, String> {
+    match token {
+        "-" => Ok(None),
+        "absent" => Ok(Some(None)),
+        n => n
+            .parse()
+            .map(|w| Some(Some(w)))
+            .map_err(|_| format!("not a number: {n}")),
+    }
+}
+
 fn parse_op(tokens: &[&str]) -> Result<Op, String> {
     let field = |i: usize| tokens.get(i).copied().ok_or("too few fields".to_string());
     let number = |i: usize| -> Result<u64, String> {
@@ -217,6 +261,23 @@ fn parse_op(tokens: &[&str]) -> Result<Op, String> {
         "getm" if field(5)? == "-" => OpKind::Getm { value: None },
         "getm" => OpKind::Getm {
             value: Some((number(5)?, number(6)?, number(7)?)),
+        },
+        "setwith" => OpKind::SetWith {
+            write: number(5)?,
+            ttl_s: u32::try_from(number(6)?).map_err(|e| e.to_string())?,
+            condition: match field(7)? {
+                "always" => SetCondition::Always,
+                "nx" => SetCondition::IfAbsent,
+                "xx" => SetCondition::IfPresent,
+                other => return Err(format!("unknown set condition {other}")),
+            },
+            get: number(8)? == 1,
+            wrote: parse_opt(field(9)?)?.map(|w| w == 1),
+            old: parse_found(field(10)?)?,
+            version: parse_opt(field(11)?)?,
+        },
+        "getdel" => OpKind::GetDel {
+            value: parse_found(field(5)?)?,
         },
         other => return Err(format!("unknown operation {other}")),
     };
@@ -291,6 +352,32 @@ mod tests {
                     },
                     Some(16),
                 ),
+                op(
+                    OpKind::SetWith {
+                        write: 4,
+                        ttl_s: 0,
+                        condition: SetCondition::IfAbsent,
+                        get: true,
+                        wrote: Some(false),
+                        old: Some(Some(1)),
+                        version: None,
+                    },
+                    Some(17),
+                ),
+                op(
+                    OpKind::SetWith {
+                        write: 5,
+                        ttl_s: 3,
+                        condition: SetCondition::IfPresent,
+                        get: false,
+                        wrote: None,
+                        old: None,
+                        version: None,
+                    },
+                    None,
+                ),
+                op(OpKind::GetDel { value: Some(None) }, Some(18)),
+                op(OpKind::GetDel { value: None }, None),
             ],
             events: vec![Event {
                 at_us: 5,

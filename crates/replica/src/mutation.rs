@@ -19,4 +19,7 @@ pub enum Mutation {
     /// The state machine ignores sessions: a write retried after a lost reply is applied again (a
     /// retried `cas` that had succeeded now fails, a retried `set` overwrites what came between).
     WritesAppliedTwice,
+    /// Redis's SET NX and SET XX write whatever the key holds (the condition is dropped when the
+    /// entry is applied).
+    SetConditionIgnored,
 }

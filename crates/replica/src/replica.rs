@@ -459,6 +459,12 @@ impl<H> Replica<H> {
                     if self.config.mutation == Some(Mutation::WritesAppliedTwice) {
                         proposal.session = None;
                     }
+                    if self.config.mutation == Some(Mutation::SetConditionIgnored) {
+                        if let raftkv_kv::Command::SetWith { condition, .. } = &mut proposal.command
+                        {
+                            *condition = raftkv_kv::SetCondition::Always;
+                        }
+                    }
                     Some(self.store.apply_proposal(index, &proposal))
                 }
                 Err(error) => {

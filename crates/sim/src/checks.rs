@@ -360,7 +360,9 @@ fn written_value(entry: &Entry) -> Option<(Bytes, Option<SessionSeq>)> {
     }
     let proposal = Proposal::decode(&entry.data).ok()?;
     match proposal.command {
-        Command::Set { value, .. } | Command::Cas { value, .. } => Some((value, proposal.session)),
+        Command::Set { value, .. }
+        | Command::Cas { value, .. }
+        | Command::SetWith { value, .. } => Some((value, proposal.session)),
         _ => None,
     }
 }

@@ -7,11 +7,11 @@
 use std::collections::{BTreeMap, VecDeque};
 
 use bytes::Bytes;
-use raftkv_kv::{Command, Reply, Request};
+use raftkv_kv::{Command, Reply, Request, SetExpiry};
 use raftkv_raft::NodeId;
 use raftkv_replica::Op as Request2;
 
-use crate::linearizability::{CasOutcome, Key, Op, OpKind};
+use crate::linearizability::{CasOutcome, Key, Op, OpKind, SetCondition, SET_CONDITIONS};
 use crate::rng::Rng;
 
 /// A request on a connection, waiting for its reply (replies are delivered in request order).
@@ -171,10 +171,7 @@ impl History {
             let effect = resolve(record);
             match (record.fate, effect) {
                 (Fate::Ok, Effect::Applied { index, reply, .. }) => {
-                    let version = match op.kind {
-                        OpKind::Set { version, .. } | OpKind::Cas { version, .. } => version,
-                        _ => None,
-                    };
+                    let version = op.kind.version();
                     if version.is_some_and(|v| v != index) {
                         contradictions.push(format!("{op:?} was applied at index {index}"));
                     }
@@ -246,6 +243,7 @@ fn write_of(value: &[u8]) -> Option<u64> {
 }
 
 /// A random operation for `key`: the request to send, the history's record of it, and `noreply`.
+/// With `redis_ops`, some writes are the Redis front end's single-key commands instead.
 pub fn draw_op(
     rng: &mut Rng,
     op_id: u64,
@@ -253,6 +251,7 @@ pub fn draw_op(
     read_ppm: u32,
     ttl_ppm: u32,
     last_version: Option<u64>,
+    redis_ops: bool,
 ) -> (Request2, OpKind, bool) {
     let k = key_bytes(key);
     if rng.chance(read_ppm) {
@@ -278,6 +277,11 @@ pub fn draw_op(
     };
     let noreply = rng.chance(50_000);
     let value = value_bytes(op_id);
+    // Drawn only in seeds with Redis commands, so that the others replay as they always did.
+    if redis_ops && rng.chance(400_000) {
+        let (request, kind) = redis_write(rng, op_id, k, ttl_s, value);
+        return (request, kind, false);
+    }
     match rng.below(10) {
         0..=4 => (
             Request2::write(Command::Set {
@@ -320,6 +324,46 @@ pub fn draw_op(
             false,
         ),
     }
+}
+
+/// A Redis single-key write (as `raftkv-server`'s RESP front end proposes it): SET with NX, XX and
+/// GET, or GETDEL.
+fn redis_write(
+    rng: &mut Rng,
+    op_id: u64,
+    key: Bytes,
+    ttl_s: u32,
+    value: Bytes,
+) -> (Request2, OpKind) {
+    if rng.chance(250_000) {
+        return (
+            Request2::write(Command::GetDel { key }),
+            OpKind::GetDel { value: None },
+        );
+    }
+    let condition = SET_CONDITIONS[rng.index(3)];
+    let get = rng.chance(500_000);
+    let expiry = match ttl_s {
+        0 => SetExpiry::Never,
+        ttl_s => SetExpiry::AfterMs(u64::from(ttl_s) * 1000),
+    };
+    let command = Command::SetWith {
+        key,
+        value,
+        condition,
+        get,
+        expiry,
+    };
+    let kind = OpKind::SetWith {
+        write: op_id,
+        ttl_s,
+        condition,
+        get,
+        wrote: None,
+        old: None,
+        version: None,
+    };
+    (Request2::write(command), kind)
 }
 
 /// A write's record completed with what applying it answered.
@@ -390,6 +434,46 @@ pub fn interpret(
             None => return bad(),
         },
         (OpKind::Getm { .. }, Reply::ErrNotFound) => Done(OpKind::Getm { value: None }),
+        (
+            OpKind::SetWith {
+                write,
+                ttl_s,
+                condition,
+                get,
+                ..
+            },
+            r,
+        ) => {
+            // With GET the reply is the old value, and the condition says whether it wrote.
+            let (wrote, old, version) = match (get, r) {
+                (false, Reply::Ok { version }) => (true, None, Some(*version)),
+                (false, Reply::ErrNotFound) => (false, None, None),
+                (true, Reply::Value { value }) => match write_of(value) {
+                    Some(w) => (condition != SetCondition::IfAbsent, Some(Some(w)), None),
+                    None => return bad(),
+                },
+                (true, Reply::ErrNotFound) => {
+                    (condition != SetCondition::IfPresent, Some(None), None)
+                }
+                _ => return bad(),
+            };
+            Done(OpKind::SetWith {
+                write,
+                ttl_s,
+                condition,
+                get,
+                wrote: Some(wrote),
+                old,
+                version,
+            })
+        }
+        (OpKind::GetDel { .. }, Reply::ErrNotFound) => Done(OpKind::GetDel { value: Some(None) }),
+        (OpKind::GetDel { .. }, Reply::Value { value }) => match write_of(value) {
+            Some(write) => Done(OpKind::GetDel {
+                value: Some(Some(write)),
+            }),
+            None => return bad(),
+        },
         (
             OpKind::Getm { .. },
             Reply::ValueMeta {

@@ -1,5 +1,6 @@
 //! A Porcupine-style linearizability checker for raftkv's key-value model: `set`, `cas`, `delete`,
-//! `get`, `getm`, with versions and expiry.
+//! `get`, `getm`, with versions and expiry, and the single-key Redis commands that keep a value one
+//! write's: SET with NX/XX/GET (`SetWith`) and GETDEL.
 //!
 //! The history is split by key (keys are independent, so the history is linearizable iff every key's
 //! sub-history is), and **every** key is checked: any illegal key fails the history, and a key whose
@@ -24,6 +25,15 @@
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::fmt;
+
+pub use raftkv_kv::SetCondition;
+
+/// Every condition a Redis SET may carry (none, NX, XX), for drawing one.
+pub const SET_CONDITIONS: [SetCondition; 3] = [
+    SetCondition::Always,
+    SetCondition::IfAbsent,
+    SetCondition::IfPresent,
+];
 
 pub type Key = u64;
 /// The id of the write whose value a key holds (values are unique per write).
@@ -59,16 +69,59 @@ pub enum OpKind {
     Get { value: Option<WriteId> },
     /// `getm`: (write, version, remaining seconds) or None for `ERR_NOT_FOUND`.
     Getm { value: Option<(WriteId, u64, u64)> },
+    /// Redis's SET with a condition (NX: `IfAbsent`, XX: `IfPresent`) and, with `get`, the old value.
+    /// Once answered, `wrote` says whether it wrote and `old` (with `get`) what it found (Some(None):
+    /// nothing); `version` is from an `OK` reply. All None while the outcome is unknown.
+    SetWith {
+        write: WriteId,
+        ttl_s: u32,
+        condition: SetCondition,
+        get: bool,
+        wrote: Option<bool>,
+        old: Option<Option<WriteId>>,
+        version: Option<u64>,
+    },
+    /// GETDEL: once answered, the write whose value it took (Some(None): not found); None unknown.
+    GetDel { value: Option<Option<WriteId>> },
 }
 
 impl OpKind {
     /// The version this operation learned of its key, if its reply told one.
     pub fn version(&self) -> Option<u64> {
         match *self {
-            OpKind::Set { version, .. } | OpKind::Cas { version, .. } => version,
+            OpKind::Set { version, .. }
+            | OpKind::Cas { version, .. }
+            | OpKind::SetWith { version, .. } => version,
             OpKind::Getm {
                 value: Some((_, version, _)),
             } => Some(version),
+            _ => None,
+        }
+    }
+
+    /// The write whose value this operation reports having seen, if any.
+    pub fn saw(&self) -> Option<WriteId> {
+        match *self {
+            OpKind::Get { value: Some(w) }
+            | OpKind::Getm {
+                value: Some((w, _, _)),
+            }
+            | OpKind::SetWith {
+                old: Some(Some(w)), ..
+            }
+            | OpKind::GetDel {
+                value: Some(Some(w)),
+            } => Some(w),
+            _ => None,
+        }
+    }
+
+    /// The write whose value this operation may store, if it is a write that stores one.
+    pub fn stores(&self) -> Option<WriteId> {
+        match *self {
+            OpKind::Set { write, .. }
+            | OpKind::Cas { write, .. }
+            | OpKind::SetWith { write, .. } => Some(write),
             _ => None,
         }
     }
@@ -181,13 +234,9 @@ pub fn check(history: &[Op], budget: u64) -> Verdict {
 pub fn shrink(ops: &[Op], budget: u64) -> Vec<Op> {
     // A read of a write that is no longer in the history would be illegal trivially: keep writes read.
     let self_contained = |ops: &[Op]| {
-        ops.iter().all(|op| match op.kind {
-            OpKind::Get { value: Some(w) } | OpKind::Getm { value: Some((w, _, _)) } => {
-                ops.iter().any(|o| {
-                    matches!(o.kind, OpKind::Set { write, .. } | OpKind::Cas { write, .. } if write == w)
-                })
-            }
-            _ => true,
+        ops.iter().all(|op| match op.kind.saw() {
+            Some(w) => ops.iter().any(|o| o.kind.stores() == Some(w)),
+            None => true,
         })
     };
     let illegal = |ops: &[Op]| {
@@ -250,6 +299,12 @@ impl Facts {
                     version,
                 }
                 | OpKind::Cas {
+                    write,
+                    ttl_s,
+                    version,
+                    ..
+                }
+                | OpKind::SetWith {
                     write,
                     ttl_s,
                     version,
@@ -405,6 +460,77 @@ fn step_kind(state: State, op: &Op, facts: &Facts) -> Option<State> {
             Holds::Live { write, .. } if write == seen => Some(state),
             _ => None,
         },
+        OpKind::SetWith {
+            write,
+            ttl_s,
+            condition,
+            wrote,
+            old,
+            version,
+            ..
+        } => {
+            let found_live = set_with_found_live(state, may_vanish, condition, wrote, old)?;
+            let writes = match condition {
+                SetCondition::Always => true,
+                SetCondition::IfAbsent => !found_live,
+                SetCondition::IfPresent => found_live,
+            };
+            if wrote.is_some_and(|wrote| wrote != writes) {
+                return None;
+            }
+            let before = if found_live {
+                state
+            } else {
+                state.holding(Holds::Absent)
+            };
+            if writes {
+                before.written(write, ttl_s, version)
+            } else {
+                Some(before)
+            }
+        }
+        OpKind::GetDel { value } => {
+            let took = match value {
+                Some(Some(seen)) => {
+                    matches!(state.holds, Holds::Live { write, .. } if write == seen)
+                }
+                Some(None) => may_vanish,
+                // As the success it may have been: it took a live value.
+                None => matches!(state.holds, Holds::Live { .. }),
+            };
+            took.then_some(state.holding(Holds::Absent))
+        }
+    }
+}
+
+/// Whether a `SetWith` found its key live when it took effect in `state`, from what its reply says
+/// (the old value it read, or whether its condition let it write); None if it cannot have taken
+/// effect here. An unknown outcome is taken as the write it may have been.
+fn set_with_found_live(
+    state: State,
+    may_vanish: bool,
+    condition: SetCondition,
+    wrote: Option<bool>,
+    old: Option<Option<WriteId>>,
+) -> Option<bool> {
+    let live = matches!(state.holds, Holds::Live { .. });
+    let found_live = match old {
+        Some(Some(seen)) => {
+            return matches!(state.holds, Holds::Live { write, .. } if write == seen)
+                .then_some(true)
+        }
+        Some(None) => return may_vanish.then_some(false),
+        None => match (condition, wrote) {
+            (SetCondition::Always, _) => return Some(live),
+            (SetCondition::IfAbsent, Some(false))
+            | (SetCondition::IfPresent, Some(true) | None) => true,
+            (SetCondition::IfAbsent, Some(true) | None)
+            | (SetCondition::IfPresent, Some(false)) => false,
+        },
+    };
+    match found_live {
+        true => live.then_some(true),
+        false => may_vanish.then_some(false),
     }
 }
 

@@ -44,8 +44,10 @@ fn parse_mutation(name: &str) -> Result<Mutation, String> {
         "AckBeforeFsync" => Ok(Mutation::AckBeforeFsync),
         "ExpiryAtLocalClock" => Ok(Mutation::ExpiryAtLocalClock),
         "WritesAppliedTwice" => Ok(Mutation::WritesAppliedTwice),
+        "SetConditionIgnored" => Ok(Mutation::SetConditionIgnored),
         _ => Err(
-            "one of ReadsWithoutReadIndex, AckBeforeFsync, ExpiryAtLocalClock, WritesAppliedTwice"
+            "one of ReadsWithoutReadIndex, AckBeforeFsync, ExpiryAtLocalClock, WritesAppliedTwice, \
+             SetConditionIgnored"
                 .into(),
         ),
     }

@@ -156,3 +156,12 @@ fn writes_applied_twice_are_caught_and_the_same_seed_passes_with_sessions() {
         "seed {seed} retried nothing: {report}"
     );
 }
+
+/// The Redis front end's conditional SET is in the model: dropping its condition is caught, and the
+/// same seed passes with the condition kept.
+#[test]
+fn a_set_nx_that_ignores_its_condition_is_caught() {
+    let seed = first_caught(Mutation::SetConditionIgnored, 30).expect("not caught in 30 seeds");
+    let report = run_seed(seed, &Options::default());
+    assert!(!report.failed(), "{report}");
+}

@@ -189,6 +189,101 @@ fn delete_removes_and_reports() {
     ]));
 }
 
+fn set_with(
+    write: WriteId,
+    condition: SetCondition,
+    wrote: bool,
+    old: Option<Option<WriteId>>,
+    call: u64,
+    ret: u64,
+) -> Op {
+    let kind = OpKind::SetWith {
+        write,
+        ttl_s: 0,
+        condition,
+        get: old.is_some(),
+        wrote: Some(wrote),
+        old,
+        version: None,
+    };
+    op(write, kind, call, Some(ret))
+}
+
+/// Redis's SET NX/XX/GET: the condition is judged on the key as it was, GET reports it.
+#[test]
+fn set_with_conditions_and_get_follow_the_key() {
+    use SetCondition::*;
+    // NX writes only an absent key; XX only a live one.
+    assert!(ok(&[
+        set_with(10, IfAbsent, true, None, 0, 1),
+        get(Some(10), 2, 3)
+    ]));
+    assert!(!ok(&[
+        set(10, 0, 1, 0, 1),
+        set_with(11, IfAbsent, true, None, 2, 3)
+    ]));
+    assert!(ok(&[
+        set(10, 0, 1, 0, 1),
+        set_with(11, IfAbsent, false, None, 2, 3),
+        get(Some(10), 4, 5)
+    ]));
+    assert!(!ok(&[set_with(11, IfPresent, true, None, 0, 1)]));
+    assert!(!ok(&[
+        set(10, 0, 1, 0, 1),
+        set_with(11, IfPresent, false, None, 2, 3)
+    ]));
+    // A refused write leaves the old value; a written one replaces it.
+    assert!(!ok(&[
+        set(10, 0, 1, 0, 1),
+        set_with(11, IfAbsent, false, None, 2, 3),
+        get(Some(11), 4, 5)
+    ]));
+    // GET answers the value it replaced, which must be the one there.
+    assert!(ok(&[
+        set(10, 0, 1, 0, 1),
+        set_with(11, Always, true, Some(Some(10)), 2, 3),
+        get(Some(11), 4, 5)
+    ]));
+    assert!(!ok(&[
+        set(10, 0, 1, 0, 1),
+        set_with(11, Always, true, Some(None), 2, 3)
+    ]));
+    assert!(!ok(&[
+        set(10, 0, 1, 0, 1),
+        set(12, 0, 2, 2, 3),
+        set_with(11, Always, true, Some(Some(10)), 4, 5)
+    ]));
+}
+
+/// GETDEL takes the value there and leaves the key absent.
+#[test]
+fn getdel_takes_the_value_and_deletes() {
+    let getdel = |value, call, ret| op(7, OpKind::GetDel { value }, call, ret);
+    assert!(ok(&[
+        set(10, 0, 1, 0, 1),
+        getdel(Some(Some(10)), 2, Some(3)),
+        get(None, 4, 5)
+    ]));
+    assert!(!ok(&[
+        set(10, 0, 1, 0, 1),
+        getdel(Some(Some(10)), 2, Some(3)),
+        get(Some(10), 4, 5)
+    ]));
+    assert!(!ok(&[set(10, 0, 1, 0, 1), getdel(Some(None), 2, Some(3))]));
+    assert!(!ok(&[getdel(Some(Some(10)), 0, Some(1))]));
+    // Unknown: it may have taken the value, or not happened.
+    assert!(ok(&[
+        set(10, 0, 1, 0, 1),
+        getdel(None, 2, None),
+        get(Some(10), 4, 5)
+    ]));
+    assert!(ok(&[
+        set(10, 0, 1, 0, 1),
+        getdel(None, 2, None),
+        get(None, 4, 5)
+    ]));
+}
+
 #[test]
 fn unknown_write_may_happen_or_not_but_only_once_and_only_after_its_call() {
     assert!(ok(&[
@@ -282,7 +377,7 @@ fn atomic_history(rng: &mut Rng, ops: usize, conns: u64) -> Vec<Op> {
         if state.is_some_and(|s| s.2 > 0) && rng.chance(200_000) {
             state = None;
         }
-        let kind = match rng.below(5) {
+        let kind = match rng.below(7) {
             0 => {
                 let ttl_s = [0, 0, 3][rng.index(3)];
                 next_version += 1;
@@ -323,6 +418,33 @@ fn atomic_history(rng: &mut Rng, ops: usize, conns: u64) -> Vec<Op> {
             }
             3 => OpKind::Get {
                 value: state.map(|s| s.0),
+            },
+            4 => {
+                let condition = SET_CONDITIONS[rng.index(3)];
+                let get = rng.chance(500_000);
+                let ttl_s = [0, 0, 3][rng.index(3)];
+                let old = state.map(|s| s.0);
+                let writes = match condition {
+                    SetCondition::Always => true,
+                    SetCondition::IfAbsent => state.is_none(),
+                    SetCondition::IfPresent => state.is_some(),
+                };
+                if writes {
+                    next_version += 1;
+                    state = Some((write, next_version, ttl_s));
+                }
+                OpKind::SetWith {
+                    write,
+                    ttl_s,
+                    condition,
+                    get,
+                    wrote: known.then_some(writes),
+                    old: (known && get).then_some(old),
+                    version: (known && writes && !get).then_some(next_version),
+                }
+            }
+            5 => OpKind::GetDel {
+                value: known.then_some(state.take().map(|s| s.0)),
             },
             _ => OpKind::Getm {
                 value: state.map(|s| (s.0, s.1, u64::from(s.2))),

@@ -48,7 +48,9 @@ impl Simulator {
                 return applied_at(index).unwrap_or(Effect::Unresolved);
             }
             return match record.op.kind {
-                OpKind::Set { write, .. } | OpKind::Cas { write, .. } => {
+                OpKind::Set { write, .. }
+                | OpKind::Cas { write, .. }
+                | OpKind::SetWith { write, .. } => {
                     match self.checks.write_outcomes.get(&client::value_bytes(write)) {
                         Some((index, _)) => applied_at(*index).unwrap_or(Effect::Unresolved),
                         None => Effect::Never,
@@ -67,7 +69,9 @@ impl Simulator {
             };
         }
         match record.op.kind {
-            OpKind::Set { write, .. } | OpKind::Cas { write, .. } => {
+            OpKind::Set { write, .. }
+            | OpKind::Cas { write, .. }
+            | OpKind::SetWith { write, .. } => {
                 match self.checks.write_outcomes.get(&client::value_bytes(write)) {
                     Some((index, _)) => applied_at(*index).unwrap_or(Effect::Unresolved),
                     None => Effect::Never,
@@ -134,6 +138,10 @@ impl Simulator {
         let op_id = attempt;
         let key = self.rng.below(self.params.keys);
         let last_version = self.clients[c].versions.get(&key).copied();
+        let in_session = self.clients[c].session.is_some();
+        // As in the server: the Redis front end has no exactly-once sessions (the session table keeps
+        // only the text protocol's replies), so its commands come from clients without one.
+        let redis_ops = self.params.redis_ops && !in_session;
         let (mut request, kind, mut noreply) = client::draw_op(
             &mut self.rng,
             op_id,
@@ -141,8 +149,8 @@ impl Simulator {
             self.params.read_ppm,
             self.params.ttl_ppm,
             last_version,
+            redis_ops,
         );
-        let in_session = self.clients[c].session.is_some();
         if let (true, Request2::Write { session: at, .. }) = (in_session, &mut request) {
             *at = Some(self.next_session_seq(c));
             // One write at a time in a session: the next one waits for this one's answer.

@@ -218,6 +218,7 @@ impl Simulator {
         }
         // Drawn apart too: seeds drawn before leases existed keep running as they did.
         params.lease_reads = params.check_quorum && Rng::new(seed ^ 0x1EA5_E5EE).chance(400_000);
+        params.redis_ops = Rng::new(seed ^ 0x4ED1_5C0D).chance(500_000);
         let membership_rng = Rng::new(seed ^ 0x3E3B_E126);
         let initial_voters = membership
             .as_ref()

@@ -36,6 +36,9 @@ pub struct Params {
     pub heartbeat_ticks: u32,
     pub pre_vote: bool,
     pub check_quorum: bool,
+    /// Some writes are the Redis front end's single-key commands (SET NX/XX/GET, GETDEL); drawn
+    /// apart from the rest.
+    pub redis_ops: bool,
     /// Reads served from the leader's lease (only with check-quorum; drawn apart from the rest).
     pub lease_reads: bool,
     pub max_entries_per_msg: usize,
@@ -89,6 +92,7 @@ impl Params {
             pre_vote: rng.chance(750_000),
             check_quorum: rng.chance(750_000),
             lease_reads: false,
+            redis_ops: false,
             max_entries_per_msg: rng.range(1, 64) as usize,
             max_inflight_msgs: rng.range(1, 16) as usize,
             session_limits: raftkv_kv::SessionLimits::DEFAULT,
