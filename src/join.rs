@@ -73,6 +73,7 @@ pub async fn join_cluster(
                 id,
                 client_addr: me.client_addr.clone(),
                 peer_addr: me.peer_addr.clone(),
+                resp_addr: me.resp_addr.clone(),
             };
             let table = client
                 .members_request(&add)

@@ -43,6 +43,10 @@ enum MembersCommand {
         /// Where the other nodes reach it (host:port).
         #[arg(long, value_name = "HOST:PORT")]
         peer_addr: String,
+        /// Where Redis clients reach it (host:port), if it has a RESP port: recorded with the
+        /// membership so that the other nodes can relay Redis clients to it when it leads.
+        #[arg(long, value_name = "HOST:PORT")]
+        resp_addr: Option<String>,
         #[arg(long)]
         learner: bool,
     },
@@ -79,10 +83,15 @@ pub fn run(args: Args) -> ExitCode {
     if let MembersCommand::Add {
         client_addr,
         peer_addr,
+        resp_addr,
         ..
     } = &args.command
     {
-        for (flag, addr) in [("--client-addr", client_addr), ("--peer-addr", peer_addr)] {
+        let addrs = [("--client-addr", client_addr), ("--peer-addr", peer_addr)];
+        for (flag, addr) in addrs
+            .into_iter()
+            .chain(resp_addr.iter().map(|a| ("--resp-addr", a)))
+        {
             if !is_valid_address(addr) {
                 eprintln!("error: {flag} {addr:?} is not host:port");
                 return ExitCode::from(2);
@@ -109,12 +118,14 @@ pub fn run(args: Args) -> ExitCode {
                 id,
                 client_addr,
                 peer_addr,
+                resp_addr,
                 learner,
             } => {
                 let add = MembersRequest::AddLearner {
                     id,
                     client_addr,
                     peer_addr,
+                    resp_addr,
                 };
                 let table = client.members_request(&add).await?;
                 if learner {

@@ -34,6 +34,14 @@ pub struct Args {
     /// Override this node's peer address (host:port); same caveat as --client-addr.
     #[arg(long, value_name = "HOST:PORT")]
     pub peer_addr: Option<String>,
+    /// This node's Redis (RESP) address (host:port): sets or overrides resp_addr. A node that joins
+    /// with one records it in the membership, so every node can relay Redis clients to it.
+    #[arg(long, value_name = "HOST:PORT")]
+    pub resp_addr: Option<String>,
+    /// This node's HTTP address (host:port) for /metrics, /health and /status: sets or overrides
+    /// http_addr.
+    #[arg(long, value_name = "HOST:PORT")]
+    pub http_addr: Option<String>,
     /// Bind every port on this host (e.g. 0.0.0.0) instead of the advertised addresses' hosts, which
     /// are what other nodes and redirected clients connect to (listen_host in the file).
     #[arg(long, value_name = "HOST")]
@@ -222,6 +230,28 @@ fn apply_overrides(config: &mut ClusterConfig, index: usize, args: &Args) -> Vec
         node_field("peer_addr"),
         "--peer-addr",
     );
+    for (target, value, name, flag) in [
+        (
+            &mut node.resp_addr,
+            &args.resp_addr,
+            "resp_addr",
+            "--resp-addr",
+        ),
+        (
+            &mut node.http_addr,
+            &args.http_addr,
+            "http_addr",
+            "--http-addr",
+        ),
+    ] {
+        if let Some(addr) = value {
+            *target = Some(addr.clone());
+            applied.push(Override {
+                field: node_field(name),
+                flag: format!("{flag} {addr}"),
+            });
+        }
+    }
     if let Some(host) = &args.listen_host {
         node.listen_host = Some(host.clone());
         applied.push(Override {

@@ -407,3 +407,83 @@ fn a_voter_that_lost_its_data_cannot_rejoin_as_itself() {
     let expected: Vec<(u64, bool)> = (1..=3).map(|n| (n, n.to_string() != id)).collect();
     wait_membership(&cluster, &expected);
 }
+
+/// One RESP request on a fresh connection to `addr`; the raw reply.
+fn resp_call(addr: &str, args: &[&str]) -> String {
+    use std::io::{Read, Write};
+    let mut stream = std::net::TcpStream::connect(addr).expect("connect to the RESP port");
+    stream.set_read_timeout(Some(IO_TIMEOUT)).unwrap();
+    let mut request = format!("*{}\r\n", args.len());
+    for arg in args {
+        request.push_str(&format!("${}\r\n{arg}\r\n", arg.len()));
+    }
+    stream.write_all(request.as_bytes()).unwrap();
+    let mut reply = vec![0u8; 512];
+    let n = stream.read(&mut reply).unwrap_or(0);
+    String::from_utf8_lossy(&reply[..n]).into_owned()
+}
+
+/// A node that joins with `--resp-addr` records it in the membership: once it leads, the founders
+/// (whose cluster file does not name it) relay Redis clients to it.
+#[test]
+fn a_joined_node_s_redis_address_reaches_every_node() {
+    let mut cluster = Cluster::configure_with_spares(3, 1, FAST_TUNABLES);
+    for i in 0..3 {
+        cluster.start_node(i);
+    }
+    cluster.wait_leader();
+    let (resp4, http4) = (
+        cluster.nodes[3].resp_addr.clone(),
+        cluster.nodes[3].http_addr.clone(),
+    );
+    cluster.start_joining_with(
+        3,
+        &[0, 1, 2],
+        &["--resp-addr", &resp4, "--http-addr", &http4],
+    );
+    wait_membership(&cluster, &[(1, true), (2, true), (3, true), (4, false)]);
+    let promoted = Instant::now() + LEADER_TIMEOUT;
+    while !cluster.members(&["promote", "--id", "4"]).status.success() {
+        assert!(Instant::now() < promoted, "node 4 was never promoted");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    // Every founder learns the address from the log.
+    for i in 0..3 {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let (_, body) = http_get(&cluster.nodes[i].http_addr, "/status").expect("status");
+            if body.contains(&format!("\"4\":\"{resp4}\"")) {
+                break;
+            }
+            assert!(Instant::now() < deadline, "node {} /status: {body}", i + 1);
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+    // Hand leadership around (pause the leader until another is elected) until node 4 leads.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let leader = cluster.wait_leader();
+        if leader == 3 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "node 4 never became leader");
+        let pid = cluster.pid(leader).expect("leader pid");
+        signal(pid, libc::SIGSTOP);
+        cluster.wait_new_leader(leader);
+        signal(pid, libc::SIGCONT);
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    // A Redis client of a founder is relayed to node 4.
+    let founder = cluster.nodes[0].resp_addr.clone();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let reply = resp_call(&founder, &["SET", "joined", "yes"]);
+        if reply == "+OK\r\n" {
+            break;
+        }
+        assert!(Instant::now() < deadline, "SET through node 1: {reply:?}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    assert_eq!(resp_call(&founder, &["GET", "joined"]), "$3\r\nyes\r\n");
+    assert_eq!(resp_call(&resp4, &["GET", "joined"]), "$3\r\nyes\r\n");
+}

@@ -183,9 +183,14 @@ impl Cluster {
 
     /// Starts spare node `i` with `--join` through the client addresses of the nodes `through`.
     pub fn start_joining(&mut self, i: usize, through: &[usize]) {
+        self.start_joining_with(i, through, &[]);
+    }
+
+    /// [`Cluster::start_joining`] with more flags.
+    pub fn start_joining_with(&mut self, i: usize, through: &[usize], extra: &[&str]) {
         let join: Vec<String> = through.iter().map(|&j| self.addr(j).to_string()).collect();
         let node = &self.nodes[i];
-        let flags = [
+        let mut flags = vec![
             "--join".to_string(),
             join.join(","),
             "--client-addr".to_string(),
@@ -195,6 +200,7 @@ impl Cluster {
             "--data-dir".to_string(),
             node.data_dir.display().to_string(),
         ];
+        flags.extend(extra.iter().map(|flag| flag.to_string()));
         let flags: Vec<&str> = flags.iter().map(String::as_str).collect();
         self.start_node_with(i, &[], &flags);
     }

@@ -21,11 +21,13 @@ pub const MAX_ADDRESS_LEN: usize = 255;
 pub enum MembersRequest {
     /// `members`: the current membership as the leader sees it.
     List,
-    /// `members add <id> <client_addr> <peer_addr>`: a new learner.
+    /// `members add <id> <client_addr> <peer_addr> [<resp_addr>]`: a new learner (with its Redis
+    /// port, if it has one, so that the others can relay Redis clients to it when it leads).
     AddLearner {
         id: u64,
         client_addr: String,
         peer_addr: String,
+        resp_addr: Option<String>,
     },
     /// `members promote <id>`: a caught-up learner becomes a voter.
     Promote { id: u64 },
@@ -42,7 +44,14 @@ impl MembersRequest {
                 id,
                 client_addr,
                 peer_addr,
+                resp_addr: None,
             } => format!("members add {id} {client_addr} {peer_addr}"),
+            MembersRequest::AddLearner {
+                id,
+                client_addr,
+                peer_addr,
+                resp_addr: Some(resp_addr),
+            } => format!("members add {id} {client_addr} {peer_addr} {resp_addr}"),
             MembersRequest::Promote { id } => format!("members promote {id}"),
             MembersRequest::Remove { id } => format!("members remove {id}"),
         };
@@ -194,6 +203,31 @@ mod tests {
             ),
             None
         );
+    }
+
+    #[test]
+    fn an_add_request_round_trips_with_and_without_a_redis_address() {
+        use crate::{ParseOutcome, Parser, Request};
+        for resp_addr in [None, Some("10.0.0.4:6379".to_string())] {
+            let request = MembersRequest::AddLearner {
+                id: 4,
+                client_addr: "10.0.0.4:9000".into(),
+                peer_addr: "10.0.0.4:10000".into(),
+                resp_addr,
+            };
+            let mut line = Vec::new();
+            request.encode(&mut line);
+            let mut buf = bytes::BytesMut::from(&line[..]);
+            match Parser::new(1024).parse(&mut buf) {
+                ParseOutcome::Request(Request::Members(parsed)) => assert_eq!(parsed, request),
+                other => panic!("{other:?}"),
+            }
+        }
+        let mut buf = bytes::BytesMut::from(&b"members add 4 a:1 b:2 not-an-address\r\n"[..]);
+        assert!(matches!(
+            Parser::new(1024).parse(&mut buf),
+            ParseOutcome::Error(_)
+        ));
     }
 
     #[test]

@@ -378,7 +378,7 @@ impl Parser {
     }
 }
 
-/// `members`, `members add <id> <client_addr> <peer_addr>`, `members promote <id>`,
+/// `members`, `members add <id> <client_addr> <peer_addr> [<resp_addr>]`, `members promote <id>`,
 /// `members remove <id>`; `None` for anything else (ids are positive, addresses `host:port`).
 fn members_request<'a>(count: usize, token: impl Fn(usize) -> &'a [u8]) -> Option<MembersRequest> {
     let id = || match parse_decimal(token(2)) {
@@ -391,10 +391,14 @@ fn members_request<'a>(count: usize, token: impl Fn(usize) -> &'a [u8]) -> Optio
     };
     match (count, token(1)) {
         (1, _) => Some(MembersRequest::List),
-        (5, b"add") => Some(MembersRequest::AddLearner {
+        (5 | 6, b"add") => Some(MembersRequest::AddLearner {
             id: id()?,
             client_addr: address(3)?,
             peer_addr: address(4)?,
+            resp_addr: match count {
+                6 => Some(address(5)?),
+                _ => None,
+            },
         }),
         (3, b"promote") => Some(MembersRequest::Promote { id: id()? }),
         (3, b"remove") => Some(MembersRequest::Remove { id: id()? }),

@@ -29,10 +29,43 @@ pub struct MemberAddrs {
     pub client: String,
     /// Where peers connect (`host:port`).
     pub peer: String,
+    /// Where Redis clients connect, if the node has a RESP port.
+    pub resp: Option<String>,
+}
+
+/// Marks the section of RESP addresses after the members in an encoded [`AddressBook`].
+const RESP_SECTION: u8 = 1;
+
+/// Reads an encoded [`AddressBook`] front to back; every read is bounds-checked.
+struct Cursor<'a> {
+    bytes: &'a [u8],
+}
+
+impl<'a> Cursor<'a> {
+    fn take(&mut self, n: usize) -> Option<&'a [u8]> {
+        if self.bytes.len() < n {
+            return None;
+        }
+        let (head, rest) = self.bytes.split_at(n);
+        self.bytes = rest;
+        Some(head)
+    }
+
+    /// A `u16` length and that many bytes of UTF-8, at most [`MAX_ADDRESS_LEN`].
+    fn address(&mut self) -> Option<String> {
+        let len = u16::from_le_bytes(self.take(2)?.try_into().ok()?) as usize;
+        if len > MAX_ADDRESS_LEN {
+            return None;
+        }
+        String::from_utf8(self.take(len)?.to_vec()).ok()
+    }
 }
 
 /// Every member's addresses, by id. Encoded into the core's membership context: a `u32` count, then
-/// per member its id (`u64`) and both addresses (each a `u16` length and the bytes), little-endian.
+/// per member its id (`u64`) and both addresses (each a `u16` length and the bytes), little-endian;
+/// then, if any member has a RESP address, the byte [`RESP_SECTION`] and per member in the same order
+/// a `u16` length and the address (0: none). Contexts written before RESP addresses end after the
+/// members and still decode.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct AddressBook {
     pub members: BTreeMap<NodeId, MemberAddrs>,
@@ -49,6 +82,14 @@ impl AddressBook {
                 out.extend_from_slice(addr.as_bytes());
             }
         }
+        if self.members.values().any(|addrs| addrs.resp.is_some()) {
+            out.push(RESP_SECTION);
+            for addrs in self.members.values() {
+                let resp = addrs.resp.as_deref().unwrap_or("");
+                out.extend_from_slice(&(resp.len() as u16).to_le_bytes());
+                out.extend_from_slice(resp.as_bytes());
+            }
+        }
         Bytes::from(out)
     }
 
@@ -59,26 +100,30 @@ impl AddressBook {
         if context.is_empty() {
             return Some(book);
         }
-        let mut at = 0usize;
-        let mut take = |n: usize| -> Option<&[u8]> {
-            let bytes = context.get(at..at.checked_add(n)?)?;
-            at += n;
-            Some(bytes)
-        };
-        let count = u32::from_le_bytes(take(4)?.try_into().ok()?);
+        let mut reader = Cursor { bytes: context };
+        let count = u32::from_le_bytes(reader.take(4)?.try_into().ok()?);
         for _ in 0..count {
-            let id = u64::from_le_bytes(take(8)?.try_into().ok()?);
-            let mut addr = || -> Option<String> {
-                let len = u16::from_le_bytes(take(2)?.try_into().ok()?) as usize;
-                if len > MAX_ADDRESS_LEN {
-                    return None;
-                }
-                String::from_utf8(take(len)?.to_vec()).ok()
+            let id = u64::from_le_bytes(reader.take(8)?.try_into().ok()?);
+            let (client, peer) = (reader.address()?, reader.address()?);
+            let addrs = MemberAddrs {
+                client,
+                peer,
+                resp: None,
             };
-            let (client, peer) = (addr()?, addr()?);
-            book.members.insert(id, MemberAddrs { client, peer });
+            if book.members.insert(id, addrs).is_some() {
+                return None;
+            }
         }
-        (at == context.len()).then_some(book)
+        if !reader.bytes.is_empty() {
+            if reader.take(1)? != [RESP_SECTION] {
+                return None;
+            }
+            for addrs in book.members.values_mut() {
+                let resp = reader.address()?;
+                addrs.resp = (!resp.is_empty()).then_some(resp);
+            }
+        }
+        reader.bytes.is_empty().then_some(book)
     }
 }
 
@@ -147,6 +192,7 @@ impl<H> Replica<H> {
                 let addrs = MemberAddrs {
                     client: client.clone(),
                     peer: self.config.peer_addrs.get(&id).cloned().unwrap_or_default(),
+                    resp: None,
                 };
                 book.members.insert(id, addrs);
             }
@@ -225,11 +271,13 @@ impl<H> Replica<H> {
                 id,
                 client_addr,
                 peer_addr,
+                resp_addr,
             } => {
                 if !self.raft.membership().contains(id) {
                     let addrs = MemberAddrs {
                         client: client_addr,
                         peer: peer_addr,
+                        resp: resp_addr,
                     };
                     book.members.insert(id, addrs);
                 }
@@ -433,6 +481,7 @@ mod tests {
             MemberAddrs {
                 client: "db-3:7001".into(),
                 peer: "10.0.0.3:8001".into(),
+                resp: None,
             },
         );
         book.members.insert(1, MemberAddrs::default());
@@ -443,6 +492,43 @@ mod tests {
         }
         assert_eq!(AddressBook::decode(b""), Some(AddressBook::default()));
         assert_eq!(AddressBook::decode(&[0xff, 0xff, 0xff, 0xff]), None);
+    }
+
+    #[test]
+    fn resp_addresses_follow_the_members_and_older_books_still_decode() {
+        let mut book = AddressBook::default();
+        let member = |id: u64, resp: Option<&str>| MemberAddrs {
+            client: format!("10.0.0.{id}:9000"),
+            peer: format!("10.0.0.{id}:10000"),
+            resp: resp.map(str::to_string),
+        };
+        book.members.insert(1, member(1, None));
+        book.members.insert(4, member(4, Some("10.0.0.4:6379")));
+        let bytes = book.encode();
+        assert_eq!(AddressBook::decode(&bytes), Some(book.clone()));
+        // The members alone are a book written before RESP addresses: it decodes, without them.
+        let mut without = book.clone();
+        without.members.values_mut().for_each(|m| m.resp = None);
+        let members_end = without.encode().len();
+        assert_eq!(&bytes[..members_end], &without.encode()[..]);
+        for cut in 1..bytes.len() {
+            let expected = (cut == members_end).then(|| without.clone());
+            assert_eq!(AddressBook::decode(&bytes[..cut]), expected, "cut at {cut}");
+        }
+        // An unknown section, or bytes after the last one, are refused.
+        let mut tagged = bytes.to_vec();
+        tagged[members_end] = 9;
+        assert_eq!(AddressBook::decode(&tagged), None);
+        let mut longer = bytes.to_vec();
+        longer.push(0);
+        assert_eq!(AddressBook::decode(&longer), None);
+        // One id twice is no book.
+        let mut twice = 2u32.to_le_bytes().to_vec();
+        for _ in 0..2 {
+            twice.extend_from_slice(&7u64.to_le_bytes());
+            twice.extend_from_slice(&[0, 0, 0, 0]);
+        }
+        assert_eq!(AddressBook::decode(&twice), None);
     }
 
     #[test]

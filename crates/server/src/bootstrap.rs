@@ -18,6 +18,7 @@ pub(crate) fn address_book(config: &ClusterConfig) -> AddressBook {
             let addrs = MemberAddrs {
                 client: node.client_addr.clone(),
                 peer: node.peer_addr.clone(),
+                resp: node.resp_addr.clone(),
             };
             (node.id, addrs)
         })

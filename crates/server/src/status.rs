@@ -57,6 +57,10 @@ pub struct NodeStatus {
     /// The state's digest, present only in the status published to answer a `GET /digest`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub digest: Option<StateDigest>,
+    /// Each member's Redis address as the membership in the log records it (nodes that joined with
+    /// one, and founders whose cluster file named one), by id.
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub resp_addrs: std::collections::BTreeMap<u64, String>,
 }
 
 /// The node's whole state machine condensed to one number at one applied index: replicas that have
@@ -193,5 +197,11 @@ pub fn observe<H>(
         unhealthy,
         wall_clock_ms: 0,
         digest: None,
+        resp_addrs: replica
+            .address_book()
+            .members
+            .into_iter()
+            .filter_map(|(id, addrs)| Some((id, addrs.resp?)))
+            .collect(),
     }
 }

@@ -24,13 +24,24 @@ pub(super) async fn route(ctx: &Context) -> Route {
         if ctx.is_leader() {
             return Route::Here;
         }
-        let leader = status.borrow().leader.filter(|l| *l != ctx.id);
-        if let Some(leader) = leader {
-            return match ctx.resp_addrs.get(&leader) {
-                Some(addr) => Route::Relay(addr.clone()),
+        let known = {
+            let status = status.borrow();
+            let leader = status.leader.filter(|l| *l != ctx.id);
+            // The membership in the log knows nodes that joined later; the cluster file, founders.
+            leader.map(|leader| {
+                let addr = status
+                    .resp_addrs
+                    .get(&leader)
+                    .or(ctx.resp_addrs.get(&leader));
+                (leader, addr.cloned())
+            })
+        };
+        if let Some((leader, addr)) = known {
+            return match addr {
+                Some(addr) => Route::Relay(addr),
                 None => Route::Refuse(format!(
-                    "ERR the leader (node {leader}) has no resp_addr in this node's cluster file; \
-                     connect to it directly"
+                    "ERR the leader (node {leader}) has no Redis address (resp_addr) in the \
+                     membership or this node's cluster file; connect to it directly"
                 )),
             };
         }

@@ -62,6 +62,9 @@ impl Simulator {
                     id,
                     client_addr: format!("node{id}:{}", super::BASE_PORT + id as u16),
                     peer_addr: format!("node{id}:peer"),
+                    // Joined nodes carry a Redis address, so books with and without one are in logs
+                    // and snapshots (the founders' have none).
+                    resp_addr: Some(format!("node{id}:resp")),
                 }
             }
             1 if !membership.learners.is_empty() => MembersRequest::Promote {

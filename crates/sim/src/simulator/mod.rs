@@ -237,6 +237,7 @@ impl Simulator {
                     let addrs = MemberAddrs {
                         client: client_addrs[&id].clone(),
                         peer: format!("node{id}:peer"),
+                        resp: None,
                     };
                     (id, addrs)
                 })
