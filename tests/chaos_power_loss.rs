@@ -32,6 +32,7 @@ fn config(dir: &std::path::Path, skip_fsync: bool) -> RunConfig {
         remove_dir_on_pass: false,
         base_port: 21_000 + (std::process::id() % 200) as u16 * 50,
         skip_fsync,
+        lease_reads: false,
         timing: Timing {
             quiet: (Duration::from_millis(1500), Duration::from_millis(1500)),
             fault: (Duration::from_millis(1000), Duration::from_millis(1000)),

@@ -64,6 +64,7 @@ fn every_nemesis_in_turn_leaves_a_linearizable_history_and_nothing_lost() {
         remove_dir_on_pass: false,
         base_port: 20_000 + (std::process::id() % 200) as u16 * 50,
         skip_fsync: false,
+        lease_reads: false,
         timing: Timing {
             quiet: (Duration::from_millis(1000), Duration::from_millis(1500)),
             fault: (Duration::from_millis(2000), Duration::from_millis(2500)),

@@ -23,6 +23,7 @@ fn start_cluster(dir: &std::path::Path) -> Result<Cluster, String> {
         base_port: 0,
         fake_clocks: false,
         skip_fsync: false,
+        lease_reads: false,
     })?;
     cluster.start_all()?;
     Ok(cluster)

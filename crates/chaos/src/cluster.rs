@@ -54,6 +54,8 @@ pub struct Options {
     /// Test-only: the nodes skip every WAL fdatasync (`unsafe_skip_fsync`), to show that the power
     /// loss check catches it.
     pub skip_fsync: bool,
+    /// The nodes serve reads from leader leases (`lease_reads = true`).
+    pub lease_reads: bool,
 }
 
 pub struct Cluster {
@@ -131,6 +133,9 @@ impl Cluster {
         let mut extra = format!("snapshot_entries = {CHAOS_SNAPSHOT_ENTRIES}\n");
         if options.skip_fsync {
             extra.push_str("# Test only: acknowledges writes that are not on disk.\nunsafe_skip_fsync = true\n");
+        }
+        if options.lease_reads {
+            extra.push_str("lease_reads = true\n");
         }
         let text = text.replacen("[tunables]\n", &format!("[tunables]\n{extra}"), 1);
         let config = options.dir.join("cluster.toml");

@@ -73,6 +73,11 @@ struct Args {
     /// then loses acknowledged writes and that this tool reports it.
     #[arg(long)]
     unsafe_skip_fsync: bool,
+    /// The nodes serve reads from leader leases (`lease_reads = true`) instead of ReadIndex rounds:
+    /// the faults then test the lease (its clock assumption holds here: libfaketime moves only the
+    /// wall clocks).
+    #[arg(long)]
+    lease_reads: bool,
     /// Re-check a saved history instead of running anything.
     #[arg(long, value_name = "FILE")]
     check: Option<PathBuf>,
@@ -207,6 +212,7 @@ fn configure(args: &Args) -> Result<RunConfig, String> {
             .base_port
             .unwrap_or(20_000 + (std::process::id() % 200) as u16 * 50),
         skip_fsync: args.unsafe_skip_fsync,
+        lease_reads: args.lease_reads,
         timing: Timing::default(),
     })
 }

@@ -31,6 +31,8 @@ pub struct RunConfig {
     pub remove_dir_on_pass: bool,
     pub base_port: u16,
     pub skip_fsync: bool,
+    /// Reads from leader leases instead of ReadIndex rounds.
+    pub lease_reads: bool,
     pub timing: Timing,
 }
 
@@ -117,6 +119,7 @@ pub fn run(config: &RunConfig) -> Result<Summary, String> {
         base_port: config.base_port,
         fake_clocks: config.nemeses.contains(&Nemesis::Clock),
         skip_fsync: config.skip_fsync,
+        lease_reads: config.lease_reads,
     })?;
     cluster.start_all()?;
     if cluster.wait_leader(Duration::from_secs(30)).is_none() {
