@@ -70,6 +70,11 @@ impl ReadIndexQueue {
         self.rounds.back().map_or(0, |(round, _, _)| *round)
     }
 
+    /// No read waits in any stage.
+    pub(crate) fn is_empty(&self) -> bool {
+        self.awaiting_leader_commit.is_empty() && self.unsent.is_empty() && self.rounds.is_empty()
+    }
+
     pub(crate) fn has_unsent(&self) -> bool {
         !self.unsent.is_empty()
     }

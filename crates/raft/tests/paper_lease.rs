@@ -217,3 +217,89 @@ fn without_leases_every_read_takes_a_round() {
     assert!(rd.read_states.is_empty());
     assert!(has_read_round(&rd.messages));
 }
+
+/// A follower that answered the leader keeps refusing votes for the whole window even when a higher
+/// term (here a rejected pre-vote of its own, answered late) makes it forget that leader: the
+/// leader's lease counts on it.
+#[test]
+fn a_higher_term_does_not_end_a_follower_s_refusal_window() {
+    let vote = |term| {
+        msg(
+            3,
+            2,
+            term,
+            MessageBody::Vote {
+                last_index: 5,
+                last_term: 1,
+                transfer: false,
+            },
+        )
+    };
+    let granted = |rd: &Ready| {
+        all_messages(rd)
+            .iter()
+            .any(|m| m.to == 3 && m.body == MessageBody::VoteResponse { granted: true })
+    };
+    for (lease_reads, expect_granted) in [(true, false), (false, true)] {
+        let mut config = config(2, 3);
+        config.lease_reads = lease_reads;
+        let mut f = Raft::new(config, InitialState::default());
+        // Past the start-up window, then a heartbeat from leader 1 of term 1.
+        for _ in 0..12 {
+            f.tick();
+        }
+        f.step(msg(
+            1,
+            2,
+            1,
+            MessageBody::Heartbeat {
+                commit: 0,
+                read_round: 1,
+            },
+        ));
+        flush(&mut f);
+        // A late rejection of an old pre-vote carries term 2: the follower forgets its leader.
+        f.step(msg(
+            3,
+            2,
+            2,
+            MessageBody::PreVoteResponse { granted: false },
+        ));
+        assert_eq!(f.status().term, 2);
+        assert_eq!(f.status().leader, None);
+        flush(&mut f);
+        f.step(vote(2));
+        assert_eq!(
+            granted(&flush(&mut f)),
+            expect_granted,
+            "lease_reads = {lease_reads}"
+        );
+    }
+}
+
+/// A read served from the lease does not overtake an earlier read still waiting for its round: one
+/// connection's reads take effect in the order sent.
+#[test]
+fn a_lease_read_waits_behind_an_earlier_read() {
+    let mut r = lease_leader();
+    // Round 1: a periodic heartbeat, no reads.
+    let first = tick_heartbeat(&mut r);
+    // A read arrives before any answer: it takes round 2.
+    r.read_index(1).unwrap();
+    let second = flush(&mut r).messages;
+    assert!(has_read_round(&second));
+    // Round 1 is answered: the lease holds, but read 1 still waits for round 2.
+    ack_heartbeats(&mut r, &first, &[2]);
+    assert!(r.holds_lease());
+    r.read_index(2).unwrap();
+    let rd = flush(&mut r);
+    assert!(rd.read_states.is_empty(), "read 2 must not pass read 1");
+    let third = rd.messages;
+    ack_heartbeats(&mut r, &second, &[2]);
+    ack_heartbeats(&mut r, &third, &[2]);
+    let order: Vec<u64> = flush(&mut r).read_states.iter().map(|s| s.ctx).collect();
+    assert_eq!(order, vec![1, 2]);
+    // With nothing waiting, the next read comes from the lease at once.
+    r.read_index(3).unwrap();
+    assert_eq!(flush(&mut r).read_states.len(), 1);
+}

@@ -63,8 +63,9 @@ impl<'a> Cursor<'a> {
 
 /// Every member's addresses, by id. Encoded into the core's membership context: a `u32` count, then
 /// per member its id (`u64`) and both addresses (each a `u16` length and the bytes), little-endian;
-/// then, if any member has a RESP address, the byte [`RESP_SECTION`] and per member in the same order
-/// a `u16` length and the address (0: none). Contexts written before RESP addresses end after the
+/// then, if any member has a RESP address, the byte [`RESP_SECTION`] and per member, in ascending id
+/// order (the members' order too, since the book is a sorted map), a `u16` length and the address
+/// (0: none). Contexts written before RESP addresses end after the
 /// members and still decode.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct AddressBook {

@@ -522,6 +522,13 @@ fn machine_of(addr: &str) -> String {
 /// Checks `host:port` syntax (IPv6 hosts in brackets) without resolving names, since validation must not
 /// depend on DNS. Returns a canonical lower-case form used to detect two fields naming the same address.
 pub fn parse_host_port(addr: &str) -> Result<String, String> {
+    // Addresses travel in the membership in the log, which holds at most this many bytes of each.
+    if addr.len() > raftkv_kv::protocol::MAX_ADDRESS_LEN {
+        return Err(format!(
+            "longer than {} bytes",
+            raftkv_kv::protocol::MAX_ADDRESS_LEN
+        ));
+    }
     let (host, port) = if let Some(rest) = addr.strip_prefix('[') {
         let (host, after) = rest.split_once(']').ok_or("missing ']' after IPv6 host")?;
         let port = after.strip_prefix(':').ok_or("expected host:port")?;

@@ -117,14 +117,20 @@ impl Raft {
     /// With check-quorum, a node that heard from a leader within the minimum election timeout refuses to
     /// help depose it (§4.2.3), so a node that rejoins after a partition cannot disrupt a healthy leader.
     ///
-    /// With leader leases, a node also refuses for its first election timeout after it starts: it may
-    /// have answered a leader's heartbeat just before it crashed, and that leader counts on it.
+    /// With leader leases a node refuses for an election timeout after it last heard from any
+    /// leader, even if a higher term (from a rejected pre-vote, say) has since made it forget that
+    /// leader, whose lease counts on it; and for its first election timeout after it starts: it may
+    /// have answered a heartbeat just before it crashed.
     pub(super) fn in_leader_lease(&self) -> bool {
         let heard_from_leader =
             self.leader.is_some() && self.election_elapsed < self.config.election_ticks;
-        let just_started =
-            self.lease_reads_enabled() && self.ticks < u64::from(self.config.election_ticks);
-        self.config.check_quorum && (heard_from_leader || just_started)
+        let window = u64::from(self.config.election_ticks);
+        let leased = self.lease_reads_enabled()
+            && (self.ticks < window
+                || self
+                    .leader_contact_at
+                    .is_some_and(|at| self.ticks.saturating_sub(at) < window));
+        self.config.check_quorum && (heard_from_leader || leased)
     }
 
     /// Leader leases need check-quorum (the refusal window they stand on) and enough ticks for a margin.
@@ -264,9 +270,13 @@ impl Raft {
         last_term: Term,
         pre: bool,
     ) {
+        // A leader's lease may count on us even after a higher term made us forget it: with leases,
+        // no vote for anyone new inside the window (a transfer's vote is the leader's own wish).
+        let transfer = matches!(msg.body, MessageBody::Vote { transfer: true, .. });
+        let leased = self.lease_reads_enabled() && !transfer && self.in_leader_lease();
         let can_vote = self.vote == Some(msg.from)
-            || (self.vote.is_none() && self.leader.is_none())
-            || (pre && msg.term > self.term);
+            || (self.vote.is_none() && self.leader.is_none() && !leased)
+            || (pre && msg.term > self.term && !leased);
         let granted = can_vote && self.log.is_up_to_date(last_index, last_term);
         if pre {
             let term = if granted { msg.term } else { self.term };

@@ -103,6 +103,9 @@ pub struct Raft {
     reads: ReadIndexQueue,
     /// Ticks since this node started: the leader lease's clock.
     ticks: u64,
+    /// The tick at which a leader (of any term) was last heard from: with leases, votes are refused
+    /// for an election timeout after it, even if a higher term has since made us forget the leader.
+    leader_contact_at: Option<u64>,
     lease: Lease,
     /// Reads released from the lease, for drivers' metrics and the simulator's coverage.
     lease_reads_served: u64,
@@ -142,6 +145,7 @@ impl Raft {
             progress: BTreeMap::new(),
             reads: ReadIndexQueue::default(),
             ticks: 0,
+            leader_contact_at: None,
             lease: Lease::default(),
             lease_reads_served: 0,
             transfer_target: None,
@@ -243,7 +247,8 @@ impl Raft {
     /// once, at the commit index (the lease stands in for the heartbeat round).
     pub fn read_index(&mut self, ctx: u64) -> Result<(), ProposeError> {
         self.ensure_leader()?;
-        if self.holds_lease() {
+        // Not past a read still waiting for its round: one connection's reads take effect in order.
+        if self.holds_lease() && self.reads.is_empty() {
             self.lease_reads_served += 1;
             self.read_states.push(ReadState {
                 ctx,

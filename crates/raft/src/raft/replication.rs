@@ -303,6 +303,7 @@ impl Raft {
         }
         self.leader = Some(msg.from);
         self.election_elapsed = 0;
+        self.leader_contact_at = Some(self.ticks);
         match msg.body {
             MessageBody::Append {
                 prev_index,
