@@ -73,6 +73,9 @@
 //! first, its pending reads are dropped: the driver sees the role change in [`Ready::soft_state`] and
 //! must fail (or retry elsewhere) every read it still waits for.
 //!
+//! With [`Config::lease_reads`] (opt-in), a leader whose lease holds releases a read at once, at its
+//! commit index, without a round: see the `lease` module for the rule and the clock assumption.
+//!
 //! ## Snapshots and compaction
 //!
 //! The log need not start at index 1: [`InitialState`] may hold a snapshot, and the log continues after
