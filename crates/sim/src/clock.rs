@@ -17,6 +17,9 @@ pub struct NodeClock {
     /// Parts per million the wall clock runs fast (positive) or slow (negative).
     drift_ppm: i64,
     mono_origin_ms: u64,
+    /// Parts per million the monotonic clock runs fast or slow (0 unless a seed with leader leases
+    /// draws it, within the rate difference the lease tolerates).
+    mono_rate_ppm: i64,
 }
 
 impl NodeClock {
@@ -26,7 +29,13 @@ impl NodeClock {
             offset_ms: rng.range(0, 2 * max_skew_ms) as i64 - max_skew_ms as i64,
             drift_ppm: rng.range(0, 2 * max_drift_ppm) as i64 - max_drift_ppm as i64,
             mono_origin_ms: rng.range(0, 1_000_000),
+            mono_rate_ppm: 0,
         }
+    }
+
+    /// Makes the monotonic clock (and so the node's ticks) run `ppm` parts per million fast or slow.
+    pub fn set_mono_rate_ppm(&mut self, ppm: i64) {
+        self.mono_rate_ppm = ppm;
     }
 
     /// Steps the wall clock by `delta_ms` (either way), as an NTP correction or an operator would.
@@ -43,7 +52,10 @@ impl NodeClock {
         let drift = virtual_ms as i64 * self.drift_ppm / 1_000_000;
         let wall = EPOCH_MS as i64 + virtual_ms as i64 + self.offset_ms + drift;
         Now {
-            mono_ms: self.mono_origin_ms + virtual_ms,
+            mono_ms: (self.mono_origin_ms as i64
+                + virtual_ms as i64
+                + virtual_ms as i64 * self.mono_rate_ppm / 1_000_000)
+                .max(0) as u64,
             wall_ms: wall.max(0) as u64,
         }
     }

@@ -39,8 +39,10 @@ pub struct Node {
     snapshot_delay: (u64, u64),
     /// Term of each entry handed out for persistence, for the log-matching check (index -> term).
     log_terms: BTreeMap<Index, Term>,
-    /// This node ticks when its monotonic clock is a multiple of the tick interval.
+    /// This node ticks when its monotonic clock enters a new period of this length.
     pub tick_ms: u64,
+    /// The period of the last tick (None until the first step of each process lifetime).
+    ticked_period: Option<u64>,
     pub crashes: u64,
     /// Reads its replicas released from a leader lease, over every restart.
     pub lease_reads: u64,
@@ -78,6 +80,7 @@ impl Node {
             snapshot_delay,
             log_terms: BTreeMap::new(),
             tick_ms,
+            ticked_period: None,
             crashes: 0,
             lease_reads: 0,
             stopped: None,
@@ -163,6 +166,7 @@ impl Node {
             .as_ref()
             .map_or(0, |r| r.raft().lease_reads_served());
         self.replica = None;
+        self.ticked_period = None;
         self.loopback.clear();
         self.learned.clear();
         self.snapshot_work = None;
@@ -219,7 +223,15 @@ impl Node {
             }
         }
         let now = self.now(env.now);
-        if now.mono_ms.is_multiple_of(self.tick_ms) {
+        // A tick each time the monotonic clock enters a new tick period (a clock running fast may
+        // skip a millisecond, one running slow may repeat one).
+        let period = now.mono_ms / self.tick_ms;
+        let due = match self.ticked_period {
+            None => now.mono_ms.is_multiple_of(self.tick_ms),
+            Some(last) => period > last,
+        };
+        self.ticked_period = Some(period);
+        if due {
             if let Some(replica) = self.replica.as_mut() {
                 replica.tick(now);
             }

@@ -141,6 +141,10 @@ impl fmt::Display for Report {
     }
 }
 
+/// How far (parts per million, either way) a node's monotonic clock may run from true time in a seed
+/// with leader leases.
+const MAX_LEASE_SEED_MONO_RATE_PPM: u64 = 40_000;
+
 /// Runs one seed. Panics inside (the replica's, the core's or the simulator's own assertions) become
 /// violations.
 pub fn run_seed(seed: u64, options: &Options) -> Report {
@@ -277,7 +281,14 @@ impl Simulator {
                     params.slow_disk_latency,
                     params.segment_bytes,
                 );
-                let clock = NodeClock::draw(&mut rng, params.max_skew_ms, params.max_drift_ppm);
+                let mut clock = NodeClock::draw(&mut rng, params.max_skew_ms, params.max_drift_ppm);
+                if params.lease_reads {
+                    // Monotonic clocks (and so ticks) at rates up to 4 % apart from true, at most
+                    // ~8 % apart from each other: inside the 10 % a lease tolerates. Drawn apart.
+                    let mut rates = Rng::new(seed ^ 0x70CC_4A7E ^ id);
+                    let max = MAX_LEASE_SEED_MONO_RATE_PPM;
+                    clock.set_mono_rate_ppm(rates.range(0, 2 * max) as i64 - max as i64);
+                }
                 let mut node =
                     Node::new(config, disk, clock, params.tick_ms, params.snapshot_delay);
                 if founder {
