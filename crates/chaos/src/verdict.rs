@@ -148,9 +148,8 @@ pub fn version_order(history: &History) -> Vec<String> {
     problems
 }
 
-/// The longest time no client operation got a definite answer (microseconds), and when it began:
-/// the worst unavailability the clients saw, faults included.
-pub fn longest_silence(history: &History) -> Option<(u64, u64)> {
+/// When the clients' operations got their definite answers (the final reads left out), in order.
+fn answer_times(history: &History) -> Vec<u64> {
     let mut answered: Vec<u64> = history
         .ops
         .iter()
@@ -158,6 +157,13 @@ pub fn longest_silence(history: &History) -> Option<(u64, u64)> {
         .filter_map(|op| op.ret)
         .collect();
     answered.sort_unstable();
+    answered
+}
+
+/// The longest time no client operation got a definite answer (microseconds), and when it began:
+/// the worst unavailability the clients saw, faults included.
+pub fn longest_silence(history: &History) -> Option<(u64, u64)> {
+    let answered = answer_times(history);
     answered
         .windows(2)
         .map(|pair| (pair[1] - pair[0], pair[0]))
@@ -167,13 +173,7 @@ pub fn longest_silence(history: &History) -> Option<(u64, u64)> {
 /// For each heal, how long until the next operation with a definite answer returned (milliseconds);
 /// `None` where nothing answered before the history ends.
 pub fn recovery_windows(history: &History) -> Vec<Option<u64>> {
-    let mut answered: Vec<u64> = history
-        .ops
-        .iter()
-        .filter(|op| op.conn != FINAL_CONN)
-        .filter_map(|op| op.ret)
-        .collect();
-    answered.sort_unstable();
+    let answered = answer_times(history);
     history
         .events
         .iter()

@@ -234,46 +234,36 @@ impl Raft {
 
     /// The newest heartbeat round a majority of voters has answered (the leader answers its own).
     fn quorum_acked_round(&self) -> u64 {
+        self.quorum_value(u64::MAX, |p| p.read_round_acked)
+            .unwrap_or(0)
+    }
+
+    /// The highest value a majority of voters has reached: each follower's `of` its progress (0 if
+    /// unknown), the leader's `own`. None if the voters cannot make a quorum.
+    fn quorum_value(&self, own: u64, of: impl Fn(&Progress) -> u64) -> Option<u64> {
         let quorum = self.membership.quorum();
-        let mut acked: Vec<u64> = self
+        let mut values: Vec<u64> = self
             .membership
             .voters
             .iter()
-            .map(|id| {
-                if *id == self.id {
-                    u64::MAX
-                } else {
-                    self.progress.get(id).map_or(0, |p| p.read_round_acked)
-                }
+            .map(|id| match *id == self.id {
+                true => own,
+                false => self.progress.get(id).map_or(0, &of),
             })
             .collect();
-        if quorum == 0 || acked.len() < quorum {
-            return 0;
+        if quorum == 0 || values.len() < quorum {
+            return None;
         }
-        acked.sort_unstable_by(|a, b| b.cmp(a));
-        acked[quorum - 1]
+        values.sort_unstable_by(|a, b| b.cmp(a));
+        Some(values[quorum - 1])
     }
 
     /// §5.3, §5.4.2: the highest index stored on a majority commits, if it is from the current term.
     /// The leader's own index counts only once durable.
     pub(super) fn maybe_commit(&mut self) {
-        let mut matched: Vec<Index> = self
-            .membership
-            .voters
-            .iter()
-            .map(|id| {
-                if *id == self.id {
-                    self.log.persisted
-                } else {
-                    self.progress.get(id).map_or(0, |p| p.match_index)
-                }
-            })
-            .collect();
-        if matched.len() < self.membership.quorum() {
+        let Some(candidate) = self.quorum_value(self.log.persisted, |p| p.match_index) else {
             return;
-        }
-        matched.sort_unstable_by(|a, b| b.cmp(a));
-        let candidate = matched[self.membership.quorum() - 1];
+        };
         if self.log.term(candidate) == Some(self.term) && self.log.commit_to(candidate) {
             self.reads.leader_committed_in_term();
             if self.is_sole_voter() {
