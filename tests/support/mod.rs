@@ -392,19 +392,7 @@ impl Drop for Cluster {
 
 /// `GET path` over HTTP/1.1; returns the status code and the body.
 pub fn http_get(addr: &str, path: &str) -> Option<(u16, String)> {
-    let mut stream = TcpStream::connect(addr).ok()?;
-    stream.set_read_timeout(Some(IO_TIMEOUT)).ok()?;
-    write!(
-        stream,
-        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
-    )
-    .ok()?;
-    let mut response = String::new();
-    stream.read_to_string(&mut response).ok()?;
-    let (head, body) = response.split_once("\r\n\r\n")?;
-    let code = head.split_whitespace().nth(1)?.parse().ok()?;
-    // axum answers small bodies with a Content-Length; a chunked body is not expected here.
-    Some((code, body.to_string()))
+    raftkv_chaos::http::get_text(addr, path, IO_TIMEOUT)
 }
 
 // ----- Raw connections --------------------------------------------------------------------------
