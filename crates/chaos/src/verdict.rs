@@ -66,7 +66,7 @@ pub fn lost_writes(history: &History) -> Vec<String> {
         if key >= LEDGER_BASE {
             if last_read.kind
                 != (OpKind::Get {
-                    value: Some(newest_write),
+                    value: Some(newest_write.into()),
                 })
             {
                 lost.push(format!(
@@ -263,7 +263,7 @@ mod tests {
                     FINAL_CONN,
                     2,
                     OpKind::Getm {
-                        value: Some((7, 10, 0)),
+                        value: Some((7.into(), 10, 0)),
                     },
                     100,
                     Some(101),

@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 use raftkv_protocol::{
     encode_cas, encode_delete, encode_get, encode_getm, encode_set, Reply, ReplyKind,
 };
-use raftkv_sim::linearizability::{CasOutcome, Key, Op, OpKind};
+use raftkv_sim::linearizability::{CasOutcome, Key, Op, OpKind, Value};
 use raftkv_sim::rng::Rng;
 
 use crate::history::{key_name, value_of, write_of, FINAL_CONN, LEDGER_BASE};
@@ -259,13 +259,12 @@ enum Answer {
 }
 
 /// A value nobody wrote reads as this write, which no operation has: the checker flags it.
-const FOREIGN_VALUE: u64 = u64::MAX;
-
 fn interpret(plan: Plan, reply: Reply) -> Answer {
     if let Some(addr) = reply.redirect_address() {
         return Answer::Failed(Some(addr));
     }
-    let read_of = |value: &[u8]| write_of(value).unwrap_or(FOREIGN_VALUE);
+    // A value that is not one of the workload's writes' is named as the checker names any bytes.
+    let read_of = |value: &[u8]| write_of(value).map_or_else(|| Value::of(value), Value::Write);
     match (plan, reply) {
         (Plan::Set { write, ttl_s }, Reply::Ok { version }) => Answer::Known(OpKind::Set {
             write,

@@ -22,4 +22,24 @@ pub enum Mutation {
     /// Redis's SET NX and SET XX write whatever the key holds (the condition is dropped when the
     /// entry is applied).
     SetConditionIgnored,
+    /// MULTI/EXEC ignores WATCH: a transaction applies although a watched key changed.
+    WatchIgnored,
+    /// MSET writes only its first pair (the "all" of all-or-nothing is lost).
+    MSetFirstPairOnly,
+}
+
+impl Mutation {
+    /// The command a node with this mutation applies instead of `command` (the mutations of the
+    /// state machine's commands; the others leave it as it is).
+    pub(crate) fn apply_to(self, command: &mut raftkv_kv::Command) {
+        use raftkv_kv::Command;
+        match (self, command) {
+            (Mutation::SetConditionIgnored, Command::SetWith { condition, .. }) => {
+                *condition = raftkv_kv::SetCondition::Always;
+            }
+            (Mutation::WatchIgnored, Command::Transaction { watches, .. }) => watches.clear(),
+            (Mutation::MSetFirstPairOnly, Command::MSet { pairs, .. }) => pairs.truncate(1),
+            _ => {}
+        }
+    }
 }

@@ -459,11 +459,8 @@ impl<H> Replica<H> {
                     if self.config.mutation == Some(Mutation::WritesAppliedTwice) {
                         proposal.session = None;
                     }
-                    if self.config.mutation == Some(Mutation::SetConditionIgnored) {
-                        if let raftkv_kv::Command::SetWith { condition, .. } = &mut proposal.command
-                        {
-                            *condition = raftkv_kv::SetCondition::Always;
-                        }
+                    if let Some(mutation) = self.config.mutation {
+                        mutation.apply_to(&mut proposal.command);
                     }
                     Some(self.store.apply_proposal(index, &proposal))
                 }

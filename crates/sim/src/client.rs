@@ -11,7 +11,8 @@ use raftkv_kv::{Command, Reply, Request, SetExpiry};
 use raftkv_raft::NodeId;
 use raftkv_replica::Op as Request2;
 
-use crate::linearizability::{CasOutcome, Key, Op, OpKind, SetCondition, SET_CONDITIONS};
+use crate::compound;
+use crate::linearizability::{CasOutcome, Key, Op, OpKind, SetCondition, Value, SET_CONDITIONS};
 use crate::rng::Rng;
 
 /// A request on a connection, waiting for its reply (replies are delivered in request order).
@@ -235,24 +236,31 @@ pub fn value_bytes(write: u64) -> Bytes {
     Bytes::from(format!("v{write}"))
 }
 
-fn write_of(value: &[u8]) -> Option<u64> {
-    std::str::from_utf8(value.strip_prefix(b"v")?)
-        .ok()?
-        .parse()
-        .ok()
+/// What a client's operations are drawn from.
+#[derive(Clone, Copy, Debug)]
+pub struct Mix {
+    pub read_ppm: u32,
+    pub ttl_ppm: u32,
+    /// Some writes are the Redis front end's single-key commands (SET NX/XX/GET, GETDEL).
+    pub redis_ops: bool,
+    /// Some writes are its compound commands ([`compound`]); the number of keys in play.
+    pub compound_keys: Option<u64>,
 }
 
 /// A random operation for `key`: the request to send, the history's record of it, and `noreply`.
-/// With `redis_ops`, some writes are the Redis front end's single-key commands instead.
 pub fn draw_op(
     rng: &mut Rng,
     op_id: u64,
     key: Key,
-    read_ppm: u32,
-    ttl_ppm: u32,
     last_version: Option<u64>,
-    redis_ops: bool,
+    mix: Mix,
 ) -> (Request2, OpKind, bool) {
+    let Mix {
+        read_ppm,
+        ttl_ppm,
+        redis_ops,
+        compound_keys,
+    } = mix;
     let k = key_bytes(key);
     if rng.chance(read_ppm) {
         return if rng.chance(500_000) {
@@ -280,6 +288,10 @@ pub fn draw_op(
     // Drawn only in seeds with Redis commands, so that the others replay as they always did.
     if redis_ops && rng.chance(400_000) {
         let (request, kind) = redis_write(rng, op_id, k, ttl_s, value);
+        return (request, kind, false);
+    }
+    if let Some(keys) = compound_keys.filter(|_| rng.chance(700_000)) {
+        let (request, kind) = compound::draw(rng, op_id, key, keys, ttl_s);
         return (request, kind, false);
     }
     match rng.below(10) {
@@ -429,10 +441,9 @@ pub fn interpret(
             deleted: Some(false),
         }),
         (OpKind::Get { .. }, Reply::ErrNotFound) => Done(OpKind::Get { value: None }),
-        (OpKind::Get { .. }, Reply::Value { value }) => match write_of(value) {
-            Some(write) => Done(OpKind::Get { value: Some(write) }),
-            None => return bad(),
-        },
+        (OpKind::Get { .. }, Reply::Value { value }) => Done(OpKind::Get {
+            value: Some(Value::of(value)),
+        }),
         (OpKind::Getm { .. }, Reply::ErrNotFound) => Done(OpKind::Getm { value: None }),
         (
             OpKind::SetWith {
@@ -448,10 +459,11 @@ pub fn interpret(
             let (wrote, old, version) = match (get, r) {
                 (false, Reply::Ok { version }) => (true, None, Some(*version)),
                 (false, Reply::ErrNotFound) => (false, None, None),
-                (true, Reply::Value { value }) => match write_of(value) {
-                    Some(w) => (condition != SetCondition::IfAbsent, Some(Some(w)), None),
-                    None => return bad(),
-                },
+                (true, Reply::Value { value }) => (
+                    condition != SetCondition::IfAbsent,
+                    Some(Some(Value::of(value))),
+                    None,
+                ),
                 (true, Reply::ErrNotFound) => {
                     (condition != SetCondition::IfPresent, Some(None), None)
                 }
@@ -468,12 +480,9 @@ pub fn interpret(
             })
         }
         (OpKind::GetDel { .. }, Reply::ErrNotFound) => Done(OpKind::GetDel { value: Some(None) }),
-        (OpKind::GetDel { .. }, Reply::Value { value }) => match write_of(value) {
-            Some(write) => Done(OpKind::GetDel {
-                value: Some(Some(write)),
-            }),
-            None => return bad(),
-        },
+        (OpKind::GetDel { .. }, Reply::Value { value }) => Done(OpKind::GetDel {
+            value: Some(Some(Value::of(value))),
+        }),
         (
             OpKind::Getm { .. },
             Reply::ValueMeta {
@@ -481,10 +490,11 @@ pub fn interpret(
                 exptime,
                 value,
             },
-        ) => match write_of(value) {
-            Some(write) => Done(OpKind::Getm {
-                value: Some((write, *version, *exptime)),
-            }),
+        ) => Done(OpKind::Getm {
+            value: Some((Value::of(value), *version, *exptime)),
+        }),
+        (kind, reply) if compound::is_compound(&kind) => match compound::interpret(kind, reply) {
+            Some(kind) => Done(kind),
             None => return bad(),
         },
         _ => return bad(),

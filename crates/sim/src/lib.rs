@@ -19,6 +19,7 @@
 pub mod checks;
 pub mod client;
 pub mod clock;
+pub mod compound;
 pub mod disk;
 pub mod linearizability;
 pub mod network;
@@ -50,6 +51,8 @@ pub struct Summary {
     pub membership_changes: u64,
     /// Reads served from a leader lease (in seeds that turn leases on).
     pub lease_reads: u64,
+    /// Answered compound Redis commands (in seeds that send them).
+    pub compound_ops: u64,
     pub failures: Vec<Report>,
     pub elapsed: Duration,
 }
@@ -64,7 +67,7 @@ impl Summary {
     pub fn line(&self) -> String {
         format!(
             "seeds={} violations={} non_linearizable={} inconclusive={} retried_writes={} \
-             sessions_lost={} membership_changes={} lease_reads={}",
+             sessions_lost={} membership_changes={} lease_reads={} compound_ops={}",
             self.seeds,
             self.violations,
             self.non_linearizable,
@@ -72,7 +75,8 @@ impl Summary {
             self.retried_writes,
             self.sessions_lost,
             self.membership_changes,
-            self.lease_reads
+            self.lease_reads,
+            self.compound_ops
         )
     }
 }
@@ -96,6 +100,7 @@ pub fn run_seeds(
         summary.sessions_lost += report.stats.sessions_lost;
         summary.membership_changes += report.stats.membership_changes;
         summary.lease_reads += report.stats.lease_reads;
+        summary.compound_ops += report.stats.compound_ops;
         if report.failed() {
             on_failure(&report);
             summary.failures.push(report);

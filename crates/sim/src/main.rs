@@ -45,9 +45,11 @@ fn parse_mutation(name: &str) -> Result<Mutation, String> {
         "ExpiryAtLocalClock" => Ok(Mutation::ExpiryAtLocalClock),
         "WritesAppliedTwice" => Ok(Mutation::WritesAppliedTwice),
         "SetConditionIgnored" => Ok(Mutation::SetConditionIgnored),
+        "WatchIgnored" => Ok(Mutation::WatchIgnored),
+        "MSetFirstPairOnly" => Ok(Mutation::MSetFirstPairOnly),
         _ => Err(
             "one of ReadsWithoutReadIndex, AckBeforeFsync, ExpiryAtLocalClock, WritesAppliedTwice, \
-             SetConditionIgnored"
+             SetConditionIgnored, WatchIgnored, MSetFirstPairOnly"
                 .into(),
         ),
     }

@@ -165,3 +165,21 @@ fn a_set_nx_that_ignores_its_condition_is_caught() {
     let report = run_seed(seed, &Options::default());
     assert!(!report.failed(), "{report}");
 }
+
+/// The Redis front end's transactions are in the model: an EXEC that ignores WATCH is caught, and
+/// the same seed passes with WATCH kept.
+#[test]
+fn an_exec_that_ignores_watch_is_caught() {
+    let seed = first_caught(Mutation::WatchIgnored, 60).expect("not caught in 60 seeds");
+    let report = run_seed(seed, &Options::default());
+    assert!(!report.failed(), "{report}");
+}
+
+/// MSET is all or nothing across its keys: one that writes only its first pair is caught, and the
+/// same seed passes with the whole MSET.
+#[test]
+fn an_mset_that_writes_one_pair_is_caught() {
+    let seed = first_caught(Mutation::MSetFirstPairOnly, 60).expect("not caught in 60 seeds");
+    let report = run_seed(seed, &Options::default());
+    assert!(!report.failed(), "{report}");
+}

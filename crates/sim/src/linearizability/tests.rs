@@ -1,5 +1,6 @@
 //! The checker on known histories, and against a brute-force search on random small ones.
 
+use super::model::{Group, State};
 use super::*;
 use crate::rng::Rng;
 
@@ -32,6 +33,7 @@ fn set_unknown(write: WriteId, call: u64) -> Op {
     op(write, kind, call, None)
 }
 fn get(value: Option<WriteId>, call: u64, ret: u64) -> Op {
+    let value = value.map(Value::Write);
     op(100 + call, OpKind::Get { value }, call, Some(ret))
 }
 fn cas(write: WriteId, expected: u64, outcome: CasOutcome, call: u64, ret: u64) -> Op {
@@ -136,7 +138,7 @@ fn cas_needs_the_current_version() {
         op(
             50 + call,
             OpKind::Getm {
-                value: Some((write, version, 0)),
+                value: Some((Value::Write(write), version, 0)),
             },
             call,
             Some(call + 1),
@@ -152,7 +154,7 @@ fn getm_reports_remaining_seconds_within_the_ttl() {
         op(
             9,
             OpKind::Getm {
-                value: Some((10, 1, remaining)),
+                value: Some((10.into(), 1, remaining)),
             },
             2,
             Some(3),
@@ -203,7 +205,7 @@ fn set_with(
         condition,
         get: old.is_some(),
         wrote: Some(wrote),
-        old,
+        old: old.map(|old| old.map(Value::Write)),
         version: None,
     };
     op(write, kind, call, Some(ret))
@@ -258,7 +260,10 @@ fn set_with_conditions_and_get_follow_the_key() {
 /// GETDEL takes the value there and leaves the key absent.
 #[test]
 fn getdel_takes_the_value_and_deletes() {
-    let getdel = |value, call, ret| op(7, OpKind::GetDel { value }, call, ret);
+    let getdel = |value: Option<Option<WriteId>>, call, ret| {
+        let value = value.map(|value| value.map(Value::Write));
+        op(7, OpKind::GetDel { value }, call, ret)
+    };
     assert!(ok(&[
         set(10, 0, 1, 0, 1),
         getdel(Some(Some(10)), 2, Some(3)),
@@ -354,6 +359,125 @@ fn budget_exhaustion_is_counted_and_the_other_keys_still_checked() {
     assert!(verdict.illegal(), "key 2 is checked too: {verdict}");
 }
 
+/// MSET is atomic across keys: a reader that sees one key written and, after that, the other key
+/// not yet written has seen it torn. Each key's sub-history alone would pass; the two keys are
+/// checked together because the MSET joins them.
+#[test]
+fn a_torn_mset_is_rejected_though_each_key_alone_would_pass() {
+    let on = |key: Key, conn, kind, call, ret: Option<u64>| Op {
+        conn,
+        key,
+        kind,
+        call,
+        ret,
+        index: None,
+    };
+    let mset = on(
+        1,
+        1,
+        OpKind::MSet {
+            write: 10,
+            other: 2,
+            nx: false,
+            wrote: Some(true),
+            version: None,
+        },
+        0,
+        Some(10),
+    );
+    let read_1 = on(
+        1,
+        2,
+        OpKind::Get {
+            value: Some(10.into()),
+        },
+        1,
+        Some(2),
+    );
+    let read_2 = on(2, 3, OpKind::Get { value: None }, 3, Some(4));
+    assert!(!ok(&[mset, read_1, read_2]));
+    assert_eq!(groups(&[mset, read_1, read_2]).len(), 1);
+    // Either read alone, or both in the other order, is fine.
+    assert!(ok(&[mset, read_1]) && ok(&[mset, read_2]));
+    let read_2_first = Op {
+        call: 0,
+        ret: Some(1),
+        ..read_2
+    };
+    assert!(ok(&[
+        mset,
+        read_2_first,
+        Op {
+            call: 2,
+            ret: Some(3),
+            ..read_1
+        }
+    ]));
+}
+
+/// RENAME moves the value and its lifetime; MULTI/EXEC applies its steps at one point, unless a key
+/// watched while absent exists by then.
+#[test]
+fn rename_and_transactions_follow_the_keys() {
+    let at = |key: Key, kind, call| Op {
+        conn: call,
+        key,
+        kind,
+        call,
+        ret: Some(call + 1),
+        index: None,
+    };
+    let rename = |outcome| OpKind::Rename {
+        write: 20,
+        to: 2,
+        nx: true,
+        outcome: Some(outcome),
+        version: None,
+    };
+    let get = |value: Option<WriteId>| OpKind::Get {
+        value: value.map(Value::Write),
+    };
+    let history = [
+        set(10, 0, 1, 0, 1),
+        at(1, rename(RenameOutcome::Moved), 2),
+        at(1, get(None), 4),
+        at(2, get(Some(10)), 6),
+    ];
+    assert!(ok(&history));
+    let mut kept_source = history;
+    kept_source[2] = at(1, get(Some(10)), 4);
+    assert!(!ok(&kept_source));
+    assert!(!ok(&[at(1, rename(RenameOutcome::Moved), 0)]));
+    let tx = |aborted, seen: Option<WriteId>| {
+        let step = |key, action| TxStep { key, action };
+        OpKind::Tx(Tx {
+            write: 30,
+            watch_absent: Some(2),
+            steps: [
+                step(1, TxAction::Set),
+                step(
+                    2,
+                    TxAction::Get {
+                        value: Some(seen.map(Value::Write)),
+                    },
+                ),
+                step(1, TxAction::Incr { result: Some(None) }),
+            ],
+            len: 3,
+            aborted: Some(aborted),
+        })
+    };
+    assert!(ok(&[at(1, tx(false, None), 0), at(1, get(Some(30)), 2)]));
+    // With key 2 live, EXEC must abort and change nothing.
+    let key_2 = Op {
+        key: 2,
+        ..set(11, 0, 1, 0, 1)
+    };
+    assert!(ok(&[key_2, at(1, tx(true, None), 2), at(1, get(None), 4)]));
+    assert!(!ok(&[key_2, at(1, tx(false, Some(11)), 2)]));
+    assert!(!ok(&[at(1, tx(true, None), 0)]));
+}
+
 // ----- Cross-checks -------------------------------------------------------------------------------
 
 /// A sequential key-value store run at random points inside each op's interval: always linearizable.
@@ -417,7 +541,7 @@ fn atomic_history(rng: &mut Rng, ops: usize, conns: u64) -> Vec<Op> {
                 }
             }
             3 => OpKind::Get {
-                value: state.map(|s| s.0),
+                value: state.map(|s| s.0.into()),
             },
             4 => {
                 let condition = SET_CONDITIONS[rng.index(3)];
@@ -439,15 +563,15 @@ fn atomic_history(rng: &mut Rng, ops: usize, conns: u64) -> Vec<Op> {
                     condition,
                     get,
                     wrote: known.then_some(writes),
-                    old: (known && get).then_some(old),
+                    old: (known && get).then_some(old.map(Value::Write)),
                     version: (known && writes && !get).then_some(next_version),
                 }
             }
             5 => OpKind::GetDel {
-                value: known.then_some(state.take().map(|s| s.0)),
+                value: known.then_some(state.take().map(|s| s.0.into())),
             },
             _ => OpKind::Getm {
-                value: state.map(|s| (s.0, s.1, u64::from(s.2))),
+                value: state.map(|s| (s.0.into(), s.1, u64::from(s.2))),
             },
         };
         let is_read = matches!(kind, OpKind::Get { .. } | OpKind::Getm { .. });
@@ -486,7 +610,13 @@ fn agrees_with_brute_force_on_small_histories() {
         if rng.chance(600_000) {
             let i = rng.index(history.len());
             match &mut history[i].kind {
-                OpKind::Get { value } => *value = if value.is_some() { None } else { Some(1000) },
+                OpKind::Get { value } => {
+                    *value = if value.is_some() {
+                        None
+                    } else {
+                        Some(1000.into())
+                    }
+                }
                 _ => history[i].call = history[i].call.saturating_sub(rng.range(0, 40)),
             }
         }
@@ -499,13 +629,16 @@ fn agrees_with_brute_force_on_small_histories() {
     assert!(illegal > 100, "the corruptions make some histories illegal");
 }
 
-/// Every order consistent with real time and connection order, each unknown op taken or not.
+/// Every order consistent with real time, each unknown op taken or not (the histories drawn here
+/// give each op its own connection).
 fn brute_force(ops: &[Op], facts: &Facts) -> bool {
+    let keys: Vec<Key> = groups(ops).into_iter().flat_map(|(keys, _)| keys).collect();
+    let group = Group::new(&keys, facts);
     let mut used = vec![false; ops.len()];
-    explore(ops, facts, &mut used, State::INITIAL)
+    explore(ops, &group, &mut used, State::INITIAL)
 }
 
-fn explore(ops: &[Op], facts: &Facts, used: &mut [bool], state: State) -> bool {
+fn explore(ops: &[Op], group: &Group, used: &mut [bool], state: State) -> bool {
     let pending: Vec<usize> = (0..ops.len())
         .filter(|&i| !used[i] && ops[i].ret.is_some())
         .collect();
@@ -522,9 +655,9 @@ fn explore(ops: &[Op], facts: &Facts, used: &mut [bool], state: State) -> bool {
         if blocked {
             continue;
         }
-        if let Some(next) = step(state, &ops[i], facts) {
+        for next in group.successors(state, &ops[i]) {
             used[i] = true;
-            if explore(ops, facts, used, next) {
+            if explore(ops, group, used, next) {
                 used[i] = false;
                 return true;
             }

@@ -142,15 +142,14 @@ impl Simulator {
         // As in the server: the Redis front end has no exactly-once sessions (the session table keeps
         // only the text protocol's replies), so its commands come from clients without one.
         let redis_ops = self.params.redis_ops && !in_session;
-        let (mut request, kind, mut noreply) = client::draw_op(
-            &mut self.rng,
-            op_id,
-            key,
-            self.params.read_ppm,
-            self.params.ttl_ppm,
-            last_version,
+        let mix = client::Mix {
+            read_ppm: self.params.read_ppm,
+            ttl_ppm: self.params.ttl_ppm,
             redis_ops,
-        );
+            compound_keys: (redis_ops && self.params.compound_ops).then_some(self.params.keys),
+        };
+        let (mut request, kind, mut noreply) =
+            client::draw_op(&mut self.rng, op_id, key, last_version, mix);
         if let (true, Request2::Write { session: at, .. }) = (in_session, &mut request) {
             *at = Some(self.next_session_seq(c));
             // One write at a time in a session: the next one waits for this one's answer.

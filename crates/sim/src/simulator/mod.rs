@@ -89,6 +89,9 @@ pub struct Stats {
     pub membership_changes: u64,
     /// Reads served from a leader lease (seeds with leases on).
     pub lease_reads: u64,
+    /// Answered operations of the Redis front end's compound commands (INCRBY, APPEND, SETRANGE,
+    /// EXPIRE/PERSIST, MSET, RENAME, MULTI/EXEC).
+    pub compound_ops: u64,
     pub net: NetworkStats,
 }
 
@@ -223,6 +226,7 @@ impl Simulator {
         // Drawn apart too: seeds drawn before leases existed keep running as they did.
         params.lease_reads = params.check_quorum && Rng::new(seed ^ 0x1EA5_E5EE).chance(400_000);
         params.redis_ops = Rng::new(seed ^ 0x4ED1_5C0D).chance(500_000);
+        params.compound_ops = params.redis_ops && Rng::new(seed ^ 0xC0_4B0D).chance(500_000);
         let membership_rng = Rng::new(seed ^ 0x3E3B_E126);
         let initial_voters = membership
             .as_ref()
@@ -395,6 +399,12 @@ impl Simulator {
         stats.ops_ok = self.history.count(Fate::Ok);
         stats.ops_unknown = self.history.count(Fate::Unknown);
         stats.ops_dropped = self.history.count(Fate::Dropped);
+        stats.compound_ops = self
+            .history
+            .records
+            .iter()
+            .filter(|r| r.fate == Fate::Ok && crate::compound::is_compound(&r.op.kind))
+            .count() as u64;
         stats.committed = self.checks.committed_len();
         stats.max_term = self
             .nodes

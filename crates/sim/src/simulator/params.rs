@@ -39,6 +39,9 @@ pub struct Params {
     /// Some writes are the Redis front end's single-key commands (SET NX/XX/GET, GETDEL); drawn
     /// apart from the rest.
     pub redis_ops: bool,
+    /// With `redis_ops`, some writes are its compound commands too (INCRBY, APPEND, SETRANGE,
+    /// EXPIRE/PERSIST, MSET, RENAME, MULTI/EXEC); drawn apart from the rest.
+    pub compound_ops: bool,
     /// Reads served from the leader's lease (only with check-quorum; drawn apart from the rest).
     pub lease_reads: bool,
     pub max_entries_per_msg: usize,
@@ -93,6 +96,7 @@ impl Params {
             check_quorum: rng.chance(750_000),
             lease_reads: false,
             redis_ops: false,
+            compound_ops: false,
             max_entries_per_msg: rng.range(1, 64) as usize,
             max_inflight_msgs: rng.range(1, 16) as usize,
             session_limits: raftkv_kv::SessionLimits::DEFAULT,
