@@ -46,6 +46,10 @@ pub struct Checks {
     leaders: BTreeMap<Term, NodeId>,
     /// Every entry any node has applied, by index (index 0 unused).
     committed: Vec<Option<(Term, Content)>>,
+    /// The highest commit index any node has had in each term. A node in term t learned its commit
+    /// from a leader of term t or earlier, so the entries up to it were committed in term t or
+    /// earlier: every leader of a later term must hold them (leader completeness, §5.4).
+    commit_by_term: BTreeMap<Term, Index>,
     /// Every entry any node has appended to its log: (index, term) -> (content, term of the entry before).
     /// Same (index, term) with another content or another predecessor term breaks log matching.
     appended: BTreeMap<(Index, Term), (Content, Term)>,
@@ -290,6 +294,8 @@ impl Checks {
             log.get(index.checked_sub(first)? as usize)
                 .filter(|e| e.index == index)
         };
+        let commit = self.commit_by_term.entry(status.term).or_default();
+        *commit = (*commit).max(status.commit);
         let mut leading = None;
         if status.role == Role::Leader {
             let holder = *self.leaders.entry(status.term).or_insert(node);
@@ -323,12 +329,21 @@ impl Checks {
         };
     }
 
-    /// Leader completeness: a new leader holds every entry committed so far (those its snapshot does not
-    /// already cover).
+    /// Leader completeness: a new leader holds every entry committed in an earlier term (those its
+    /// snapshot does not already cover). An entry first committed in a later term need not be there:
+    /// a leader of term 8 whose votes arrived late may be elected after a leader of term 9 committed
+    /// an entry it lacks (seed 101729); it can commit nothing, since a majority is past its term.
     fn check_leader_completeness(&mut self, status: &Status, log: &[Entry]) {
         let first = log.first().map_or(status.last_index + 1, |e| e.index);
+        let committed_before = self
+            .commit_by_term
+            .range(..status.term)
+            .map(|(_, &index)| index)
+            .max()
+            .unwrap_or(0);
+        let end = (self.committed.len() as Index).min(committed_before + 1);
         let mut missing = None;
-        for index in first..self.committed.len() as Index {
+        for index in first..end {
             let Some((term, content)) = &self.committed[index as usize] else {
                 continue;
             };

@@ -104,11 +104,14 @@ fn a_seed_replays_bit_for_bit() {
 ///   and could not answer it; the transport now admits any node of the cluster and answers the
 ///   address its handshake gives.
 /// - 2108: two removed nodes redirected a client to each other for ever.
+/// - 101729 (a false alarm of the checks, not a bug of the node): a leader of term 8 whose votes
+///   arrived late was elected after a leader of term 9 had committed an entry it lacked; leader
+///   completeness asks only for entries committed in earlier terms.
 #[test]
 fn regression_seeds_pass() {
     quiet_panics();
     for seed in [
-        20, 242, 2801, 258070, 47, 3724, 5485, 5526, 2102, 3167, 5580, 2108,
+        20, 242, 2801, 258070, 47, 3724, 5485, 5526, 2102, 3167, 5580, 2108, 101729,
     ] {
         let report = run_seed(seed, &Options::default());
         assert!(!report.failed(), "{report}");
