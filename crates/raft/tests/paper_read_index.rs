@@ -248,3 +248,33 @@ fn read_round_survives_lost_heartbeats() {
         vec![ReadState { ctx: 3, index: 1 }]
     );
 }
+
+/// §4.1 with §6.4: a membership change takes effect when appended, and the leader counts reads' rounds
+/// among the new voters. A leader left as the only voter has nobody to answer a round already sent:
+/// it releases the reads waiting for one itself, in order, before any read that arrives later.
+/// (Simulator seed 128199: the read waited for ever, and every write held behind it with it.)
+#[test]
+fn a_leader_left_the_only_voter_releases_the_reads_waiting_for_a_round() {
+    let mut r = plain(1, 2);
+    let rd = make_leader(&mut r);
+    ack_appends(&mut r, &rd.messages);
+    flush(&mut r);
+    assert_eq!(r.status().commit, 1);
+    r.read_index(7).unwrap();
+    let rd = flush(&mut r);
+    assert!(rd.read_states.is_empty());
+    assert_eq!(read_rounds(&rd.messages).len(), 1, "a round sent to node 2");
+    r.propose_conf_change(ConfChange::Remove(2), Bytes::new(), 10)
+        .unwrap();
+    r.read_index(8).unwrap();
+    let mut released = Vec::new();
+    for _ in 0..3 {
+        released.extend(flush(&mut r).read_states);
+    }
+    assert_eq!(
+        released.iter().map(|s| s.ctx).collect::<Vec<_>>(),
+        vec![7, 8],
+        "{released:?}"
+    );
+    assert!(released.iter().all(|s| s.index >= 1));
+}

@@ -584,3 +584,21 @@ impl<H> Replica<H> {
         false
     }
 }
+
+impl<H> Replica<H> {
+    /// What the replica holds for clients, for a trace: reads waiting for their round and for the
+    /// state machine, requests parked for a leader and held behind others, writes in the log.
+    pub fn queues_summary(&self) -> String {
+        format!(
+            "reads awaiting index {}, awaiting apply {}; parked {}; held {}; writes {}",
+            self.reads_awaiting_index.len(),
+            self.reads_awaiting_apply
+                .values()
+                .map(Vec::len)
+                .sum::<usize>(),
+            self.waiting_for_leader.len(),
+            self.held.len(),
+            self.writes.len()
+        )
+    }
+}

@@ -107,11 +107,15 @@ fn a_seed_replays_bit_for_bit() {
 /// - 101729 (a false alarm of the checks, not a bug of the node): a leader of term 8 whose votes
 ///   arrived late was elected after a leader of term 9 had committed an entry it lacked; leader
 ///   completeness asks only for entries committed in earlier terms.
+/// - 128199 (found in 110000..129999, a liveness failure): a leader whose membership shrank to itself
+///   kept a read waiting for a heartbeat round it had sent to a voter it no longer had; every write
+///   was held behind that read for ever. See the core's
+///   `a_leader_left_the_only_voter_releases_the_reads_waiting_for_a_round`.
 #[test]
 fn regression_seeds_pass() {
     quiet_panics();
     for seed in [
-        20, 242, 2801, 258070, 47, 3724, 5485, 5526, 2102, 3167, 5580, 2108, 101729,
+        20, 242, 2801, 258070, 47, 3724, 5485, 5526, 2102, 3167, 5580, 2108, 101729, 128199,
     ] {
         let report = run_seed(seed, &Options::default());
         assert!(!report.failed(), "{report}");

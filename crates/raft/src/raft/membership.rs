@@ -112,6 +112,8 @@ impl Raft {
                 }
             }
             self.broadcast_pending = true;
+            // Left the only voter, it must answer the rounds it sent to the voters it had.
+            self.release_reads_as_sole_voter();
         }
         if matches!(self.role, Role::PreCandidate | Role::Candidate) && !self.may_campaign() {
             self.become_follower(self.term, None);

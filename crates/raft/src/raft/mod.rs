@@ -256,14 +256,8 @@ impl Raft {
             });
             return Ok(());
         }
-        if self.is_sole_voter() && self.committed_in_current_term() {
-            self.read_states.push(ReadState {
-                ctx,
-                index: self.log.commit,
-            });
-            return Ok(());
-        }
         self.reads.push(ctx, self.committed_in_current_term());
+        self.release_reads_as_sole_voter();
         Ok(())
     }
 

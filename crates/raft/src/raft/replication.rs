@@ -266,15 +266,23 @@ impl Raft {
         };
         if self.log.term(candidate) == Some(self.term) && self.log.commit_to(candidate) {
             self.reads.leader_committed_in_term();
-            if self.is_sole_voter() {
-                let mut released = Vec::new();
-                if let Some(round) = self.reads.start_round(self.log.commit) {
-                    self.reads.confirm(round, &mut released);
-                }
-                self.read_states.extend(released);
-            }
+            self.release_reads_as_sole_voter();
             self.after_commit_advanced();
         }
+    }
+
+    /// A leader that is the only voter is a majority by itself: it confirms its own rounds, so every
+    /// read waiting for one — including a round sent to voters it no longer has — is released, in
+    /// order. Called when its commit advances, when its membership changes and for each new read.
+    pub(super) fn release_reads_as_sole_voter(&mut self) {
+        if self.role != Role::Leader || !self.is_sole_voter() || !self.committed_in_current_term() {
+            return;
+        }
+        self.reads.start_round(self.log.commit);
+        let mut released = Vec::new();
+        self.reads
+            .confirm(self.reads.newest_pending_round(), &mut released);
+        self.read_states.extend(released);
     }
 
     pub(super) fn committed_in_current_term(&self) -> bool {

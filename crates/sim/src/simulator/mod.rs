@@ -381,6 +381,22 @@ impl Simulator {
                 );
             }
         }
+        self.trace(|| {
+            let nodes: Vec<String> = self
+                .nodes
+                .iter()
+                .map(|n| match &n.replica {
+                    Some(r) => format!(
+                        "{:?} voters {:?}; {}",
+                        r.raft().status(),
+                        r.raft().membership().voters,
+                        r.queues_summary()
+                    ),
+                    None => "down".to_string(),
+                })
+                .collect();
+            format!("final node states:\n  {}", nodes.join("\n  "))
+        });
         let (history, contradictions) = self.history.for_checker(|record| self.effect_of(record));
         for what in contradictions {
             self.checks.fail(0, what);
