@@ -164,6 +164,7 @@ fn multi_key(rng: &mut Rng, write: u64, key: Key, keys: u64) -> (Request2, OpKin
                     steps,
                     len,
                     aborted: None,
+                    version: None,
                 }),
             )
         }
@@ -238,7 +239,13 @@ pub fn interpret(kind: OpKind, reply: &Reply) -> Option<OpKind> {
             }
             for (step, reply) in tx.steps.iter_mut().zip(replies) {
                 step.action = match (step.action, reply) {
-                    (TxAction::Set, Reply::Ok { .. }) => TxAction::Set,
+                    (TxAction::Set, Reply::Ok { version }) => {
+                        // Every SET of one EXEC happens at its one index.
+                        if tx.version.replace(*version).is_some_and(|v| v != *version) {
+                            return None;
+                        }
+                        TxAction::Set
+                    }
                     (TxAction::Get { .. }, Reply::Value { value }) => TxAction::Get {
                         value: Some(Some(Value::of(value))),
                     },

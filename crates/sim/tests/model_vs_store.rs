@@ -7,7 +7,7 @@
 use raftkv_kv::{Request, Store};
 use raftkv_replica::Op as Request2;
 use raftkv_sim::client::{draw_op, interpret, Meaning, Mix};
-use raftkv_sim::linearizability::{check, Op, OpKind, TxAction, Value};
+use raftkv_sim::linearizability::{check, Op, OpKind, RenameOutcome, Tx, TxAction, Value};
 use raftkv_sim::rng::Rng;
 
 const BUDGET: u64 = 1_000_000;
@@ -133,6 +133,21 @@ fn change(kind: &mut OpKind) -> bool {
             nx: true,
             ..
         } => *w = !*w,
+        OpKind::Rename {
+            outcome: Some(outcome),
+            nx: true,
+            ..
+        } => {
+            *outcome = match outcome {
+                RenameOutcome::Moved => RenameOutcome::TargetExists,
+                _ => RenameOutcome::Moved,
+            }
+        }
+        OpKind::Tx(Tx {
+            aborted: Some(aborted),
+            watch_absent: Some(_),
+            ..
+        }) => *aborted = !*aborted,
         OpKind::Tx(tx) => {
             let Some(step) = tx.steps[..tx.len].iter_mut().find(|s| {
                 matches!(

@@ -22,9 +22,9 @@
 //!
 //! An operation with an unknown outcome (the client timed out, its node crashed, a `noreply` write) may
 //! take effect at any point after its call, or never: its return is placed at +infinity, and once only
-//! such operations are left the search succeeds. Operations of one connection on one key take effect in
-//! the order they were sent: an operation may be linearized only after the connection's previous
-//! operation on that key with a known outcome.
+//! such operations are left the search succeeds. Operations of one connection take effect in the order
+//! they were sent: an operation may be linearized only after the connection's previous operation in
+//! its group with a known outcome.
 
 mod model;
 mod search;
@@ -100,6 +100,8 @@ pub struct Tx {
     pub len: usize,
     /// Once answered: whether EXEC aborted.
     pub aborted: Option<bool>,
+    /// The version a SET step's `OK` reported (the transaction's index), if it has one.
+    pub version: Option<u64>,
 }
 
 impl Tx {
@@ -198,6 +200,7 @@ impl OpKind {
             | OpKind::SetWith { version, .. }
             | OpKind::MSet { version, .. }
             | OpKind::Rename { version, .. } => version,
+            OpKind::Tx(tx) => tx.version,
             OpKind::Getm {
                 value: Some((_, version, _)),
             } => Some(version),
@@ -447,7 +450,9 @@ fn groups(history: &[Op]) -> Vec<(Vec<Key>, Vec<Op>)> {
 }
 
 /// A smallest-found illegal sub-history of one group's `ops` (greedily drops each operation whose
-/// removal keeps the history illegal), for reading a failure.
+/// removal keeps the history illegal), for reading a failure. Writes that compute a value or move
+/// one (INCR, APPEND, RENAME, ...) are kept: without them a read of what they made would be illegal
+/// trivially.
 pub fn shrink(ops: &[Op], budget: u64) -> Vec<Op> {
     // A read of a write that is no longer in the history would be illegal trivially: keep writes read.
     let self_contained = |ops: &[Op]| {
@@ -467,6 +472,10 @@ pub fn shrink(ops: &[Op], budget: u64) -> Vec<Op> {
     let mut kept = ops.to_vec();
     let mut i = 0;
     while i < kept.len() {
+        if kept[i].kind.write().is_some() && kept[i].kind.stores().is_none() {
+            i += 1;
+            continue;
+        }
         let mut candidate = kept.clone();
         candidate.remove(i);
         if illegal(&candidate) {

@@ -86,18 +86,18 @@ impl Events {
     }
 }
 
-/// For each op, the connection's previous op on the same key with a known outcome, which must take
-/// effect first.
+/// For each op, the connection's previous op in the group with a known outcome, which must take
+/// effect first (a server takes effect a connection's requests in the order sent, whatever keys they
+/// touch: docs/protocol.md).
 fn predecessors(ops: &[Op]) -> Vec<Option<usize>> {
     let mut order: Vec<usize> = (0..ops.len()).collect();
     order.sort_by_key(|&i| ops[i].call);
-    let mut last_known: HashMap<(u64, u64), usize> = HashMap::new();
+    let mut last_known: HashMap<u64, usize> = HashMap::new();
     let mut pred = vec![None; ops.len()];
     for i in order {
-        let stream = (ops[i].conn, ops[i].key);
-        pred[i] = last_known.get(&stream).copied();
+        pred[i] = last_known.get(&ops[i].conn).copied();
         if ops[i].ret.is_some() {
-            last_known.insert(stream, i);
+            last_known.insert(ops[i].conn, i);
         }
     }
     pred

@@ -413,6 +413,22 @@ fn a_torn_mset_is_rejected_though_each_key_alone_would_pass() {
             ..read_1
         }
     ]));
+    // A connection's requests take effect in the order sent, whatever keys they touch: a read of
+    // key 2 pipelined after the MSET on its connection must see it.
+    let pipelined = Op {
+        conn: 1,
+        call: 1,
+        ret: Some(11),
+        ..read_2
+    };
+    assert!(!ok(&[mset, pipelined]));
+    assert!(ok(&[
+        mset,
+        Op {
+            conn: 4,
+            ..pipelined
+        }
+    ]));
 }
 
 /// RENAME moves the value and its lifetime; MULTI/EXEC applies its steps at one point, unless a key
@@ -465,6 +481,7 @@ fn rename_and_transactions_follow_the_keys() {
             ],
             len: 3,
             aborted: Some(aborted),
+            version: None,
         })
     };
     assert!(ok(&[at(1, tx(false, None), 0), at(1, get(Some(30)), 2)]));
