@@ -275,6 +275,16 @@ impl<H> Replica<H> {
             self.out.replies.push((read.handle, reply));
             return;
         }
+        // A read parked ahead of it (its clock entry could not be proposed while leadership was
+        // moving) keeps it behind, as a read waiting for a clock entry does: one connection's
+        // pipelined reads must take effect in the order they were sent (simulator seed 142709).
+        if !self.waiting_for_leader.is_empty() {
+            self.park(ClientRequest {
+                op: Op::Read(read.request),
+                handle: read.handle,
+            });
+            return;
+        }
         let applied = self.store.applied_index();
         // A read that waits for a clock entry keeps every later read behind it: one connection's
         // pipelined reads must take effect in the order they were sent.

@@ -328,3 +328,57 @@ fn a_getm_is_answered_when_commits_are_slower_than_the_clock_slack() {
         other => panic!("getm: {other:?}"),
     }
 }
+
+/// Simulator seed 142709: a `getm` whose clock entry could not be proposed (leadership was being
+/// transferred) was parked to wait for the next leader, and a `get` pipelined after it on the same
+/// connection was answered at once from the older clock. The `getm` then took effect later, found
+/// the key expired, and the `get` sent after it still saw the value: an expiry un-fired in one
+/// connection's order. Now a read served while an earlier one is parked parks behind it.
+#[test]
+fn a_read_behind_one_parked_for_a_transfer_waits_for_it() {
+    let mut cluster = Cluster::new(None, [0, 0, 0]);
+    cluster.run(500);
+    cluster.elect(1);
+    assert!(matches!(cluster.ask(set_with_ttl(1)), Reply::Ok { .. }));
+    // No write for 900 ms: the store's clock lags the leader's by more than a getm's slack, but the
+    // key is still live by either clock.
+    cluster.run(900);
+    // Both reads start their ReadIndex round; before it returns, a transfer to node 2 (which cannot
+    // answer) begins, and proposals are refused until it times out.
+    cluster.down = Some(2);
+    let now = cluster.now(1);
+    let node = cluster.nodes.get_mut(&1).unwrap();
+    let getm = Op::Read(Request::Getm { key: key() });
+    node.request(
+        now,
+        ClientRequest {
+            op: getm,
+            handle: 1_001,
+        },
+    );
+    node.request(
+        now,
+        ClientRequest {
+            op: get(),
+            handle: 1_002,
+        },
+    );
+    node.raft_mut().transfer_leadership(2).unwrap();
+    for _ in 0..300 {
+        if cluster.replies.contains_key(&1_001) && cluster.replies.contains_key(&1_002) {
+            break;
+        }
+        cluster.run(10);
+    }
+    let (first, second) = (&cluster.replies[&1_001], &cluster.replies[&1_002]);
+    assert_eq!(
+        *first,
+        Reply::ErrNotFound,
+        "judged after the transfer timed out"
+    );
+    assert_eq!(
+        *second,
+        Reply::ErrNotFound,
+        "the getm saw the key expired, so the get sent after it must too"
+    );
+}

@@ -111,11 +111,15 @@ fn a_seed_replays_bit_for_bit() {
 ///   kept a read waiting for a heartbeat round it had sent to a voter it no longer had; every write
 ///   was held behind that read for ever. See the core's
 ///   `a_leader_left_the_only_voter_releases_the_reads_waiting_for_a_round`.
+/// - 142709 (found in 130000..149999; older than this round): a `getm` whose clock entry could not be
+///   proposed during a leadership transfer was parked, and a `get` pipelined after it was answered
+///   at once from the older clock; the `getm`, judged later, found the key expired while the later
+///   `get` had seen it live. See the replica's `a_read_behind_one_parked_for_a_transfer_waits_for_it`.
 #[test]
 fn regression_seeds_pass() {
     quiet_panics();
     for seed in [
-        20, 242, 2801, 258070, 47, 3724, 5485, 5526, 2102, 3167, 5580, 2108, 101729, 128199,
+        20, 242, 2801, 258070, 47, 3724, 5485, 5526, 2102, 3167, 5580, 2108, 101729, 128199, 142709,
     ] {
         let report = run_seed(seed, &Options::default());
         assert!(!report.failed(), "{report}");
