@@ -149,6 +149,9 @@ pub struct Replica<H> {
     pub(crate) last_stamp_ms: u64,
     /// The newest clock entry proposed for reads this term: reads wait behind it until it is applied.
     pub(crate) clock_entry: Option<Index>,
+    /// Reads that need a clock entry that could not be proposed yet (leadership is being
+    /// transferred), and every read due after them, in order.
+    pub(crate) reads_awaiting_clock: VecDeque<PendingRead<H>>,
     pub(crate) leader: Option<NodeId>,
     pub(crate) role: Option<Role>,
     pub(crate) encode_buf: BytesMut,
@@ -199,6 +202,7 @@ impl<H> Replica<H> {
             next_read_ctx: 0,
             last_stamp_ms: 0,
             clock_entry: None,
+            reads_awaiting_clock: VecDeque::new(),
             leader: None,
             role: None,
             encode_buf: BytesMut::new(),
@@ -254,6 +258,7 @@ impl<H> Replica<H> {
             self.raft.tick();
         }
         self.expire_waiting();
+        self.retry_clock_entry();
         if !self.waiting_for_leader.is_empty() && self.raft.status().role == Role::Leader {
             // A leadership transfer that ended without a change of leader leaves no other cue.
             self.route_waiting();
@@ -514,6 +519,9 @@ impl<H> Replica<H> {
                     self.out.replies.push((read.handle, Reply::ErrInternal));
                 }
             }
+            for read in std::mem::take(&mut self.reads_awaiting_clock) {
+                self.out.replies.push((read.handle, Reply::ErrInternal));
+            }
             self.clock_entry = None;
         }
         self.leader = soft.leader;
@@ -590,8 +598,9 @@ impl<H> Replica<H> {
     /// state machine, requests parked for a leader and held behind others, writes in the log.
     pub fn queues_summary(&self) -> String {
         format!(
-            "reads awaiting index {}, awaiting apply {}; parked {}; held {}; writes {}",
+            "reads awaiting index {}, clock {}, apply {}; parked {}; held {}; writes {}",
             self.reads_awaiting_index.len(),
+            self.reads_awaiting_clock.len(),
             self.reads_awaiting_apply
                 .values()
                 .map(Vec::len)

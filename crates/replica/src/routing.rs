@@ -105,7 +105,9 @@ impl<H> Replica<H> {
     }
 
     pub(crate) fn reads_pending(&self) -> bool {
-        !self.reads_awaiting_index.is_empty() || !self.reads_awaiting_apply.is_empty()
+        !self.reads_awaiting_index.is_empty()
+            || !self.reads_awaiting_apply.is_empty()
+            || !self.reads_awaiting_clock.is_empty()
     }
 
     /// Lets held requests go, in order, as far as the reads in progress allow.
@@ -275,14 +277,11 @@ impl<H> Replica<H> {
             self.out.replies.push((read.handle, reply));
             return;
         }
-        // A read parked ahead of it (its clock entry could not be proposed while leadership was
-        // moving) keeps it behind, as a read waiting for a clock entry does: one connection's
-        // pipelined reads must take effect in the order they were sent (simulator seed 142709).
-        if !self.waiting_for_leader.is_empty() {
-            self.park(ClientRequest {
-                op: Op::Read(read.request),
-                handle: read.handle,
-            });
+        // A read whose clock entry could not be proposed yet keeps every later read behind it, as
+        // one waiting for its entry to apply does: one connection's pipelined reads must take effect
+        // in the order they were sent (simulator seeds 2801 and 142709).
+        if !self.reads_awaiting_clock.is_empty() {
+            self.reads_awaiting_clock.push_back(read);
             return;
         }
         let applied = self.store.applied_index();
@@ -315,11 +314,25 @@ impl<H> Replica<H> {
                 .entry(index)
                 .or_default()
                 .push(read),
-            None => self.park(ClientRequest {
-                op: Op::Read(read.request),
-                handle: read.handle,
-            }),
+            // Leadership is moving: propose the entry once the transfer has ended (or fail the read
+            // with the others if this node loses leadership). Parking it for the next leader instead
+            // would let the reads behind it be answered first.
+            None => self.reads_awaiting_clock.push_back(read),
         }
+    }
+
+    /// Proposes the clock entry that reads wait for, once proposals are accepted again; the reads go
+    /// behind it in the order they came.
+    pub(crate) fn retry_clock_entry(&mut self) {
+        if self.reads_awaiting_clock.is_empty() || self.raft.status().role != Role::Leader {
+            return;
+        }
+        let Ok((index, _)) = self.propose_command(Command::Expire, None) else {
+            return;
+        };
+        self.clock_entry = Some(index);
+        let reads = self.reads_awaiting_apply.entry(index).or_default();
+        reads.extend(self.reads_awaiting_clock.drain(..));
     }
 
     pub(crate) fn maybe_propose_expire(&mut self) {

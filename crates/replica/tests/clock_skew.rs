@@ -333,7 +333,8 @@ fn a_getm_is_answered_when_commits_are_slower_than_the_clock_slack() {
 /// transferred) was parked to wait for the next leader, and a `get` pipelined after it on the same
 /// connection was answered at once from the older clock. The `getm` then took effect later, found
 /// the key expired, and the `get` sent after it still saw the value: an expiry un-fired in one
-/// connection's order. Now a read served while an earlier one is parked parks behind it.
+/// connection's order. Now the `getm` waits, on this leader, for the transfer to end and its clock
+/// entry to apply, and every read due after it waits behind it.
 #[test]
 fn a_read_behind_one_parked_for_a_transfer_waits_for_it() {
     let mut cluster = Cluster::new(None, [0, 0, 0]);

@@ -115,11 +115,15 @@ fn a_seed_replays_bit_for_bit() {
 ///   proposed during a leadership transfer was parked, and a `get` pipelined after it was answered
 ///   at once from the older clock; the `getm`, judged later, found the key expired while the later
 ///   `get` had seen it live. See the replica's `a_read_behind_one_parked_for_a_transfer_waits_for_it`.
+/// - 163066: the first fix of 142709 (park every read due while anything is parked) parked a `get`
+///   behind a `delete` that had arrived after it, while the `getm` sent after the `get` was answered
+///   before the `delete`; reads now wait for their clock entry in order instead of being parked.
 #[test]
 fn regression_seeds_pass() {
     quiet_panics();
     for seed in [
-        20, 242, 2801, 258070, 47, 3724, 5485, 5526, 2102, 3167, 5580, 2108, 101729, 128199, 142709,
+        20, 242, 2801, 258070, 47, 3724, 5485, 5526, 2102, 3167, 5580, 2108, 101729, 128199,
+        142709, 163066,
     ] {
         let report = run_seed(seed, &Options::default());
         assert!(!report.failed(), "{report}");
