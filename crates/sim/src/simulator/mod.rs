@@ -210,10 +210,18 @@ impl Simulator {
             // Tiny limits, so that sessions are evicted and expire while clients use them. At least one
             // session per client: with fewer, clients evict each other's sessions in turn and, with
             // slow disks, may never get a write through (a livelock the limits invite, not a bug).
+            // Likewise a session must outlive a commit: with disks kept slow after the faults (each
+            // write 250-350 ms, a commit twice that), a session idle for 300 ms expires between its
+            // registration and its first write, every time (seed 177606).
             let clients = params.clients as u64;
+            let min_idle_ms = if params.slow_disks_after_heal {
+                2_000
+            } else {
+                0
+            };
             params.session_limits = SessionLimits {
                 max_sessions: session_rng.range(clients, clients + 2) as usize,
-                idle_ms: session_rng.range(300, 3_000),
+                idle_ms: session_rng.range(300, 3_000).max(min_idle_ms),
             };
         }
         let membership = MembershipPlan::draw(seed, params.nodes);
