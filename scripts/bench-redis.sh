@@ -57,8 +57,10 @@ run() { # label port pipeline
       -n "$N" -P "$pipeline" --csv -q 2>/dev/null | tr -d '"' |
       awk -F, -v l="$label" -v p="$pipeline" -v r="$r" 'NR>1 {printf "%s\tP=%s\trun %s\t%s\t%.0f/s\tp50 %s ms\tp99 %s ms\n", l, p, r, $1, $2, $5, $7}'
     after=$(node_cpu_ticks)
-    [ "$label" != redis ] && printf '%s\tP=%s\trun %s\tnode CPU\t%.1f us per request (4 tests)\n' \
-      "$label" "$pipeline" "$r" "$(echo "($after - $before) * 10000 / (4 * $N)" | bc -l)"
+    if [ "$label" != redis ]; then
+      printf '%s\tP=%s\trun %s\tnode CPU\t%.1f us per request (4 tests)\n' \
+        "$label" "$pipeline" "$r" "$(echo "($after - $before) * 10000 / (4 * $N)" | bc -l)"
+    fi
   done
 }
 echo "leader resp port $LEADER_RESP, follower $FOLLOWER_RESP, redis $REDIS_PORT"
