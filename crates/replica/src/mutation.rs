@@ -26,6 +26,9 @@ pub enum Mutation {
     WatchIgnored,
     /// MSET writes only its first pair (the "all" of all-or-nothing is lost).
     MSetFirstPairOnly,
+    /// `set`'s lifetime is taken in milliseconds instead of seconds (a unit slip: keys expire a
+    /// thousand times too early).
+    LifetimeInMs,
 }
 
 impl Mutation {
@@ -33,13 +36,31 @@ impl Mutation {
     /// state machine's commands; the others leave it as it is).
     pub(crate) fn apply_to(self, command: &mut raftkv_kv::Command) {
         use raftkv_kv::Command;
-        match (self, command) {
+        match (self, &mut *command) {
             (Mutation::SetConditionIgnored, Command::SetWith { condition, .. }) => {
                 *condition = raftkv_kv::SetCondition::Always;
             }
             (Mutation::WatchIgnored, Command::Transaction { watches, .. }) => watches.clear(),
             (Mutation::MSetFirstPairOnly, Command::MSet { pairs, .. }) => pairs.truncate(1),
             _ => {}
+        }
+        if let (Mutation::LifetimeInMs, Command::Set { exptime, .. }) = (self, &*command) {
+            if *exptime > 0 {
+                if let Command::Set {
+                    key,
+                    exptime,
+                    value,
+                } = std::mem::replace(command, Command::Flush)
+                {
+                    *command = Command::SetWith {
+                        key,
+                        value,
+                        condition: raftkv_kv::SetCondition::Always,
+                        get: false,
+                        expiry: raftkv_kv::SetExpiry::AfterMs(u64::from(exptime)),
+                    };
+                }
+            }
         }
     }
 }

@@ -47,6 +47,11 @@ impl NodeClock {
         self.offset_ms
     }
 
+    /// How far the wall clock is ahead of virtual time at `virtual_ms` (negative: behind).
+    pub fn lead_ms(&self, virtual_ms: u64) -> i64 {
+        self.now(virtual_ms).wall_ms as i64 - EPOCH_MS as i64 - virtual_ms as i64
+    }
+
     /// The node's clocks at virtual time `virtual_ms`.
     pub fn now(&self, virtual_ms: u64) -> Now {
         let drift = virtual_ms as i64 * self.drift_ppm / 1_000_000;

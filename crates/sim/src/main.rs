@@ -47,9 +47,10 @@ fn parse_mutation(name: &str) -> Result<Mutation, String> {
         "SetConditionIgnored" => Ok(Mutation::SetConditionIgnored),
         "WatchIgnored" => Ok(Mutation::WatchIgnored),
         "MSetFirstPairOnly" => Ok(Mutation::MSetFirstPairOnly),
+        "LifetimeInMs" => Ok(Mutation::LifetimeInMs),
         _ => Err(
             "one of ReadsWithoutReadIndex, AckBeforeFsync, ExpiryAtLocalClock, WritesAppliedTwice, \
-             SetConditionIgnored, WatchIgnored, MSetFirstPairOnly"
+             SetConditionIgnored, WatchIgnored, MSetFirstPairOnly, LifetimeInMs"
                 .into(),
         ),
     }

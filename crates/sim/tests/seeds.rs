@@ -201,3 +201,13 @@ fn an_mset_that_writes_one_pair_is_caught() {
     let report = run_seed(seed, &Options::default());
     assert!(!report.failed(), "{report}");
 }
+
+/// Lifetimes longer than the clocks can have run are checked: a `set` whose lifetime is taken in
+/// milliseconds is caught (without that bound the checker let any lifetime run out at any moment,
+/// and 200 seeds caught nothing), and the same seed passes with seconds.
+#[test]
+fn a_lifetime_in_milliseconds_is_caught() {
+    let seed = first_caught(Mutation::LifetimeInMs, 60).expect("not caught in 60 seeds");
+    let report = run_seed(seed, &Options::default());
+    assert!(!report.failed(), "{report}");
+}

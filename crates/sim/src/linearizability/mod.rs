@@ -362,6 +362,12 @@ impl fmt::Display for Verdict {
 /// Checks a whole history, every group of keys. `budget` bounds the search steps spent on any one
 /// group.
 pub fn check(history: &[Op], budget: u64) -> Verdict {
+    check_with(history, budget, None)
+}
+
+/// [`check`], knowing that no lifetime of `lasting_ttl_s` seconds or more can have run out during
+/// the history (the caller bounds how far any clock ran ahead): such keys never vanish.
+pub fn check_with(history: &[Op], budget: u64, lasting_ttl_s: Option<u32>) -> Verdict {
     let mut verdict = Verdict {
         outcome: Outcome::Linearizable,
         inconclusive_keys: Vec::new(),
@@ -372,7 +378,7 @@ pub fn check(history: &[Op], budget: u64) -> Verdict {
             verdict.inconclusive_keys.push(first);
             continue;
         }
-        let result = check_group(&keys, &ops, budget).map(|conclusive| {
+        let result = check_group(&keys, &ops, budget, lasting_ttl_s).map(|conclusive| {
             if !conclusive {
                 verdict.inconclusive_keys.push(first);
             }
@@ -391,9 +397,17 @@ pub fn check(history: &[Op], budget: u64) -> Verdict {
 }
 
 /// One group's sub-history: Ok(true) linearizable, Ok(false) out of budget, Err(why) illegal.
-fn check_group(keys: &[Key], ops: &[Op], budget: u64) -> Result<bool, String> {
+fn check_group(
+    keys: &[Key],
+    ops: &[Op],
+    budget: u64,
+    lasting_ttl_s: Option<u32>,
+) -> Result<bool, String> {
     let facts = Facts::gather(ops)?;
-    let group = Group::new(keys, &facts);
+    let mut group = Group::new(keys, &facts);
+    if let Some(ttl_s) = lasting_ttl_s {
+        group.lasting_ttl_s = ttl_s;
+    }
     match search::search(ops, &group, budget) {
         Some(true) => Ok(true),
         Some(false) => Err("no linearization exists".to_string()),
@@ -467,7 +481,7 @@ pub fn shrink(ops: &[Op], budget: u64) -> Vec<Op> {
         self_contained(ops)
             && groups(ops)
                 .iter()
-                .any(|(keys, ops)| check_group(keys, ops, budget).is_err())
+                .any(|(keys, ops)| check_group(keys, ops, budget, None).is_err())
     };
     let mut kept = ops.to_vec();
     let mut i = 0;

@@ -112,6 +112,8 @@ impl State {
 /// A group's keys and facts, and the texts the model has made while searching it.
 pub(super) struct Group<'a> {
     keys: Vec<Key>,
+    /// Lifetimes this long (in seconds) or longer cannot run out during the history.
+    pub(super) lasting_ttl_s: u32,
     facts: &'a Facts,
     texts: RefCell<Texts>,
 }
@@ -124,6 +126,7 @@ impl<'a> Group<'a> {
         assert!(keys.len() <= MAX_GROUP, "group of {} keys", keys.len());
         Group {
             keys: keys.to_vec(),
+            lasting_ttl_s: u32::MAX,
             facts,
             texts: RefCell::new(Texts::default()),
         }
@@ -151,7 +154,10 @@ impl<'a> Group<'a> {
             .keys()
             .into_iter()
             .map(|key| self.slot(key))
-            .filter(|&slot| matches!(state.keys[slot], Holds::Live { ttl_s, .. } if ttl_s > 0))
+            .filter(|&slot| {
+                matches!(state.keys[slot], Holds::Live { ttl_s, .. }
+                    if ttl_s > 0 && ttl_s < self.lasting_ttl_s)
+            })
             .collect();
         let mut next = Vec::new();
         for subset in 0..1u32 << expiring.len() {

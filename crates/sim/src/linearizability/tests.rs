@@ -683,3 +683,14 @@ fn explore(ops: &[Op], group: &Group, used: &mut [bool], state: State) -> bool {
     }
     false
 }
+
+/// A lifetime the clocks cannot have run through during the history is not the model's to expire:
+/// with lifetimes of 30 s known to last, a key written for 40 s read as absent is illegal, one written
+/// for 20 s is not.
+#[test]
+fn a_lifetime_known_to_last_never_runs_out() {
+    let lasting = |ops: &[Op]| !check_with(ops, BUDGET, Some(30)).illegal();
+    assert!(!lasting(&[set(10, 40, 1, 0, 1), get(None, 2, 3)]));
+    assert!(lasting(&[set(10, 20, 1, 0, 1), get(None, 2, 3)]));
+    assert!(ok(&[set(10, 40, 1, 0, 1), get(None, 2, 3)]));
+}

@@ -193,6 +193,8 @@ struct Simulator {
     stats: Stats,
     /// Set once the faults stop: (time, completed ops per client at that time).
     healed: Option<(u64, Vec<u64>)>,
+    /// The lowest and highest any node's wall clock has been ahead of virtual time, in ms.
+    clock_lead_range: (i64, i64),
     /// Membership changes, if this seed has them.
     membership: Option<MembershipPlan>,
     /// Draws when membership changes happen (apart from `rng`, as for sessions).
@@ -345,6 +347,7 @@ impl Simulator {
             next_op_id: 1,
             stats: Stats::default(),
             healed: None,
+            clock_lead_range: (0, 0),
             membership,
             membership_rng,
         }
@@ -409,7 +412,13 @@ impl Simulator {
         for what in contradictions {
             self.checks.fail(0, what);
         }
-        let linearizability = linearizability::check(&history, CHECK_BUDGET);
+        // No stamp is older than virtual time 0 plus the slowest clock, and no replicated clock ever
+        // got ahead of the end plus the fastest one: a longer lifetime cannot have run out.
+        let (low, high) = self.clock_lead_range;
+        let span_ms = (self.now as i64 + high - low).max(0) as u64;
+        let lasting_ttl_s = u32::try_from(span_ms / 1000 + 1).unwrap_or(u32::MAX);
+        let linearizability =
+            linearizability::check_with(&history, CHECK_BUDGET, Some(lasting_ttl_s));
         self.trace(|| {
             let optional = history.iter().filter(|op| op.ret.is_none()).count();
             format!(
@@ -463,6 +472,11 @@ impl Simulator {
         self.now += 1;
         self.checks.now = self.now;
         let now = self.now;
+        for node in &self.nodes {
+            let lead = node.clock.lead_ms(now);
+            let (low, high) = &mut self.clock_lead_range;
+            (*low, *high) = ((*low).min(lead), (*high).max(lead));
+        }
         let due = self.net.deliver_due(now);
         if due.len() > MAX_DUE_MESSAGES {
             // Nothing in a healthy cluster comes close: the nodes amplify their own traffic.
