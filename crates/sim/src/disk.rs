@@ -112,6 +112,11 @@ impl Disk {
         self.queue.is_empty()
     }
 
+    /// When the oldest queued write is due, if any (for traces).
+    pub fn next_due(&self) -> Option<u64> {
+        self.queue.front().map(|(due, _)| *due)
+    }
+
     /// Queues a job; it completes after a random delay, never before an earlier one.
     pub fn submit(&mut self, rng: &mut Rng, now: u64, job: PersistJob) {
         let (lo, hi) = if self.slow {

@@ -386,6 +386,11 @@ impl Raft {
         &self.log.base
     }
 
+    /// A leader's view of each follower's replication, for traces and debugging.
+    pub fn progress_summary(&self) -> String {
+        format!("{:?}", self.progress)
+    }
+
     pub fn membership(&self) -> &Membership {
         &self.membership
     }

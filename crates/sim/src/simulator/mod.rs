@@ -36,6 +36,9 @@ const LIVENESS_MS: u64 = 15_000;
 /// A leader re-offers a snapshot whose acknowledgement was lost after this many heartbeats (the core's
 /// `SNAPSHOT_RETRY_HEARTBEATS`), so settling may take that long with slow heartbeats.
 const SNAPSHOT_RETRY_HEARTBEATS: u64 = 100;
+/// Past the liveness bound, how much longer members still catching up (their applied index moving
+/// every second) may take.
+const CATCH_UP_MS: u64 = 45_000;
 /// Operations each client must complete after the faults stop.
 const LIVENESS_OPS: u64 = 3;
 /// Search steps the linearizability checker may spend on one key.
@@ -379,7 +382,19 @@ impl Simulator {
             self.heal_everything();
             let liveness_ms = self.liveness_ms();
             let deadline = self.now + liveness_ms;
-            while !self.settled() && self.now < deadline && self.checks.violations.is_empty() {
+            // A member still catching up a long log (tiny messages, no snapshots) may take longer;
+            // it gets up to CATCH_UP_MS more while its applied index keeps moving every second.
+            let hard_deadline = deadline + CATCH_UP_MS;
+            let mut applied = self.applied_indexes();
+            let mut checked_at = self.now;
+            while !self.settled() && self.now < hard_deadline && self.checks.violations.is_empty() {
+                if self.now >= deadline && self.now >= checked_at + 1_000 {
+                    let now_applied = self.applied_indexes();
+                    if now_applied == applied {
+                        break;
+                    }
+                    (applied, checked_at) = (now_applied, self.now);
+                }
                 self.step();
             }
             if !self.settled() && self.checks.violations.is_empty() {
@@ -398,10 +413,12 @@ impl Simulator {
                 .iter()
                 .map(|n| match &n.replica {
                     Some(r) => format!(
-                        "{:?} voters {:?}; {}",
+                        "{:?} {:?}; {}; disk next due {:?}; progress {}",
                         r.raft().status(),
-                        r.raft().membership().voters,
-                        r.queues_summary()
+                        r.raft().membership(),
+                        r.queues_summary(),
+                        n.disk.next_due(),
+                        r.raft().progress_summary()
                     ),
                     None => "down".to_string(),
                 })
@@ -594,6 +611,15 @@ impl Simulator {
     fn liveness_ms(&self) -> u64 {
         let heartbeat_ms = u64::from(self.params.heartbeat_ticks) * self.params.tick_ms;
         LIVENESS_MS.max(SNAPSHOT_RETRY_HEARTBEATS * heartbeat_ms + 5_000)
+    }
+
+    /// Each running node's applied index (how the liveness phase sees progress).
+    fn applied_indexes(&self) -> Vec<Index> {
+        self.nodes
+            .iter()
+            .filter_map(|n| n.replica.as_ref())
+            .map(|r| r.store().applied_index())
+            .collect()
     }
 
     fn client_quota_met(&self, client: usize) -> bool {
