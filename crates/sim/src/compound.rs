@@ -30,14 +30,32 @@ pub fn draw(rng: &mut Rng, write: u64, key: Key, keys: u64, ttl_s: u32) -> (Requ
                 },
             )
         }
-        25..=39 => (
+        25..=34 => (
+            Command::GetEx {
+                key: k,
+                expiry: expiry_of(ttl_s),
+            },
+            OpKind::GetEx {
+                write,
+                ttl_s,
+                value: None,
+            },
+        ),
+        35..=36 => (
+            Command::Flush,
+            OpKind::Flush {
+                keys,
+                version: None,
+            },
+        ),
+        37..=44 => (
             Command::Append {
                 key: k,
                 value: Bytes::from(format!("a{write}")),
             },
             OpKind::Append { write, len: None },
         ),
-        40..=49 => {
+        45..=52 => {
             let offset = rng.below(6) as u32;
             (
                 Command::SetRange {
@@ -53,10 +71,7 @@ pub fn draw(rng: &mut Rng, write: u64, key: Key, keys: u64, ttl_s: u32) -> (Requ
             )
         }
         _ => {
-            let expiry = match ttl_s {
-                0 => SetExpiry::Never,
-                ttl_s => SetExpiry::AfterMs(u64::from(ttl_s) * 1000),
-            };
+            let expiry = expiry_of(ttl_s);
             (
                 Command::SetTtl {
                     key: k,
@@ -72,6 +87,14 @@ pub fn draw(rng: &mut Rng, write: u64, key: Key, keys: u64, ttl_s: u32) -> (Requ
         }
     };
     (Request2::write(command), kind)
+}
+
+/// The expiry of an EXPIRE or GETEX by `ttl_s` seconds; 0 is PERSIST.
+fn expiry_of(ttl_s: u32) -> SetExpiry {
+    match ttl_s {
+        0 => SetExpiry::Never,
+        ttl_s => SetExpiry::AfterMs(u64::from(ttl_s) * 1000),
+    }
 }
 
 /// MSET/MSETNX, RENAME/RENAMENX or MULTI/EXEC over `key` and others (`keys` ≥ 2).
@@ -179,6 +202,20 @@ pub fn interpret(kind: OpKind, reply: &Reply) -> Option<OpKind> {
             write,
             by,
             result: Some(incr_result(r)?),
+        },
+        (OpKind::GetEx { write, ttl_s, .. }, Reply::Value { value }) => OpKind::GetEx {
+            write,
+            ttl_s,
+            value: Some(Some(Value::of(value))),
+        },
+        (OpKind::GetEx { write, ttl_s, .. }, Reply::ErrNotFound) => OpKind::GetEx {
+            write,
+            ttl_s,
+            value: Some(None),
+        },
+        (OpKind::Flush { keys, .. }, Reply::Ok { version }) => OpKind::Flush {
+            keys,
+            version: Some(*version),
         },
         (OpKind::Append { write, .. }, Reply::Integer { value }) => OpKind::Append {
             write,
@@ -296,6 +333,8 @@ pub fn is_compound(kind: &OpKind) -> bool {
             | OpKind::Append { .. }
             | OpKind::SetRange { .. }
             | OpKind::SetTtl { .. }
+            | OpKind::GetEx { .. }
+            | OpKind::Flush { .. }
             | OpKind::MSet { .. }
             | OpKind::Rename { .. }
             | OpKind::Tx(_)

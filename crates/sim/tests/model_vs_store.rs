@@ -77,7 +77,7 @@ fn sequential_histories_of_the_store_pass() {
     }
     for kind in [
         "Set", "Cas", "Delete", "Get", "Getm", "SetWith", "GetDel", "IncrBy", "Append", "SetRange",
-        "SetTtl", "MSet", "Rename", "Tx",
+        "SetTtl", "GetEx", "Flush", "MSet", "Rename", "Tx",
     ] {
         assert!(
             kinds.contains(&Some(kind.to_string())),
@@ -133,6 +133,14 @@ fn change(kind: &mut OpKind) -> bool {
             nx: true,
             ..
         } => *w = !*w,
+        OpKind::GetEx {
+            value: Some(value), ..
+        } => {
+            *value = match value {
+                Some(_) => None,
+                None => Some(Value::Int(7)),
+            }
+        }
         OpKind::Rename {
             outcome: Some(outcome),
             nx: true,

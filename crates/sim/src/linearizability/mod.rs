@@ -170,6 +170,15 @@ pub enum OpKind {
         ttl_s: u32,
         changed: Option<bool>,
     },
+    /// GETEX giving the key `ttl_s` seconds, or PERSIST for 0: once answered, the value it read
+    /// (Some(None): not found).
+    GetEx {
+        write: WriteId,
+        ttl_s: u32,
+        value: Option<Option<Value>>,
+    },
+    /// FLUSHALL, with keys `0..keys` in play (it joins them all); `version` from its `OK`.
+    Flush { keys: u64, version: Option<u64> },
     /// MSET (MSETNX with `nx`) of the op's key and `other` to `v<write>`, without expiry: once
     /// answered, whether it wrote; `version` from MSET's `OK`.
     MSet {
@@ -199,7 +208,8 @@ impl OpKind {
             | OpKind::Cas { version, .. }
             | OpKind::SetWith { version, .. }
             | OpKind::MSet { version, .. }
-            | OpKind::Rename { version, .. } => version,
+            | OpKind::Rename { version, .. }
+            | OpKind::Flush { version, .. } => version,
             OpKind::Tx(tx) => tx.version,
             OpKind::Getm {
                 value: Some((_, version, _)),
@@ -218,13 +228,15 @@ impl OpKind {
             | OpKind::Append { write, .. }
             | OpKind::SetRange { write, .. }
             | OpKind::SetTtl { write, .. }
+            | OpKind::GetEx { write, .. }
             | OpKind::MSet { write, .. }
             | OpKind::Rename { write, .. } => Some(write),
             OpKind::Tx(tx) => Some(tx.write),
             OpKind::Delete { .. }
             | OpKind::Get { .. }
             | OpKind::Getm { .. }
-            | OpKind::GetDel { .. } => None,
+            | OpKind::GetDel { .. }
+            | OpKind::Flush { .. } => None,
         }
     }
 
@@ -240,6 +252,10 @@ impl OpKind {
             }
             | OpKind::GetDel {
                 value: Some(Some(v)),
+            }
+            | OpKind::GetEx {
+                value: Some(Some(v)),
+                ..
             } => vec![v],
             OpKind::Tx(tx) => tx
                 .steps()
@@ -296,6 +312,7 @@ impl Op {
         let mut keys = vec![self.key];
         match self.kind {
             OpKind::MSet { other: k, .. } | OpKind::Rename { to: k, .. } => keys.push(k),
+            OpKind::Flush { keys: n, .. } => keys.extend(0..n),
             OpKind::Tx(tx) => {
                 keys.extend(tx.steps().iter().map(|step| step.key));
                 keys.extend(tx.watch_absent);

@@ -30,9 +30,12 @@ impl Facts {
         };
         // A getm names a value and a version; the value names its write only while no operation
         // re-versions a value without changing it (RENAME, EXPIRE).
-        let reversioned = ops
-            .iter()
-            .any(|op| matches!(op.kind, OpKind::Rename { .. } | OpKind::SetTtl { .. }));
+        let reversioned = ops.iter().any(|op| {
+            matches!(
+                op.kind,
+                OpKind::Rename { .. } | OpKind::SetTtl { .. } | OpKind::GetEx { .. }
+            )
+        });
         for op in ops {
             let write = op.kind.write();
             if let (Some(write), Some(version)) = (write, op.kind.version()) {
@@ -297,6 +300,36 @@ impl<'a> Group<'a> {
                         ttl_s,
                     };
                 }
+                Ok(())
+            }
+            OpKind::GetEx {
+                write,
+                ttl_s,
+                value,
+            } => {
+                match value {
+                    Some(seen) => same(seen, holds)?,
+                    None => ok(live)?,
+                }
+                if let Holds::Live {
+                    value,
+                    ttl_s: current,
+                    ..
+                } = holds
+                {
+                    // PERSIST of a key without a lifetime changes nothing (not even its version).
+                    if ttl_s > 0 || current > 0 {
+                        state.keys[slot] = Holds::Live {
+                            value,
+                            maker: write,
+                            ttl_s,
+                        };
+                    }
+                }
+                Ok(())
+            }
+            OpKind::Flush { .. } => {
+                state.keys = [Holds::Absent; MAX_GROUP];
                 Ok(())
             }
             OpKind::MSet {
