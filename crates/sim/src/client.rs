@@ -291,7 +291,7 @@ pub fn draw_op(
         return (request, kind, false);
     }
     if let Some(keys) = compound_keys.filter(|_| rng.chance(700_000)) {
-        let (request, kind) = compound::draw(rng, op_id, key, keys, ttl_s);
+        let (request, kind) = compound::draw(rng, op_id, key, keys, ttl_s, last_version);
         return (request, kind, false);
     }
     match rng.below(10) {

@@ -13,12 +13,20 @@ use crate::linearizability::{
 use crate::rng::Rng;
 
 /// A random compound write by op `write` on `key`, with `keys` keys in play (the multi-key ones
-/// need two); `ttl_s` is the lifetime EXPIRE gives (0: PERSIST).
-pub fn draw(rng: &mut Rng, write: u64, key: Key, keys: u64, ttl_s: u32) -> (Request2, OpKind) {
+/// need two); `ttl_s` is the lifetime EXPIRE gives (0: PERSIST); `last_version` the version of
+/// `key` the client saw last, which a WATCH may name.
+pub fn draw(
+    rng: &mut Rng,
+    write: u64,
+    key: Key,
+    keys: u64,
+    ttl_s: u32,
+    last_version: Option<u64>,
+) -> (Request2, OpKind) {
     let k = key_bytes(key);
     let pick = rng.below(100);
     let (command, kind) = match pick {
-        _ if keys >= 2 && pick >= 60 => return multi_key(rng, write, key, keys),
+        _ if keys >= 2 && pick >= 60 => return multi_key(rng, write, key, keys, last_version),
         0..=24 => {
             let by = [1, 1, -1, 5, -3][rng.index(5)];
             (
@@ -98,7 +106,13 @@ fn expiry_of(ttl_s: u32) -> SetExpiry {
 }
 
 /// MSET/MSETNX, RENAME/RENAMENX or MULTI/EXEC over `key` and others (`keys` ≥ 2).
-fn multi_key(rng: &mut Rng, write: u64, key: Key, keys: u64) -> (Request2, OpKind) {
+fn multi_key(
+    rng: &mut Rng,
+    write: u64,
+    key: Key,
+    keys: u64,
+    last_version: Option<u64>,
+) -> (Request2, OpKind) {
     let another = |rng: &mut Rng| (key + 1 + rng.below(keys - 1)) % keys;
     let value = Bytes::from(format!("v{write}"));
     let nx = rng.chance(400_000);
@@ -170,12 +184,17 @@ fn multi_key(rng: &mut Rng, write: u64, key: Key, keys: u64) -> (Request2, OpKin
                 step.action = action;
                 ops.push(op);
             }
-            // WATCH of a key while absent (version 0): EXEC aborts if it exists by then.
-            let watch_absent = rng.chance(300_000).then(|| rng.below(keys));
-            let watches = watch_absent
-                .map(|key| Watch {
+            // WATCH of the key at the version the client saw last, or of a key while absent
+            // (version 0): EXEC aborts if its version is another by then.
+            let watch = match (rng.chance(300_000), last_version) {
+                (false, _) => None,
+                (true, Some(version)) if rng.chance(700_000) => Some((key, version)),
+                (true, _) => Some((rng.below(keys), 0)),
+            };
+            let watches = watch
+                .map(|(key, version)| Watch {
                     key: key_bytes(key),
-                    version: 0,
+                    version,
                 })
                 .into_iter()
                 .collect();
@@ -183,7 +202,7 @@ fn multi_key(rng: &mut Rng, write: u64, key: Key, keys: u64) -> (Request2, OpKin
                 Command::Transaction { watches, ops },
                 OpKind::Tx(Tx {
                     write,
-                    watch_absent,
+                    watch,
                     steps,
                     len,
                     aborted: None,

@@ -19,6 +19,7 @@ fn sequential_history(rng: &mut Rng, keys: u64, ops: usize, lifetimes: bool) -> 
     let mut history = Vec::new();
     let mut index = 0;
     let mut now_ms = 1_000_000;
+    let mut versions = std::collections::HashMap::new();
     let mix = Mix {
         read_ppm: 400_000,
         ttl_ppm: if lifetimes { 300_000 } else { 0 },
@@ -29,7 +30,9 @@ fn sequential_history(rng: &mut Rng, keys: u64, ops: usize, lifetimes: bool) -> 
         // Now and then long enough for a 1–3 s lifetime to run out.
         now_ms += [1, 10, 400, 1_500][rng.index(4)];
         let key = rng.below(keys);
-        let (request, kind, _noreply) = draw_op(rng, 1_000 + n, key, None, mix);
+        // As the simulator's clients do: a `cas` or a WATCH names the version seen last.
+        let (request, kind, _noreply) =
+            draw_op(rng, 1_000 + n, key, versions.get(&key).copied(), mix);
         let (reply, at) = match request {
             Request2::Write { command, .. } => {
                 index += 1;
@@ -44,6 +47,9 @@ fn sequential_history(rng: &mut Rng, keys: u64, ops: usize, lifetimes: bool) -> 
             Ok(Meaning::Done(kind)) => kind,
             _ => panic!("{kind:?} answered {reply:?}"),
         };
+        if let Some(version) = kind.version() {
+            versions.insert(key, version);
+        }
         history.push(Op {
             conn: n,
             key,
@@ -153,7 +159,7 @@ fn change(kind: &mut OpKind) -> bool {
         }
         OpKind::Tx(Tx {
             aborted: Some(aborted),
-            watch_absent: Some(_),
+            watch: Some(_),
             ..
         }) => *aborted = !*aborted,
         OpKind::Tx(tx) => {

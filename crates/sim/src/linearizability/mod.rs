@@ -94,8 +94,9 @@ pub struct TxStep {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Tx {
     pub write: WriteId,
-    /// A key WATCHed while absent: EXEC aborts if it is live when the transaction applies.
-    pub watch_absent: Option<Key>,
+    /// A key WATCHed at a version (0: absent): EXEC aborts if the key's version is another when the
+    /// transaction applies.
+    pub watch: Option<(Key, u64)>,
     pub steps: [TxStep; MAX_TX_STEPS],
     pub len: usize,
     /// Once answered: whether EXEC aborted.
@@ -315,7 +316,7 @@ impl Op {
             OpKind::Flush { keys: n, .. } => keys.extend(0..n),
             OpKind::Tx(tx) => {
                 keys.extend(tx.steps().iter().map(|step| step.key));
-                keys.extend(tx.watch_absent);
+                keys.extend(tx.watch.map(|(key, _)| key));
             }
             _ => {}
         }

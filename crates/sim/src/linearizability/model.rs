@@ -370,12 +370,18 @@ impl<'a> Group<'a> {
                 Ok(())
             }
             OpKind::Tx(tx) => {
-                let watched_live = tx
-                    .watch_absent
-                    .is_some_and(|key| state.keys[self.slot(key)] != Holds::Absent);
-                match (tx.aborted, watched_live) {
-                    (Some(true), true) => return Ok(()),
-                    (Some(false) | None, false) => {}
+                // Whether the watched key still has the version watched (None: cannot tell).
+                let unchanged = match tx.watch {
+                    None => Some(true),
+                    Some((key, version)) => match state.keys[self.slot(key)] {
+                        Holds::Absent => Some(version == 0),
+                        Holds::Live { .. } if version == 0 => Some(false),
+                        Holds::Live { maker, .. } => self.facts.has_version(maker, version),
+                    },
+                };
+                match (tx.aborted, unchanged) {
+                    (Some(true), Some(false) | None) => return Ok(()),
+                    (Some(false) | None, Some(true) | None) => {}
                     _ => return Err(()),
                 }
                 for &TxStep { key, action } in tx.steps() {

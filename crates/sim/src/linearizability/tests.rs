@@ -468,7 +468,7 @@ fn rename_and_transactions_follow_the_keys() {
         let step = |key, action| TxStep { key, action };
         OpKind::Tx(Tx {
             write: 30,
-            watch_absent: Some(2),
+            watch: Some((2, 0)),
             steps: [
                 step(1, TxAction::Set),
                 step(
