@@ -80,15 +80,23 @@ pub fn draw(
         }
         _ => {
             let expiry = expiry_of(ttl_s);
+            // EXPIRE may say NX (only a key without a lifetime) or XX (only one with); PERSIST
+            // takes no option.
+            let condition = match (ttl_s, rng.below(4)) {
+                (0, _) | (_, 0 | 1) => TtlCondition::Always,
+                (_, 2) => TtlCondition::IfNone,
+                _ => TtlCondition::IfSome,
+            };
             (
                 Command::SetTtl {
                     key: k,
                     expiry,
-                    condition: TtlCondition::Always,
+                    condition,
                 },
                 OpKind::SetTtl {
                     write,
                     ttl_s,
+                    condition,
                     changed: None,
                 },
             )
@@ -245,9 +253,18 @@ pub fn interpret(kind: OpKind, reply: &Reply) -> Option<OpKind> {
             offset,
             len: Some(u64::try_from(*value).ok()?),
         },
-        (OpKind::SetTtl { write, ttl_s, .. }, Reply::Integer { value }) => OpKind::SetTtl {
+        (
+            OpKind::SetTtl {
+                write,
+                ttl_s,
+                condition,
+                ..
+            },
+            Reply::Integer { value },
+        ) => OpKind::SetTtl {
             write,
             ttl_s,
+            condition,
             changed: Some(one_or_zero(*value)?),
         },
         (

@@ -33,7 +33,7 @@ mod value;
 use std::collections::BTreeMap;
 use std::fmt;
 
-pub use raftkv_kv::SetCondition;
+pub use raftkv_kv::{SetCondition, TtlCondition};
 pub use value::{Value, WriteId};
 
 use model::{Facts, Group};
@@ -165,10 +165,12 @@ pub enum OpKind {
         offset: u32,
         len: Option<u64>,
     },
-    /// EXPIRE by `ttl_s` seconds, or PERSIST for 0: once answered, whether it changed the key.
+    /// EXPIRE by `ttl_s` seconds (with NX or XX as `condition`), or PERSIST for 0: once answered,
+    /// whether it changed the key. (GT and LT compare instants the model does not know.)
     SetTtl {
         write: WriteId,
         ttl_s: u32,
+        condition: TtlCondition,
         changed: Option<bool>,
     },
     /// GETEX giving the key `ttl_s` seconds, or PERSIST for 0: once answered, the value it read

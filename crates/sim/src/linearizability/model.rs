@@ -11,7 +11,8 @@ use std::collections::HashMap;
 
 use super::value::{Texts, Value, WriteId};
 use super::{
-    CasOutcome, Key, Op, OpKind, RenameOutcome, SetCondition, TxAction, TxStep, MAX_GROUP,
+    CasOutcome, Key, Op, OpKind, RenameOutcome, SetCondition, TtlCondition, TxAction, TxStep,
+    MAX_GROUP,
 };
 
 /// What the whole sub-history says about its writes' versions, independent of order.
@@ -280,6 +281,7 @@ impl<'a> Group<'a> {
             OpKind::SetTtl {
                 write,
                 ttl_s,
+                condition,
                 changed,
             } => {
                 let Holds::Live {
@@ -290,8 +292,16 @@ impl<'a> Group<'a> {
                 else {
                     return expect(changed, false);
                 };
-                // PERSIST of a key without a lifetime changes nothing.
-                let changes = ttl_s > 0 || current > 0;
+                // PERSIST of a key without a lifetime changes nothing; NX and XX ask whether it has
+                // one.
+                let allowed = match condition {
+                    TtlCondition::IfNone => current == 0,
+                    TtlCondition::IfSome => current > 0,
+                    TtlCondition::Always => true,
+                    // GT and LT compare instants the model does not know: whatever the reply says.
+                    _ => changed.unwrap_or(true),
+                };
+                let changes = (ttl_s > 0 || current > 0) && allowed;
                 expect(changed, changes)?;
                 if changes {
                     state.keys[slot] = Holds::Live {
