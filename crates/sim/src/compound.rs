@@ -27,7 +27,18 @@ pub fn draw(
     let pick = rng.below(100);
     let (command, kind) = match pick {
         _ if keys >= 2 && pick >= 60 => return multi_key(rng, write, key, keys, last_version),
-        0..=24 => {
+        18..=24 => {
+            let by = [0.5, -1.25, 3.0, 0.1][rng.index(4)];
+            (
+                Command::incr_by_float(k, by),
+                OpKind::IncrByFloat {
+                    write,
+                    by_bits: by.to_bits(),
+                    result: None,
+                },
+            )
+        }
+        0..=17 => {
             let by = [1, 1, -1, 5, -3][rng.index(5)];
             (
                 Command::IncrBy { key: k, by },
@@ -225,6 +236,15 @@ fn multi_key(
 /// `kind` completed with `reply`; None if the reply does not fit the command.
 pub fn interpret(kind: OpKind, reply: &Reply) -> Option<OpKind> {
     Some(match (kind, reply) {
+        (OpKind::IncrByFloat { write, by_bits, .. }, r) => OpKind::IncrByFloat {
+            write,
+            by_bits,
+            result: Some(match r {
+                Reply::Value { value } => Some(Value::of(value)),
+                Reply::ErrValue { .. } => None,
+                _ => return None,
+            }),
+        },
         (OpKind::IncrBy { write, by, .. }, r) => OpKind::IncrBy {
             write,
             by,
@@ -366,6 +386,7 @@ pub fn is_compound(kind: &OpKind) -> bool {
     matches!(
         kind,
         OpKind::IncrBy { .. }
+            | OpKind::IncrByFloat { .. }
             | OpKind::Append { .. }
             | OpKind::SetRange { .. }
             | OpKind::SetTtl { .. }

@@ -82,8 +82,23 @@ fn sequential_histories_of_the_store_pass() {
         );
     }
     for kind in [
-        "Set", "Cas", "Delete", "Get", "Getm", "SetWith", "GetDel", "IncrBy", "Append", "SetRange",
-        "SetTtl", "GetEx", "Flush", "MSet", "Rename", "Tx",
+        "Set",
+        "Cas",
+        "Delete",
+        "Get",
+        "Getm",
+        "SetWith",
+        "GetDel",
+        "IncrBy",
+        "IncrByFloat",
+        "Append",
+        "SetRange",
+        "SetTtl",
+        "GetEx",
+        "Flush",
+        "MSet",
+        "Rename",
+        "Tx",
     ] {
         assert!(
             kinds.contains(&Some(kind.to_string())),
@@ -139,6 +154,10 @@ fn change(kind: &mut OpKind) -> bool {
             nx: true,
             ..
         } => *w = !*w,
+        OpKind::IncrByFloat {
+            result: Some(Some(value)),
+            ..
+        } => *value = Value::Text(0),
         OpKind::GetEx {
             value: Some(value), ..
         } => {

@@ -157,6 +157,13 @@ pub enum OpKind {
         by: i64,
         result: Option<Option<i64>>,
     },
+    /// INCRBYFLOAT by the float whose bits are `by_bits`: once answered, the new value, or Some(None)
+    /// when the value was not a float (or the sum not finite).
+    IncrByFloat {
+        write: WriteId,
+        by_bits: u64,
+        result: Option<Option<Value>>,
+    },
     /// APPEND of `a<write>`: once answered, the new length.
     Append { write: WriteId, len: Option<u64> },
     /// SETRANGE writing `r<write>` at `offset`: once answered, the new length.
@@ -228,6 +235,7 @@ impl OpKind {
             | OpKind::Cas { write, .. }
             | OpKind::SetWith { write, .. }
             | OpKind::IncrBy { write, .. }
+            | OpKind::IncrByFloat { write, .. }
             | OpKind::Append { write, .. }
             | OpKind::SetRange { write, .. }
             | OpKind::SetTtl { write, .. }

@@ -263,6 +263,35 @@ impl<'a> Group<'a> {
                 Ok(())
             }
             OpKind::IncrBy { write, by, result } => self.incr(state, slot, write, by, result),
+            OpKind::IncrByFloat {
+                write,
+                by_bits,
+                result,
+            } => {
+                let (current, ttl_s) = match holds {
+                    Holds::Absent => (Some(0.0), 0),
+                    Holds::Live { ttl_s, .. } => (float_of(&self.bytes(holds)), ttl_s),
+                };
+                let next = current
+                    .map(|n| n + f64::from_bits(by_bits))
+                    .filter(|n| n.is_finite());
+                match (next, result) {
+                    (Some(n), None | Some(Some(_))) => {
+                        // Written as Redis's reply shows it: the shortest form, -0 as 0.
+                        let text = format!("{}", n + 0.0).into_bytes();
+                        let value = self.texts.borrow_mut().name(text);
+                        expect(result, Some(value))?;
+                        state.keys[slot] = Holds::Live {
+                            value,
+                            maker: write,
+                            ttl_s,
+                        };
+                        Ok(())
+                    }
+                    (None, Some(None)) => Ok(()),
+                    _ => Err(()),
+                }
+            }
             OpKind::Append { write, len } => {
                 let mut bytes = self.bytes(holds);
                 bytes.extend_from_slice(format!("a{write}").as_bytes());
@@ -511,6 +540,19 @@ impl<'a> Group<'a> {
         };
         Ok(())
     }
+}
+
+/// A value as INCRBYFLOAT reads one: a finite decimal number without spaces.
+fn float_of(bytes: &[u8]) -> Option<f64> {
+    let text = std::str::from_utf8(bytes).ok()?;
+    let plain = !text.is_empty()
+        && text
+            .bytes()
+            .all(|b| b.is_ascii_digit() || matches!(b, b'-' | b'+' | b'.' | b'e' | b'E'));
+    plain
+        .then(|| text.parse::<f64>().ok())
+        .flatten()
+        .filter(|n| n.is_finite())
 }
 
 fn ok(holds: bool) -> Applied {
