@@ -103,6 +103,26 @@ fn predecessors(ops: &[Op]) -> Vec<Option<usize>> {
     pred
 }
 
+/// For each op applied at a known log index, the op applied at the next lower index in the group:
+/// writes take effect in index order, so it must be linearized first. (The model rejects the other
+/// order too, but only when the lower write comes to be placed; with writes sent long before they
+/// were applied that can be hundreds of events later, and the search explodes in between.)
+fn index_predecessors(ops: &[Op]) -> Vec<Option<usize>> {
+    let mut by_index: Vec<(u64, usize)> = ops
+        .iter()
+        .enumerate()
+        // Only ops that must take effect (an op of unknown outcome may never have).
+        .filter(|(_, op)| op.ret.is_some())
+        .filter_map(|(i, op)| Some((op.index?, i)))
+        .collect();
+    by_index.sort_unstable();
+    let mut pred = vec![None; ops.len()];
+    for pair in by_index.windows(2) {
+        pred[pair[1].1] = Some(pair[0].1);
+    }
+    pred
+}
+
 struct Bits(Vec<u64>);
 
 impl Bits {
@@ -121,6 +141,7 @@ impl Bits {
 pub(super) fn search(ops: &[Op], group: &Group, budget: u64) -> Option<bool> {
     let mut events = Events::new(ops);
     let pred = predecessors(ops);
+    let index_pred = index_predecessors(ops);
     let mut linearized = Bits(vec![0u64; ops.len().div_ceil(64)]);
     let mut cache: HashSet<(Vec<u64>, State)> = HashSet::new();
     // (call linearized, state before it, which of its successor states was taken)
@@ -159,7 +180,8 @@ pub(super) fn search(ops: &[Op], group: &Group, budget: u64) -> Option<bool> {
         );
         let i = Events::op(entry);
         if Events::is_call(entry) {
-            let ordered = pred[i].is_none_or(|p| linearized.get(p));
+            let ordered = pred[i].is_none_or(|p| linearized.get(p))
+                && index_pred[i].is_none_or(|p| linearized.get(p));
             if ordered && take(entry, 0, &mut state, &mut linearized, &mut stack) {
                 events.lift(entry);
                 entry = events.next[HEAD];
