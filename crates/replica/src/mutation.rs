@@ -42,25 +42,23 @@ impl Mutation {
             }
             (Mutation::WatchIgnored, Command::Transaction { watches, .. }) => watches.clear(),
             (Mutation::MSetFirstPairOnly, Command::MSet { pairs, .. }) => pairs.truncate(1),
-            _ => {}
-        }
-        if let (Mutation::LifetimeInMs, Command::Set { exptime, .. }) = (self, &*command) {
-            if *exptime > 0 {
-                if let Command::Set {
+            (
+                Mutation::LifetimeInMs,
+                Command::Set {
                     key,
                     exptime,
                     value,
-                } = std::mem::replace(command, Command::Flush)
-                {
-                    *command = Command::SetWith {
-                        key,
-                        value,
-                        condition: raftkv_kv::SetCondition::Always,
-                        get: false,
-                        expiry: raftkv_kv::SetExpiry::AfterMs(u64::from(exptime)),
-                    };
-                }
+                },
+            ) if *exptime > 0 => {
+                *command = Command::SetWith {
+                    key: key.clone(),
+                    value: value.clone(),
+                    condition: raftkv_kv::SetCondition::Always,
+                    get: false,
+                    expiry: raftkv_kv::SetExpiry::AfterMs(u64::from(*exptime)),
+                };
             }
+            _ => {}
         }
     }
 }

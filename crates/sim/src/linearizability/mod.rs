@@ -432,10 +432,7 @@ fn check_group(
     lasting_ttl_s: Option<u32>,
 ) -> Result<bool, String> {
     let facts = Facts::gather(ops)?;
-    let mut group = Group::new(keys, &facts);
-    if let Some(ttl_s) = lasting_ttl_s {
-        group.lasting_ttl_s = ttl_s;
-    }
+    let group = Group::new(keys, &facts, lasting_ttl_s);
     match search::search(ops, &group, budget) {
         Some(true) => Ok(true),
         Some(false) => Err("no linearization exists".to_string()),

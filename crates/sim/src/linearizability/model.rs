@@ -117,7 +117,7 @@ impl State {
 pub(super) struct Group<'a> {
     keys: Vec<Key>,
     /// Lifetimes this long (in seconds) or longer cannot run out during the history.
-    pub(super) lasting_ttl_s: u32,
+    lasting_ttl_s: u32,
     facts: &'a Facts,
     texts: RefCell<Texts>,
 }
@@ -126,11 +126,12 @@ pub(super) struct Group<'a> {
 type Applied = Result<(), ()>;
 
 impl<'a> Group<'a> {
-    pub(super) fn new(keys: &[Key], facts: &'a Facts) -> Group<'a> {
+    /// The group of `keys`; lifetimes of `lasting_ttl_s` seconds or more never run out.
+    pub(super) fn new(keys: &[Key], facts: &'a Facts, lasting_ttl_s: Option<u32>) -> Group<'a> {
         assert!(keys.len() <= MAX_GROUP, "group of {} keys", keys.len());
         Group {
             keys: keys.to_vec(),
-            lasting_ttl_s: u32::MAX,
+            lasting_ttl_s: lasting_ttl_s.unwrap_or(u32::MAX),
             facts,
             texts: RefCell::new(Texts::default()),
         }

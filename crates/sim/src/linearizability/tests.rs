@@ -650,7 +650,7 @@ fn agrees_with_brute_force_on_small_histories() {
 /// give each op its own connection).
 fn brute_force(ops: &[Op], facts: &Facts) -> bool {
     let keys: Vec<Key> = groups(ops).into_iter().flat_map(|(keys, _)| keys).collect();
-    let group = Group::new(&keys, facts);
+    let group = Group::new(&keys, facts, None);
     let mut used = vec![false; ops.len()];
     explore(ops, &group, &mut used, State::INITIAL)
 }

@@ -92,8 +92,7 @@ pub struct Stats {
     pub membership_changes: u64,
     /// Reads served from a leader lease (seeds with leases on).
     pub lease_reads: u64,
-    /// Answered operations of the Redis front end's compound commands (INCRBY, APPEND, SETRANGE,
-    /// EXPIRE/PERSIST, MSET, RENAME, MULTI/EXEC).
+    /// Answered operations of the Redis front end's compound commands (`crate::compound`).
     pub compound_ops: u64,
     pub net: NetworkStats,
 }
