@@ -447,14 +447,17 @@ impl<H> Replica<H> {
     /// Where to send a client: the leader this node knows; for a removed node, whose knowledge of the
     /// leader may be stale, only a leader that is still in the newest membership it knows, else each
     /// voter of that membership in turn. (Removed nodes that each name the other, from memberships of
-    /// different ages, would otherwise send a client back and forth for ever.)
+    /// different ages, would otherwise send a client back and forth for ever.) A learner that knows no
+    /// leader also names the voters in turn: it cannot be elected, so there is no election of its own
+    /// to wait for, and it may have been removed without hearing of it (seed 293771: learners removed
+    /// while down never hear from the leader again; each parked every client for the full wait).
     pub(crate) fn redirect_target(&mut self) -> Option<NodeId> {
         let membership = self.raft.membership();
         let leader = self.raft.status().leader.filter(|l| *l != self.id);
         if let Some(leader) = leader.filter(|l| !self.removed || membership.is_voter(*l)) {
             return Some(leader);
         }
-        if !self.removed {
+        if !self.removed && !membership.is_learner(self.id) {
             return None;
         }
         let others: Vec<NodeId> = membership

@@ -128,12 +128,16 @@ fn a_seed_replays_bit_for_bit() {
 /// - 261084 (found in 240000..269999, inconclusive): the search over two joined keys placed a write
 ///   applied at a high index before writes applied at lower ones and found out only far later;
 ///   writes with known indexes are now placed in index order.
+/// - 293771 (found in 270000..299999, liveness): four nodes removed while down came back as learners
+///   of an old membership; the sole-voter leader never contacted them, and each held a client's
+///   request for the full leader wait before answering ERR_INTERNAL. A learner that knows no leader
+///   now redirects to the voters in turn (`tests/leaderless_learner.rs` in the replica crate).
 #[test]
 fn regression_seeds_pass() {
     quiet_panics();
     for seed in [
         20, 242, 2801, 258070, 47, 3724, 5485, 5526, 2102, 3167, 5580, 2108, 101729, 128199,
-        142709, 163066, 177606, 197791, 261084,
+        142709, 163066, 177606, 197791, 261084, 293771,
     ] {
         let report = run_seed(seed, &Options::default());
         assert!(!report.failed(), "{report}");
