@@ -343,3 +343,28 @@ fn a_transaction_larger_than_the_connection_budget_is_refused_and_nothing_hangs(
     assert_eq!(a, "OK");
     cluster.terminate(leader);
 }
+
+/// TTL counts down with no other write in between, as in Redis. The store's clock moves only with
+/// the log, so before this a TTL read at the clock of the last write: `SET k v EX 100`, two seconds
+/// of quiet, and TTL still said 100.
+#[test]
+fn ttl_counts_down_without_writes() {
+    let mut cluster = Cluster::start(3, FAST_TUNABLES);
+    let leader = cluster.wait_leader();
+    let mut c = connect(&cluster.nodes[leader].resp_addr);
+    let _: () = redis::cmd("SET")
+        .arg("countdown")
+        .arg("v")
+        .arg("EX")
+        .arg(100)
+        .query(&mut c)
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(2_200));
+    let ttl: i64 = c.ttl("countdown").unwrap();
+    let pttl: i64 = c.pttl("countdown").unwrap();
+    assert!((1..=98).contains(&ttl), "TTL {ttl} after 2.2 s of 100 s");
+    assert!(
+        (1..=97_800).contains(&pttl),
+        "PTTL {pttl} after 2.2 s of 100 s"
+    );
+}
