@@ -9,6 +9,7 @@
 //! Raft, the store or which commands exist (that is the server's `redis` module).
 #![forbid(unsafe_code)]
 
+mod inline;
 mod parse;
 mod value;
 

@@ -1,8 +1,8 @@
 //! Reading one command from the front of a buffer.
 //!
 //! Two forms, as Redis accepts them: a multibulk (`*<n>\r\n` then `n` times `$<len>\r\n<bytes>\r\n`,
-//! what every client library sends) and an inline command (one line of space-separated words, what a
-//! human types into `telnet`). Any malformation is a [`ProtocolError`]; Redis answers it with an error
+//! what every client library sends) and an inline command (one line of words, quoted as Redis quotes
+//! them, what a human types into `telnet`). Any malformation is a [`ProtocolError`]; Redis answers it with an error
 //! and closes the connection, and so does raftkv.
 
 use bytes::{Buf, Bytes, BytesMut};
@@ -143,11 +143,10 @@ fn parse_inline(buf: &mut BytesMut, limits: &Limits) -> Result<Parsed, ProtocolE
             at_least: buf.len() + 1,
         });
     };
-    let words: Vec<Bytes> = text
-        .split(|b| *b == b' ' || *b == b'\t')
-        .filter(|w| !w.is_empty())
-        .map(Bytes::copy_from_slice)
-        .collect();
+    let Some(words) = crate::inline::split_args(text) else {
+        return error("unbalanced quotes in request");
+    };
+    let words: Vec<Bytes> = words.into_iter().map(Bytes::from).collect();
     buf.advance(end);
     if words.is_empty() {
         return Ok(Parsed::Empty);

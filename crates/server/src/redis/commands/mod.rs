@@ -30,6 +30,7 @@ pub const SUPPORTED: &[&str] = &[
     "RESET",
     "COMMAND",
     "CONFIG",
+    "AUTH",
     "TIME",
     "DBSIZE",
     "INFO",
@@ -189,7 +190,18 @@ fn key(word: &Bytes) -> Result<Bytes, Value> {
     }
 }
 
+/// An integer argument as Redis reads one (`string2ll`): an optional `-` and decimal digits, no `+`,
+/// no leading zeros (but `0` itself), no spaces, no `-0`, within `i64`.
 fn integer(word: &[u8]) -> Option<i64> {
+    let digits = word.strip_prefix(b"-").unwrap_or(word);
+    let canonical = match digits {
+        [] => false,
+        [b'0'] => word.len() == 1,
+        [first, rest @ ..] => (b'1'..=b'9').contains(first) && rest.iter().all(u8::is_ascii_digit),
+    };
+    if !canonical {
+        return None;
+    }
     std::str::from_utf8(word).ok()?.parse().ok()
 }
 
@@ -217,8 +229,8 @@ pub fn plan(args: &[Bytes], max_value_size: usize) -> Plan {
         "HELLO" => server::hello(args),
         "CLIENT" if argc >= 2 => server::client(args),
         "COMMAND" => server::command(args),
-        "CONFIG" if argc >= 3 && upper(&args[1]) == "GET" => now(server::config_get(&args[2..])),
-        "CONFIG" if argc >= 2 && upper(&args[1]) == "RESETSTAT" => now(Value::ok()),
+        "CONFIG" if argc >= 2 => server::config(args),
+        "AUTH" if argc >= 2 => server::auth(&args[1..]),
         "TIME" if argc == 1 => Plan::Local(LocalQuery::Time),
         "DBSIZE" if argc == 1 => Plan::Node {
             ops: vec![Op::Read(raftkv_kv::Request::DbSize)],
@@ -264,14 +276,20 @@ pub fn plan(args: &[Bytes], max_value_size: usize) -> Plan {
         ),
         "SETEX" | "PSETEX" if argc == 4 => {
             let millis = name == "PSETEX";
+            let command = name.to_ascii_lowercase();
             match integer(&args[2]) {
-                Some(ttl) if ttl > 0 => {
-                    strings::store(&args[1], &args[3], Some(ttl), millis, max_value_size)
-                }
-                _ => now(Value::err(format!(
-                    "invalid expire time in '{}' command",
-                    name.to_ascii_lowercase()
+                Some(ttl) if ttl > 0 => strings::store(
+                    &args[1],
+                    &args[3],
+                    Some(ttl),
+                    millis,
+                    &command,
+                    max_value_size,
+                ),
+                Some(_) => now(Value::err(format!(
+                    "invalid expire time in '{command}' command"
                 ))),
+                None => now(Value::err("value is not an integer or out of range")),
             }
         }
         "GETDEL" if argc == 2 => strings::getdel(&args[1]),

@@ -13,18 +13,33 @@ pub(super) fn hello(args: &[Bytes]) -> Plan {
         match integer(version) {
             Some(2) => resp3 = Some(false),
             Some(3) => resp3 = Some(true),
-            _ => return now(Value::Error("NOPROTO unsupported protocol version".into())),
+            Some(_) => return now(Value::Error("NOPROTO unsupported protocol version".into())),
+            None => {
+                return now(Value::err(
+                    "Protocol version is not an integer or out of range",
+                ))
+            }
         }
         i = 2;
     }
     while i < args.len() {
         match upper(&args[i]).as_str() {
-            "AUTH" if i + 2 < args.len() => i += 3,
+            "AUTH" if i + 2 < args.len() => {
+                if let Err(error) = check_credentials(&args[i + 1]) {
+                    return now(error);
+                }
+                i += 3;
+            }
             "SETNAME" if i + 1 < args.len() => {
                 name = Some(args[i + 1].clone());
                 i += 2;
             }
-            _ => return now(Value::err(SYNTAX)),
+            _ => {
+                return now(Value::err(format!(
+                    "Syntax error in HELLO option '{}'",
+                    String::from_utf8_lossy(&args[i])
+                )))
+            }
         }
     }
     Plan::Hello {
@@ -33,26 +48,89 @@ pub(super) fn hello(args: &[Bytes]) -> Plan {
     }
 }
 
+/// `AUTH [user] password`, answered as a Redis without a password answers it: raftkv has no Redis
+/// users, so the default user (any password) is the only one there is.
+pub(super) fn auth(args: &[Bytes]) -> Plan {
+    now(match args {
+        [_password] => Value::err(
+            "AUTH <password> called without any password configured for the default user. \
+             Are you sure your configuration is correct?",
+        ),
+        [user, _password] => match check_credentials(user) {
+            Ok(()) => Value::ok(),
+            Err(error) => error,
+        },
+        _ => Value::err(SYNTAX),
+    })
+}
+
+fn check_credentials(user: &[u8]) -> Result<(), Value> {
+    if user == b"default" {
+        Ok(())
+    } else {
+        Err(Value::Error(
+            "WRONGPASS invalid username-password pair or user is disabled.".into(),
+        ))
+    }
+}
+
+/// `-ERR wrong number of arguments for 'command|sub' command`, as Redis words it for subcommands.
+fn sub_arity(command: &str, sub: &str) -> Plan {
+    now(Value::err(format!(
+        "wrong number of arguments for '{command}|{}' command",
+        sub.to_ascii_lowercase()
+    )))
+}
+
+/// `-ERR unknown subcommand 'X'. Try COMMAND HELP.`
+fn unknown_sub(command: &str, sub: &[u8]) -> Plan {
+    now(Value::err(format!(
+        "unknown subcommand '{}'. Try {command} HELP.",
+        String::from_utf8_lossy(sub)
+    )))
+}
+
 pub(super) fn client(args: &[Bytes]) -> Plan {
-    match (upper(&args[1]).as_str(), args.len()) {
+    let sub = upper(&args[1]);
+    match (sub.as_str(), args.len()) {
+        ("SETNAME", 3) if args[2].iter().any(|b| *b <= b' ' || *b > b'~') => now(Value::err(
+            "Client names cannot contain spaces, newlines or special characters.",
+        )),
         ("SETNAME", 3) => Plan::SetName(args[2].clone()),
         ("GETNAME", 2) => Plan::Local(LocalQuery::ClientName),
         ("ID", 2) => Plan::Local(LocalQuery::ClientId),
         ("SETINFO", 4) => now(Value::ok()),
-        _ => now(Value::err(format!(
-            "unknown subcommand or wrong number of arguments for '{}'",
-            String::from_utf8_lossy(&args[1])
-        ))),
+        ("SETNAME" | "GETNAME" | "ID" | "SETINFO", _) => sub_arity("client", &sub),
+        _ => unknown_sub("CLIENT", &args[1]),
     }
 }
 
 pub(super) fn command(args: &[Bytes]) -> Plan {
-    match args.get(1).map(|a| upper(a)).as_deref() {
-        None => now(Value::Array(Vec::new())),
-        Some("COUNT") => now(Value::Integer(SUPPORTED.len() as i64)),
-        Some("DOCS") => now(Value::Map(Vec::new())),
-        Some("INFO") => now(Value::Array(vec![Value::Null; args.len() - 2])),
-        Some(_) => now(Value::err("unknown subcommand for 'command'")),
+    let Some(sub) = args.get(1).map(|a| upper(a)) else {
+        return now(Value::Array(Vec::new()));
+    };
+    match (sub.as_str(), args.len()) {
+        ("COUNT", 2) => now(Value::Integer(SUPPORTED.len() as i64)),
+        ("COUNT", _) => sub_arity("command", &sub),
+        ("DOCS", _) => now(Value::Map(Vec::new())),
+        ("INFO", _) => now(Value::Array(vec![Value::Null; args.len() - 2])),
+        _ => unknown_sub("COMMAND", &args[1]),
+    }
+}
+
+/// `CONFIG GET pattern...` answers; nothing can be set at run time (the cluster file holds the
+/// settings); `CONFIG RESETSTAT` is accepted and does nothing.
+pub(super) fn config(args: &[Bytes]) -> Plan {
+    let sub = upper(&args[1]);
+    match (sub.as_str(), args.len()) {
+        ("GET", 3..) => now(config_get(&args[2..])),
+        ("RESETSTAT", 2) => now(Value::ok()),
+        ("SET", 4..) => now(Value::err(format!(
+            "Unknown option or number of arguments for CONFIG SET - '{}'",
+            String::from_utf8_lossy(&args[2])
+        ))),
+        ("GET" | "SET" | "RESETSTAT", _) => sub_arity("config", &sub),
+        _ => unknown_sub("CONFIG", &args[1]),
     }
 }
 

@@ -51,54 +51,40 @@ pub(super) fn reads(words: &[Bytes], finish: Finish) -> Plan {
 }
 
 /// `SET key value [NX | XX] [GET] [EX s | PX ms | EXAT s | PXAT ms | KEEPTTL]`: a plain write when it
-/// has no option or only EX (the CS733 port's own entry), otherwise a `SetWith` entry.
+/// has no option or only EX (the CS733 port's own entry), otherwise a `SetWith` entry. Options are
+/// read as Redis reads them: repeating one is allowed (the last argument wins), two that exclude each
+/// other are a syntax error, and only then is the expiry's argument checked.
 pub(super) fn set(args: &[Bytes], max_value_size: usize) -> Plan {
     let mut condition = SetCondition::Always;
     let mut get = false;
-    let mut expiry: Option<SetExpiry> = None;
-    let mut seconds = None;
+    let mut expiry: Option<ExpiryOption> = None;
     let mut i = 3;
     while i < args.len() {
         let option = upper(&args[i]);
-        let has_arg = i + 1 < args.len();
         match option.as_str() {
-            "NX" if condition == SetCondition::Always => condition = SetCondition::IfAbsent,
-            "XX" if condition == SetCondition::Always => condition = SetCondition::IfPresent,
+            "NX" if condition != SetCondition::IfPresent => condition = SetCondition::IfAbsent,
+            "XX" if condition != SetCondition::IfAbsent => condition = SetCondition::IfPresent,
             "GET" => get = true,
-            "KEEPTTL" if expiry.is_none() => expiry = Some(SetExpiry::Keep),
-            "EX" | "PX" | "EXAT" | "PXAT" if expiry.is_none() && has_arg => {
-                let Some(n) = integer(&args[i + 1]) else {
-                    return now(Value::err("value is not an integer or out of range"));
-                };
-                let ms = match option.as_str() {
-                    "EX" | "EXAT" => n.checked_mul(1000),
-                    _ => Some(n),
-                };
-                let ms = match ms {
-                    Some(ms) if n > 0 => ms as u64,
-                    _ => return now(Value::err("invalid expire time in 'set' command")),
-                };
-                expiry = Some(if option.ends_with("AT") {
-                    SetExpiry::AtMs(ms)
-                } else if ms > raftkv_kv::MAX_EXPIRY_MS {
-                    return now(Value::err("invalid expire time in 'set' command"));
-                } else {
-                    SetExpiry::AfterMs(ms)
-                });
-                if option == "EX" {
-                    seconds = Some(n);
+            _ => match ExpiryOption::parse(&option, args.get(i + 1), expiry.as_ref(), false) {
+                Some(option) => {
+                    i += usize::from(option.argument.is_some());
+                    expiry = Some(option);
                 }
-                i += 1;
-            }
-            _ => return now(Value::err(SYNTAX)),
+                None => return now(Value::err(SYNTAX)),
+            },
         }
         i += 1;
     }
+    let (expiry, seconds) = match expiry.map(|option| option.expiry("set")) {
+        None => (None, None),
+        Some(Ok(timed)) => timed,
+        Some(Err(error)) => return now(error),
+    };
     let plain = condition == SetCondition::Always && !get;
     match expiry {
-        None if plain => store(&args[1], &args[2], None, false, max_value_size),
+        None if plain => store(&args[1], &args[2], None, false, "set", max_value_size),
         Some(SetExpiry::AfterMs(_)) if plain && seconds.is_some() => {
-            store(&args[1], &args[2], seconds, false, max_value_size)
+            store(&args[1], &args[2], seconds, false, "set", max_value_size)
         }
         expiry => set_with(
             &args[1],
@@ -109,6 +95,72 @@ pub(super) fn set(args: &[Bytes], max_value_size: usize) -> Plan {
             if get { Finish::Value } else { Finish::SetWith },
             max_value_size,
         ),
+    }
+}
+
+/// One of SET's and GETEX's expiry options, as written: `EX`, `PX`, `EXAT`, `PXAT` with their
+/// argument, or `KEEPTTL` (SET) / `PERSIST` (GETEX) without one.
+struct ExpiryOption {
+    name: &'static str,
+    argument: Option<Bytes>,
+}
+
+impl ExpiryOption {
+    /// `word` (upper case) as an expiry option after `before`, the one already given; `None` if it
+    /// is not one, lacks its argument, or excludes `before` (a repeat of the same option does not).
+    fn parse(
+        word: &str,
+        next: Option<&Bytes>,
+        before: Option<&ExpiryOption>,
+        getex: bool,
+    ) -> Option<ExpiryOption> {
+        let name = match word {
+            "EX" => "EX",
+            "PX" => "PX",
+            "EXAT" => "EXAT",
+            "PXAT" => "PXAT",
+            "KEEPTTL" if !getex => "KEEPTTL",
+            "PERSIST" if getex => "PERSIST",
+            _ => return None,
+        };
+        if before.is_some_and(|before| before.name != name) {
+            return None;
+        }
+        let argument = match name {
+            "KEEPTTL" | "PERSIST" => None,
+            _ => Some(next?.clone()),
+        };
+        Some(ExpiryOption { name, argument })
+    }
+
+    /// The expiry it asks for, and the seconds of a plain `EX`; Redis's errors for `command`.
+    fn expiry(&self, command: &str) -> Result<(Option<SetExpiry>, Option<i64>), Value> {
+        let Some(argument) = &self.argument else {
+            let expiry = if self.name == "KEEPTTL" {
+                SetExpiry::Keep
+            } else {
+                SetExpiry::Never
+            };
+            return Ok((Some(expiry), None));
+        };
+        let invalid = || Value::err(format!("invalid expire time in '{command}' command"));
+        let n = integer(argument)
+            .ok_or_else(|| Value::err("value is not an integer or out of range"))?;
+        if n <= 0 {
+            return Err(invalid());
+        }
+        let ms = match self.name {
+            "EX" | "EXAT" => n.checked_mul(1000).ok_or_else(invalid)? as u64,
+            _ => n as u64,
+        };
+        if self.name.ends_with("AT") {
+            return Ok((Some(SetExpiry::AtMs(ms)), None));
+        }
+        if ms > raftkv_kv::MAX_EXPIRY_MS {
+            return Err(invalid());
+        }
+        let seconds = (self.name == "EX").then_some(n);
+        Ok((Some(SetExpiry::AfterMs(ms)), seconds))
     }
 }
 
@@ -149,6 +201,7 @@ pub(super) fn store(
     value: &Bytes,
     ttl: Option<i64>,
     millis: bool,
+    command: &str,
     max_value_size: usize,
 ) -> Plan {
     let key = match key(word) {
@@ -166,11 +219,11 @@ pub(super) fn store(
         Some(ms) if millis => (ms as u64).div_ceil(1000),
         Some(s) => s as u64,
     };
-    let Ok(exptime) = u32::try_from(seconds).map(|s| s.min(MAX_EXPTIME_SECS + 1)) else {
-        return now(Value::err("invalid expire time in 'set' command"));
-    };
+    let exptime = u32::try_from(seconds).unwrap_or(u32::MAX);
     if exptime > MAX_EXPTIME_SECS {
-        return now(Value::err("invalid expire time in 'set' command"));
+        return now(Value::err(format!(
+            "invalid expire time in '{command}' command"
+        )));
     }
     Plan::Node {
         ops: vec![Op::write(Command::Set {
@@ -204,29 +257,21 @@ fn write(word: &Bytes, command: impl FnOnce(Bytes) -> Command, finish: Finish) -
 
 /// `GETEX key [EX s | PX ms | EXAT s | PXAT ms | PERSIST]`: a plain read without an option.
 pub(super) fn getex(args: &[Bytes]) -> Plan {
-    let invalid = || now(Value::err("invalid expire time in 'getex' command"));
-    let expiry = match args.len() {
-        2 => return read(&args[1], Finish::Value, false),
-        3 if upper(&args[2]) == "PERSIST" => SetExpiry::Never,
-        4 => {
-            let option = upper(&args[2]);
-            let Some(n) = integer(&args[3]) else {
-                return now(Value::err("value is not an integer or out of range"));
-            };
-            let ms = match option.as_str() {
-                "EX" | "EXAT" => n.checked_mul(1000),
-                "PX" | "PXAT" => Some(n),
-                _ => return now(Value::err(SYNTAX)),
-            };
-            match ms {
-                Some(ms) if n > 0 && option.ends_with("AT") => SetExpiry::AtMs(ms as u64),
-                Some(ms) if n > 0 && ms as u64 <= raftkv_kv::MAX_EXPIRY_MS => {
-                    SetExpiry::AfterMs(ms as u64)
-                }
-                _ => return invalid(),
+    let mut option: Option<ExpiryOption> = None;
+    let mut i = 2;
+    while i < args.len() {
+        match ExpiryOption::parse(&upper(&args[i]), args.get(i + 1), option.as_ref(), true) {
+            Some(next) => {
+                i += 1 + usize::from(next.argument.is_some());
+                option = Some(next);
             }
+            None => return now(Value::err(SYNTAX)),
         }
-        _ => return now(Value::err(SYNTAX)),
+    }
+    let expiry = match option.map(|option| option.expiry("getex")) {
+        None => return read(&args[1], Finish::Value, false),
+        Some(Ok((expiry, _))) => expiry.unwrap_or(SetExpiry::Never),
+        Some(Err(error)) => return now(error),
     };
     write(
         &args[1],
@@ -274,8 +319,17 @@ pub(super) fn incrbyfloat(args: &[Bytes]) -> Plan {
             |key| Command::incr_by_float(key, by),
             Finish::Store,
         ),
+        // `inf`, or beyond an f64 (Redis computes in long double, which holds up to ~1e4932).
+        None if is_infinite(&args[2]) => now(Value::err("increment would produce NaN or Infinity")),
         None => now(Value::err("value is not a valid float")),
     }
+}
+
+fn is_infinite(word: &[u8]) -> bool {
+    std::str::from_utf8(word)
+        .ok()
+        .and_then(|text| text.parse::<f64>().ok())
+        .is_some_and(f64::is_infinite)
 }
 
 /// `MSET k v [k v ...]` and `MSETNX`: one entry, all or nothing.
