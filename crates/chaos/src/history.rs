@@ -137,12 +137,19 @@ impl History {
                 OpKind::SetWith {
                     write,
                     ttl_s,
+                    keep_ttl,
                     condition,
                     get,
                     wrote,
                     old,
                     version,
                 } => {
+                    // KEEPTTL in the lifetime's place.
+                    let ttl_s = if keep_ttl {
+                        "keep".to_string()
+                    } else {
+                        ttl_s.to_string()
+                    };
                     let condition = match condition {
                         SetCondition::Always => "always",
                         SetCondition::IfAbsent => "nx",
@@ -264,7 +271,11 @@ fn parse_op(tokens: &[&str]) -> Result<Op, String> {
         },
         "setwith" => OpKind::SetWith {
             write: number(5)?,
-            ttl_s: u32::try_from(number(6)?).map_err(|e| e.to_string())?,
+            ttl_s: match field(6)? {
+                "keep" => 0,
+                _ => u32::try_from(number(6)?).map_err(|e| e.to_string())?,
+            },
+            keep_ttl: field(6)? == "keep",
             condition: match field(7)? {
                 "always" => SetCondition::Always,
                 "nx" => SetCondition::IfAbsent,
@@ -367,6 +378,7 @@ mod tests {
                     OpKind::SetWith {
                         write: 4,
                         ttl_s: 0,
+                        keep_ttl: true,
                         condition: SetCondition::IfAbsent,
                         get: true,
                         wrote: Some(false),
@@ -379,6 +391,7 @@ mod tests {
                     OpKind::SetWith {
                         write: 5,
                         ttl_s: 3,
+                        keep_ttl: false,
                         condition: SetCondition::IfPresent,
                         get: false,
                         wrote: None,

@@ -29,6 +29,11 @@ pub enum Mutation {
     /// `set`'s lifetime is taken in milliseconds instead of seconds (a unit slip: keys expire a
     /// thousand times too early).
     LifetimeInMs,
+    /// Redis's SET KEEPTTL drops the key's lifetime instead of keeping it.
+    KeepTtlDropped,
+    /// Redis's SET EXAT/PXAT takes its instant as a lifetime from now (an instant in the past then
+    /// lasts for ever).
+    InstantAsLifetime,
 }
 
 impl Mutation {
@@ -42,6 +47,16 @@ impl Mutation {
             }
             (Mutation::WatchIgnored, Command::Transaction { watches, .. }) => watches.clear(),
             (Mutation::MSetFirstPairOnly, Command::MSet { pairs, .. }) => pairs.truncate(1),
+            (Mutation::KeepTtlDropped, Command::SetWith { expiry, .. })
+                if *expiry == raftkv_kv::SetExpiry::Keep =>
+            {
+                *expiry = raftkv_kv::SetExpiry::Never;
+            }
+            (Mutation::InstantAsLifetime, Command::SetWith { expiry, .. }) => {
+                if let raftkv_kv::SetExpiry::AtMs(at) = *expiry {
+                    *expiry = raftkv_kv::SetExpiry::AfterMs(at.min(raftkv_kv::MAX_EXPIRY_MS));
+                }
+            }
             (
                 Mutation::LifetimeInMs,
                 Command::Set {

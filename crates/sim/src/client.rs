@@ -12,7 +12,10 @@ use raftkv_raft::NodeId;
 use raftkv_replica::Op as Request2;
 
 use crate::compound;
-use crate::linearizability::{CasOutcome, Key, Op, OpKind, SetCondition, Value, SET_CONDITIONS};
+use crate::linearizability::{
+    CasOutcome, Key, Op, OpKind, SetCondition, Value, FAR_LIFETIME_S, PAST_LIFETIME_S,
+    SET_CONDITIONS,
+};
 use crate::rng::Rng;
 
 /// A request on a connection, waiting for its reply (replies are delivered in request order).
@@ -245,6 +248,8 @@ pub struct Mix {
     pub redis_ops: bool,
     /// Some writes are its compound commands ([`compound`]); the number of keys in play.
     pub compound_keys: Option<u64>,
+    /// Some of the Redis SETs keep the key's lifetime (KEEPTTL) or expire at an instant (EXAT/PXAT).
+    pub instants: bool,
 }
 
 /// A random operation for `key`: the request to send, the history's record of it, and `noreply`.
@@ -260,6 +265,7 @@ pub fn draw_op(
         ttl_ppm,
         redis_ops,
         compound_keys,
+        instants,
     } = mix;
     let k = key_bytes(key);
     if rng.chance(read_ppm) {
@@ -287,7 +293,7 @@ pub fn draw_op(
     let value = value_bytes(op_id);
     // Drawn only in seeds with Redis commands, so that the others replay as they always did.
     if redis_ops && rng.chance(400_000) {
-        let (request, kind) = redis_write(rng, op_id, k, ttl_s, value);
+        let (request, kind) = redis_write(rng, op_id, k, ttl_s, value, instants);
         return (request, kind, false);
     }
     if let Some(keys) = compound_keys.filter(|_| rng.chance(700_000)) {
@@ -346,6 +352,7 @@ fn redis_write(
     key: Bytes,
     ttl_s: u32,
     value: Bytes,
+    instants: bool,
 ) -> (Request2, OpKind) {
     if rng.chance(250_000) {
         return (
@@ -355,10 +362,7 @@ fn redis_write(
     }
     let condition = SET_CONDITIONS[rng.index(3)];
     let get = rng.chance(500_000);
-    let expiry = match ttl_s {
-        0 => SetExpiry::Never,
-        ttl_s => SetExpiry::AfterMs(u64::from(ttl_s) * 1000),
-    };
+    let (expiry, ttl_s, keep_ttl) = set_expiry(op_id, ttl_s, instants);
     let command = Command::SetWith {
         key,
         value,
@@ -369,6 +373,7 @@ fn redis_write(
     let kind = OpKind::SetWith {
         write: op_id,
         ttl_s,
+        keep_ttl,
         condition,
         get,
         wrote: None,
@@ -376,6 +381,24 @@ fn redis_write(
         version: None,
     };
     (Request2::write(command), kind)
+}
+
+/// A Redis SET's expiry, the lifetime the model gives it and whether it keeps the key's own
+/// (KEEPTTL). With `instants`, one SET in four keeps the lifetime, one in sixteen expires at an
+/// instant far beyond the run and one in sixteen at an instant long past; the choice comes from the op's id, so the random
+/// stream (and with it every other choice of the seed) stays as it was.
+fn set_expiry(op_id: u64, ttl_s: u32, instants: bool) -> (SetExpiry, u32, bool) {
+    /// 2100-01-01 on any node's wall clock; the simulated clocks start in 2026.
+    const FAR_INSTANT_MS: u64 = 4_102_444_800_000;
+    let choice = op_id.wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 59;
+    match choice {
+        0..=7 if instants => (SetExpiry::Keep, 0, true),
+        8..=9 if instants => (SetExpiry::AtMs(FAR_INSTANT_MS), FAR_LIFETIME_S, false),
+        // Already past: the key is written and gone at once.
+        10..=11 if instants => (SetExpiry::AtMs(1_000), PAST_LIFETIME_S, false),
+        _ if ttl_s == 0 => (SetExpiry::Never, 0, false),
+        _ => (SetExpiry::AfterMs(u64::from(ttl_s) * 1000), ttl_s, false),
+    }
 }
 
 /// A write's record completed with what applying it answered.
@@ -449,6 +472,7 @@ pub fn interpret(
             OpKind::SetWith {
                 write,
                 ttl_s,
+                keep_ttl,
                 condition,
                 get,
                 ..
@@ -472,6 +496,7 @@ pub fn interpret(
             Done(OpKind::SetWith {
                 write,
                 ttl_s,
+                keep_ttl,
                 condition,
                 get,
                 wrote: Some(wrote),

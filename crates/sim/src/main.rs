@@ -48,9 +48,12 @@ fn parse_mutation(name: &str) -> Result<Mutation, String> {
         "WatchIgnored" => Ok(Mutation::WatchIgnored),
         "MSetFirstPairOnly" => Ok(Mutation::MSetFirstPairOnly),
         "LifetimeInMs" => Ok(Mutation::LifetimeInMs),
+        "KeepTtlDropped" => Ok(Mutation::KeepTtlDropped),
+        "InstantAsLifetime" => Ok(Mutation::InstantAsLifetime),
         _ => Err(
             "one of ReadsWithoutReadIndex, AckBeforeFsync, ExpiryAtLocalClock, WritesAppliedTwice, \
-             SetConditionIgnored, WatchIgnored, MSetFirstPairOnly, LifetimeInMs"
+             SetConditionIgnored, WatchIgnored, MSetFirstPairOnly, LifetimeInMs, KeepTtlDropped, \
+             InstantAsLifetime"
                 .into(),
         ),
     }

@@ -13,7 +13,8 @@ use raftkv_sim::rng::Rng;
 const BUDGET: u64 = 1_000_000;
 
 /// `ops` operations on `keys` keys, each answered by the store before the next is sent; with
-/// `lifetimes`, some writes give keys a lifetime (which makes expiry the model's choice).
+/// `lifetimes`, some writes give keys a lifetime, keep one (KEEPTTL) or expire at an instant (which
+/// makes expiry the model's choice).
 fn sequential_history(rng: &mut Rng, keys: u64, ops: usize, lifetimes: bool) -> Vec<Op> {
     let mut store = Store::new();
     let mut history = Vec::new();
@@ -25,6 +26,7 @@ fn sequential_history(rng: &mut Rng, keys: u64, ops: usize, lifetimes: bool) -> 
         ttl_ppm: if lifetimes { 300_000 } else { 0 },
         redis_ops: true,
         compound_keys: Some(keys),
+        instants: lifetimes,
     };
     for n in 0..ops as u64 {
         // Now and then long enough for a 1–3 s lifetime to run out.

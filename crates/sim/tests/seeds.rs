@@ -222,3 +222,22 @@ fn a_lifetime_in_milliseconds_is_caught() {
     let report = run_seed(seed, &Options::default());
     assert!(!report.failed(), "{report}");
 }
+
+/// SET KEEPTTL is in the model: one that drops the key's lifetime is caught (a `getm` then reports
+/// no lifetime where the model has one), and the same seed passes with the lifetime kept. Rare,
+/// like every expiry bug: it needs a seed with Redis SETs, lifetimes and a `getm` soon after.
+#[test]
+fn a_keepttl_that_drops_the_lifetime_is_caught() {
+    let seed = first_caught(Mutation::KeepTtlDropped, 150).expect("not caught in 150 seeds");
+    let report = run_seed(seed, &Options::default());
+    assert!(!report.failed(), "{report}");
+}
+
+/// SET EXAT/PXAT are in the model: an instant already past leaves the key gone at once, so one taken
+/// as a lifetime from now (the key lives on) is caught, and the same seed passes.
+#[test]
+fn an_instant_taken_as_a_lifetime_is_caught() {
+    let seed = first_caught(Mutation::InstantAsLifetime, 60).expect("not caught in 60 seeds");
+    let report = run_seed(seed, &Options::default());
+    assert!(!report.failed(), "{report}");
+}

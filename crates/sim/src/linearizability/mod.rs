@@ -48,6 +48,12 @@ pub const SET_CONDITIONS: [SetCondition; 3] = [
 /// The most keys one group may join (the simulator uses at most four keys); a larger group is
 /// counted as inconclusive.
 pub const MAX_GROUP: usize = 4;
+/// The lifetime, in seconds, the model gives an expiry instant far beyond any simulated run (SET
+/// EXAT/PXAT in the year 2100): it never runs out where the clocks' bound is known.
+pub const FAR_LIFETIME_S: u32 = u32::MAX - 1;
+/// The lifetime the model records for an expiry instant already past (SET PXAT 1000): the key is
+/// written (the write has its version) and gone at once.
+pub const PAST_LIFETIME_S: u32 = u32::MAX;
 /// The most steps one MULTI/EXEC of the workload holds.
 pub const MAX_TX_STEPS: usize = 3;
 
@@ -138,10 +144,14 @@ pub enum OpKind {
     Getm { value: Option<(Value, u64, u64)> },
     /// Redis's SET with a condition (NX: `IfAbsent`, XX: `IfPresent`) and, with `get`, the old value.
     /// Once answered, `wrote` says whether it wrote and `old` (with `get`) what it found (Some(None):
-    /// nothing); `version` is from an `OK` reply. All None while the outcome is unknown.
+    /// nothing); `version` is from an `OK` reply. All None while the outcome is unknown. With
+    /// `keep_ttl` (KEEPTTL) the key keeps the lifetime it had and `ttl_s` is unused; an instant
+    /// (EXAT/PXAT) is recorded as [`PAST_LIFETIME_S`] if already past, [`FAR_LIFETIME_S`] if beyond
+    /// any run.
     SetWith {
         write: WriteId,
         ttl_s: u32,
+        keep_ttl: bool,
         condition: SetCondition,
         get: bool,
         wrote: Option<bool>,

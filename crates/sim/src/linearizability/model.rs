@@ -12,7 +12,7 @@ use std::collections::HashMap;
 use super::value::{Texts, Value, WriteId};
 use super::{
     CasOutcome, Key, Op, OpKind, RenameOutcome, SetCondition, TtlCondition, TxAction, TxStep,
-    MAX_GROUP,
+    MAX_GROUP, PAST_LIFETIME_S,
 };
 
 /// What the whole sub-history says about its writes' versions, independent of order.
@@ -235,6 +235,7 @@ impl<'a> Group<'a> {
             OpKind::SetWith {
                 write,
                 ttl_s,
+                keep_ttl,
                 condition,
                 wrote,
                 old,
@@ -250,8 +251,17 @@ impl<'a> Group<'a> {
                     SetCondition::IfPresent => live,
                 };
                 expect(wrote, writes)?;
+                // KEEPTTL: the lifetime the key has now (none if it is absent, or vanished).
+                let ttl_s = match holds {
+                    Holds::Live { ttl_s: kept, .. } if keep_ttl => kept,
+                    _ if keep_ttl => 0,
+                    _ => ttl_s,
+                };
                 if writes {
                     self.write_value(state, slot, Value::Write(write), write, ttl_s, version)?;
+                    if !keep_ttl && ttl_s == PAST_LIFETIME_S {
+                        state.keys[slot] = Holds::Absent;
+                    }
                 }
                 Ok(())
             }

@@ -202,6 +202,7 @@ fn set_with(
     let kind = OpKind::SetWith {
         write,
         ttl_s: 0,
+        keep_ttl: false,
         condition,
         get: old.is_some(),
         wrote: Some(wrote),
@@ -577,6 +578,7 @@ fn atomic_history(rng: &mut Rng, ops: usize, conns: u64) -> Vec<Op> {
                 OpKind::SetWith {
                     write,
                     ttl_s,
+                    keep_ttl: false,
                     condition,
                     get,
                     wrote: known.then_some(writes),

@@ -147,6 +147,7 @@ impl Simulator {
             ttl_ppm: self.params.ttl_ppm,
             redis_ops,
             compound_keys: (redis_ops && self.params.compound_ops).then_some(self.params.keys),
+            instants: redis_ops && self.params.instant_expiry,
         };
         let (mut request, kind, mut noreply) =
             client::draw_op(&mut self.rng, op_id, key, last_version, mix);

@@ -239,6 +239,7 @@ impl Simulator {
         params.lease_reads = params.check_quorum && Rng::new(seed ^ 0x1EA5_E5EE).chance(400_000);
         params.redis_ops = Rng::new(seed ^ 0x4ED1_5C0D).chance(500_000);
         params.compound_ops = params.redis_ops && Rng::new(seed ^ 0xC0_4B0D).chance(500_000);
+        params.instant_expiry = params.redis_ops && Rng::new(seed ^ 0x0125_7A47).chance(500_000);
         let membership_rng = Rng::new(seed ^ 0x3E3B_E126);
         let initial_voters = membership
             .as_ref()

@@ -42,6 +42,9 @@ pub struct Params {
     /// With `redis_ops`, some writes are its compound commands too (INCRBY, APPEND, SETRANGE,
     /// EXPIRE/PERSIST, MSET, RENAME, MULTI/EXEC); drawn apart from the rest.
     pub compound_ops: bool,
+    /// With `redis_ops`, some SETs keep the key's lifetime (KEEPTTL) or expire at an instant
+    /// (EXAT/PXAT); drawn apart from the rest.
+    pub instant_expiry: bool,
     /// Reads served from the leader's lease (only with check-quorum; drawn apart from the rest).
     pub lease_reads: bool,
     pub max_entries_per_msg: usize,
@@ -97,6 +100,7 @@ impl Params {
             lease_reads: false,
             redis_ops: false,
             compound_ops: false,
+            instant_expiry: false,
             max_entries_per_msg: rng.range(1, 64) as usize,
             max_inflight_msgs: rng.range(1, 16) as usize,
             session_limits: raftkv_kv::SessionLimits::DEFAULT,
