@@ -91,10 +91,16 @@ pub fn draw(
         }
         _ => {
             let expiry = expiry_of(ttl_s);
-            // EXPIRE may say NX (only a key without a lifetime) or XX (only one with); PERSIST
-            // takes no option.
+            // EXPIRE may say NX (only a key without a lifetime), XX (only one with), GT, LT or XX LT
+            // (comparing instants; GT, LT and XX LT picked by the op's id, not the random stream);
+            // PERSIST takes no option.
             let condition = match (ttl_s, rng.below(4)) {
-                (0, _) | (_, 0 | 1) => TtlCondition::Always,
+                (0, _) | (_, 0) => TtlCondition::Always,
+                (_, 1) => [
+                    TtlCondition::IfLater,
+                    TtlCondition::IfEarlier,
+                    TtlCondition::IfSomeAndEarlier,
+                ][(write.wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 62) as usize % 3],
                 (_, 2) => TtlCondition::IfNone,
                 _ => TtlCondition::IfSome,
             };

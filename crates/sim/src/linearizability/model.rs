@@ -333,12 +333,15 @@ impl<'a> Group<'a> {
                     return expect(changed, false);
                 };
                 // PERSIST of a key without a lifetime changes nothing; NX and XX ask whether it has
-                // one.
+                // one. GT and LT count a key without a lifetime as living for ever (GT never
+                // changes it, LT always does); between two lifetimes they compare instants the
+                // model does not know, so the reply decides.
                 let allowed = match condition {
                     TtlCondition::IfNone => current == 0,
                     TtlCondition::IfSome => current > 0,
                     TtlCondition::Always => true,
-                    // GT and LT compare instants the model does not know: whatever the reply says.
+                    TtlCondition::IfLater | TtlCondition::IfSomeAndEarlier if current == 0 => false,
+                    TtlCondition::IfEarlier if current == 0 => true,
                     _ => changed.unwrap_or(true),
                 };
                 let changes = (ttl_s > 0 || current > 0) && allowed;
