@@ -89,6 +89,12 @@ impl<H> Replica<H> {
         let status = self.raft.status();
         let applied = self.store.applied_index();
         let Some(leader) = status.leader else {
+            // A learner has no election of its own to wait for: it names a voter at once.
+            if let Some(to) = self.redirect_target() {
+                let reply = self.redirect_to(to);
+                self.out.replies.push((handle, reply));
+                return;
+            }
             self.park(ClientRequest {
                 op: Op::StaleRead { read, max_lag },
                 handle,
@@ -277,6 +283,11 @@ impl<H> Replica<H> {
             self.out.replies.push((read.handle, reply));
             return;
         }
+        // A read queued behind a clock entry is judged, when its turn comes, at the time it arrived:
+        // judged at the time the entry applied (always later, by the commit's latency) it would
+        // need an entry of its own, and pipelined TTLs, whose clock must be exact, would each wait
+        // for the one before (tests/ttl_reads.rs).
+        read.judged_at_ms = Some(wall);
         // A read whose clock entry could not be proposed yet keeps every later read behind it, as
         // one waiting for its entry to apply does: one connection's pipelined reads must take effect
         // in the order they were sent (simulator seeds 2801 and 142709).
@@ -300,7 +311,6 @@ impl<H> Replica<H> {
             return;
         }
         // The entry's stamp is at least `wall` (stamps never run behind the clock that asked).
-        read.judged_at_ms = Some(wall);
         let index = match self.propose_command(Command::Expire, None) {
             Ok((index, _)) => {
                 self.clock_entry = Some(index);

@@ -92,3 +92,30 @@ fn a_voter_without_a_leader_still_waits_for_one() {
     let mut voter = replica_with_membership(2, vec![1, 2], vec![3]);
     assert_eq!(get(&mut voter, 1), None, "parked until a leader is known");
 }
+
+#[test]
+fn a_stale_read_on_a_learner_without_a_leader_is_redirected_too() {
+    let mut learner = replica_with_membership(3, vec![1, 2], vec![3]);
+    let now = Now {
+        mono_ms: 100,
+        wall_ms: 1_000_100,
+    };
+    learner.request(
+        now,
+        ClientRequest {
+            op: Op::StaleRead {
+                read: Request::Get {
+                    key: Bytes::from_static(b"k"),
+                },
+                max_lag: 10,
+            },
+            handle: 7,
+        },
+    );
+    learner.advance().unwrap();
+    let reply = learner.outputs().replies.drain(..).find(|(h, _)| *h == 7);
+    assert!(
+        matches!(reply, Some((_, Reply::ErrRedirect { .. }))),
+        "{reply:?}"
+    );
+}

@@ -1,0 +1,124 @@
+//! Redis's TTL reads at an exact replicated clock (a clock entry whenever the store's clock lags the
+//! leader's wall clock at all). Reads queued behind one clock entry must be satisfied by at most one
+//! more, not each propose its own: judged at the time they arrived, not re-judged at the time the
+//! entry applied (which, with any commit latency, is always later: a chain of one log round trip
+//! per pipelined TTL, every other read and write waiting behind it).
+
+use bytes::Bytes;
+use raftkv_kv::{Command, Reply, Request};
+use raftkv_raft::{Config, Role};
+use raftkv_replica::{ClientRequest, Durable, Now, Op, Replica, ReplicaConfig};
+
+fn now(ms: u64) -> Now {
+    Now {
+        mono_ms: ms,
+        wall_ms: 1_780_000_000_000 + ms,
+    }
+}
+
+/// One persist round: the replica's Ready, then `disk_ms` later every job durable and its messages
+/// delivered.
+fn round(replica: &mut Replica<u64>, replies: &mut Vec<(u64, Reply)>, ms: &mut u64, disk_ms: u64) {
+    replica.advance().unwrap();
+    replies.append(&mut replica.outputs().replies);
+    *ms += disk_ms;
+    replica.advance_clock(now(*ms));
+    let jobs: Vec<_> = replica.outputs().persist.drain(..).collect();
+    for job in jobs {
+        if let Some(last) = job.entries.last() {
+            replica
+                .persisted(Durable {
+                    index: last.index,
+                    term: last.term,
+                    ..Durable::default()
+                })
+                .unwrap();
+        }
+        for msg in job.messages_after_persist {
+            replica.step(msg);
+        }
+    }
+    replica.advance().unwrap();
+    replies.append(&mut replica.outputs().replies);
+}
+
+fn single_node_leader() -> Replica<u64> {
+    let mut raft = Config::new(1, vec![1]);
+    raft.election_ticks = 3;
+    let config = ReplicaConfig {
+        raft,
+        peer_addrs: Default::default(),
+        promote_max_lag: raftkv_replica::DEFAULT_PROMOTE_MAX_LAG,
+        auto_remove_after_ms: 0,
+        client_addrs: [(1, "127.0.0.1:9001".to_string())].into(),
+        leader_wait_ms: 1_000,
+        snapshot_entries: 1 << 40,
+        snapshot_bytes: 1 << 40,
+        session_limits: raftkv_kv::SessionLimits::DEFAULT,
+        tick_ms: 1,
+        mutation: None,
+        record_applied: false,
+    };
+    let mut replica: Replica<u64> = Replica::new(config, Default::default()).unwrap();
+    let mut replies = Vec::new();
+    let mut ms = 0;
+    while ms < 100 {
+        replica.tick(now(ms));
+        round(&mut replica, &mut replies, &mut ms, 1);
+        if replica.raft().status().role == Role::Leader {
+            return replica;
+        }
+    }
+    panic!("no leader");
+}
+
+#[test]
+fn pipelined_ttl_reads_share_their_clock_entries() {
+    let mut replica = single_node_leader();
+    let mut replies = Vec::new();
+    let mut ms = 200;
+    replica.request(
+        now(ms),
+        ClientRequest {
+            op: Op::write(Command::Set {
+                key: Bytes::from_static(b"k"),
+                exptime: 100,
+                value: Bytes::from_static(b"v"),
+            }),
+            handle: 0,
+        },
+    );
+    round(&mut replica, &mut replies, &mut ms, 2);
+    assert!(matches!(replies.pop(), Some((0, Reply::Ok { .. }))));
+    // A second later ten TTLs arrive, one a millisecond; each write to the disk takes 2 ms.
+    ms += 1_000;
+    let before = replica.raft().status().last_index;
+    const READS: u64 = 10;
+    for handle in 1..=READS {
+        ms += 1;
+        replica.request(
+            now(ms),
+            ClientRequest {
+                op: Op::Read(Request::Pttl {
+                    key: Bytes::from_static(b"k"),
+                }),
+                handle,
+            },
+        );
+    }
+    for _ in 0..100 {
+        if replies.len() as u64 == READS {
+            break;
+        }
+        round(&mut replica, &mut replies, &mut ms, 2);
+    }
+    assert_eq!(replies.len() as u64, READS, "every TTL answered");
+    for (_, reply) in &replies {
+        assert!(
+            matches!(reply, Reply::Integer { value } if (98_900..99_000).contains(value)),
+            "{reply:?}"
+        );
+    }
+    let entries = replica.raft().status().last_index - before;
+    assert!(entries <= 2, "{entries} clock entries for {READS} TTLs");
+}
