@@ -2,8 +2,10 @@
 //! white space, `"..."` with C-like escapes (`\n`, `\r`, `\t`, `\b`, `\a`, `\xHH`, `\<any>`) and
 //! `'...'` with only `\'`; a closing quote must end its word.
 
-/// The words of `line`, or `None` if its quotes are unbalanced (Redis's "unbalanced quotes").
+/// The words of `line`, or `None` if its quotes are unbalanced (Redis's "unbalanced quotes"). As
+/// in Redis (a C string), a NUL byte ends the line.
 pub(crate) fn split_args(line: &[u8]) -> Option<Vec<Vec<u8>>> {
+    let line = line.split(|b| *b == 0).next().unwrap_or_default();
     let mut words = Vec::new();
     let mut at = 0;
     loop {
@@ -17,7 +19,9 @@ pub(crate) fn split_args(line: &[u8]) -> Option<Vec<Vec<u8>>> {
         loop {
             match line.get(at) {
                 None => break,
-                Some(b) if is_space(*b) => break,
+                // Only these end a word (vertical tab and form feed do not, though they are skipped
+                // between words).
+                Some(b' ' | b'\n' | b'\r' | b'\t') => break,
                 Some(b'"') => at = double_quoted(line, at + 1, &mut word)?,
                 Some(b'\'') => at = single_quoted(line, at + 1, &mut word)?,
                 Some(b) => {
@@ -120,6 +124,9 @@ mod tests {
         assert_eq!(split(r#"echo "\q""#).unwrap()[1], "q");
         assert_eq!(split(""), Some(vec![]));
         assert_eq!(split(r#"echo """#).unwrap()[1], "");
+        let words = vec!["echo".to_string(), "a\x0bb".into(), "c".into()];
+        assert_eq!(split("echo a\x0bb \x0c c"), Some(words));
+        assert_eq!(split("echo a\0b c"), Some(vec!["echo".into(), "a".into()]));
     }
 
     #[test]

@@ -24,6 +24,7 @@ pub(super) fn hello(args: &[Bytes]) -> Plan {
     }
     while i < args.len() {
         match upper(&args[i]).as_str() {
+            // Redis 7.0 checks the credentials as it meets them, before any later option.
             "AUTH" if i + 2 < args.len() => {
                 if let Err(error) = check_credentials(&args[i + 1]) {
                     return now(error);
@@ -42,9 +43,23 @@ pub(super) fn hello(args: &[Bytes]) -> Plan {
             }
         }
     }
+    if let Some(Err(error)) = name.as_ref().map(|name| check_client_name(name)) {
+        return now(error);
+    }
     Plan::Hello {
         resp3: resp3.unwrap_or(false),
         name,
+    }
+}
+
+/// Redis's rule for connection names: no spaces, newlines or other special characters.
+fn check_client_name(name: &[u8]) -> Result<(), Value> {
+    if name.iter().any(|b| *b <= b' ' || *b > b'~') {
+        Err(Value::err(
+            "Client names cannot contain spaces, newlines or special characters.",
+        ))
+    } else {
+        Ok(())
     }
 }
 
@@ -82,21 +97,21 @@ fn sub_arity(command: &str, sub: &str) -> Plan {
     )))
 }
 
-/// `-ERR unknown subcommand 'X'. Try COMMAND HELP.`
+/// `-ERR unknown subcommand 'X'. Try COMMAND HELP.` (the name cut at 128 bytes, as Redis cuts it).
 fn unknown_sub(command: &str, sub: &[u8]) -> Plan {
     now(Value::err(format!(
         "unknown subcommand '{}'. Try {command} HELP.",
-        String::from_utf8_lossy(sub)
+        String::from_utf8_lossy(&sub[..sub.len().min(128)])
     )))
 }
 
 pub(super) fn client(args: &[Bytes]) -> Plan {
     let sub = upper(&args[1]);
     match (sub.as_str(), args.len()) {
-        ("SETNAME", 3) if args[2].iter().any(|b| *b <= b' ' || *b > b'~') => now(Value::err(
-            "Client names cannot contain spaces, newlines or special characters.",
-        )),
-        ("SETNAME", 3) => Plan::SetName(args[2].clone()),
+        ("SETNAME", 3) => match check_client_name(&args[2]) {
+            Ok(()) => Plan::SetName(args[2].clone()),
+            Err(error) => now(error),
+        },
         ("GETNAME", 2) => Plan::Local(LocalQuery::ClientName),
         ("ID", 2) => Plan::Local(LocalQuery::ClientId),
         ("SETINFO", 4) => now(Value::ok()),
@@ -125,10 +140,12 @@ pub(super) fn config(args: &[Bytes]) -> Plan {
     match (sub.as_str(), args.len()) {
         ("GET", 3..) => now(config_get(&args[2..])),
         ("RESETSTAT", 2) => now(Value::ok()),
-        ("SET", 4..) => now(Value::err(format!(
+        ("SET", n) if n >= 4 && n % 2 == 0 => now(Value::err(format!(
             "Unknown option or number of arguments for CONFIG SET - '{}'",
             String::from_utf8_lossy(&args[2])
         ))),
+        // Pairs of name and value, as Redis 7.0 wants them.
+        ("SET", n) if n >= 4 => now(Value::err(SYNTAX)),
         ("GET" | "SET" | "RESETSTAT", _) => sub_arity("config", &sub),
         _ => unknown_sub("CONFIG", &args[1]),
     }
