@@ -444,6 +444,22 @@ impl<H> Replica<H> {
         self.removed
     }
 
+    /// The voters a client may try when this node can never lead and knows no leader (it is a
+    /// learner, or was removed): the other voters of the newest membership it knows. Empty for a
+    /// voter, which waits for an election instead.
+    pub fn voters_to_try(&self) -> Vec<NodeId> {
+        let membership = self.raft.membership();
+        if !self.removed && !membership.is_learner(self.id) {
+            return Vec::new();
+        }
+        membership
+            .voters
+            .iter()
+            .copied()
+            .filter(|id| *id != self.id)
+            .collect()
+    }
+
     /// Where to send a client: the leader this node knows; for a removed node, whose knowledge of the
     /// leader may be stale, only a leader that is still in the newest membership it knows, else each
     /// voter of that membership in turn. (Removed nodes that each name the other, from memberships of

@@ -85,12 +85,15 @@ fn a_learner_without_a_leader_redirects_to_each_voter_in_turn() {
     }
     ports.sort_unstable();
     assert_eq!(ports, vec![9001, 9001, 9002, 9002], "each voter in turn");
+    // What the Redis port relays to, having no redirect to give.
+    assert_eq!(learner.voters_to_try(), vec![1, 2]);
 }
 
 #[test]
 fn a_voter_without_a_leader_still_waits_for_one() {
     let mut voter = replica_with_membership(2, vec![1, 2], vec![3]);
     assert_eq!(get(&mut voter, 1), None, "parked until a leader is known");
+    assert!(voter.voters_to_try().is_empty());
 }
 
 #[test]

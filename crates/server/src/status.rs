@@ -61,6 +61,10 @@ pub struct NodeStatus {
     /// one, and founders whose cluster file named one), by id.
     #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
     pub resp_addrs: std::collections::BTreeMap<u64, String>,
+    /// On a learner or a removed node (which can never lead): the voters a client may try when no
+    /// leader is known.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub voters_to_try: Vec<u64>,
 }
 
 /// The node's whole state machine condensed to one number at one applied index: replicas that have
@@ -203,5 +207,6 @@ pub fn observe<H>(
             .into_iter()
             .filter_map(|(id, addrs)| Some((id, addrs.resp?)))
             .collect(),
+        voters_to_try: replica.voters_to_try(),
     }
 }

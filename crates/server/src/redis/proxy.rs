@@ -1,6 +1,7 @@
 //! Where a new Redis connection goes: served here on the leader, relayed to the leader's RESP port on a
 //! follower (every byte both ways, so the leader sees the client's commands in order and the client
-//! its replies), or refused with a reason when no leader is known.
+//! its replies), relayed to a voter by a learner or removed node that knows no leader (it can never
+//! lead; the voter relays on), or refused with a reason when no leader is known.
 
 use std::time::Instant;
 
@@ -36,6 +37,21 @@ pub(super) async fn route(ctx: &Context) -> Route {
                 (leader, addr.cloned())
             })
         };
+        // A learner or removed node knows no election of its own to wait for: it relays to a voter,
+        // which relays on to the leader it knows (or waits for one).
+        let fallback = known.is_none().then(|| {
+            let status = status.borrow();
+            status.voters_to_try.iter().find_map(|voter| {
+                status
+                    .resp_addrs
+                    .get(voter)
+                    .or(ctx.resp_addrs.get(voter))
+                    .cloned()
+            })
+        });
+        if let Some(Some(addr)) = fallback {
+            return Route::Relay(addr);
+        }
         if let Some((leader, addr)) = known {
             return match addr {
                 Some(addr) => Route::Relay(addr),
