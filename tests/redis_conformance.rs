@@ -256,6 +256,12 @@ const SCRIPT: &[&[&str]] = &[
     &["TTL", "so"],
     &["GETEX", "so", "PERSIST", "EX", "10"],
     &["GETEX", "so", "KEEPTTL"],
+    // GETEX looks the key up before it checks the expiry: an absent key is null regardless.
+    &["GETEX", "nosuchkey", "EX", "0"],
+    &["GETEX", "nosuchkey", "EX", "abc"],
+    &["GETEX", "nosuchkey", "BOGUS"],
+    &["GETEX", "so", "EX", "0"],
+    &["GETEX", "so", "PX", "abc"],
     // INCRBYFLOAT's infinities.
     &["SET", "fl", "1.5"],
     &["INCRBYFLOAT", "fl", "inf"],

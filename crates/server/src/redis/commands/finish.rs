@@ -94,6 +94,10 @@ pub fn finish(finish: Finish, replies: Vec<Reply>) -> Option<Value> {
             }
             _ => Value::Array(Vec::new()),
         },
+        Finish::NullOrError(error) => match replies.first() {
+            Some(Reply::ErrNotFound) => Value::Null,
+            _ => Value::err(error),
+        },
         Finish::Scan => match replies.into_iter().next() {
             Some(Reply::Keys { cursor, keys }) => Value::Array(vec![
                 Value::bulk(cursor.to_string()),

@@ -148,6 +148,9 @@ pub enum Finish {
     Keys,
     /// `[cursor, [keys]]` (SCAN).
     Scan,
+    /// Null if the key is absent, else this error: GETEX looks the key up before it checks the
+    /// expiry's argument.
+    NullOrError(&'static str),
 }
 
 fn upper(word: &[u8]) -> String {

@@ -75,10 +75,13 @@ pub(super) fn set(args: &[Bytes], max_value_size: usize) -> Plan {
         }
         i += 1;
     }
-    let (expiry, seconds) = match expiry.map(|option| option.expiry("set")) {
+    let (expiry, seconds) = match expiry.map(|option| option.expiry()) {
         None => (None, None),
         Some(Ok(timed)) => timed,
-        Some(Err(error)) => return now(error),
+        Some(Err(ExpiryError::NotInteger)) => return now(Value::err(NOT_INTEGER)),
+        Some(Err(ExpiryError::Invalid)) => {
+            return now(Value::err("invalid expire time in 'set' command"))
+        }
     };
     let plain = condition == SetCondition::Always && !get;
     match expiry {
@@ -97,6 +100,15 @@ pub(super) fn set(args: &[Bytes], max_value_size: usize) -> Plan {
         ),
     }
 }
+
+/// Why an expiry option's argument is refused (Redis: "value is not an integer or out of range", or
+/// "invalid expire time in '<command>' command").
+enum ExpiryError {
+    NotInteger,
+    Invalid,
+}
+
+const NOT_INTEGER: &str = "value is not an integer or out of range";
 
 /// One of SET's and GETEX's expiry options, as written: `EX`, `PX`, `EXAT`, `PXAT` with their
 /// argument, or `KEEPTTL` (SET) / `PERSIST` (GETEX) without one.
@@ -133,8 +145,8 @@ impl ExpiryOption {
         Some(ExpiryOption { name, argument })
     }
 
-    /// The expiry it asks for, and the seconds of a plain `EX`; Redis's errors for `command`.
-    fn expiry(&self, command: &str) -> Result<(Option<SetExpiry>, Option<i64>), Value> {
+    /// The expiry it asks for, and the seconds of a plain `EX`.
+    fn expiry(&self) -> Result<(Option<SetExpiry>, Option<i64>), ExpiryError> {
         let Some(argument) = &self.argument else {
             let expiry = if self.name == "KEEPTTL" {
                 SetExpiry::Keep
@@ -143,21 +155,19 @@ impl ExpiryOption {
             };
             return Ok((Some(expiry), None));
         };
-        let invalid = || Value::err(format!("invalid expire time in '{command}' command"));
-        let n = integer(argument)
-            .ok_or_else(|| Value::err("value is not an integer or out of range"))?;
+        let n = integer(argument).ok_or(ExpiryError::NotInteger)?;
         if n <= 0 {
-            return Err(invalid());
+            return Err(ExpiryError::Invalid);
         }
         let ms = match self.name {
-            "EX" | "EXAT" => n.checked_mul(1000).ok_or_else(invalid)? as u64,
+            "EX" | "EXAT" => n.checked_mul(1000).ok_or(ExpiryError::Invalid)? as u64,
             _ => n as u64,
         };
         if self.name.ends_with("AT") {
             return Ok((Some(SetExpiry::AtMs(ms)), None));
         }
         if ms > raftkv_kv::MAX_EXPIRY_MS {
-            return Err(invalid());
+            return Err(ExpiryError::Invalid);
         }
         let seconds = (self.name == "EX").then_some(n);
         Ok((Some(SetExpiry::AfterMs(ms)), seconds))
@@ -268,10 +278,17 @@ pub(super) fn getex(args: &[Bytes]) -> Plan {
             None => return now(Value::err(SYNTAX)),
         }
     }
-    let expiry = match option.map(|option| option.expiry("getex")) {
+    let expiry = match option.map(|option| option.expiry()) {
         None => return read(&args[1], Finish::Value, false),
         Some(Ok((expiry, _))) => expiry.unwrap_or(SetExpiry::Never),
-        Some(Err(error)) => return now(error),
+        // Redis looks the key up first: an absent key answers null whatever the argument.
+        Some(Err(error)) => {
+            let error = match error {
+                ExpiryError::NotInteger => NOT_INTEGER,
+                ExpiryError::Invalid => "invalid expire time in 'getex' command",
+            };
+            return read(&args[1], Finish::NullOrError(error), false);
+        }
     };
     write(
         &args[1],
