@@ -368,3 +368,34 @@ fn ttl_counts_down_without_writes() {
         "PTTL {pttl} after 2.2 s of 100 s"
     );
 }
+
+/// RESET returns the connection to RESP2 and forgets its name, as Redis does (seen against
+/// redis-server 7.0: after `HELLO 3` and `RESET`, a missing key is `$-1` again, not `_`).
+#[test]
+fn reset_returns_to_resp2_and_forgets_the_name() {
+    use std::io::{Read, Write};
+    let mut cluster = Cluster::start(3, FAST_TUNABLES);
+    let leader = cluster.wait_leader();
+    let _ = connect(&cluster.nodes[leader].resp_addr);
+    let mut conn = std::net::TcpStream::connect(&cluster.nodes[leader].resp_addr).unwrap();
+    conn.set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    conn.write_all(
+        b"HELLO 3 SETNAME before\r\nGET missing:reset\r\nRESET\r\nGET missing:reset\r\n\
+          CLIENT GETNAME\r\nECHO end\r\n",
+    )
+    .unwrap();
+    let mut replies = Vec::new();
+    let mut buf = [0u8; 4096];
+    while !replies.ends_with(b"$3\r\nend\r\n") {
+        let n = conn.read(&mut buf).unwrap();
+        assert!(n > 0, "closed: {}", show(&replies));
+        replies.extend_from_slice(&buf[..n]);
+    }
+    let text = String::from_utf8_lossy(&replies);
+    let after_hello = &text[text.find("modules").unwrap()..];
+    assert!(
+        after_hello.ends_with("*0\r\n_\r\n+RESET\r\n$-1\r\n$-1\r\n$3\r\nend\r\n"),
+        "{after_hello:?}"
+    );
+}

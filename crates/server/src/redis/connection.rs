@@ -17,7 +17,7 @@ use tokio::net::TcpStream;
 use tokio::sync::{mpsc, oneshot, Semaphore};
 use tracing::debug;
 
-use super::commands::{self, Finish, LocalQuery, Plan};
+use super::commands::{self, Finish, LocalQuery, Plan, TxCommand};
 use super::transaction::{self, Exec, Part, Permits, Step, Transaction};
 use super::Context;
 use crate::reply_budget::{ChargedReply, ConnectionReplies};
@@ -207,6 +207,8 @@ async fn read_commands(
                 };
                 session.tx.hold(permits, cost);
             }
+            // RESET also forgets the connection's name and returns it to RESP2, as in Redis.
+            let resets = matches!(plan, Plan::Transaction(TxCommand::Reset));
             let plan = match session.tx.step(plan, too_large) {
                 Step::Run(plan) => plan,
                 Step::Answer(value) => Plan::Now {
@@ -283,6 +285,17 @@ async fn read_commands(
                     }
                 }
                 Plan::Transaction(_) => unreachable!("the transaction state takes these"),
+            };
+            let slot = match slot {
+                Slot::Now { value, .. } if resets => {
+                    session.name = None;
+                    session.resp3 = false;
+                    Slot::Protocol {
+                        value,
+                        resp3: false,
+                    }
+                }
+                slot => slot,
             };
             if slots.send(slot).await.is_err() {
                 return;
