@@ -61,6 +61,8 @@ const SCRIPT: &[&[&str]] = &[
     &["SET", "k"],
     &["NOSUCH", "a", "b"],
     &["nosuch"],
+    // A long name is cut at 128 bytes in the error.
+    &["nosuchxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx", "arg"],
     &["SET", "k", "v", "BOGUS"],
     &["SET", "nx", "1", "NX"],
     &["SET", "nx", "2", "NX"],

@@ -327,7 +327,8 @@ pub fn plan(args: &[Bytes], max_value_size: usize) -> Plan {
     }
 }
 
-/// Redis's wording exactly: arguments quoted, each followed by a space, until 128 bytes.
+/// Redis's wording exactly: the name cut at 128 bytes, arguments quoted, each followed by a space,
+/// until 128 bytes.
 fn unknown(args: &[Bytes]) -> Plan {
     let mut shown = String::new();
     for arg in &args[1..] {
@@ -340,6 +341,6 @@ fn unknown(args: &[Bytes]) -> Plan {
     }
     now(Value::err(format!(
         "unknown command '{}', with args beginning with: {shown}",
-        String::from_utf8_lossy(&args[0])
+        String::from_utf8_lossy(&args[0][..args[0].len().min(128)])
     )))
 }
