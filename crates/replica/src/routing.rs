@@ -265,20 +265,10 @@ impl<H> Replica<H> {
     }
 
     fn serve_read(&mut self, mut read: PendingRead<H>) {
-        if read.request == Request::Backup {
-            // Everything committed before the request arrived is applied: copy the store as it is.
-            let copy = BackupCopy {
-                store: self.store.clone(),
-                term: self.snapshot_policy.applied_term(),
-            };
-            // A leader serves a read only once an entry of its own term is applied, so the term of the
-            // copy's last entry is known (a restored cluster's snapshot needs it).
-            debug_assert!(copy.term > 0, "a backup copy at an unknown term");
-            self.out.backups.push((read.handle, copy));
-            return;
-        }
         let wall = read.judged_at_ms.unwrap_or(self.now.wall_ms);
-        if self.config.mutation == Some(Mutation::ExpiryAtLocalClock) {
+        if self.config.mutation == Some(Mutation::ExpiryAtLocalClock)
+            && read.request != Request::Backup
+        {
             let reply = self.store.read(&read.request, wall);
             self.out.replies.push((read.handle, reply));
             return;
@@ -303,6 +293,19 @@ impl<H> Replica<H> {
                 .entry(index)
                 .or_default()
                 .push(read);
+            return;
+        }
+        // A backup waits its turn behind the reads above like any read, then copies the store.
+        if read.request == Request::Backup {
+            // Everything committed before the request arrived is applied: copy the store as it is.
+            let copy = BackupCopy {
+                store: self.store.clone(),
+                term: self.snapshot_policy.applied_term(),
+            };
+            // A leader serves a read only once an entry of its own term is applied, so the term of the
+            // copy's last entry is known (a restored cluster's snapshot needs it).
+            debug_assert!(copy.term > 0, "a backup copy at an unknown term");
+            self.out.backups.push((read.handle, copy));
             return;
         }
         if !read_needs_clock(&self.store, &read.request, wall) {

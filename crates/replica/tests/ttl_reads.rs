@@ -122,3 +122,62 @@ fn pipelined_ttl_reads_share_their_clock_entries() {
     let entries = replica.raft().status().last_index - before;
     assert!(entries <= 2, "{entries} clock entries for {READS} TTLs");
 }
+
+/// A BACKUP pipelined behind a read that waits for its clock entry waits too: one connection's
+/// requests take effect in the order they were sent (it used to be copied at once, before the read).
+#[test]
+fn a_backup_behind_a_read_waiting_for_the_clock_waits_for_it() {
+    let mut replica = single_node_leader();
+    let mut replies = Vec::new();
+    let mut ms = 200;
+    replica.request(
+        now(ms),
+        ClientRequest {
+            op: Op::write(Command::Set {
+                key: Bytes::from_static(b"k"),
+                exptime: 100,
+                value: Bytes::from_static(b"v"),
+            }),
+            handle: 0,
+        },
+    );
+    round(&mut replica, &mut replies, &mut ms, 2);
+    ms += 1_000;
+    for (handle, request) in [
+        (
+            1,
+            Request::Pttl {
+                key: Bytes::from_static(b"k"),
+            },
+        ),
+        (2, Request::Backup),
+    ] {
+        replica.request(
+            now(ms),
+            ClientRequest {
+                op: Op::Read(request),
+                handle,
+            },
+        );
+    }
+    let mut backup_before_read = false;
+    for _ in 0..100 {
+        replica.advance().unwrap();
+        let backed_up = !replica.outputs().backups.is_empty();
+        let read_answered = replies.iter().any(|(h, _)| *h == 1)
+            || replica.outputs().replies.iter().any(|(h, _)| *h == 1);
+        backup_before_read |= backed_up && !read_answered;
+        if backed_up {
+            break;
+        }
+        round(&mut replica, &mut replies, &mut ms, 2);
+    }
+    assert!(
+        !backup_before_read,
+        "the backup was copied before the read it follows"
+    );
+    assert!(
+        !replica.outputs().backups.is_empty(),
+        "the backup was never copied"
+    );
+}
