@@ -399,3 +399,20 @@ fn reset_returns_to_resp2_and_forgets_the_name() {
         "{after_hello:?}"
     );
 }
+
+/// PSETEX is exact to the millisecond, as `SET ... PX` (it used to round up to whole seconds: 1500 ms
+/// lasted 2 s).
+#[test]
+fn psetex_keeps_its_milliseconds() {
+    let mut cluster = Cluster::start(3, FAST_TUNABLES);
+    let leader = cluster.wait_leader();
+    let mut c = connect(&cluster.nodes[leader].resp_addr);
+    let _: () = redis::cmd("PSETEX")
+        .arg("ms")
+        .arg(1_500)
+        .arg("v")
+        .query(&mut c)
+        .unwrap();
+    let pttl: i64 = c.pttl("ms").unwrap();
+    assert!((1..=1_500).contains(&pttl), "PTTL {pttl} after PSETEX 1500");
+}

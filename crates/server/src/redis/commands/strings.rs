@@ -85,9 +85,9 @@ pub(super) fn set(args: &[Bytes], max_value_size: usize) -> Plan {
     };
     let plain = condition == SetCondition::Always && !get;
     match expiry {
-        None if plain => store(&args[1], &args[2], None, false, "set", max_value_size),
+        None if plain => store(&args[1], &args[2], None, "set", max_value_size),
         Some(SetExpiry::AfterMs(_)) if plain && seconds.is_some() => {
-            store(&args[1], &args[2], seconds, false, "set", max_value_size)
+            store(&args[1], &args[2], seconds, "set", max_value_size)
         }
         expiry => set_with(
             &args[1],
@@ -204,13 +204,11 @@ pub(super) fn set_with(
     }
 }
 
-/// A plain write of `value` under `word`, expiring after `ttl` seconds (or milliseconds, rounded up
-/// to whole seconds: the store's expiry times are in seconds on the CS733 side).
+/// A plain write of `value` under `word` (the CS733 `set` entry), expiring after `ttl` seconds.
 pub(super) fn store(
     word: &Bytes,
     value: &Bytes,
     ttl: Option<i64>,
-    millis: bool,
     command: &str,
     max_value_size: usize,
 ) -> Plan {
@@ -224,11 +222,7 @@ pub(super) fn store(
             value.len()
         )));
     }
-    let seconds = match ttl {
-        None => 0,
-        Some(ms) if millis => (ms as u64).div_ceil(1000),
-        Some(s) => s as u64,
-    };
+    let seconds = ttl.map_or(0, |s| s as u64);
     let exptime = u32::try_from(seconds).unwrap_or(u32::MAX);
     if exptime > MAX_EXPTIME_SECS {
         return now(Value::err(format!(
