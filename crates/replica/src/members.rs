@@ -473,18 +473,14 @@ impl<H> Replica<H> {
         if let Some(leader) = leader.filter(|l| !self.removed || membership.is_voter(*l)) {
             return Some(leader);
         }
-        if !self.removed && !membership.is_learner(self.id) {
+        // Empty for a voter: it waits for an election instead.
+        let others = self.voters_to_try();
+        if others.is_empty() {
             return None;
         }
-        let others: Vec<NodeId> = membership
-            .voters
-            .iter()
-            .copied()
-            .filter(|id| *id != self.id)
-            .collect();
         self.redirect_turn = self.redirect_turn.wrapping_add(1);
         others
-            .get((self.redirect_turn % others.len().max(1) as u64) as usize)
+            .get((self.redirect_turn % others.len() as u64) as usize)
             .copied()
     }
 }

@@ -3,10 +3,12 @@
 //! have been removed while it was down and never hear from the leader again (seed 293771: four such
 //! nodes held each of a client's requests for two seconds and answered ERR_INTERNAL, for ever).
 
+mod common;
+
 use bytes::Bytes;
 use raftkv_kv::{Reply, Request};
 use raftkv_raft::{Config, Entry, EntryKind, HardState, InitialState, Membership};
-use raftkv_replica::{ClientRequest, Now, Op, Replica, ReplicaConfig};
+use raftkv_replica::{ClientRequest, Now, Op, Replica};
 
 fn replica_with_membership(id: u64, voters: Vec<u64>, learners: Vec<u64>) -> Replica<u64> {
     let membership = Membership {
@@ -30,22 +32,7 @@ fn replica_with_membership(id: u64, voters: Vec<u64>, learners: Vec<u64>) -> Rep
     };
     let mut raft = Config::new(id, Vec::new());
     raft.election_ticks = 10;
-    let config = ReplicaConfig {
-        raft,
-        peer_addrs: Default::default(),
-        promote_max_lag: raftkv_replica::DEFAULT_PROMOTE_MAX_LAG,
-        auto_remove_after_ms: 0,
-        client_addrs: (1..=3)
-            .map(|n| (n, format!("127.0.0.1:{}", 9000 + n)))
-            .collect(),
-        leader_wait_ms: 2_000,
-        snapshot_entries: 1 << 40,
-        snapshot_bytes: 1 << 40,
-        session_limits: raftkv_kv::SessionLimits::DEFAULT,
-        tick_ms: 10,
-        mutation: None,
-        record_applied: false,
-    };
+    let config = common::replica_config(raft, &[1, 2, 3]);
     Replica::new(config, initial).unwrap()
 }
 

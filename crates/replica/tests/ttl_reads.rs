@@ -4,10 +4,12 @@
 //! entry applied (which, with any commit latency, is always later: a chain of one log round trip
 //! per pipelined TTL, every other read and write waiting behind it).
 
+mod common;
+
 use bytes::Bytes;
 use raftkv_kv::{Command, Reply, Request};
 use raftkv_raft::{Config, Role};
-use raftkv_replica::{ClientRequest, Durable, Now, Op, Replica, ReplicaConfig};
+use raftkv_replica::{ClientRequest, Durable, Now, Op, Replica};
 
 fn now(ms: u64) -> Now {
     Now {
@@ -45,20 +47,7 @@ fn round(replica: &mut Replica<u64>, replies: &mut Vec<(u64, Reply)>, ms: &mut u
 fn single_node_leader() -> Replica<u64> {
     let mut raft = Config::new(1, vec![1]);
     raft.election_ticks = 3;
-    let config = ReplicaConfig {
-        raft,
-        peer_addrs: Default::default(),
-        promote_max_lag: raftkv_replica::DEFAULT_PROMOTE_MAX_LAG,
-        auto_remove_after_ms: 0,
-        client_addrs: [(1, "127.0.0.1:9001".to_string())].into(),
-        leader_wait_ms: 1_000,
-        snapshot_entries: 1 << 40,
-        snapshot_bytes: 1 << 40,
-        session_limits: raftkv_kv::SessionLimits::DEFAULT,
-        tick_ms: 1,
-        mutation: None,
-        record_applied: false,
-    };
+    let config = common::replica_config(raft, &[1]);
     let mut replica: Replica<u64> = Replica::new(config, Default::default()).unwrap();
     let mut replies = Vec::new();
     let mut ms = 0;
@@ -72,13 +61,10 @@ fn single_node_leader() -> Replica<u64> {
     panic!("no leader");
 }
 
-#[test]
-fn pipelined_ttl_reads_share_their_clock_entries() {
-    let mut replica = single_node_leader();
-    let mut replies = Vec::new();
-    let mut ms = 200;
+/// `set k 100 v`, answered.
+fn set_k_for_100_s(replica: &mut Replica<u64>, replies: &mut Vec<(u64, Reply)>, ms: &mut u64) {
     replica.request(
-        now(ms),
+        now(*ms),
         ClientRequest {
             op: Op::write(Command::Set {
                 key: Bytes::from_static(b"k"),
@@ -88,8 +74,16 @@ fn pipelined_ttl_reads_share_their_clock_entries() {
             handle: 0,
         },
     );
-    round(&mut replica, &mut replies, &mut ms, 2);
+    round(replica, replies, ms, 2);
     assert!(matches!(replies.pop(), Some((0, Reply::Ok { .. }))));
+}
+
+#[test]
+fn pipelined_ttl_reads_share_their_clock_entries() {
+    let mut replica = single_node_leader();
+    let mut replies = Vec::new();
+    let mut ms = 200;
+    set_k_for_100_s(&mut replica, &mut replies, &mut ms);
     // A second later ten TTLs arrive, one a millisecond; each write to the disk takes 2 ms.
     ms += 1_000;
     let before = replica.raft().status().last_index;
@@ -130,18 +124,7 @@ fn a_backup_behind_a_read_waiting_for_the_clock_waits_for_it() {
     let mut replica = single_node_leader();
     let mut replies = Vec::new();
     let mut ms = 200;
-    replica.request(
-        now(ms),
-        ClientRequest {
-            op: Op::write(Command::Set {
-                key: Bytes::from_static(b"k"),
-                exptime: 100,
-                value: Bytes::from_static(b"v"),
-            }),
-            handle: 0,
-        },
-    );
-    round(&mut replica, &mut replies, &mut ms, 2);
+    set_k_for_100_s(&mut replica, &mut replies, &mut ms);
     ms += 1_000;
     for (handle, request) in [
         (

@@ -390,8 +390,7 @@ fn redis_write(
 fn set_expiry(op_id: u64, ttl_s: u32, instants: bool) -> (SetExpiry, u32, bool) {
     /// 2100-01-01 on any node's wall clock; the simulated clocks start in 2026.
     const FAR_INSTANT_MS: u64 = 4_102_444_800_000;
-    let choice = op_id.wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 59;
-    match choice {
+    match Rng::choice_of(op_id, 32) {
         0..=7 if instants => (SetExpiry::Keep, 0, true),
         8..=9 if instants => (SetExpiry::AtMs(FAR_INSTANT_MS), FAR_LIFETIME_S, false),
         // Already past: the key is written and gone at once.

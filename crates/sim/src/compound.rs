@@ -100,7 +100,8 @@ pub fn draw(
                     TtlCondition::IfLater,
                     TtlCondition::IfEarlier,
                     TtlCondition::IfSomeAndEarlier,
-                ][(write.wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 62) as usize % 3],
+                    TtlCondition::IfLater,
+                ][Rng::choice_of(write, 4) as usize],
                 (_, 2) => TtlCondition::IfNone,
                 _ => TtlCondition::IfSome,
             };

@@ -50,6 +50,13 @@ impl Rng {
         }
     }
 
+    /// A choice in `[0, n)` fixed by `id` alone (the top bits of a Fibonacci hash), drawn from no
+    /// stream: for choices added to the workload later, so that existing seeds keep every other
+    /// choice they made.
+    pub fn choice_of(id: u64, n: u64) -> u64 {
+        ((u128::from(id.wrapping_mul(0x9E37_79B9_7F4A_7C15)) * u128::from(n)) >> 64) as u64
+    }
+
     /// A child generator with its own stream, for components that must not perturb each other.
     pub fn fork(&mut self) -> Rng {
         Rng::new(self.next_u64())

@@ -277,31 +277,7 @@ pub fn plan(args: &[Bytes], max_value_size: usize) -> Plan {
             Finish::Value,
             max_value_size,
         ),
-        "SETEX" | "PSETEX" if argc == 4 => {
-            let millis = name == "PSETEX";
-            let command = name.to_ascii_lowercase();
-            match integer(&args[2]) {
-                // PSETEX to the millisecond, as `SET ... PX` (a `SetWith` entry).
-                Some(ms) if millis && ms > 0 && ms as u64 <= raftkv_kv::MAX_EXPIRY_MS => {
-                    strings::set_with(
-                        &args[1],
-                        &args[3],
-                        SetCondition::Always,
-                        false,
-                        SetExpiry::AfterMs(ms as u64),
-                        Finish::SetWith,
-                        max_value_size,
-                    )
-                }
-                Some(ttl) if ttl > 0 && !millis => {
-                    strings::store(&args[1], &args[3], Some(ttl), &command, max_value_size)
-                }
-                Some(_) => now(Value::err(format!(
-                    "invalid expire time in '{command}' command"
-                ))),
-                None => now(Value::err("value is not an integer or out of range")),
-            }
-        }
+        "SETEX" | "PSETEX" if argc == 4 => strings::setex(args, name == "PSETEX", max_value_size),
         "GETDEL" if argc == 2 => strings::getdel(&args[1]),
         "GETEX" if argc >= 2 => strings::getex(args),
         "INCR" | "DECR" if argc == 2 => {

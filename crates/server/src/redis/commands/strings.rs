@@ -77,11 +77,8 @@ pub(super) fn set(args: &[Bytes], max_value_size: usize) -> Plan {
     }
     let (expiry, seconds) = match expiry.map(|option| option.expiry()) {
         None => (None, None),
-        Some(Ok(timed)) => timed,
-        Some(Err(ExpiryError::NotInteger)) => return now(Value::err(NOT_INTEGER)),
-        Some(Err(ExpiryError::Invalid)) => {
-            return now(Value::err("invalid expire time in 'set' command"))
-        }
+        Some(Ok((expiry, seconds))) => (Some(expiry), seconds),
+        Some(Err(error)) => return now(error.reply("set")),
     };
     let plain = condition == SetCondition::Always && !get;
     match expiry {
@@ -109,6 +106,17 @@ enum ExpiryError {
 }
 
 const NOT_INTEGER: &str = "value is not an integer or out of range";
+
+impl ExpiryError {
+    fn reply(self, command: &str) -> Value {
+        match self {
+            ExpiryError::NotInteger => Value::err(NOT_INTEGER),
+            ExpiryError::Invalid => {
+                Value::err(format!("invalid expire time in '{command}' command"))
+            }
+        }
+    }
+}
 
 /// One of SET's and GETEX's expiry options, as written: `EX`, `PX`, `EXAT`, `PXAT` with their
 /// argument, or `KEEPTTL` (SET) / `PERSIST` (GETEX) without one.
@@ -146,14 +154,14 @@ impl ExpiryOption {
     }
 
     /// The expiry it asks for, and the seconds of a plain `EX`.
-    fn expiry(&self) -> Result<(Option<SetExpiry>, Option<i64>), ExpiryError> {
+    fn expiry(&self) -> Result<(SetExpiry, Option<i64>), ExpiryError> {
         let Some(argument) = &self.argument else {
             let expiry = if self.name == "KEEPTTL" {
                 SetExpiry::Keep
             } else {
                 SetExpiry::Never
             };
-            return Ok((Some(expiry), None));
+            return Ok((expiry, None));
         };
         let n = integer(argument).ok_or(ExpiryError::NotInteger)?;
         if n <= 0 {
@@ -164,13 +172,42 @@ impl ExpiryOption {
             _ => n as u64,
         };
         if self.name.ends_with("AT") {
-            return Ok((Some(SetExpiry::AtMs(ms)), None));
+            return Ok((SetExpiry::AtMs(ms), None));
         }
         if ms > raftkv_kv::MAX_EXPIRY_MS {
             return Err(ExpiryError::Invalid);
         }
         let seconds = (self.name == "EX").then_some(n);
-        Ok((Some(SetExpiry::AfterMs(ms)), seconds))
+        Ok((SetExpiry::AfterMs(ms), seconds))
+    }
+}
+
+/// `SETEX key seconds value` and `PSETEX key milliseconds value`: `SET key value EX|PX ...`, with
+/// their own names in the errors.
+pub(super) fn setex(args: &[Bytes], millis: bool, max_value_size: usize) -> Plan {
+    let (name, command) = if millis {
+        ("PX", "psetex")
+    } else {
+        ("EX", "setex")
+    };
+    let option = ExpiryOption {
+        name,
+        argument: Some(args[2].clone()),
+    };
+    match option.expiry() {
+        // SETEX: the CS733 `set` entry, in whole seconds.
+        Ok((_, Some(seconds))) => store(&args[1], &args[3], Some(seconds), command, max_value_size),
+        // PSETEX: to the millisecond, a `SetWith` entry as `SET ... PX`.
+        Ok((expiry, None)) => set_with(
+            &args[1],
+            &args[3],
+            SetCondition::Always,
+            false,
+            expiry,
+            Finish::SetWith,
+            max_value_size,
+        ),
+        Err(error) => now(error.reply(command)),
     }
 }
 
@@ -274,7 +311,7 @@ pub(super) fn getex(args: &[Bytes]) -> Plan {
     }
     let expiry = match option.map(|option| option.expiry()) {
         None => return read(&args[1], Finish::Value, false),
-        Some(Ok((expiry, _))) => expiry.unwrap_or(SetExpiry::Never),
+        Some(Ok((expiry, _))) => expiry,
         // Redis looks the key up first: an absent key answers null whatever the argument.
         Some(Err(error)) => {
             let error = match error {
