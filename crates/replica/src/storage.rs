@@ -6,7 +6,9 @@
 //! it. The server does this on its disk thread over the real file system; the simulator does the same
 //! over its simulated one, with the same function.
 
-use raftkv_raft::{Entry, HardState, Index, Message, Snapshot, Term};
+use raftkv_raft::{
+    AppendResult, Entry, HardState, Index, Message, MessageBody, NodeId, Snapshot, Term,
+};
 use raftkv_wal::{Wal, WalError, WrittenSnapshot};
 
 /// One Ready's worth of work for the disk.
@@ -74,4 +76,39 @@ pub fn write_batches(
     wal.sync()?;
     position.syncs += 1;
     Ok(())
+}
+
+/// Takes the messages the jobs of one group commit held back, in order, leaving out every append
+/// acknowledgement that a later one in the same batch covers: an `Accepted { last_index }` says the
+/// log matches up to `last_index`, so a later acceptance to the same leader, in the same term, of at
+/// least that index says everything the earlier one did (the leader keeps the highest match and frees
+/// its in-flight window up to it). A follower that took three appends into one fdatasync then answers
+/// once instead of three times. Rejections and every other message are kept as they are.
+pub fn released_messages(batch: &mut [PersistJob]) -> Vec<Message> {
+    let mut messages: Vec<Message> = batch
+        .iter_mut()
+        .flat_map(|job| std::mem::take(&mut job.messages_after_persist))
+        .collect();
+    let mut covered = vec![false; messages.len()];
+    // Walking backwards, remember the highest acceptance seen per (leader, term).
+    let mut latest: Vec<(NodeId, Term, Index)> = Vec::new();
+    for (at, msg) in messages.iter().enumerate().rev() {
+        let MessageBody::AppendResponse(AppendResult::Accepted { last_index }) = msg.body else {
+            continue;
+        };
+        match latest
+            .iter_mut()
+            .find(|(to, term, _)| *to == msg.to && *term == msg.term)
+        {
+            Some((_, _, highest)) if *highest >= last_index => covered[at] = true,
+            Some((_, _, highest)) => *highest = last_index,
+            None => latest.push((msg.to, msg.term, last_index)),
+        }
+    }
+    let mut at = 0;
+    messages.retain(|_| {
+        at += 1;
+        !covered[at - 1]
+    });
+    messages
 }

@@ -13,7 +13,7 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use raftkv_replica::storage::write_batches;
+use raftkv_replica::storage::{released_messages, write_batches};
 use raftkv_wal::fs::RealFs;
 use raftkv_wal::Wal;
 use tokio::sync::{mpsc, watch};
@@ -81,11 +81,10 @@ pub fn spawn(
                 if !garbage.is_empty() && janitor.send(garbage).is_err() {
                     tracing::warn!("the janitor thread stopped; compacted files stay on disk");
                 }
-                for job in batch.drain(..) {
-                    for msg in job.messages_after_persist {
-                        transport.send(msg);
-                    }
+                for msg in released_messages(&mut batch) {
+                    transport.send(msg);
                 }
+                batch.clear();
             }
         })
 }

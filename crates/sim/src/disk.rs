@@ -11,7 +11,7 @@ use std::path::Path;
 use std::sync::Arc;
 
 use raftkv_raft::{HardState, InitialState, Message};
-use raftkv_replica::storage::write_batches;
+use raftkv_replica::storage::{released_messages, write_batches};
 use raftkv_replica::{write_bootstrap, AddressBook, Durable, PersistJob};
 use raftkv_wal::sim_fs::SimFs;
 use raftkv_wal::{SnapshotWriter, Wal, WalError, WalOptions};
@@ -142,10 +142,7 @@ impl Disk {
         let wal = self.wal.as_mut().expect("an open disk");
         let hard_state_before = wal.hard_state();
         write_batches(wal, &mut batch, &mut self.position)?;
-        let messages = batch
-            .iter_mut()
-            .flat_map(|job| std::mem::take(&mut job.messages_after_persist))
-            .collect();
+        let messages = released_messages(&mut batch);
         Ok(Some(Completed {
             durable: self.position,
             messages,
