@@ -416,3 +416,62 @@ fn psetex_keeps_its_milliseconds() {
     let pttl: i64 = c.pttl("ms").unwrap();
     assert!((1..=1_500).contains(&pttl), "PTTL {pttl} after PSETEX 1500");
 }
+
+/// The fields `redis-cli --stat` and exporters read from INFO are there and count: clients,
+/// commands, connections, memory, and keys with an expiry in the keyspace line; several sections
+/// may be asked for at once, and an unknown one is an empty string, as in Redis.
+#[test]
+fn info_has_what_monitoring_tools_read() {
+    let mut cluster = Cluster::start(3, FAST_TUNABLES);
+    let leader = cluster.wait_leader();
+    let mut c = connect(&cluster.nodes[leader].resp_addr);
+    let _: () = c.set_ex("expiring", "v", 1000).unwrap();
+    let _: () = c.set("lasting", "v").unwrap();
+    let field = |info: &str, name: &str| -> i64 {
+        info.lines()
+            .find_map(|line| line.strip_prefix(&format!("{name}:")))
+            .unwrap_or_else(|| panic!("no {name} in {info}"))
+            .trim()
+            .parse()
+            .unwrap_or_else(|_| panic!("{name} is not a number in {info}"))
+    };
+    let info = |c: &mut Connection, sections: &[&str]| -> String {
+        let mut cmd = redis::cmd("INFO");
+        for section in sections {
+            cmd.arg(*section);
+        }
+        cmd.query(c).unwrap()
+    };
+    let stats = info(&mut c, &["clients", "STATS", "memory"]);
+    assert!(field(&stats, "connected_clients") >= 1, "{stats}");
+    assert_eq!(field(&stats, "blocked_clients"), 0);
+    assert!(field(&stats, "total_connections_received") >= 1);
+    let commands = field(&stats, "total_commands_processed");
+    assert!(commands >= 3, "{stats}");
+    assert!(field(&stats, "used_memory") > 0, "{stats}");
+    assert!(!stats.contains("# Server"), "{stats}");
+    let again = info(&mut c, &["stats"]);
+    assert!(field(&again, "total_commands_processed") > commands);
+    // The status INFO reads is refreshed every 100 ms.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let keyspace = info(&mut c, &["keyspace"]);
+        if keyspace.contains("db0:keys=2,expires=1,") {
+            break;
+        }
+        assert!(Instant::now() < deadline, "{keyspace}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert_eq!(info(&mut c, &["nosuch"]), "");
+    let everything = info(&mut c, &[]);
+    for section in [
+        "# Server",
+        "# Clients",
+        "# Memory",
+        "# Persistence",
+        "# Stats",
+    ] {
+        assert!(everything.contains(section), "{everything}");
+    }
+    assert!(everything.contains("# Replication\r\nrole:master\r\n"));
+}

@@ -270,6 +270,9 @@ pub async fn run_node_opts(
                 .filter_map(|node| Some((node.id, node.resp_addr.clone()?)))
                 .collect(),
             leader_wait: std::time::Duration::from_millis(config.tunables.election_timeout_ms * 4),
+            port: resp_listener.local_addr().map_or(0, |addr| addr.port()),
+            max_connections: config.tunables.max_connections,
+            stats: redis::PortStats::default(),
         };
         tokio::spawn(redis::accept(
             resp_listener,

@@ -44,6 +44,9 @@ pub struct NodeStatus {
     pub peers: Vec<PeerProgress>,
     pub disk_bytes: u64,
     pub store_keys: u64,
+    /// Keys with an expiry time (Redis's `INFO keyspace` `expires`).
+    #[serde(default)]
+    pub store_expiring: u64,
     pub store_bytes: u64,
     pub store_sessions: u64,
     pub version: String,
@@ -194,6 +197,7 @@ pub fn observe<H>(
         peers,
         disk_bytes: u64::try_from(metrics.disk_bytes.get()).unwrap_or(0),
         store_keys: store.len() as u64,
+        store_expiring: store.expiring_len() as u64,
         store_bytes: store.bytes() as u64,
         store_sessions: store.sessions_len() as u64,
         version: env!("CARGO_PKG_VERSION").to_string(),

@@ -197,6 +197,7 @@ async fn read_commands(
                     return;
                 }
             };
+            ctx.stats.command();
             let cost = args.iter().map(Bytes::len).sum::<usize>();
             let plan = commands::plan(&args, ctx.limits.max_value_size);
             let queued = session.tx.in_multi() && !matches!(plan, Plan::Transaction(_));
@@ -340,7 +341,7 @@ fn local(query: LocalQuery, session: &Session, ctx: &Context) -> Value {
                 Value::bulk((micros % 1_000_000).to_string()),
             ])
         }
-        LocalQuery::Info(section) => Value::bulk(super::info(ctx, section.as_deref())),
+        LocalQuery::Info(sections) => Value::bulk(super::info::info(ctx, &sections)),
     }
 }
 

@@ -10,6 +10,7 @@
 
 mod commands;
 mod connection;
+mod info;
 mod proxy;
 mod transaction;
 
@@ -24,6 +25,7 @@ use tracing::{debug, warn};
 use crate::connection::Limits;
 use crate::request::ClientRequest;
 use crate::status::NodeStatus;
+pub use info::PortStats;
 
 /// What `HELLO` and `INFO` say the server is: the Redis version whose commands and replies this
 /// front end follows.
@@ -44,6 +46,11 @@ pub struct Context {
     pub resp_addrs: HashMap<u64, String>,
     /// How long a connection waits for a leader to be known.
     pub leader_wait: Duration,
+    /// The port the Redis listener is bound to, and how many clients it takes at once (for `INFO`).
+    pub port: u16,
+    pub max_connections: usize,
+    /// Connections and commands counted for `INFO`.
+    pub stats: PortStats,
 }
 
 impl Context {
@@ -79,6 +86,8 @@ pub async fn accept(
         };
         let ctx = ctx.clone();
         tokio::spawn(async move {
+            let counted = ctx.clone();
+            let _connected = counted.stats.connected();
             match proxy::route(&ctx).await {
                 proxy::Route::Here => connection::serve(socket, ctx).await,
                 proxy::Route::Relay(addr) => proxy::relay(socket, &addr).await,
@@ -88,40 +97,4 @@ pub async fn accept(
             drop(permit);
         });
     }
-}
-
-/// `INFO [section]`: server, replication and keyspace, in Redis's `key:value` lines.
-pub(crate) fn info(ctx: &Context, section: Option<&str>) -> String {
-    let status = ctx.status.borrow().clone();
-    let wanted = |name: &str| {
-        matches!(section, None | Some("all" | "everything" | "default")) || section == Some(name)
-    };
-    let mut out = String::new();
-    if wanted("server") {
-        out.push_str(&format!(
-            "# Server\r\nredis_version:{REDIS_VERSION}\r\nraftkv_version:{}\r\nredis_mode:standalone\r\nrun_id:raftkv-node-{}\r\nuptime_in_seconds:{}\r\n\r\n",
-            status.version, ctx.id, status.uptime_seconds as u64
-        ));
-    }
-    if wanted("replication") {
-        let role = if ctx.is_leader() { "master" } else { "slave" };
-        out.push_str(&format!(
-            "# Replication\r\nrole:{role}\r\nraft_role:{}\r\nraft_term:{}\r\nraft_leader:{}\r\nraft_commit_index:{}\r\nraft_applied_index:{}\r\n\r\n",
-            status.role,
-            status.term,
-            status.leader.map_or("none".to_string(), |l| l.to_string()),
-            status.commit_index,
-            status.applied_index
-        ));
-    }
-    if wanted("keyspace") {
-        out.push_str("# Keyspace\r\n");
-        if status.store_keys > 0 {
-            out.push_str(&format!(
-                "db0:keys={},expires=0,avg_ttl=0\r\n",
-                status.store_keys
-            ));
-        }
-    }
-    out
 }

@@ -102,7 +102,7 @@ pub enum Plan {
 pub enum LocalQuery {
     ClientName,
     ClientId,
-    Info(Option<String>),
+    Info(Vec<String>),
     Time,
 }
 
@@ -239,9 +239,11 @@ pub fn plan(args: &[Bytes], max_value_size: usize) -> Plan {
             ops: vec![Op::Read(raftkv_kv::Request::DbSize)],
             finish: Finish::Store,
         },
-        "INFO" if argc <= 2 => Plan::Local(LocalQuery::Info(
-            args.get(1)
-                .map(|s| String::from_utf8_lossy(s).to_ascii_lowercase()),
+        "INFO" => Plan::Local(LocalQuery::Info(
+            args[1..]
+                .iter()
+                .map(|s| String::from_utf8_lossy(s).to_ascii_lowercase())
+                .collect(),
         )),
         "FLUSHDB" | "FLUSHALL" => keys::flush(args),
         "MULTI" if argc == 1 => Plan::Transaction(TxCommand::Multi),
