@@ -70,7 +70,13 @@ pub fn generate(config: &ClusterConfig, out: &Path, force: bool) -> anyhow::Resu
     add("ca".into(), ca.ca());
     for node in &config.nodes {
         let mut hosts = vec!["localhost".to_string(), "127.0.0.1".to_string()];
-        for addr in [&node.client_addr, &node.peer_addr] {
+        // The Redis port serves TLS too when the client port does.
+        let addrs = [
+            Some(&node.client_addr),
+            Some(&node.peer_addr),
+            node.resp_addr.as_ref(),
+        ];
+        for addr in addrs.into_iter().flatten() {
             if let Some(host) = host_of(addr) {
                 hosts.push(host);
             }

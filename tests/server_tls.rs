@@ -413,3 +413,74 @@ fn large_values_and_snapshots_cross_tls() {
         "the value after the catch-up differs"
     );
 }
+
+/// Sends `command` (RESP) over a TLS connection to a Redis port and returns the reply's first bytes.
+async fn redis_over_tls(
+    addr: &str,
+    tls: Arc<ClientConfig>,
+    command: &[u8],
+) -> std::io::Result<Vec<u8>> {
+    let tcp = tokio::net::TcpStream::connect(addr).await?;
+    let name = ServerName::try_from("127.0.0.1").expect("an IP name");
+    let mut stream = TlsConnector::from(tls).connect(name, tcp).await?;
+    stream.write_all(command).await?;
+    let mut reply = vec![0u8; 1024];
+    let n = tokio::time::timeout(Duration::from_secs(10), stream.read(&mut reply))
+        .await
+        .map_err(|_| std::io::Error::other("no reply"))??;
+    reply.truncate(n);
+    Ok(reply)
+}
+
+/// With `[tls] client = "verify"` the Redis port demands the same as the client port: TLS and a
+/// certificate from the cluster's CA. A plain-text client is told so, a client without a certificate
+/// or from another CA is refused, and a good client is served through every node (followers relay to
+/// the leader over TLS, presenting their own certificate).
+#[test]
+fn the_redis_port_demands_what_the_client_port_demands() {
+    let mut cluster = Cluster::configure(3, FAST_TUNABLES);
+    let (ours, theirs) = ours_and_theirs(&cluster);
+    set_client_tls(&cluster, "verify");
+    for i in 0..3 {
+        cluster.start_node(i);
+    }
+    let rt = runtime();
+    let good = ours.client(&ours, Some("client"));
+    let set = |i: usize, value: &str| {
+        let command = format!(
+            "*3\r\n$3\r\nSET\r\n$1\r\nk\r\n${}\r\n{value}\r\n",
+            value.len()
+        );
+        rt.block_on(redis_over_tls(
+            &cluster.nodes[i].resp_addr,
+            good.clone(),
+            command.as_bytes(),
+        ))
+    };
+    // Every node, leader or not, serves the good client once a leader is known.
+    for i in 0..3 {
+        let deadline = Instant::now() + LEADER_TIMEOUT;
+        loop {
+            match set(i, &format!("v{i}")) {
+                Ok(reply) if reply == b"+OK\r\n" => break,
+                outcome if Instant::now() > deadline => panic!("node {i}: {outcome:?}"),
+                _ => std::thread::sleep(Duration::from_millis(100)),
+            }
+        }
+    }
+    let get = b"*2\r\n$3\r\nGET\r\n$1\r\nk\r\n";
+    let addr = &cluster.nodes[0].resp_addr;
+    let reply = rt
+        .block_on(redis_over_tls(addr, good.clone(), get))
+        .expect("a GET over TLS");
+    assert_eq!(show(&reply), show(b"$2\r\nv2\r\n"));
+    let anonymous = ours.client(&ours, None);
+    assert!(rt.block_on(redis_over_tls(addr, anonymous, get)).is_err());
+    let stranger = theirs.client(&ours, Some("client"));
+    assert!(rt.block_on(redis_over_tls(addr, stranger, get)).is_err());
+    // Plain text gets one RESP error saying why.
+    let mut plain = Conn::connect(addr).expect("connect");
+    let _ = plain.send(get);
+    let reply = plain.read_reply().unwrap_or_default();
+    assert_eq!(show(&reply), show(b"-ERR this port requires TLS\r\n"));
+}

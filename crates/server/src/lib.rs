@@ -273,6 +273,8 @@ pub async fn run_node_opts(
             port: resp_listener.local_addr().map_or(0, |addr| addr.port()),
             max_connections: config.tunables.max_connections,
             stats: redis::PortStats::default(),
+            tls: tls.clients.clone(),
+            relay_tls: tls.relay.clone(),
         };
         tokio::spawn(redis::accept(
             resp_listener,

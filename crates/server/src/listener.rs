@@ -56,21 +56,12 @@ pub async fn accept_clients(
                 None => Stream::from(socket),
                 Some(acceptor) => {
                     // A TLS handshake is a request like any other: one that stalls is dropped.
-                    let handshake = async {
-                        refuse_plain_text(&socket).await?;
-                        acceptor.accept(socket).await
+                    let accepted =
+                        accept_tls(socket, acceptor, limits.request_timeout, TLS_REQUIRED).await;
+                    let Some(stream) = accepted else {
+                        return;
                     };
-                    match tokio::time::timeout(limits.request_timeout, handshake).await {
-                        Ok(Ok(tls)) => Stream::from(tls),
-                        Ok(Err(err)) => {
-                            debug!("client TLS handshake failed: {err}");
-                            return;
-                        }
-                        Err(_) => {
-                            debug!("client TLS handshake timed out");
-                            return;
-                        }
-                    }
+                    stream
                 }
             };
             connection::serve(stream, limits, node).await;
@@ -93,13 +84,38 @@ async fn refuse(mut socket: TcpStream) {
 /// The one line a plain-text client of a TLS-only client port gets, instead of a silent close.
 pub const TLS_REQUIRED: &[u8] = b"ERR_INTERNAL this port requires TLS\r\n";
 
-/// Fails, after telling the client why in plain text, if the connection does not start with a TLS
-/// record (a handshake record starts with byte 22).
-async fn refuse_plain_text(socket: &TcpStream) -> std::io::Result<()> {
+/// The TLS side of a client-facing port: the handshake, within `timeout`. A client that starts in
+/// plain text is sent `refusal` (one line saying why, in its own protocol) and dropped.
+pub(crate) async fn accept_tls(
+    socket: TcpStream,
+    acceptor: TlsAcceptor,
+    timeout: Duration,
+    refusal: &[u8],
+) -> Option<Stream> {
+    let handshake = async {
+        refuse_plain_text(&socket, refusal).await?;
+        acceptor.accept(socket).await
+    };
+    match tokio::time::timeout(timeout, handshake).await {
+        Ok(Ok(tls)) => Some(Stream::from(tls)),
+        Ok(Err(err)) => {
+            debug!("client TLS handshake failed: {err}");
+            None
+        }
+        Err(_) => {
+            debug!("client TLS handshake timed out");
+            None
+        }
+    }
+}
+
+/// Fails, after sending `refusal` in plain text, if the connection does not start with a TLS record
+/// (a handshake record starts with byte 22).
+async fn refuse_plain_text(socket: &TcpStream, refusal: &[u8]) -> std::io::Result<()> {
     const TLS_HANDSHAKE_RECORD: u8 = 22;
     let mut first = [0u8; 1];
     if socket.peek(&mut first).await? == 1 && first[0] != TLS_HANDSHAKE_RECORD {
-        let _ = socket.try_write(TLS_REQUIRED);
+        let _ = socket.try_write(refusal);
         return Err(std::io::Error::other("plain text on a TLS client port"));
     }
     Ok(())

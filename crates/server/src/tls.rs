@@ -5,6 +5,7 @@
 use crate::config::{ClientTls, ClusterConfig};
 use crate::listener;
 use anyhow::{anyhow, Context};
+use raftkv_tls::rustls::ClientConfig;
 use raftkv_tls::{PeerTls, Reloadable, TlsFiles};
 use std::sync::Arc;
 use std::time::Duration;
@@ -19,6 +20,8 @@ const RELOAD_POLL: Duration = Duration::from_secs(2);
 pub struct NodeTls {
     pub peer: Option<Arc<Reloadable<PeerTls>>>,
     pub clients: listener::ClientTls,
+    /// With client TLS on: how this node dials another node's Redis port to relay a client.
+    pub relay: Option<Arc<Reloadable<Arc<ClientConfig>>>>,
 }
 
 impl NodeTls {
@@ -49,6 +52,9 @@ impl NodeTls {
             let loaded = raftkv_tls::reloadable_client_port(files("tls_cert")?, require_cert)
                 .context("cannot load the client-port TLS files")?;
             tls.clients = Some(Arc::new(loaded));
+            let relay = raftkv_tls::reloadable_relay_client(files("tls_cert")?)
+                .context("cannot load the TLS files to relay Redis clients")?;
+            tls.relay = Some(Arc::new(relay));
         }
         Ok(tls)
     }
@@ -56,7 +62,7 @@ impl NodeTls {
     /// Re-reads the files when they change or on SIGHUP, until `shutdown`. A reload that fails keeps
     /// the configuration in use and says why.
     pub async fn watch(self, mut shutdown: watch::Receiver<bool>) {
-        if self.peer.is_none() && self.clients.is_none() {
+        if self.peer.is_none() && self.clients.is_none() && self.relay.is_none() {
             return;
         }
         use tokio::signal::unix::{signal, SignalKind};
@@ -79,6 +85,9 @@ impl NodeTls {
             }
             if let Some(clients) = &self.clients {
                 report("client-port", clients.reload_if_changed());
+            }
+            if let Some(relay) = &self.relay {
+                report("relay", relay.reload_if_changed());
             }
         }
     }

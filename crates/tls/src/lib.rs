@@ -143,6 +143,16 @@ pub fn reloadable_client_port(
     })
 }
 
+/// What a node uses to dial another node's client-facing port (a follower relaying a Redis client to
+/// the leader): the CA to check the other node against, and its own certificate for a port that
+/// demands one. Re-read when the files change, like the node's other configurations.
+pub fn reloadable_relay_client(files: TlsFiles) -> anyhow::Result<Reloadable<Arc<ClientConfig>>> {
+    let paths = files.paths();
+    Reloadable::new(paths, move || {
+        client_config(&files.ca, Some((&files.cert, &files.key)))
+    })
+}
+
 /// What a client of the client port uses: the CA to check the node against, and optionally its own
 /// certificate and key for a node that demands one.
 pub fn client_config(

@@ -12,8 +12,8 @@ use std::sync::Arc;
 use bytes::{Bytes, BytesMut};
 use raftkv_kv::{Reply, Request, Watch};
 use raftkv_resp::{parse_command, Parsed, Value};
+use raftkv_tls::Stream;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
-use tokio::net::TcpStream;
 use tokio::sync::{mpsc, oneshot, Semaphore};
 use tracing::debug;
 
@@ -53,9 +53,26 @@ enum Slot {
     },
 }
 
-pub(super) async fn serve(socket: TcpStream, ctx: Arc<Context>) {
-    let _ = socket.set_nodelay(true);
-    let (reader, writer) = socket.into_split();
+pub(super) async fn serve(stream: Stream, ctx: Arc<Context>) {
+    let _ = stream.tcp().set_nodelay(true);
+    match stream {
+        // Owned halves of a plain socket need no lock between the reader and the writer.
+        Stream::Plain(socket) => {
+            let (reader, writer) = socket.into_split();
+            serve_halves(reader, writer, ctx).await
+        }
+        tls => {
+            let (reader, writer) = tokio::io::split(tls);
+            serve_halves(reader, writer, ctx).await
+        }
+    }
+}
+
+async fn serve_halves(
+    reader: impl AsyncRead + Unpin,
+    writer: impl AsyncWrite + Unpin + Send + 'static,
+    ctx: Arc<Context>,
+) {
     let (slots_tx, slots_rx) = mpsc::channel(MAX_PIPELINE);
     let writer_task = tokio::spawn(write_replies(writer, slots_rx));
     read_commands(reader, ctx, slots_tx).await;

@@ -22,7 +22,12 @@ use tokio::net::TcpListener;
 use tokio::sync::{mpsc, watch, Semaphore};
 use tracing::{debug, warn};
 
+use raftkv_tls::rustls::ClientConfig;
+use raftkv_tls::tokio_rustls::TlsAcceptor;
+use raftkv_tls::{Reloadable, Stream};
+
 use crate::connection::Limits;
+use crate::listener::{accept_tls, ClientTls};
 use crate::request::ClientRequest;
 use crate::status::NodeStatus;
 pub use info::PortStats;
@@ -51,7 +56,14 @@ pub struct Context {
     pub max_connections: usize,
     /// Connections and commands counted for `INFO`.
     pub stats: PortStats,
+    /// TLS as on the client port (`[tls] client`): demanded of Redis clients too, and used to
+    /// relay them to the leader.
+    pub tls: ClientTls,
+    pub relay_tls: Option<Arc<Reloadable<Arc<ClientConfig>>>>,
 }
+
+/// What a plain-text client of a Redis port that demands TLS is told.
+const TLS_REQUIRED: &[u8] = b"-ERR this port requires TLS\r\n";
 
 impl Context {
     pub fn is_leader(&self) -> bool {
@@ -81,17 +93,33 @@ pub async fn accept(
             _ = shutdown.changed() => return,
         };
         let Ok(permit) = slots.clone().try_acquire_owned() else {
-            tokio::spawn(proxy::refuse(socket, "ERR max number of clients reached"));
+            let refused = Stream::from(socket);
+            tokio::spawn(proxy::refuse(refused, "ERR max number of clients reached"));
             continue;
         };
         let ctx = ctx.clone();
+        let tls = ctx.tls.as_ref().map(|tls| TlsAcceptor::from(tls.get()));
         tokio::spawn(async move {
             let counted = ctx.clone();
             let _connected = counted.stats.connected();
+            let stream = match tls {
+                None => Stream::from(socket),
+                Some(acceptor) => {
+                    let timeout = ctx.limits.request_timeout;
+                    let accepted = accept_tls(socket, acceptor, timeout, TLS_REQUIRED).await;
+                    let Some(stream) = accepted else {
+                        return;
+                    };
+                    stream
+                }
+            };
             match proxy::route(&ctx).await {
-                proxy::Route::Here => connection::serve(socket, ctx).await,
-                proxy::Route::Relay(addr) => proxy::relay(socket, &addr).await,
-                proxy::Route::Refuse(why) => proxy::refuse(socket, &why).await,
+                proxy::Route::Here => connection::serve(stream, ctx).await,
+                proxy::Route::Relay { id, addr } => {
+                    let tls = ctx.relay_tls.as_ref().map(|tls| tls.get());
+                    proxy::relay(stream, id, &addr, tls).await
+                }
+                proxy::Route::Refuse(why) => proxy::refuse(stream, &why).await,
             }
             debug!("Redis connection ended");
             drop(permit);

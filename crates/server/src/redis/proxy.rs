@@ -3,8 +3,13 @@
 //! its replies), relayed to a voter by a learner or removed node that knows no leader (it can never
 //! lead; the voter relays on), or refused with a reason when no leader is known.
 
-use std::time::Instant;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 
+use raftkv_tls::rustls::pki_types::ServerName;
+use raftkv_tls::rustls::ClientConfig;
+use raftkv_tls::tokio_rustls::TlsConnector;
+use raftkv_tls::Stream;
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 use tracing::debug;
@@ -13,7 +18,11 @@ use super::Context;
 
 pub(super) enum Route {
     Here,
-    Relay(String),
+    /// Relay to node `id`'s Redis port at `addr`.
+    Relay {
+        id: u64,
+        addr: String,
+    },
     Refuse(String),
 }
 
@@ -42,19 +51,16 @@ pub(super) async fn route(ctx: &Context) -> Route {
         let fallback = known.is_none().then(|| {
             let status = status.borrow();
             status.voters_to_try.iter().find_map(|voter| {
-                status
-                    .resp_addrs
-                    .get(voter)
-                    .or(ctx.resp_addrs.get(voter))
-                    .cloned()
+                let addr = status.resp_addrs.get(voter).or(ctx.resp_addrs.get(voter));
+                addr.map(|addr| (*voter, addr.clone()))
             })
         });
-        if let Some(Some(addr)) = fallback {
-            return Route::Relay(addr);
+        if let Some(Some((id, addr))) = fallback {
+            return Route::Relay { id, addr };
         }
         if let Some((leader, addr)) = known {
             return match addr {
-                Some(addr) => Route::Relay(addr),
+                Some(addr) => Route::Relay { id: leader, addr },
                 None => Route::Refuse(format!(
                     "ERR the leader (node {leader}) has no Redis address (resp_addr) in the \
                      membership or this node's cluster file; connect to it directly"
@@ -68,28 +74,51 @@ pub(super) async fn route(ctx: &Context) -> Route {
     }
 }
 
-/// Relays `client` to the leader at `addr` until either side closes.
-pub(super) async fn relay(mut client: TcpStream, addr: &str) {
-    let _ = client.set_nodelay(true);
-    let mut upstream = match TcpStream::connect(addr).await {
+/// How long a relay waits for the other node's TLS handshake.
+const RELAY_HANDSHAKE: Duration = Duration::from_secs(5);
+
+/// Relays `client` to node `id`'s Redis port at `addr` until either side closes. With `tls` (the
+/// node's client ports demand TLS) the relay dials over TLS too, presenting this node's certificate
+/// and checking that the other end's names node `id`.
+pub(super) async fn relay(mut client: Stream, id: u64, addr: &str, tls: Option<Arc<ClientConfig>>) {
+    let _ = client.tcp().set_nodelay(true);
+    let upstream = match TcpStream::connect(addr).await {
         Ok(upstream) => upstream,
         Err(err) => {
-            refuse(
-                client,
-                &format!("ERR cannot reach the leader at {addr}: {err}"),
-            )
-            .await;
+            let why = format!("ERR cannot reach the leader at {addr}: {err}");
+            refuse(client, &why).await;
             return;
         }
     };
     let _ = upstream.set_nodelay(true);
+    let mut upstream = match tls {
+        None => Stream::from(upstream),
+        Some(config) => match dial_tls(upstream, id, config).await {
+            Ok(upstream) => upstream,
+            Err(err) => {
+                let why = format!("ERR cannot reach the leader at {addr} over TLS: {err}");
+                refuse(client, &why).await;
+                return;
+            }
+        },
+    };
     if let Err(err) = tokio::io::copy_bidirectional(&mut client, &mut upstream).await {
         debug!("relay to {addr} ended: {err}");
     }
 }
 
+async fn dial_tls(tcp: TcpStream, id: u64, config: Arc<ClientConfig>) -> std::io::Result<Stream> {
+    let name = ServerName::try_from(raftkv_tls::node_name(id))
+        .map_err(|_| std::io::Error::other("not a valid TLS name"))?;
+    let handshake = TlsConnector::from(config).connect(name, tcp);
+    match tokio::time::timeout(RELAY_HANDSHAKE, handshake).await {
+        Ok(connected) => connected.map(Stream::from),
+        Err(_) => Err(std::io::Error::other("TLS handshake timed out")),
+    }
+}
+
 /// Answers the client's first command with `error` and closes.
-pub(super) async fn refuse(mut client: TcpStream, error: &str) {
+pub(super) async fn refuse(mut client: Stream, error: &str) {
     let _ = client.write_all(format!("-{error}\r\n").as_bytes()).await;
     let _ = client.shutdown().await;
 }
