@@ -390,7 +390,7 @@ fn spawn_node(config_path: &Path, dir: &Path, node: &NodeConfig) -> anyhow::Resu
 }
 
 fn print_table(config: &ClusterConfig, nodes: &[NodeProcess]) {
-    let rows: Vec<[String; 5]> = config
+    let rows: Vec<[String; 6]> = config
         .nodes
         .iter()
         .zip(nodes)
@@ -398,13 +398,21 @@ fn print_table(config: &ClusterConfig, nodes: &[NodeProcess]) {
             [
                 node.id.to_string(),
                 node.client_addr.clone(),
+                node.resp_addr.clone().unwrap_or_else(|| "-".into()),
                 node.peer_addr.clone(),
                 node.data_dir.display().to_string(),
                 process.log.display().to_string(),
             ]
         })
         .collect();
-    let header = ["node", "client address", "peer address", "data dir", "log"];
+    let header = [
+        "node",
+        "client address",
+        "redis address",
+        "peer address",
+        "data dir",
+        "log",
+    ];
     let mut widths = header.map(str::len);
     for row in &rows {
         for (width, cell) in widths.iter_mut().zip(row) {
@@ -435,10 +443,14 @@ fn print_table(config: &ClusterConfig, nodes: &[NodeProcess]) {
         }
         match tls.client {
             ClientTls::Off => {}
-            ClientTls::On => println!("clients: TLS; use --tls-ca {dir}/ca.pem"),
+            ClientTls::On => println!(
+                "clients: TLS; use --tls-ca {dir}/ca.pem (redis-cli: --tls --cacert {dir}/ca.pem)"
+            ),
             ClientTls::Verify => println!(
                 "clients: TLS with client certificates; use --tls-ca {dir}/ca.pem \
-                 --tls-cert {dir}/client.pem --tls-key {dir}/client-key.pem"
+                 --tls-cert {dir}/client.pem --tls-key {dir}/client-key.pem \
+                 (redis-cli: --tls --cacert {dir}/ca.pem --cert {dir}/client.pem \
+                 --key {dir}/client-key.pem)"
             ),
         }
     }
