@@ -1,5 +1,6 @@
 //! Replication round-trip times per follower, as the leader sees them: from sending an Append whose
-//! last entry is at index `i` to receiving the follower's acknowledgement of exactly `i`. It includes
+//! last entry is at index `i` to receiving the first acknowledgement of `i` or more (a follower that
+//! took several Appends into one fsync answers them all with its last acknowledgement). It includes
 //! the follower's fsync, which is what a slow follower costs a write.
 
 use crate::metrics::{Metrics, PeerLabels};
@@ -58,22 +59,84 @@ impl RoundTrips {
         let Some(sent) = self.sent.get_mut(&msg.from) else {
             return;
         };
-        while sent.front().is_some_and(|(index, _)| *index < last_index) {
-            sent.pop_front();
-        }
-        if let Some(&(index, at)) = sent.front() {
-            if index == last_index {
-                sent.pop_front();
-                self.histograms
-                    .entry(msg.from)
-                    .or_insert_with(|| {
-                        metrics
-                            .peer_round_trip
-                            .get_or_create(&PeerLabels { peer: msg.from })
-                            .clone()
-                    })
-                    .observe(now.duration_since(at).as_secs_f64());
+        let histogram = self.histograms.entry(msg.from).or_insert_with(|| {
+            metrics
+                .peer_round_trip
+                .get_or_create(&PeerLabels { peer: msg.from })
+                .clone()
+        });
+        while let Some(&(index, at)) = sent.front() {
+            if index > last_index {
+                break;
             }
+            sent.pop_front();
+            histogram.observe(now.duration_since(at).as_secs_f64());
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use bytes::Bytes;
+    use raftkv_raft::{Entry, EntryKind};
+    use std::time::Duration;
+
+    fn append(to: u64, first: Index, last: Index) -> Message {
+        Message {
+            from: 1,
+            to,
+            term: 2,
+            body: MessageBody::Append {
+                prev_index: first - 1,
+                prev_term: 2,
+                entries: (first..=last)
+                    .map(|index| Entry {
+                        index,
+                        term: 2,
+                        kind: EntryKind::Normal,
+                        data: Bytes::new(),
+                    })
+                    .collect(),
+                commit: 0,
+            },
+        }
+    }
+
+    fn samples(metrics: &Metrics, peer: u64) -> String {
+        let text = metrics.encode();
+        let prefix =
+            format!("raftkv_peer_replication_round_trip_seconds_count{{peer=\"{peer}\"}} ");
+        text.lines()
+            .find_map(|line| line.strip_prefix(&prefix))
+            .unwrap_or("none")
+            .to_string()
+    }
+
+    /// Three Appends answered by one acknowledgement (one fsync took them all) are three samples.
+    #[test]
+    fn one_acknowledgement_times_every_append_it_covers() {
+        let metrics = Metrics::new();
+        let mut trips = RoundTrips::default();
+        let t0 = Instant::now();
+        for (i, (first, last)) in [(1, 7), (8, 14), (15, 21), (22, 30)]
+            .into_iter()
+            .enumerate()
+        {
+            trips.sending(
+                &append(2, first, last),
+                t0 + Duration::from_millis(i as u64),
+            );
+        }
+        let ack = Message {
+            from: 2,
+            to: 1,
+            term: 2,
+            body: MessageBody::AppendResponse(AppendResult::Accepted { last_index: 21 }),
+        };
+        trips.received(&ack, t0 + Duration::from_millis(5), &metrics);
+        assert_eq!(samples(&metrics, 2), "3");
+        // The fourth is still outstanding.
+        assert_eq!(trips.sent[&2].len(), 1);
     }
 }
