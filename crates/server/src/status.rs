@@ -87,6 +87,11 @@ impl NodeStatus {
     pub fn healthy(&self) -> bool {
         self.unhealthy.is_none()
     }
+
+    /// Whether this status is that of node `id` leading.
+    pub fn leads(&self, id: u64) -> bool {
+        self.leader == Some(id) && self.role == "leader"
+    }
 }
 
 /// The members as the configuration names them.

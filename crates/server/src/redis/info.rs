@@ -6,6 +6,7 @@
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use super::{Context, REDIS_VERSION};
+use crate::status::NodeStatus;
 
 /// Counters of a node's Redis port, shared by its connections.
 #[derive(Debug, Default)]
@@ -57,16 +58,17 @@ pub(crate) fn info(ctx: &Context, sections: &[String]) -> String {
             .iter()
             .any(|s| matches!(s.as_str(), "all" | "everything" | "default"));
     let wanted = |name: &str| every || sections.iter().any(|s| s == name);
+    // One status for every section, so they agree with each other.
+    let status = ctx.status.borrow().clone();
     DEFAULT_SECTIONS
         .iter()
         .filter(|name| wanted(name))
-        .map(|name| section(ctx, name))
+        .map(|name| section(ctx, &status, name))
         .collect::<Vec<_>>()
         .join("\r\n")
 }
 
-fn section(ctx: &Context, name: &str) -> String {
-    let status = ctx.status.borrow().clone();
+fn section(ctx: &Context, status: &NodeStatus, name: &str) -> String {
     let stats = &ctx.stats;
     let lines: Vec<(&str, String)> = match name {
         "server" => vec![
@@ -134,7 +136,11 @@ fn section(ctx: &Context, name: &str) -> String {
             ),
         ],
         "replication" => {
-            let role = if ctx.is_leader() { "master" } else { "slave" };
+            let role = if status.leads(ctx.id) {
+                "master"
+            } else {
+                "slave"
+            };
             vec![
                 ("role", role.to_string()),
                 ("raft_role", status.role.clone()),
@@ -171,13 +177,16 @@ fn section(ctx: &Context, name: &str) -> String {
     out
 }
 
-/// The process's resident memory in bytes (Linux `/proc/self/statm`; 0 where it cannot be read).
+/// The process's resident memory in bytes (Linux `/proc/self/status`, in kB whatever the page size;
+/// 0 where it cannot be read).
 fn resident_bytes() -> u64 {
-    const PAGE: u64 = 4096;
-    std::fs::read_to_string("/proc/self/statm")
+    std::fs::read_to_string("/proc/self/status")
         .ok()
-        .and_then(|statm| statm.split_whitespace().nth(1)?.parse::<u64>().ok())
-        .map_or(0, |pages| pages * PAGE)
+        .and_then(|status| {
+            let line = status.lines().find(|line| line.starts_with("VmRSS:"))?;
+            line.split_whitespace().nth(1)?.parse::<u64>().ok()
+        })
+        .map_or(0, |kb| kb * 1024)
 }
 
 /// Bytes as Redis's `*_human` fields write them (`1.50M`).

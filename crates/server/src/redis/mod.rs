@@ -68,7 +68,7 @@ const TLS_REQUIRED: &[u8] = b"-ERR this port requires TLS\r\n";
 impl Context {
     pub fn is_leader(&self) -> bool {
         let status = self.status.borrow();
-        status.leader == Some(self.id) && status.role == "leader"
+        status.leads(self.id)
     }
 }
 

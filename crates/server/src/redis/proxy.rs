@@ -74,47 +74,52 @@ pub(super) async fn route(ctx: &Context) -> Route {
     }
 }
 
-/// How long a relay waits for the other node's TLS handshake.
-const RELAY_HANDSHAKE: Duration = Duration::from_secs(5);
+/// How long a relay waits to be connected to the other node (TLS handshake included): an address
+/// that drops packets would otherwise hold the client's slot for the kernel's two minutes.
+const RELAY_DIAL: Duration = Duration::from_secs(5);
 
 /// Relays `client` to node `id`'s Redis port at `addr` until either side closes. With `tls` (the
 /// node's client ports demand TLS) the relay dials over TLS too, presenting this node's certificate
 /// and checking that the other end's names node `id`.
 pub(super) async fn relay(mut client: Stream, id: u64, addr: &str, tls: Option<Arc<ClientConfig>>) {
     let _ = client.tcp().set_nodelay(true);
-    let upstream = match TcpStream::connect(addr).await {
-        Ok(upstream) => upstream,
-        Err(err) => {
-            let why = format!("ERR cannot reach the leader at {addr}: {err}");
-            refuse(client, &why).await;
+    let dialled = tokio::time::timeout(RELAY_DIAL, dial(id, addr, tls)).await;
+    let mut upstream = match dialled {
+        Ok(Ok(upstream)) => upstream,
+        Ok(Err(err)) => {
+            refuse(
+                client,
+                &format!("ERR cannot reach the leader at {addr}: {err}"),
+            )
+            .await;
             return;
         }
-    };
-    let _ = upstream.set_nodelay(true);
-    let mut upstream = match tls {
-        None => Stream::from(upstream),
-        Some(config) => match dial_tls(upstream, id, config).await {
-            Ok(upstream) => upstream,
-            Err(err) => {
-                let why = format!("ERR cannot reach the leader at {addr} over TLS: {err}");
-                refuse(client, &why).await;
-                return;
-            }
-        },
+        Err(_) => {
+            refuse(
+                client,
+                &format!("ERR cannot reach the leader at {addr}: timed out"),
+            )
+            .await;
+            return;
+        }
     };
     if let Err(err) = tokio::io::copy_bidirectional(&mut client, &mut upstream).await {
         debug!("relay to {addr} ended: {err}");
     }
 }
 
-async fn dial_tls(tcp: TcpStream, id: u64, config: Arc<ClientConfig>) -> std::io::Result<Stream> {
+/// Connects to node `id`'s Redis port at `addr`, over TLS when `tls` is given (checking that the
+/// other end's certificate names node `id`).
+async fn dial(id: u64, addr: &str, tls: Option<Arc<ClientConfig>>) -> std::io::Result<Stream> {
+    let tcp = TcpStream::connect(addr).await?;
+    let _ = tcp.set_nodelay(true);
+    let Some(config) = tls else {
+        return Ok(Stream::from(tcp));
+    };
     let name = ServerName::try_from(raftkv_tls::node_name(id))
         .map_err(|_| std::io::Error::other("not a valid TLS name"))?;
-    let handshake = TlsConnector::from(config).connect(name, tcp);
-    match tokio::time::timeout(RELAY_HANDSHAKE, handshake).await {
-        Ok(connected) => connected.map(Stream::from),
-        Err(_) => Err(std::io::Error::other("TLS handshake timed out")),
-    }
+    let tls = TlsConnector::from(config).connect(name, tcp).await?;
+    Ok(Stream::from(tls))
 }
 
 /// Answers the client's first command with `error` and closes.
