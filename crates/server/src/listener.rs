@@ -116,6 +116,10 @@ async fn refuse_plain_text(socket: &TcpStream, refusal: &[u8]) -> std::io::Resul
     let mut first = [0u8; 1];
     if socket.peek(&mut first).await? == 1 && first[0] != TLS_HANDSHAKE_RECORD {
         let _ = socket.try_write(refusal);
+        // Read what the client sent before the socket is dropped: closing with unread bytes sends
+        // a reset, which can overtake the refusal on a real network.
+        let mut sink = [0u8; 4096];
+        while matches!(socket.try_read(&mut sink), Ok(n) if n > 0) {}
         return Err(std::io::Error::other("plain text on a TLS client port"));
     }
     Ok(())
