@@ -1,6 +1,7 @@
 //! Clients that would take a node down by holding its resources: a crowd of idle sockets past the
-//! connection limit, a request begun and then stalled, an idle connection when the operator asked for
-//! an idle timeout. Each is refused or closed, and an honest client is still served.
+//! connection limit, a request begun and then stalled (on the client port and the Redis port), an
+//! idle connection when the operator asked for an idle timeout. Each is refused or closed, and an
+//! honest client is still served.
 
 mod support;
 
@@ -55,6 +56,44 @@ fn a_stalled_request_is_closed_after_the_request_timeout() {
         .request(b"get k\r\n")
         .expect("an idle connection stays open by default");
     assert_eq!(show(&reply), show(b"ERR_NOT_FOUND\r\n"));
+    let _ = cluster.terminate(0);
+}
+
+/// The Redis port holds clients to the same timeouts: a command begun and stalled closes its
+/// connection after the request timeout; an idle connection stays open by default.
+#[test]
+fn a_stalled_redis_command_is_closed_after_the_request_timeout() {
+    let mut cluster = Cluster::start(1, "client_request_timeout_s = 1\n");
+    let _ = cluster.wait_leader();
+    let addr = cluster.nodes[0].resp_addr.clone();
+    let mut stalled = Conn::connect(&addr).expect("connect");
+    stalled
+        .send(b"*3\r\n$3\r\nSET\r\n$1\r\nk\r\n$10\r\nabc")
+        .expect("send");
+    assert!(
+        stalled.closed_within(Duration::from_secs(5)),
+        "a stalled command must not hold the connection"
+    );
+    let mut inline = Conn::connect(&addr).expect("connect");
+    inline.send(b"GET k").expect("send");
+    assert!(inline.closed_within(Duration::from_secs(5)));
+    let mut idle = Conn::connect(&addr).expect("connect");
+    std::thread::sleep(Duration::from_millis(2_500));
+    let reply = idle
+        .request(b"*1\r\n$4\r\nPING\r\n")
+        .expect("an idle connection stays open by default");
+    assert_eq!(show(&reply), show(b"+PONG\r\n"));
+    let _ = cluster.terminate(0);
+}
+
+#[test]
+fn an_idle_redis_connection_is_closed_after_the_idle_timeout() {
+    let mut cluster = Cluster::start(1, "client_idle_timeout_s = 1\n");
+    let _ = cluster.wait_leader();
+    let mut idle = Conn::connect(&cluster.nodes[0].resp_addr).expect("connect");
+    let reply = idle.request(b"*1\r\n$4\r\nPING\r\n").expect("served");
+    assert_eq!(show(&reply), show(b"+PONG\r\n"));
+    assert!(idle.closed_within(Duration::from_secs(5)));
     let _ = cluster.terminate(0);
 }
 

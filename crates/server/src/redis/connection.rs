@@ -319,7 +319,29 @@ async fn read_commands(
                 return;
             }
         }
-        match reader.read_buf(&mut buf).await {
+        // As on the client port: a command begun and stalled holds a buffer and a connection slot,
+        // so it gets `client_request_timeout_s`; an idle connection is closed only if the operator
+        // asked for it (`client_idle_timeout_s`, Redis's `timeout`).
+        let limit = if buf.is_empty() {
+            ctx.limits.idle_timeout
+        } else {
+            Some(ctx.limits.request_timeout)
+        };
+        let read = reader.read_buf(&mut buf);
+        let read = match limit {
+            Some(limit) => match tokio::time::timeout(limit, read).await {
+                Ok(read) => read,
+                Err(_) => {
+                    debug!(
+                        ?limit,
+                        "closing a Redis connection that sent nothing in time"
+                    );
+                    return;
+                }
+            },
+            None => read.await,
+        };
+        match read {
             Ok(0) | Err(_) => return,
             Ok(_) => {}
         }
