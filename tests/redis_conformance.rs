@@ -297,6 +297,10 @@ const SCRIPT: &[&[&str]] = &[
     &["CONFIG", "BOGUS"],
     &["CONFIG", "GET"],
     &["CONFIG", "SET", "nosuchsetting", "1"],
+    &["CONFIG", "GET", "maxmemory-policy"],
+    &["CONFIG", "GET", "MAXCLIENTS"],
+    &["CONFIG", "GET", "timeout", "timeout"],
+    &["CONFIG", "GET", "nosuch*"],
     &["CONFIG", "RESETSTAT", "x"],
     &["CONFIG", "RESETSTAT"],
 ];

@@ -158,6 +158,27 @@ fn every_command_through_the_leader_and_the_followers() {
             .query(&mut c)
             .unwrap();
         assert_eq!(config, vec!["appendfsync", "always"]);
+        // Globs, case-insensitive, each setting once; the limits are the cluster file's.
+        let config: Vec<String> = redis::cmd("CONFIG")
+            .arg("GET")
+            .arg("MAX*")
+            .arg("maxclients")
+            .arg("t?meout")
+            .query(&mut c)
+            .unwrap();
+        assert_eq!(
+            config,
+            vec![
+                "maxmemory",
+                "0",
+                "maxmemory-policy",
+                "noeviction",
+                "maxclients",
+                "10000",
+                "timeout",
+                "0"
+            ]
+        );
         let time: Vec<String> = redis::cmd("TIME").query(&mut c).unwrap();
         assert_eq!(time.len(), 2);
     }

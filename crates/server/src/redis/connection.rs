@@ -367,6 +367,24 @@ fn hello_reply(session: &Session, ctx: &Context) -> Value {
     ])
 }
 
+/// What `CONFIG GET` answers: the settings clients and `redis-benchmark` ask for, with raftkv's
+/// truth where one exists (every write is on disk on a majority before it is acknowledged:
+/// `appendfsync always`, in effect; the limits and timeouts are the cluster file's).
+fn settings(ctx: &Context) -> [(&'static str, String); 9] {
+    let idle_s = ctx.limits.idle_timeout.map_or(0, |idle| idle.as_secs());
+    [
+        ("appendonly", "yes".into()),
+        ("appendfsync", "always".into()),
+        ("save", String::new()),
+        ("databases", "1".into()),
+        ("maxmemory", "0".into()),
+        ("maxmemory-policy", "noeviction".into()),
+        ("maxclients", ctx.max_connections.to_string()),
+        ("timeout", idle_s.to_string()),
+        ("proto-max-bulk-len", ctx.limits.max_value_size.to_string()),
+    ]
+}
+
 fn local(query: LocalQuery, session: &Session, ctx: &Context) -> Value {
     match query {
         LocalQuery::ClientName => session.name.clone().map_or(Value::Null, Value::Bulk),
@@ -380,6 +398,7 @@ fn local(query: LocalQuery, session: &Session, ctx: &Context) -> Value {
                 Value::bulk((micros % 1_000_000).to_string()),
             ])
         }
+        LocalQuery::ConfigGet(patterns) => commands::config_get(&patterns, &settings(ctx)),
         LocalQuery::Info(sections) => Value::bulk(super::info::info(ctx, &sections)),
     }
 }

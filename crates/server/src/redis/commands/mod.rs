@@ -17,6 +17,7 @@ use raftkv_resp::Value;
 
 use crate::request::Op;
 pub use finish::finish;
+pub(crate) use server::config_get;
 
 /// The commands this front end knows, for `COMMAND COUNT` and error messages.
 pub const SUPPORTED: &[&str] = &[
@@ -102,6 +103,7 @@ pub enum Plan {
 pub enum LocalQuery {
     ClientName,
     ClientId,
+    ConfigGet(Vec<Bytes>),
     Info(Vec<String>),
     Time,
 }

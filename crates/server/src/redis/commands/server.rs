@@ -138,7 +138,7 @@ pub(super) fn command(args: &[Bytes]) -> Plan {
 pub(super) fn config(args: &[Bytes]) -> Plan {
     let sub = upper(&args[1]);
     match (sub.as_str(), args.len()) {
-        ("GET", 3..) => now(config_get(&args[2..])),
+        ("GET", 3..) => Plan::Local(LocalQuery::ConfigGet(args[2..].to_vec())),
         ("RESETSTAT", 2) => now(Value::ok()),
         ("SET", n) if n >= 4 && n % 2 == 0 => now(Value::err(format!(
             "Unknown option or number of arguments for CONFIG SET - '{}'",
@@ -151,25 +151,26 @@ pub(super) fn config(args: &[Bytes]) -> Plan {
     }
 }
 
-/// The settings clients and `redis-benchmark` ask for, with raftkv's truth where one exists: every
-/// write is on disk on a majority before it is acknowledged (`appendfsync always`, in effect).
-pub(super) fn config_get(patterns: &[Bytes]) -> Value {
-    const SETTINGS: &[(&str, &str)] = &[
-        ("appendonly", "yes"),
-        ("appendfsync", "always"),
-        ("save", ""),
-        ("databases", "1"),
-        ("maxmemory", "0"),
-        ("timeout", "0"),
-    ];
-    let mut pairs = Vec::new();
-    for pattern in patterns {
-        let pattern = String::from_utf8_lossy(pattern).to_ascii_lowercase();
-        for (name, value) in SETTINGS {
-            if pattern == "*" || pattern == *name {
-                pairs.push((Value::bulk(*name), Value::bulk(*value)));
-            }
-        }
-    }
+/// `CONFIG GET pattern...`: each of `settings` (name, value) whose name matches a pattern (Redis's
+/// glob, case-insensitive), once each, in `settings`' order. A pattern without glob characters is
+/// answered under the name as the client wrote it, as Redis 7.0 does.
+pub(crate) fn config_get(patterns: &[Bytes], settings: &[(&str, String)]) -> Value {
+    let pairs = settings
+        .iter()
+        .filter_map(|(name, value)| {
+            let asked = patterns.iter().find_map(|pattern| {
+                let lower = pattern.to_ascii_lowercase();
+                let glob = lower.iter().any(|b| matches!(b, b'*' | b'?' | b'['));
+                if glob && raftkv_kv::glob::matches(&lower, name.as_bytes()) {
+                    Some(Bytes::from(name.to_string()))
+                } else if !glob && lower == name.as_bytes() {
+                    Some(pattern.clone())
+                } else {
+                    None
+                }
+            })?;
+            Some((Value::Bulk(asked), Value::bulk(value.clone())))
+        })
+        .collect();
     Value::Map(pairs)
 }
