@@ -496,3 +496,55 @@ fn info_has_what_monitoring_tools_read() {
     }
     assert!(everything.contains("# Replication\r\nrole:master\r\n"));
 }
+
+/// WAIT counts the other nodes holding the connection's writes: a majority's worth at once (every
+/// reply waits for one), both followers once they have caught up, and after a follower is killed,
+/// what is left once the timeout passes. Its arguments are checked as Redis checks them, and it
+/// cannot be queued in MULTI.
+#[test]
+fn wait_counts_the_nodes_holding_the_writes() {
+    let mut cluster = Cluster::start(3, FAST_TUNABLES);
+    let leader = cluster.wait_leader();
+    let mut c = connect(&cluster.nodes[leader].resp_addr);
+    let wait = |c: &mut Connection, replicas: i64, timeout_ms: i64| -> i64 {
+        redis::cmd("WAIT")
+            .arg(replicas)
+            .arg(timeout_ms)
+            .query(c)
+            .unwrap()
+    };
+    let _: () = c.set("k", "v1").unwrap();
+    let started = Instant::now();
+    assert_eq!(
+        wait(&mut c, 1, 0),
+        1,
+        "a majority of three holds every answered write"
+    );
+    assert!(started.elapsed() < Duration::from_millis(100));
+    let _: () = c.set("k", "v2").unwrap();
+    assert_eq!(wait(&mut c, 2, 10_000), 2);
+    // More nodes than there are: the timeout decides, and the answer is what holds.
+    let started = Instant::now();
+    assert_eq!(wait(&mut c, 5, 300), 2);
+    assert!(started.elapsed() >= Duration::from_millis(300));
+
+    let follower = (leader + 1) % 3;
+    cluster.kill(follower);
+    let _: () = c.set("k", "v3").unwrap();
+    assert_eq!(wait(&mut c, 2, 500), 1);
+
+    let err = |c: &mut Connection, args: &[&str]| -> String {
+        let mut cmd = redis::cmd("WAIT");
+        for arg in args {
+            cmd.arg(*arg);
+        }
+        cmd.query::<Value>(c).unwrap_err().to_string()
+    };
+    assert!(err(&mut c, &["x", "0"]).contains("value is not an integer"));
+    assert!(err(&mut c, &["1", "-1"]).contains("timeout is negative"));
+    assert!(err(&mut c, &["1", "x"]).contains("timeout is not an integer"));
+    assert!(err(&mut c, &["1"]).contains("wrong number of arguments"));
+    let _: () = redis::cmd("MULTI").query(&mut c).unwrap();
+    assert!(err(&mut c, &["1", "0"]).contains("inside MULTI"));
+    assert!(redis::cmd("EXEC").query::<Value>(&mut c).is_err());
+}

@@ -42,6 +42,9 @@ pub struct NodeStatus {
     pub members: Vec<Member>,
     /// Followers' progress, on the leader only.
     pub peers: Vec<PeerProgress>,
+    /// Voters that make a majority in the current membership.
+    #[serde(default)]
+    pub quorum: u64,
     pub disk_bytes: u64,
     pub store_keys: u64,
     /// Keys with an expiry time (Redis's `INFO keyspace` `expires`).
@@ -200,6 +203,7 @@ pub fn observe<H>(
         snapshot_index: raft.snapshot_meta().index,
         members: members.to_vec(),
         peers,
+        quorum: raft.membership().quorum() as u64,
         disk_bytes: u64::try_from(metrics.disk_bytes.get()).unwrap_or(0),
         store_keys: store.len() as u64,
         store_expiring: store.expiring_len() as u64,

@@ -19,7 +19,7 @@ use tracing::debug;
 
 use super::commands::{self, Finish, LocalQuery, Plan, TxCommand};
 use super::transaction::{self, Exec, Part, Permits, Step, Transaction};
-use super::Context;
+use super::{wait, Context};
 use crate::reply_budget::{ChargedReply, ConnectionReplies};
 use crate::request::{ClientRequest, Op, ReplyHandle};
 
@@ -44,6 +44,11 @@ enum Slot {
         replies: Vec<oneshot::Receiver<ChargedReply>>,
         finish: Finish,
         _permits: Permits,
+    },
+    /// WAIT: answered once every earlier reply is out.
+    Wait {
+        replicas: i64,
+        timeout: Option<std::time::Duration>,
     },
     /// EXEC: one reply, read through the transaction's parts.
     Exec {
@@ -74,7 +79,7 @@ async fn serve_halves(
     ctx: Arc<Context>,
 ) {
     let (slots_tx, slots_rx) = mpsc::channel(MAX_PIPELINE);
-    let writer_task = tokio::spawn(write_replies(writer, slots_rx));
+    let writer_task = tokio::spawn(write_replies(writer, slots_rx, ctx.clone()));
     read_commands(reader, ctx, slots_tx).await;
     let _ = writer_task.await;
 }
@@ -292,6 +297,7 @@ async fn read_commands(
                     value: local(query, &session, &ctx),
                     close: false,
                 },
+                Plan::Wait { replicas, timeout } => Slot::Wait { replicas, timeout },
                 Plan::Node { ops, finish } => {
                     let Some((replies, permits)) = submitter.submit(ops, cost).await else {
                         return;
@@ -403,7 +409,11 @@ fn local(query: LocalQuery, session: &Session, ctx: &Context) -> Value {
     }
 }
 
-async fn write_replies(mut writer: impl AsyncWrite + Unpin, mut slots: mpsc::Receiver<Slot>) {
+async fn write_replies(
+    mut writer: impl AsyncWrite + Unpin,
+    mut slots: mpsc::Receiver<Slot>,
+    ctx: Arc<Context>,
+) {
     let mut out = BytesMut::with_capacity(16 * 1024);
     let mut resp3 = false;
     while let Some(slot) = slots.recv().await {
@@ -437,6 +447,14 @@ async fn write_replies(mut writer: impl AsyncWrite + Unpin, mut slots: mpsc::Rec
                     answers.push(answer);
                 }
                 answer(commands::finish(finish, answers), &mut out, resp3)
+            }
+            Slot::Wait { replicas, timeout } => {
+                if flush(&mut writer, &mut out).await.is_err() {
+                    return;
+                }
+                let count = wait::replicas(&ctx, replicas, timeout, || slots.is_closed()).await;
+                Value::Integer(count).encode(&mut out, resp3);
+                false
             }
             Slot::Exec { reply, parts, .. } => {
                 if flush(&mut writer, &mut out).await.is_err() {

@@ -13,6 +13,7 @@ mod connection;
 mod info;
 mod proxy;
 mod transaction;
+mod wait;
 
 use std::collections::HashMap;
 use std::sync::Arc;

@@ -130,6 +130,10 @@ impl Transaction {
                     ));
                 }
             },
+            Plan::Wait { .. } => {
+                self.failed = true;
+                return Step::Answer(Value::err("raftkv cannot run WAIT inside MULTI"));
+            }
             Plan::Now { close: true, .. } | Plan::Hello { .. } | Plan::SetName(_) => {
                 self.failed = true;
                 return Step::Answer(Value::err("Command not allowed inside a transaction"));

@@ -35,6 +35,7 @@ pub const SUPPORTED: &[&str] = &[
     "TIME",
     "DBSIZE",
     "INFO",
+    "WAIT",
     "FLUSHDB",
     "FLUSHALL",
     // Strings.
@@ -96,6 +97,11 @@ pub enum Plan {
     Local(LocalQuery),
     /// Send these requests to the node loop, in order, and combine their replies.
     Node { ops: Vec<Op>, finish: Finish },
+    /// `WAIT`: once the earlier replies are out, count the other nodes that hold their writes.
+    Wait {
+        replicas: i64,
+        timeout: Option<std::time::Duration>,
+    },
     /// MULTI, EXEC, DISCARD, WATCH, UNWATCH: the connection's transaction state.
     Transaction(TxCommand),
 }
@@ -237,6 +243,7 @@ pub fn plan(args: &[Bytes], max_value_size: usize) -> Plan {
         "CONFIG" if argc >= 2 => server::config(args),
         "AUTH" if argc >= 2 => server::auth(&args[1..]),
         "TIME" if argc == 1 => Plan::Local(LocalQuery::Time),
+        "WAIT" if argc == 3 => server::wait(args),
         "DBSIZE" if argc == 1 => Plan::Node {
             ops: vec![Op::Read(raftkv_kv::Request::DbSize)],
             finish: Finish::Store,

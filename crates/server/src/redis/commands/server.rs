@@ -174,3 +174,22 @@ pub(crate) fn config_get(patterns: &[Bytes], settings: &[(&str, String)]) -> Val
         .collect();
     Value::Map(pairs)
 }
+
+/// `WAIT numreplicas timeout` (milliseconds, 0 for none), its arguments checked as Redis checks them.
+pub(super) fn wait(args: &[Bytes]) -> Plan {
+    let Some(replicas) = integer(&args[1]) else {
+        return now(Value::err("value is not an integer or out of range"));
+    };
+    match integer(&args[2]) {
+        None => now(Value::err("timeout is not an integer or out of range")),
+        Some(ms) if ms < 0 => now(Value::err("timeout is negative")),
+        Some(0) => Plan::Wait {
+            replicas,
+            timeout: None,
+        },
+        Some(ms) => Plan::Wait {
+            replicas,
+            timeout: Some(std::time::Duration::from_millis(ms as u64)),
+        },
+    }
+}
