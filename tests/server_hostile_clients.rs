@@ -380,3 +380,97 @@ fn a_client_that_reads_no_replies_does_not_hold_up_others() {
         "40 requests of an honest client took {took:?}"
     );
 }
+
+/// The Redis port's share of the same budget: clients that pipeline `GET`s of a large value and read
+/// none of the replies while the value keeps being overwritten (so each queued reply is its own
+/// copy) stop being read from once the node's reply budget is spent, instead of queueing a
+/// connection's whole pipeline; once they read, every `GET` is answered.
+#[test]
+fn redis_replies_nobody_reads_stay_within_the_node_budget() {
+    use std::io::{Read, Write};
+    let budget_mib = 16;
+    let mut cluster = Cluster::start(
+        1,
+        &format!("max_buffered_request_bytes = {}\n", budget_mib << 20),
+    );
+    let _ = cluster.wait_leader();
+    let addr = cluster.nodes[0].resp_addr.clone();
+    let pid = cluster.pid(0).expect("the node runs");
+    const VALUE: usize = 1 << 20;
+    let set = |n: u32| {
+        let mut command = format!("*3\r\n$3\r\nSET\r\n$3\r\nbig\r\n${VALUE}\r\n").into_bytes();
+        command.extend(std::iter::repeat_n(b'a' + (n % 26) as u8, VALUE));
+        command.extend_from_slice(b"\r\n");
+        command
+    };
+    let mut writer = std::net::TcpStream::connect(&addr).expect("connect");
+    writer.write_all(&set(0)).expect("set");
+    let mut ok = [0u8; 5];
+    writer.read_exact(&mut ok).expect("+OK");
+    let baseline = peak_rss(pid);
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let overwriter = {
+        let stop = stop.clone();
+        std::thread::spawn(move || {
+            let mut n = 1;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                if writer.write_all(&set(n)).is_err() || writer.read_exact(&mut ok).is_err() {
+                    break;
+                }
+                n += 1;
+            }
+            n
+        })
+    };
+    let get = b"*2\r\n$3\r\nGET\r\n$3\r\nbig\r\n";
+    let mut readers: Vec<std::net::TcpStream> = (0..8)
+        .map(|_| std::net::TcpStream::connect(&addr).expect("connect"))
+        .collect();
+    let mut sent = vec![0usize; readers.len()];
+    let started = std::time::Instant::now();
+    while started.elapsed() < Duration::from_secs(4) {
+        for (reader, sent) in readers.iter_mut().zip(&mut sent) {
+            let _ = reader.set_write_timeout(Some(Duration::from_millis(200)));
+            if reader.write_all(get).is_ok() {
+                *sent += 1;
+            }
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    // Each reply is `$1048576\r\n`, the value, `\r\n`.
+    let reply_len = format!("${VALUE}\r\n").len() + VALUE + 2;
+    let reading: Vec<_> = readers
+        .into_iter()
+        .zip(sent.clone())
+        .map(|(mut reader, sent)| {
+            std::thread::spawn(move || {
+                let _ = reader.set_read_timeout(Some(Duration::from_secs(30)));
+                let mut received = 0usize;
+                let mut chunk = vec![0u8; 1 << 16];
+                while received < sent * reply_len {
+                    match reader.read(&mut chunk) {
+                        Ok(0) | Err(_) => break,
+                        Ok(n) => received += n,
+                    }
+                }
+                received / reply_len
+            })
+        })
+        .collect();
+    let answered: usize = reading.into_iter().map(|r| r.join().unwrap_or(0)).sum();
+    let peak = peak_rss(pid);
+    let overwrites = overwriter.join().expect("overwriter");
+    let _ = cluster.terminate(0);
+    let total: usize = sent.iter().sum();
+    assert_eq!(
+        answered, total,
+        "every GET was answered once the client read"
+    );
+    let grew_mib = (peak.saturating_sub(baseline)) >> 20;
+    eprintln!("{total} GETs queued, {overwrites} overwrites, peak grew {grew_mib} MiB");
+    assert!(
+        grew_mib < 200,
+        "peak memory grew by {grew_mib} MiB while replies queued (budget {budget_mib} MiB)"
+    );
+}

@@ -471,7 +471,10 @@ async fn write_backup(
 
 /// Writes `out`. A client that accepts none of it for [`REPLY_WRITE_TIMEOUT`] is given up on: its
 /// replies would otherwise hold the node's reply budget, and pause every other client, forever.
-async fn flush(writer: &mut (impl AsyncWrite + Unpin), out: &mut BytesMut) -> std::io::Result<()> {
+pub(crate) async fn flush(
+    writer: &mut (impl AsyncWrite + Unpin),
+    out: &mut BytesMut,
+) -> std::io::Result<()> {
     if !out.is_empty() {
         let write = async {
             writer.write_all(out).await?;

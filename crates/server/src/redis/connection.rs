@@ -20,6 +20,7 @@ use tracing::debug;
 use super::commands::{self, Finish, LocalQuery, Plan, TxCommand};
 use super::transaction::{self, Exec, Part, Permits, Step, Transaction};
 use super::{wait, Context};
+use crate::connection::flush;
 use crate::reply_budget::{ChargedReply, ConnectionReplies};
 use crate::request::{ClientRequest, Op, ReplyHandle};
 
@@ -333,6 +334,12 @@ async fn read_commands(
         } else {
             Some(ctx.limits.request_timeout)
         };
+        // While replies owed to clients exceed the node's budget (or this connection's share),
+        // take no new commands: the writers drain them, or give up on clients that read nothing.
+        ctx.limits
+            .reply_budget
+            .wait_admitted(&submitter.replies, ctx.limits.max_bytes_in_flight)
+            .await;
         let read = reader.read_buf(&mut buf);
         let read = match limit {
             Some(limit) => match tokio::time::timeout(limit, read).await {
@@ -492,12 +499,4 @@ fn answer(value: Option<Value>, out: &mut BytesMut, resp3: bool) -> bool {
             true
         }
     }
-}
-
-async fn flush(writer: &mut (impl AsyncWrite + Unpin), out: &mut BytesMut) -> std::io::Result<()> {
-    if !out.is_empty() {
-        writer.write_all(out).await?;
-        out.clear();
-    }
-    Ok(())
 }
