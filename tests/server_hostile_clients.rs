@@ -474,3 +474,63 @@ fn redis_replies_nobody_reads_stay_within_the_node_budget() {
         "peak memory grew by {grew_mib} MiB while replies queued (budget {budget_mib} MiB)"
     );
 }
+
+/// Redis clients that each stream one never-ending command (a thousand 1 MiB arguments) cannot
+/// make the node buffer them: a command's bytes are held against the connection's and the node's
+/// budgets as they arrive, and one larger than the connection's budget
+/// (`max_request_bytes_in_flight`) is refused and its connection closed.
+#[test]
+fn endless_redis_commands_are_refused_within_the_budget() {
+    use std::io::{Read, Write};
+    let mut cluster = Cluster::start(1, &format!("max_buffered_request_bytes = {}\n", 16 << 20));
+    let _ = cluster.wait_leader();
+    let addr = cluster.nodes[0].resp_addr.clone();
+    let pid = cluster.pid(0).expect("the node runs");
+    let baseline = peak_rss(pid);
+    let streams: Vec<_> = (0..8)
+        .map(|_| {
+            let addr = addr.clone();
+            std::thread::spawn(move || {
+                let mut conn = std::net::TcpStream::connect(&addr).expect("connect");
+                let _ = conn.set_write_timeout(Some(Duration::from_secs(5)));
+                let _ = conn.set_read_timeout(Some(Duration::from_secs(10)));
+                let chunk = vec![b'x'; 1 << 20];
+                let mut sent = 0usize;
+                if conn.write_all(b"*1001\r\n$4\r\nMSET\r\n").is_ok() {
+                    for _ in 0..1000 {
+                        let header = format!("${}\r\n", chunk.len());
+                        let ok = conn.write_all(header.as_bytes()).is_ok()
+                            && conn.write_all(&chunk).is_ok()
+                            && conn.write_all(b"\r\n").is_ok();
+                        if !ok {
+                            break;
+                        }
+                        sent += chunk.len();
+                    }
+                }
+                let mut reply = Vec::new();
+                let _ = conn.read_to_end(&mut reply);
+                (sent, String::from_utf8_lossy(&reply).into_owned())
+            })
+        })
+        .collect();
+    let outcomes: Vec<(usize, String)> = streams.into_iter().map(|t| t.join().unwrap()).collect();
+    let peak = peak_rss(pid);
+    // The node still serves.
+    let mut honest = std::net::TcpStream::connect(&addr).expect("connect");
+    honest.write_all(b"*1\r\n$4\r\nPING\r\n").expect("ping");
+    let mut pong = [0u8; 7];
+    honest.read_exact(&mut pong).expect("pong");
+    assert_eq!(&pong, b"+PONG\r\n");
+    let _ = cluster.terminate(0);
+    let grew_mib = peak.saturating_sub(baseline) >> 20;
+    eprintln!(
+        "sent {:?} MiB, peak grew {grew_mib} MiB",
+        outcomes.iter().map(|o| o.0 >> 20).collect::<Vec<_>>()
+    );
+    for (sent, reply) in &outcomes {
+        assert!(*sent < 1000 << 20, "a whole 1 GiB command was taken");
+        assert!(reply.contains("max_request_bytes_in_flight"), "{reply:?}");
+    }
+    assert!(grew_mib < 100, "the node grew by {grew_mib} MiB");
+}

@@ -9,12 +9,12 @@
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
-use bytes::{Bytes, BytesMut};
+use bytes::{BufMut, Bytes, BytesMut};
 use raftkv_kv::{Reply, Request, Watch};
 use raftkv_resp::{parse_command, Parsed, Value};
 use raftkv_tls::Stream;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
-use tokio::sync::{mpsc, oneshot, Semaphore};
+use tokio::sync::{mpsc, oneshot, OwnedSemaphorePermit, Semaphore};
 use tracing::debug;
 
 use super::commands::{self, Finish, LocalQuery, Plan, TxCommand};
@@ -26,6 +26,8 @@ use crate::request::{ClientRequest, Op, ReplyHandle};
 
 /// Commands a connection may have in progress; beyond this its reader stops reading.
 const MAX_PIPELINE: usize = 1024;
+/// Bytes read at a time, and read past what a command still arriving holds budget for.
+const READ_AHEAD: usize = 16 * 1024;
 /// Replies buffered before the writer flushes even if more are ready.
 const MAX_WRITE_BUFFER: usize = 256 * 1024;
 
@@ -207,11 +209,18 @@ async fn read_commands(
         max_bulk: ctx.limits.max_value_size,
         ..raftkv_resp::Limits::default()
     };
-    let mut buf = BytesMut::with_capacity(16 * 1024);
+    let mut buf = BytesMut::with_capacity(READ_AHEAD);
+    // The node's budget held for the bytes of a command still arriving, and how many it covers.
+    let mut partial: Option<(OwnedSemaphorePermit, usize)> = None;
     loop {
         loop {
             let args = match parse_command(&mut buf, &limits) {
-                Ok(Parsed::Command(args)) => args,
+                Ok(Parsed::Command(args)) => {
+                    // The command's own charge replaces what its bytes held while they arrived
+                    // (released first: holding both could wait for ever on the connection's budget).
+                    partial = None;
+                    args
+                }
                 Ok(Parsed::Empty) => continue,
                 Ok(Parsed::Incomplete { .. }) => break,
                 Err(error) => {
@@ -334,13 +343,45 @@ async fn read_commands(
         } else {
             Some(ctx.limits.request_timeout)
         };
+        // A command still arriving holds the node's budget for its bytes before more are read, so
+        // clients streaming endless commands cannot make the node buffer more than its budget; one
+        // larger than the connection's whole budget is refused.
+        let mut room = READ_AHEAD;
+        if !buf.is_empty() {
+            if buf.len() >= submitter.budget {
+                let value = Value::err(
+                    "Protocol error: a command larger than the connection's budget \
+                     (max_request_bytes_in_flight)",
+                );
+                let _ = slots.send(Slot::Now { value, close: true }).await;
+                return;
+            }
+            let wanted = (buf.len() + READ_AHEAD).min(submitter.budget);
+            if partial.as_ref().is_none_or(|(_, held)| *held < wanted) {
+                // Only the node's budget: the connection's own may be held by the commands of its
+                // transaction, which only the rest of this one's bytes can release. What is held is
+                // given back first, so no two waits overlap.
+                drop(partial.take());
+                let permits = (wanted as u32).min(ctx.node_budget_permits);
+                let node = ctx.limits.node_budget.clone();
+                let Ok(held) = node.acquire_many_owned(permits).await else {
+                    return;
+                };
+                partial = Some((held, wanted));
+            }
+            room = wanted - buf.len();
+        }
         // While replies owed to clients exceed the node's budget (or this connection's share),
         // take no new commands: the writers drain them, or give up on clients that read nothing.
         ctx.limits
             .reply_budget
             .wait_admitted(&submitter.replies, ctx.limits.max_bytes_in_flight)
             .await;
-        let read = reader.read_buf(&mut buf);
+        if buf.capacity() - buf.len() < room.min(READ_AHEAD) {
+            buf.reserve(room.min(READ_AHEAD));
+        }
+        let mut window = (&mut buf).limit(room);
+        let read = reader.read_buf(&mut window);
         let read = match limit {
             Some(limit) => match tokio::time::timeout(limit, read).await {
                 Ok(read) => read,
