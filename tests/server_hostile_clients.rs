@@ -534,3 +534,68 @@ fn endless_redis_commands_are_refused_within_the_budget() {
     }
     assert!(grew_mib < 100, "the node grew by {grew_mib} MiB");
 }
+
+/// Replies made without the node (`ECHO`, `PING` with a message) are held against the budgets too:
+/// clients that pipeline echoes of large messages and read none of the replies for a while cannot
+/// make the node queue a connection's whole pipeline of them; once they read, all are answered.
+#[test]
+fn redis_echoes_nobody_reads_stay_within_the_budget() {
+    use std::io::{Read, Write};
+    let mut cluster = Cluster::start(1, &format!("max_buffered_request_bytes = {}\n", 16 << 20));
+    let _ = cluster.wait_leader();
+    let addr = cluster.nodes[0].resp_addr.clone();
+    let pid = cluster.pid(0).expect("the node runs");
+    let baseline = peak_rss(pid);
+    const MESSAGE: usize = 1 << 20;
+    const ECHOES: usize = 200;
+    let mut echo = format!("*2\r\n$4\r\nECHO\r\n${MESSAGE}\r\n").into_bytes();
+    echo.extend(std::iter::repeat_n(b'e', MESSAGE));
+    echo.extend_from_slice(b"\r\n");
+    let echo = std::sync::Arc::new(echo);
+    let reply_len = format!("${MESSAGE}\r\n").len() + MESSAGE + 2;
+    let clients: Vec<_> = (0..8)
+        .map(|_| {
+            let conn = std::net::TcpStream::connect(&addr).expect("connect");
+            let mut writer = conn.try_clone().expect("clone");
+            let echo = echo.clone();
+            let sending = std::thread::spawn(move || {
+                (0..ECHOES)
+                    .take_while(|_| writer.write_all(&echo).is_ok())
+                    .count()
+            });
+            (conn, sending)
+        })
+        .collect();
+    // Nobody reads for a while.
+    std::thread::sleep(Duration::from_secs(4));
+    let peak_unread = peak_rss(pid);
+    let readers: Vec<_> = clients
+        .into_iter()
+        .map(|(mut conn, sending)| {
+            std::thread::spawn(move || {
+                let _ = conn.set_read_timeout(Some(Duration::from_secs(30)));
+                let mut received = 0usize;
+                let mut chunk = vec![0u8; 1 << 16];
+                while received < ECHOES * reply_len {
+                    match conn.read(&mut chunk) {
+                        Ok(0) | Err(_) => break,
+                        Ok(n) => received += n,
+                    }
+                }
+                (sending.join().unwrap_or(0), received / reply_len)
+            })
+        })
+        .collect();
+    for reader in readers {
+        let (sent, answered) = reader.join().expect("reader");
+        assert_eq!(
+            (sent, answered),
+            (ECHOES, ECHOES),
+            "every echo sent and answered"
+        );
+    }
+    let _ = cluster.terminate(0);
+    let grew_mib = peak_unread.saturating_sub(baseline) >> 20;
+    eprintln!("peak grew {grew_mib} MiB while nobody read");
+    assert!(grew_mib < 200, "the node grew by {grew_mib} MiB");
+}

@@ -38,6 +38,12 @@ enum Slot {
         value: Value,
         close: bool,
     },
+    /// A large reply known now, holding its bytes against the budgets until written.
+    Held {
+        value: Value,
+        close: bool,
+        _permits: Permits,
+    },
     /// The protocol version changes from this reply on.
     Protocol {
         value: Value,
@@ -285,6 +291,22 @@ async fn read_commands(
                 }
             };
             let slot = match plan {
+                // A large reply made here (ECHO, PING with a message) holds the budgets until it
+                // is written, like a reply from the node: a client that reads none could otherwise
+                // queue a whole pipeline of them.
+                Plan::Now {
+                    value: Value::Bulk(bytes),
+                    close,
+                } if bytes.len() > READ_AHEAD => {
+                    let Some(permits) = submitter.reserve(bytes.len()).await else {
+                        return;
+                    };
+                    Slot::Held {
+                        value: Value::Bulk(bytes),
+                        close,
+                        _permits: permits,
+                    }
+                }
                 Plan::Now { value, close } => Slot::Now { value, close },
                 Plan::Hello { resp3, name } => {
                     if name.is_some() {
@@ -466,7 +488,7 @@ async fn write_replies(
     let mut resp3 = false;
     while let Some(slot) = slots.recv().await {
         let close = match slot {
-            Slot::Now { value, close } => {
+            Slot::Now { value, close } | Slot::Held { value, close, .. } => {
                 value.encode(&mut out, resp3);
                 close
             }
