@@ -548,3 +548,55 @@ fn wait_counts_the_nodes_holding_the_writes() {
     assert!(err(&mut c, &["1", "0"]).contains("inside MULTI"));
     assert!(redis::cmd("EXEC").query::<Value>(&mut c).is_err());
 }
+
+/// No WAIT blocks longer than the request timeout (a client asking for more nodes than exist gets
+/// the count then), and a connection waiting for a WAIT's answer is not idle.
+#[test]
+fn wait_is_bounded_and_not_idle() {
+    let tunables =
+        format!("{FAST_TUNABLES}client_request_timeout_s = 2\nclient_idle_timeout_s = 1\n");
+    let mut cluster = Cluster::start(3, &tunables);
+    let leader = cluster.wait_leader();
+    let mut c = connect(&cluster.nodes[leader].resp_addr);
+    let _: () = c.set("k", "v").unwrap();
+    let started = Instant::now();
+    let count: i64 = redis::cmd("WAIT").arg(5).arg(0).query(&mut c).unwrap();
+    assert_eq!(count, 2);
+    let waited = started.elapsed();
+    assert!(
+        waited >= Duration::from_secs(2) && waited < Duration::from_secs(10),
+        "{waited:?}"
+    );
+    // The WAIT outlasted the idle timeout and the connection still serves.
+    assert_eq!(redis::cmd("PING").query::<String>(&mut c).unwrap(), "PONG");
+}
+
+/// A transaction whose queued commands hold most of a small node budget still completes when its
+/// next command arrives in pieces: the bytes of a command inside MULTI take no more budget (they did,
+/// and waited for ever for budget only EXEC could release).
+#[test]
+fn a_transaction_fills_a_small_node_budget_without_hanging() {
+    let tunables = format!(
+        "{FAST_TUNABLES}max_buffered_request_bytes = {}\nmax_value_size = {}\n",
+        4 << 20,
+        2 << 20
+    );
+    let mut cluster = Cluster::start(3, &tunables);
+    let leader = cluster.wait_leader();
+    let mut c = connect(&cluster.nodes[leader].resp_addr);
+    c.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+    // 3 MiB queued, then a value that fits the connection's 4 MiB but not with 16 KiB to spare.
+    let sizes = [3 << 19, 3 << 19, (1 << 20) - (8 << 10)];
+    let _: () = redis::cmd("MULTI").query(&mut c).unwrap();
+    for (n, size) in sizes.iter().enumerate() {
+        let queued: String = redis::cmd("SET")
+            .arg(format!("t{n}"))
+            .arg(vec![b'v'; *size])
+            .query(&mut c)
+            .unwrap();
+        assert_eq!(queued, "QUEUED");
+    }
+    let replies: Vec<String> = redis::cmd("EXEC").query(&mut c).unwrap();
+    assert_eq!(replies, vec!["OK", "OK", "OK"]);
+    assert_eq!(c.strlen::<_, usize>("t2").unwrap(), sizes[2]);
+}

@@ -118,8 +118,13 @@ async fn refuse_plain_text(socket: &TcpStream, refusal: &[u8]) -> std::io::Resul
         let _ = socket.try_write(refusal);
         // Read what the client sent before the socket is dropped: closing with unread bytes sends
         // a reset, which can overtake the refusal on a real network.
+        // Only what has arrived, and at most 64 KiB: a client that keeps sending gets its reset.
         let mut sink = [0u8; 4096];
-        while matches!(socket.try_read(&mut sink), Ok(n) if n > 0) {}
+        for _ in 0..16 {
+            if !matches!(socket.try_read(&mut sink), Ok(n) if n > 0) {
+                break;
+            }
+        }
         return Err(std::io::Error::other("plain text on a TLS client port"));
     }
     Ok(())

@@ -6,7 +6,7 @@
 //! connection's and the node's budgets until its reply is written, so a client that pipelines faster
 //! than the cluster commits is slowed by TCP back-pressure, not by our memory.
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use bytes::{BufMut, Bytes, BytesMut};
@@ -28,6 +28,23 @@ use crate::request::{ClientRequest, Op, ReplyHandle};
 const MAX_PIPELINE: usize = 1024;
 /// Bytes read at a time, and read past what a command still arriving holds budget for.
 const READ_AHEAD: usize = 16 * 1024;
+/// Replies made without the node larger than this hold the budgets until written.
+const HELD_REPLY: usize = 1024;
+
+/// About how many bytes a reply takes (its strings; framing counted roughly).
+fn reply_size(value: &Value) -> usize {
+    match value {
+        Value::Bulk(bytes) => bytes.len() + 16,
+        Value::Simple(text) | Value::Error(text) => text.len() + 8,
+        Value::Array(values) => values.iter().map(reply_size).sum::<usize>() + 16,
+        Value::Map(pairs) => pairs
+            .iter()
+            .map(|(key, value)| reply_size(key) + reply_size(value))
+            .sum::<usize>()
+            .saturating_add(16),
+        Value::Integer(_) | Value::Null | Value::NullArray | Value::Double(_) => 24,
+    }
+}
 /// Replies buffered before the writer flushes even if more are ready.
 const MAX_WRITE_BUFFER: usize = 256 * 1024;
 
@@ -88,8 +105,9 @@ async fn serve_halves(
     ctx: Arc<Context>,
 ) {
     let (slots_tx, slots_rx) = mpsc::channel(MAX_PIPELINE);
-    let writer_task = tokio::spawn(write_replies(writer, slots_rx, ctx.clone()));
-    read_commands(reader, ctx, slots_tx).await;
+    let owed = Arc::new(AtomicUsize::new(0));
+    let writer_task = tokio::spawn(write_replies(writer, slots_rx, ctx.clone(), owed.clone()));
+    read_commands(reader, ctx, slots_tx, owed).await;
     let _ = writer_task.await;
 }
 
@@ -191,10 +209,13 @@ fn not_leader() -> Value {
     Value::Error("READONLY this node is no longer the leader; reconnect".into())
 }
 
+/// `owed` counts the replies sent to the writer and not written yet: a connection owed replies (a
+/// WAIT, a slow commit) is not idle.
 async fn read_commands(
     mut reader: impl AsyncRead + Unpin,
     ctx: Arc<Context>,
     slots: mpsc::Sender<Slot>,
+    owed: Arc<AtomicUsize>,
 ) {
     let budget = ctx.limits.max_bytes_in_flight.clamp(1, u32::MAX as usize);
     let in_flight = Arc::new(Semaphore::new(budget));
@@ -231,6 +252,7 @@ async fn read_commands(
                 Ok(Parsed::Incomplete { .. }) => break,
                 Err(error) => {
                     let value = Value::err(error);
+                    owed.fetch_add(1, Ordering::Relaxed);
                     let _ = slots.send(Slot::Now { value, close: true }).await;
                     return;
                 }
@@ -282,6 +304,7 @@ async fn read_commands(
                                 parts,
                                 _permits: (permits, held),
                             };
+                            owed.fetch_add(1, Ordering::Relaxed);
                             if slots.send(slot).await.is_err() {
                                 return;
                             }
@@ -291,18 +314,15 @@ async fn read_commands(
                 }
             };
             let slot = match plan {
-                // A large reply made here (ECHO, PING with a message) holds the budgets until it
-                // is written, like a reply from the node: a client that reads none could otherwise
-                // queue a whole pipeline of them.
-                Plan::Now {
-                    value: Value::Bulk(bytes),
-                    close,
-                } if bytes.len() > READ_AHEAD => {
-                    let Some(permits) = submitter.reserve(bytes.len()).await else {
+                // A reply of any size made here (ECHO, PING with a message, an EXEC of such
+                // commands) holds the budgets until it is written, like a reply from the node: a
+                // client that reads none could otherwise queue a whole pipeline of them.
+                Plan::Now { value, close } if reply_size(&value) > HELD_REPLY => {
+                    let Some(permits) = submitter.reserve(reply_size(&value)).await else {
                         return;
                     };
                     Slot::Held {
-                        value: Value::Bulk(bytes),
+                        value,
                         close,
                         _permits: permits,
                     }
@@ -353,36 +373,41 @@ async fn read_commands(
                 }
                 slot => slot,
             };
+            owed.fetch_add(1, Ordering::Relaxed);
             if slots.send(slot).await.is_err() {
                 return;
             }
         }
         // As on the client port: a command begun and stalled holds a buffer and a connection slot,
         // so it gets `client_request_timeout_s`; an idle connection is closed only if the operator
-        // asked for it (`client_idle_timeout_s`, Redis's `timeout`).
+        // asked for it (`client_idle_timeout_s`, Redis's `timeout`), and only while it is owed no
+        // replies (a WAIT, a slow commit: Redis does not time out blocked clients either).
         let limit = if buf.is_empty() {
             ctx.limits.idle_timeout
         } else {
             Some(ctx.limits.request_timeout)
         };
         // A command still arriving holds the node's budget for its bytes before more are read, so
-        // clients streaming endless commands cannot make the node buffer more than its budget; one
-        // larger than the connection's whole budget is refused.
+        // clients streaming endless commands cannot make the node buffer more than its budget. One
+        // larger than both the connection's budget and the largest value (with its framing) is
+        // refused. Inside MULTI the queued commands already hold node budget that only this
+        // command's end (EXEC) can release, so nothing more is taken there: the size cap bounds it.
         let mut room = READ_AHEAD;
         if !buf.is_empty() {
-            if buf.len() >= submitter.budget {
+            let largest = submitter.budget.max(limits.max_bulk + READ_AHEAD);
+            if buf.len() >= largest {
                 let value = Value::err(
                     "Protocol error: a command larger than the connection's budget \
                      (max_request_bytes_in_flight)",
                 );
+                owed.fetch_add(1, Ordering::Relaxed);
                 let _ = slots.send(Slot::Now { value, close: true }).await;
                 return;
             }
-            let wanted = (buf.len() + READ_AHEAD).min(submitter.budget);
-            if partial.as_ref().is_none_or(|(_, held)| *held < wanted) {
-                // Only the node's budget: the connection's own may be held by the commands of its
-                // transaction, which only the rest of this one's bytes can release. What is held is
-                // given back first, so no two waits overlap.
+            let wanted = (buf.len() + READ_AHEAD).min(largest);
+            let held = partial.as_ref().map_or(0, |(_, held)| *held);
+            if !session.tx.in_multi() && held < wanted {
+                // What is held is given back first, so no two waits overlap.
                 drop(partial.take());
                 let permits = (wanted as u32).min(ctx.node_budget_permits);
                 let node = ctx.limits.node_budget.clone();
@@ -407,6 +432,8 @@ async fn read_commands(
         let read = match limit {
             Some(limit) => match tokio::time::timeout(limit, read).await {
                 Ok(read) => read,
+                // Reading is cancel-safe: nothing was read; wait again, the idle time restarting.
+                Err(_) if buf.is_empty() && owed.load(Ordering::Relaxed) > 0 => continue,
                 Err(_) => {
                     debug!(
                         ?limit,
@@ -483,6 +510,7 @@ async fn write_replies(
     mut writer: impl AsyncWrite + Unpin,
     mut slots: mpsc::Receiver<Slot>,
     ctx: Arc<Context>,
+    owed: Arc<AtomicUsize>,
 ) {
     let mut out = BytesMut::with_capacity(16 * 1024);
     let mut resp3 = false;
@@ -534,6 +562,7 @@ async fn write_replies(
                 answer(transaction::exec_reply(reply, parts), &mut out, resp3)
             }
         };
+        owed.fetch_sub(1, Ordering::Relaxed);
         if close {
             let _ = flush(&mut writer, &mut out).await;
             let _ = writer.shutdown().await;

@@ -3,10 +3,11 @@
 //!
 //! A write is answered only once a majority of the voters has it on disk, so `quorum - 1` other
 //! nodes hold it by the time its reply is out: WAIT answers that at once when it is enough. Asked for
-//! more, it counts the followers whose log matches the leader's up to a commit index published after
-//! the connection's earlier replies (the node's status, refreshed every 100 ms), until enough do or
-//! the timeout passes (none when 0, as in Redis: a WAIT for more nodes than there are waits until the
-//! client goes away).
+//! more, it takes the commit index of the first status published after the connection's earlier
+//! replies (the node's status, refreshed every 100 ms; it covers their writes) and counts the
+//! followers whose log matches the leader's up to it, as later statuses come, until enough do or the
+//! timeout passes. Unlike Redis, a WAIT never blocks longer than `client_request_timeout_s` (a
+//! timeout of 0 means that long): a connection blocked for ever would hold its budgets for ever.
 
 use std::time::Duration;
 
@@ -26,17 +27,19 @@ pub(super) async fn replicas(
     if wanted <= guaranteed {
         return guaranteed;
     }
-    let deadline = timeout.map(|timeout| tokio::time::Instant::now() + timeout);
+    let longest = ctx.limits.request_timeout;
+    let timeout = timeout.map_or(longest, |timeout| timeout.min(longest));
+    let deadline = tokio::time::Instant::now() + timeout;
     let mut best = guaranteed;
+    // The commit index of the first status taken after the earlier replies: fixed from then on, as
+    // later ones move past what this connection wrote.
+    let mut target = None;
     loop {
-        let changed = match deadline {
-            Some(deadline) => match tokio::time::timeout_at(deadline, status.changed()).await {
-                Ok(changed) => changed,
-                Err(_) => return best,
-            },
-            None => status.changed().await,
-        };
-        if changed.is_err() || client_gone() {
+        match tokio::time::timeout_at(deadline, status.changed()).await {
+            Ok(Ok(())) => {}
+            Ok(Err(_)) | Err(_) => return best,
+        }
+        if client_gone() {
             return best;
         }
         let status = status.borrow_and_update();
@@ -44,10 +47,11 @@ pub(super) async fn replicas(
             // Only the leader knows its followers' logs; what was guaranteed still is.
             return best;
         }
+        let target = *target.get_or_insert(status.commit_index);
         let holding = status
             .peers
             .iter()
-            .filter(|peer| peer.match_index >= status.commit_index)
+            .filter(|peer| peer.match_index >= target)
             .count() as i64;
         best = best.max(holding);
         if best >= wanted {
