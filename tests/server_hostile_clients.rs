@@ -444,18 +444,7 @@ fn redis_replies_nobody_reads_stay_within_the_node_budget() {
         .into_iter()
         .zip(sent.clone())
         .map(|(mut reader, sent)| {
-            std::thread::spawn(move || {
-                let _ = reader.set_read_timeout(Some(Duration::from_secs(30)));
-                let mut received = 0usize;
-                let mut chunk = vec![0u8; 1 << 16];
-                while received < sent * reply_len {
-                    match reader.read(&mut chunk) {
-                        Ok(0) | Err(_) => break,
-                        Ok(n) => received += n,
-                    }
-                }
-                received / reply_len
-            })
+            std::thread::spawn(move || read_up_to(&mut reader, sent * reply_len) / reply_len)
         })
         .collect();
     let answered: usize = reading.into_iter().map(|r| r.join().unwrap_or(0)).sum();
@@ -475,10 +464,26 @@ fn redis_replies_nobody_reads_stay_within_the_node_budget() {
     );
 }
 
+/// Reads until `want` bytes came, the connection closed, or 30 s passed with nothing; returns how
+/// many bytes came.
+fn read_up_to(conn: &mut std::net::TcpStream, want: usize) -> usize {
+    use std::io::Read;
+    let _ = conn.set_read_timeout(Some(Duration::from_secs(30)));
+    let mut received = 0usize;
+    let mut chunk = vec![0u8; 1 << 16];
+    while received < want {
+        match conn.read(&mut chunk) {
+            Ok(0) | Err(_) => break,
+            Ok(n) => received += n,
+        }
+    }
+    received
+}
+
 /// Redis clients that each stream one never-ending command (a thousand 1 MiB arguments) cannot
-/// make the node buffer them: a command's bytes are held against the connection's and the node's
-/// budgets as they arrive, and one larger than the connection's budget
-/// (`max_request_bytes_in_flight`) is refused and its connection closed.
+/// make the node buffer them: a command's bytes hold the node's budget as they arrive, and one
+/// larger than the connection's budget (`max_request_bytes_in_flight`, or one value of
+/// `max_value_size` if that is more) is refused and its connection closed.
 #[test]
 fn endless_redis_commands_are_refused_within_the_budget() {
     use std::io::{Read, Write};
@@ -540,7 +545,7 @@ fn endless_redis_commands_are_refused_within_the_budget() {
 /// make the node queue a connection's whole pipeline of them; once they read, all are answered.
 #[test]
 fn redis_echoes_nobody_reads_stay_within_the_budget() {
-    use std::io::{Read, Write};
+    use std::io::Write;
     let mut cluster = Cluster::start(1, &format!("max_buffered_request_bytes = {}\n", 16 << 20));
     let _ = cluster.wait_leader();
     let addr = cluster.nodes[0].resp_addr.clone();
@@ -573,15 +578,7 @@ fn redis_echoes_nobody_reads_stay_within_the_budget() {
         .into_iter()
         .map(|(mut conn, sending)| {
             std::thread::spawn(move || {
-                let _ = conn.set_read_timeout(Some(Duration::from_secs(30)));
-                let mut received = 0usize;
-                let mut chunk = vec![0u8; 1 << 16];
-                while received < ECHOES * reply_len {
-                    match conn.read(&mut chunk) {
-                        Ok(0) | Err(_) => break,
-                        Ok(n) => received += n,
-                    }
-                }
+                let received = read_up_to(&mut conn, ECHOES * reply_len);
                 (sending.join().unwrap_or(0), received / reply_len)
             })
         })
