@@ -28,6 +28,21 @@ use crate::request::{ClientRequest, Op, ReplyHandle};
 const MAX_PIPELINE: usize = 1024;
 /// Bytes read at a time, and read past what a command still arriving holds budget for.
 const READ_AHEAD: usize = 16 * 1024;
+/// Replies handed to a connection's writer, and replies it has written.
+#[derive(Default)]
+struct Owed {
+    sent: AtomicUsize,
+    written: AtomicUsize,
+}
+
+impl Owed {
+    /// Whether a reply is still owed, or one was written since `written_before` was read.
+    fn busy_since(&self, written_before: usize) -> bool {
+        let written = self.written.load(Ordering::Relaxed);
+        self.sent.load(Ordering::Relaxed) != written || written != written_before
+    }
+}
+
 /// Replies made without the node larger than this hold the budgets until written.
 const HELD_REPLY: usize = 1024;
 
@@ -105,7 +120,7 @@ async fn serve_halves(
     ctx: Arc<Context>,
 ) {
     let (slots_tx, slots_rx) = mpsc::channel(MAX_PIPELINE);
-    let owed = Arc::new(AtomicUsize::new(0));
+    let owed = Arc::new(Owed::default());
     let writer_task = tokio::spawn(write_replies(writer, slots_rx, ctx.clone(), owed.clone()));
     read_commands(reader, ctx, slots_tx, owed).await;
     let _ = writer_task.await;
@@ -215,7 +230,7 @@ async fn read_commands(
     mut reader: impl AsyncRead + Unpin,
     ctx: Arc<Context>,
     slots: mpsc::Sender<Slot>,
-    owed: Arc<AtomicUsize>,
+    owed: Arc<Owed>,
 ) {
     let budget = ctx.limits.max_bytes_in_flight.clamp(1, u32::MAX as usize);
     let in_flight = Arc::new(Semaphore::new(budget));
@@ -252,7 +267,7 @@ async fn read_commands(
                 Ok(Parsed::Incomplete { .. }) => break,
                 Err(error) => {
                     let value = Value::err(error);
-                    owed.fetch_add(1, Ordering::Relaxed);
+                    owed.sent.fetch_add(1, Ordering::Relaxed);
                     let _ = slots.send(Slot::Now { value, close: true }).await;
                     return;
                 }
@@ -304,7 +319,7 @@ async fn read_commands(
                                 parts,
                                 _permits: (permits, held),
                             };
-                            owed.fetch_add(1, Ordering::Relaxed);
+                            owed.sent.fetch_add(1, Ordering::Relaxed);
                             if slots.send(slot).await.is_err() {
                                 return;
                             }
@@ -373,7 +388,7 @@ async fn read_commands(
                 }
                 slot => slot,
             };
-            owed.fetch_add(1, Ordering::Relaxed);
+            owed.sent.fetch_add(1, Ordering::Relaxed);
             if slots.send(slot).await.is_err() {
                 return;
             }
@@ -400,7 +415,7 @@ async fn read_commands(
                     "Protocol error: a command larger than the connection's budget \
                      (max_request_bytes_in_flight)",
                 );
-                owed.fetch_add(1, Ordering::Relaxed);
+                owed.sent.fetch_add(1, Ordering::Relaxed);
                 let _ = slots.send(Slot::Now { value, close: true }).await;
                 return;
             }
@@ -427,13 +442,15 @@ async fn read_commands(
         if buf.capacity() - buf.len() < room.min(READ_AHEAD) {
             buf.reserve(room.min(READ_AHEAD));
         }
+        let written_before = owed.written.load(Ordering::Relaxed);
         let mut window = (&mut buf).limit(room);
         let read = reader.read_buf(&mut window);
         let read = match limit {
             Some(limit) => match tokio::time::timeout(limit, read).await {
                 Ok(read) => read,
-                // Reading is cancel-safe: nothing was read; wait again, the idle time restarting.
-                Err(_) if buf.is_empty() && owed.load(Ordering::Relaxed) > 0 => continue,
+                // Reading is cancel-safe: nothing was read. A connection owed replies, or sent
+                // one meanwhile, was not idle: wait again, the idle time restarting.
+                Err(_) if buf.is_empty() && owed.busy_since(written_before) => continue,
                 Err(_) => {
                     debug!(
                         ?limit,
@@ -510,7 +527,7 @@ async fn write_replies(
     mut writer: impl AsyncWrite + Unpin,
     mut slots: mpsc::Receiver<Slot>,
     ctx: Arc<Context>,
-    owed: Arc<AtomicUsize>,
+    owed: Arc<Owed>,
 ) {
     let mut out = BytesMut::with_capacity(16 * 1024);
     let mut resp3 = false;
@@ -562,7 +579,7 @@ async fn write_replies(
                 answer(transaction::exec_reply(reply, parts), &mut out, resp3)
             }
         };
-        owed.fetch_sub(1, Ordering::Relaxed);
+        owed.written.fetch_add(1, Ordering::Relaxed);
         if close {
             let _ = flush(&mut writer, &mut out).await;
             let _ = writer.shutdown().await;
